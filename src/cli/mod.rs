@@ -1,0 +1,127 @@
+//! The command line: clap types, and one function per subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::error::Error;
+use crate::http::App;
+use crate::store::Store;
+
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  the input is wrong or was refused (invalid email, duplicate, unknown user, invalid token)
+  2  the system failed (database unreachable, bad configuration)";
+
+/// authd: a small, self-hosted login server with emailed one-time codes.
+#[derive(Debug, Parser)]
+#[command(name = "authd", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Configuration file, layered over config/default.toml and under AUTHD_* variables.
+    #[arg(long, global = true, env = "AUTHD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Database URL, overriding the configuration file and AUTHD_DATABASE__URL.
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API until SIGINT or SIGTERM.
+    Serve,
+    /// Apply pending database migrations (safe to run again).
+    Migrate,
+    /// Print the OpenAPI document (the content of openapi.json).
+    Openapi,
+}
+
+impl Command {
+    /// Whether this command is a long-running server (chatty logs) or a one-shot tool (quiet logs).
+    pub fn is_server(&self) -> bool {
+        matches!(self, Command::Serve)
+    }
+}
+
+/// A refusal caused by the user's input: exit code 1 rather than 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UserError(pub String);
+
+/// Exit code for an error: 1 when the user's input was wrong or refused, 2 when the system failed.
+pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
+    let user_fault = err.chain().any(|cause| {
+        cause.downcast_ref::<UserError>().is_some()
+            || cause
+                .downcast_ref::<Error>()
+                .is_some_and(|e| !matches!(e, Error::Unavailable(_) | Error::Internal(_)))
+    });
+    ExitCode::from(if user_fault { 1 } else { 2 })
+}
+
+/// Loads settings for the command, with `--database-url` on top.
+pub fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Some(url) = &cli.database_url {
+        settings.database.url = url.clone().into();
+    }
+    Ok(settings)
+}
+
+/// Runs the parsed command to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Openapi = cli.command {
+        print!("{}", crate::http::openapi::openapi_json());
+        return Ok(());
+    }
+    let settings = load_settings(&cli)?;
+    match cli.command {
+        Command::Serve => serve(&settings).await,
+        Command::Migrate => migrate(&settings).await,
+        Command::Openapi => unreachable!("handled above"),
+    }
+}
+
+async fn serve(settings: &Settings) -> anyhow::Result<()> {
+    let app = App::build(settings).await?;
+    app.run_until_stopped().await
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let store = Store::connect_lazy(&settings.database)?;
+    let applied = store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    if applied.is_empty() {
+        println!("database is up to date: no pending migrations");
+    } else {
+        for name in &applied {
+            println!("applied {name}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

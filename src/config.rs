@@ -1,0 +1,199 @@
+//! Settings: layered loading (built-in defaults, files, `AUTHD_` environment) and their checks.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The compiled-in defaults: the same file that documents every setting.
+pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
+
+/// Everything authd can be configured with. Secrets are `SecretString`, so `Debug` cannot print them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub jwt: JwtSettings,
+    pub password: PasswordSettings,
+    pub otp: OtpSettings,
+    pub mail: MailSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JwtSettings {
+    pub secret: Option<SecretString>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl_secs: u64,
+    pub challenge_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PasswordSettings {
+    pub bcrypt_cost: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OtpSettings {
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    Smtp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MailSettings {
+    pub transport: MailTransport,
+    pub from: String,
+    pub smtp: SmtpSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub tls: SmtpTls,
+    pub timeout_secs: u64,
+}
+
+/// Minimum length of the HMAC secret: HS256 with a shorter key is guessable.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl Settings {
+    /// Loads the layers: defaults, `./config/default.toml`, `file` (must exist if given), `AUTHD_*`.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULTS_TOML,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from(PathBuf::from("config/default.toml")).required(false));
+        if let Some(file) = file {
+            if !file.is_file() {
+                bail!("configuration file {} does not exist", file.display());
+            }
+            builder = builder.add_source(config::File::from(file.to_path_buf()).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("AUTHD")
+                    .prefix_separator("_")
+                    .separator("__"),
+            )
+            .build()
+            .context("cannot read configuration")?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// The built-in defaults alone, ignoring files and environment: a base that tests and tools adjust.
+    pub fn defaults() -> Settings {
+        config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULTS_TOML,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("the compiled-in config/default.toml is valid")
+    }
+
+    /// Rejects values that would make authd insecure or unusable, with the setting's name.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(4..=31).contains(&self.password.bcrypt_cost) {
+            bail!(
+                "password.bcrypt_cost must be between 4 and 31, got {}",
+                self.password.bcrypt_cost
+            );
+        }
+        if self.otp.max_attempts == 0 {
+            bail!("otp.max_attempts must be at least 1");
+        }
+        if self.jwt.access_ttl_secs == 0 || self.jwt.challenge_ttl_secs == 0 {
+            bail!("jwt.access_ttl_secs and jwt.challenge_ttl_secs must be positive");
+        }
+        if self.database.max_connections == 0 {
+            bail!("database.max_connections must be at least 1");
+        }
+        if let Some(secret) = &self.jwt.secret {
+            check_secret(secret)?;
+        }
+        Ok(())
+    }
+
+    /// The signing secret, or a clear error when none is configured.
+    pub fn jwt_secret(&self) -> anyhow::Result<&SecretString> {
+        self.jwt.secret.as_ref().with_context(|| {
+            format!(
+                "jwt.secret is not set: set AUTHD_JWT__SECRET to a random string of at least {MIN_SECRET_BYTES} bytes"
+            )
+        })
+    }
+}
+
+fn check_secret(secret: &SecretString) -> anyhow::Result<()> {
+    let len = secret.expose_secret().len();
+    if len < MIN_SECRET_BYTES {
+        bail!("jwt.secret must be at least {MIN_SECRET_BYTES} bytes long, it has {len}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_parse_and_pass_checks() {
+        let settings = Settings::defaults();
+        settings.check().unwrap();
+        assert_eq!(settings.http.addr, "127.0.0.1:5050");
+        assert_eq!(settings.jwt.access_ttl_secs, 900);
+        assert_eq!(settings.password.bcrypt_cost, 12);
+        assert_eq!(settings.mail.smtp.tls, SmtpTls::None);
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let mut settings = Settings::defaults();
+        settings.jwt.secret = Some("a-very-secret-value-that-is-long-enough".into());
+        settings.database.url = "postgres://u:hunter2hunter2@db/authd".into();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("a-very-secret-value"));
+        assert!(!printed.contains("hunter2"));
+    }
+
+    #[test]
+    fn short_secret_is_refused() {
+        assert!(check_secret(&"short".into()).is_err());
+        assert!(check_secret(&"x".repeat(32).into()).is_ok());
+    }
+}

@@ -1,0 +1,251 @@
+//! Input newtypes that parse once and are valid by construction: `Email`, `Password`, `PersonName`, `Otp`.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use email_address::{EmailAddress, Options};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// A user as every door shows it. There is deliberately no password hash here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct User {
+    pub id: Uuid,
+    #[schema(example = "ada@example.test")]
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub two_factor_enabled: bool,
+    /// RFC 3339 timestamp.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Longest address SMTP can carry (RFC 5321 path limit less the angle brackets).
+pub const EMAIL_MAX_CHARS: usize = 254;
+/// Shortest password accepted, in bytes (NIST SP 800-63B minimum).
+pub const PASSWORD_MIN_BYTES: usize = 8;
+/// bcrypt ignores everything after 72 bytes; longer passwords are refused, never truncated.
+pub const PASSWORD_MAX_BYTES: usize = 72;
+pub const NAME_MAX_CHARS: usize = 100;
+pub const OTP_DIGITS: usize = 6;
+
+/// A syntactically valid email address, trimmed and lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Email, String> {
+        if raw.chars().any(|c| matches!(c, '\r' | '\n' | '\0')) {
+            return Err("must not contain line breaks or NUL characters".into());
+        }
+        let normalised = raw.trim().to_lowercase();
+        if normalised.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if normalised.chars().count() > EMAIL_MAX_CHARS {
+            return Err(format!("must be at most {EMAIL_MAX_CHARS} characters"));
+        }
+        if normalised.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        let options = Options::default()
+            .without_display_text()
+            .without_domain_literal()
+            .with_required_tld();
+        EmailAddress::parse_with_options(&normalised, options)
+            .map_err(|_| "is not a valid email address".to_string())?;
+        Ok(Email(normalised))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A password that bcrypt can hash without losing any of it. Debug never shows it.
+#[derive(Debug, Clone)]
+pub struct Password(SecretString);
+
+impl Password {
+    pub fn parse(raw: &str) -> Result<Password, String> {
+        let len = raw.len();
+        if len < PASSWORD_MIN_BYTES {
+            return Err(format!("must be at least {PASSWORD_MIN_BYTES} bytes long"));
+        }
+        if len > PASSWORD_MAX_BYTES {
+            return Err(format!(
+                "must be at most {PASSWORD_MAX_BYTES} bytes of UTF-8 (bcrypt's limit), this one has {len}"
+            ));
+        }
+        if raw.contains('\0') {
+            return Err("must not contain NUL characters".into());
+        }
+        Ok(Password(raw.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+/// A first or last name: trimmed, at most 100 characters, no control characters. Empty means absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonName(String);
+
+impl PersonName {
+    pub fn parse_optional(raw: Option<&str>) -> Result<Option<PersonName>, String> {
+        let Some(raw) = raw else { return Ok(None) };
+        if raw.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        if trimmed.chars().count() > NAME_MAX_CHARS {
+            return Err(format!("must be at most {NAME_MAX_CHARS} characters"));
+        }
+        Ok(Some(PersonName(trimmed.to_string())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A one-time code as typed by the user: exactly six ASCII digits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Otp(String);
+
+impl Otp {
+    pub fn parse(raw: &str) -> Result<Otp, String> {
+        let trimmed = raw.trim();
+        if trimmed.len() != OTP_DIGITS || !trimmed.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("must be exactly {OTP_DIGITS} digits"));
+        }
+        Ok(Otp(trimmed.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Otp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Otp(******)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_is_trimmed_and_lower_cased() {
+        let email = Email::parse("  Alice.Smith@Example.TEST ").unwrap();
+        assert_eq!(email.as_str(), "alice.smith@example.test");
+    }
+
+    #[test]
+    fn email_with_line_break_or_nul_is_refused() {
+        for bad in [
+            "a@example.test\r\nBcc: x@y.z",
+            "a\n@example.test",
+            "a@exam\0ple.test",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn email_syntax_is_checked() {
+        for bad in [
+            "",
+            "plainaddress",
+            "@example.test",
+            "a@",
+            "a@@example.test",
+            "a b@example.test",
+            "Alice <a@example.test>",
+            "a@[127.0.0.1]",
+            "a@localhost",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            "a@example.test",
+            "first.last+tag@sub.example.org",
+            "o'neil@example.com",
+        ] {
+            assert!(Email::parse(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn email_longer_than_254_characters_is_refused() {
+        let local = "a".repeat(64);
+        let domain = format!("{}.test", "b".repeat(60));
+        let mut long = format!("{local}@{domain}");
+        while long.len() <= EMAIL_MAX_CHARS {
+            long = format!("{long}.b{}", "b".repeat(10));
+        }
+        assert!(Email::parse(&long).is_err());
+    }
+
+    #[test]
+    fn password_length_is_counted_in_bytes_up_to_72() {
+        assert!(Password::parse("1234567").is_err());
+        assert!(Password::parse("12345678").is_ok());
+        assert!(Password::parse(&"x".repeat(72)).is_ok());
+        let err = Password::parse(&"x".repeat(73)).unwrap_err();
+        assert!(err.contains("72"), "{err}");
+        // 36 two-byte characters are 72 bytes; one more is 74.
+        assert!(Password::parse(&"é".repeat(36)).is_ok());
+        assert!(Password::parse(&"é".repeat(37)).is_err());
+    }
+
+    #[test]
+    fn password_debug_is_redacted() {
+        let password = Password::parse("correct horse battery").unwrap();
+        assert!(!format!("{password:?}").contains("horse"));
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(PersonName::parse_optional(None).unwrap(), None);
+        assert_eq!(PersonName::parse_optional(Some("  ")).unwrap(), None);
+        assert_eq!(
+            PersonName::parse_optional(Some(" Ada "))
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "Ada"
+        );
+        assert!(PersonName::parse_optional(Some(&"x".repeat(101))).is_err());
+        assert!(PersonName::parse_optional(Some("Ada\u{7}")).is_err());
+    }
+
+    #[test]
+    fn otp_is_exactly_six_digits() {
+        assert!(Otp::parse("123456").is_ok());
+        for bad in ["12345", "1234567", "12345a", "١٢٣٤٥٦", ""] {
+            assert!(Otp::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            format!("{:?}", Otp::parse("123456").unwrap()),
+            "Otp(******)"
+        );
+    }
+}

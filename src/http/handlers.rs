@@ -1,0 +1,231 @@
+//! Route handlers: translate HTTP to use-case calls and back; no business rules here.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::extract::{BearerToken, Json};
+use crate::auth::{LoginOutcome, Registration, RegistrationInput};
+use crate::domain::{Otp, User};
+use crate::error::{Error, FieldError};
+use crate::token::IssuedToken;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    #[schema(example = "ada@example.test")]
+    pub email: Option<String>,
+    /// 8 to 72 bytes of UTF-8.
+    #[schema(example = "correct horse battery staple")]
+    pub password: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// Email a one-time code at every login.
+    #[serde(default)]
+    pub two_factor_enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    #[schema(example = "ada@example.test")]
+    pub email: Option<String>,
+    /// Accepted as an alias of `email` (OAuth2 password-form habit).
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct OtpRequest {
+    /// The six digits from the email.
+    #[schema(example = "123456")]
+    pub otp: Option<String>,
+}
+
+/// Result of `POST /login`: an access token, or a challenge token when a code was emailed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub otp_required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge_token: Option<String>,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Token responses must never be cached (RFC 6749 section 5.1).
+fn no_store<T: Serialize>(body: T) -> Response {
+    let mut response = Json(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn require(field: &str, value: Option<String>) -> Result<String, Error> {
+    value.ok_or_else(|| Error::validation(field, "is required"))
+}
+
+/// Create an account.
+#[utoipa::path(
+    post, path = "/register", tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Account created", body = User,
+            headers(("Location" = String, description = "Where to read the new user: /users/me"))),
+        (status = 409, description = "The email address is taken (`email_taken`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn register(
+    State(state): State<AppState>,
+    Json(body): Json<RegisterRequest>,
+) -> Result<Response, ApiError> {
+    let registration = Registration::parse(RegistrationInput {
+        email: body.email,
+        password: body.password,
+        first_name: body.first_name,
+        last_name: body.last_name,
+        two_factor_enabled: body.two_factor_enabled.unwrap_or(false),
+    })?;
+    let user = state.auth.register(registration).await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, "/users/me")],
+        Json(user),
+    )
+        .into_response())
+}
+
+/// Log in with email and password.
+///
+/// Without two-factor authentication the answer carries the access token. With it, a
+/// six-digit code is emailed and the answer carries a challenge token for `POST /login/otp`.
+#[utoipa::path(
+    post, path = "/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Access token, or challenge token and an emailed code", body = LoginResponse),
+        (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Missing fields", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database or mail relay unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    Json(body): Json<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let email = body.email.or(body.username);
+    let (email, password) = match (email, body.password) {
+        (Some(e), Some(p)) => (e, p),
+        (e, p) => {
+            let mut errors = Vec::new();
+            if e.is_none() {
+                errors.push(FieldError::new("email", "is required"));
+            }
+            if p.is_none() {
+                errors.push(FieldError::new("password", "is required"));
+            }
+            return Err(Error::Validation(errors).into());
+        }
+    };
+    let outcome = state.auth.login(&email, &password).await?;
+    Ok(no_store(match outcome {
+        LoginOutcome::Access(token) => LoginResponse {
+            otp_required: false,
+            access_token: Some(token.token),
+            challenge_token: None,
+            token_type: "Bearer",
+            expires_in: token.expires_in,
+        },
+        LoginOutcome::Challenge(token) => LoginResponse {
+            otp_required: true,
+            access_token: None,
+            challenge_token: Some(token.token),
+            token_type: "Bearer",
+            expires_in: token.expires_in,
+        },
+    }))
+}
+
+/// Exchange the emailed code for an access token.
+#[utoipa::path(
+    post, path = "/login/otp", tag = "auth",
+    request_body = OtpRequest,
+    security(("challenge_token" = [])),
+    responses(
+        (status = 200, description = "Access token", body = TokenResponse),
+        (status = 401, description = "Bad challenge token (`invalid_token`) or wrong code (`invalid_otp`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The code is not six digits", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn login_otp(
+    State(state): State<AppState>,
+    BearerToken(token): BearerToken,
+    Json(body): Json<OtpRequest>,
+) -> Result<Response, ApiError> {
+    let otp = Otp::parse(&require("otp", body.otp)?).map_err(|m| Error::validation("otp", m))?;
+    let token: IssuedToken = state.auth.verify_otp(&token, &otp).await?;
+    Ok(no_store(TokenResponse {
+        access_token: token.token,
+        token_type: "Bearer",
+        expires_in: token.expires_in,
+    }))
+}
+
+/// The user the access token belongs to.
+#[utoipa::path(
+    get, path = "/users/me", tag = "users",
+    security(("access_token" = [])),
+    responses(
+        (status = 200, description = "The current user", body = User),
+        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn me(
+    State(state): State<AppState>,
+    BearerToken(token): BearerToken,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(state.auth.current_user(&token).await?))
+}
+
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: 200 when the database answers, 503 when it does not.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    state.auth.store.ping().await?;
+    Ok(Json(Health { status: "ready" }))
+}

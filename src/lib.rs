@@ -1,0 +1,30 @@
+//! authd: email and password login with an optional emailed one-time code.
+//!
+//! One core, three doors: the HTTP API (`http`), the admin command line (`cli`) and the tests
+//! all call the same use cases in `auth`.
+
+/// The use cases: register, log in, exchange a code, manage users.
+pub mod auth;
+/// The admin command line: clap types and one function per subcommand.
+pub mod cli;
+/// Settings: layered loading and checks.
+pub mod config;
+/// Input newtypes that are valid by construction, and the public `User`.
+pub mod domain;
+/// The core error type.
+pub mod error;
+/// The HTTP API: router, handlers, problem+json errors, OpenAPI.
+pub mod http;
+/// Outgoing mail.
+pub mod mail;
+/// One-time code generation and keyed hashing.
+pub mod otp;
+/// bcrypt off the async workers.
+pub mod password;
+/// Database access.
+pub mod store;
+/// JWT issuing and verification.
+pub mod token;
+
+pub use config::Settings;
+pub use error::{Error, Result};

@@ -1,0 +1,122 @@
+//! Outgoing mail: builds the one-time code message and delivers it through the configured transport.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
+
+use crate::config::{MailSettings, MailTransport, SmtpTls};
+use crate::domain::Email;
+use crate::error::{Error, Result};
+use crate::otp::Code;
+
+/// Sends the emails authd needs. Cheap to clone.
+#[derive(Clone)]
+pub struct Mailer {
+    from: Mailbox,
+    transport: Transport,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("from", &self.from.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    pub fn from_settings(settings: &MailSettings) -> anyhow::Result<Mailer> {
+        let from: Mailbox = settings
+            .from
+            .parse()
+            .with_context(|| format!("mail.from {:?} is not a valid mailbox", settings.from))?;
+        let timeout = Duration::from_secs(settings.smtp.timeout_secs.max(1));
+        let transport = match settings.transport {
+            MailTransport::Smtp => Transport::Smtp(smtp_transport(settings, timeout)?),
+        };
+        Ok(Mailer {
+            from,
+            transport,
+            timeout,
+        })
+    }
+
+    /// Emails a one-time code. Gives up with `Unavailable` when the relay refuses, fails or stalls.
+    #[tracing::instrument(skip_all)]
+    pub async fn send_code(&self, to: &Email, code: &Code, valid_for_secs: u64) -> Result<()> {
+        let message = self.code_message(to, code, valid_for_secs)?;
+        match &self.transport {
+            Transport::Smtp(smtp) => {
+                match tokio::time::timeout(self.timeout, smtp.send(message)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "mail relay refused or failed");
+                        Err(Error::Unavailable("mail"))
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            timeout_secs = self.timeout.as_secs(),
+                            "mail relay timed out"
+                        );
+                        Err(Error::Unavailable("mail"))
+                    }
+                }
+            }
+        }
+    }
+
+    fn code_message(&self, to: &Email, code: &Code, valid_for_secs: u64) -> Result<Message> {
+        let to: Mailbox = to
+            .as_str()
+            .parse()
+            .context("recipient address cannot be used in a message")?;
+        let minutes = valid_for_secs.div_ceil(60);
+        let body = format!(
+            "Your sign-in code is {code}\n\n\
+             It is valid for {minutes} minute(s) and can be used once.\n\
+             If you did not try to sign in, someone knows your password: change it.\n",
+            code = code.as_str(),
+        );
+        Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject("Your sign-in code")
+            .body(body)
+            .context("cannot build the code email")
+            .map_err(Error::Internal)
+    }
+}
+
+fn smtp_transport(
+    settings: &MailSettings,
+    timeout: Duration,
+) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+    let smtp = &settings.smtp;
+    let builder = match smtp.tls {
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
+        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
+            .context("invalid mail.smtp.host for STARTTLS")?,
+        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
+            .context("invalid mail.smtp.host for TLS")?,
+    };
+    let mut builder = builder.port(smtp.port).timeout(Some(timeout));
+    if let Some(username) = &smtp.username {
+        let password = smtp
+            .password
+            .as_ref()
+            .map(|p| p.expose_secret().to_string())
+            .unwrap_or_default();
+        builder = builder.credentials(Credentials::new(username.clone(), password));
+    }
+    Ok(builder.build())
+}

@@ -1,0 +1,37 @@
+//! The `authd` binary: parse the command line, set up logging, dispatch.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use authd::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.command.is_server());
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            cli::exit_code_for(&err)
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the level. Admin commands stay quiet unless asked.
+fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

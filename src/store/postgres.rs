@@ -1,0 +1,253 @@
+//! The PostgreSQL store.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::{Attempt, Credentials, NewChallenge, NewUser, UserQuery};
+use crate::config::DatabaseSettings;
+use crate::domain::{Email, User};
+use crate::error::Result;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A pool of connections to one PostgreSQL database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Prepares a pool without connecting, so authd starts (and reports not ready) while the database is down.
+    pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<Store> {
+        let options = PgConnectOptions::from_str(settings.url.expose_secret())
+            .context("database.url is not a valid postgres:// URL")?
+            .application_name("authd");
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+            .connect_lazy_with(options);
+        Ok(Store { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations and returns the descriptions of the ones it applied.
+    pub async fn migrate(&self) -> Result<Vec<String>> {
+        let before: Vec<i64> = if self.has_migrations_table().await? {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        MIGRATOR.run(&self.pool).await.context("migration failed")?;
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !before.contains(&m.version))
+            .map(|m| format!("{} {}", m.version, m.description))
+            .collect())
+    }
+
+    async fn has_migrations_table(&self) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Answers whether the database responds right now.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn insert_user(&self, new: NewUser) -> Result<User> {
+        let row = sqlx::query(
+            "INSERT INTO users (id, email, password_hash, first_name, last_name, two_factor_enabled)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+        )
+        .bind(new.id)
+        .bind(&new.email)
+        .bind(&new.password_hash)
+        .bind(&new.first_name)
+        .bind(&new.last_name)
+        .bind(new.two_factor_enabled)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(user_from_row(&row)?)
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn find_credentials(&self, email: &Email) -> Result<Option<Credentials>> {
+        let row = sqlx::query(
+            "SELECT id, email, first_name, last_name, two_factor_enabled, created_at, password_hash
+             FROM users WHERE email = $1",
+        )
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Credentials {
+                user: user_from_row(&row)?,
+                password_hash: row.try_get("password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn find_user(&self, id: Uuid) -> Result<Option<User>> {
+        let row = sqlx::query(
+            "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
+             FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    pub async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
+        let pattern = query
+            .search
+            .as_deref()
+            .map(|s| format!("%{}%", escape_like(&s.to_lowercase())));
+        let rows = sqlx::query(
+            "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
+             FROM users
+             WHERE $1::text IS NULL
+                OR email LIKE $1
+                OR lower(coalesce(first_name, '') || ' ' || coalesce(last_name, '')) LIKE $1
+             ORDER BY created_at, id
+             LIMIT $2",
+        )
+        .bind(pattern)
+        .bind(query.limit.map(i64::from))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<Option<User>> {
+        let row = sqlx::query(
+            "UPDATE users SET two_factor_enabled = $2 WHERE email = $1
+             RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+        )
+        .bind(email.as_str())
+        .bind(enabled)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO otp_challenges (id, user_id, code_hash, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(challenge.id)
+        .bind(challenge.user_id)
+        .bind(&challenge.code_hash)
+        .bind(challenge.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a challenge whose code could not be delivered.
+    pub async fn delete_challenge(&self, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM otp_challenges WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Retires every open challenge of the user except `keep`, and forgets long-dead ones.
+    pub async fn retire_challenges_except(&self, user_id: Uuid, keep: Uuid) -> Result<()> {
+        sqlx::query(
+            "UPDATE otp_challenges SET retired_at = now()
+             WHERE user_id = $1 AND id <> $2 AND consumed_at IS NULL AND retired_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "DELETE FROM otp_challenges WHERE user_id = $1 AND expires_at < now() - interval '1 day'",
+        )
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Counts or consumes in one statement. The row lock serialises concurrent submissions, and the
+    /// re-checked `WHERE` means parallel guesses cannot pass `max_attempts` and a right code is
+    /// accepted at most once.
+    pub async fn attempt_challenge(
+        &self,
+        id: Uuid,
+        user_id: Uuid,
+        code_hash: &[u8],
+        max_attempts: u32,
+    ) -> Result<Attempt> {
+        let row = sqlx::query(
+            "UPDATE otp_challenges
+             SET attempts = attempts + CASE WHEN code_hash = $3 THEN 0 ELSE 1 END,
+                 consumed_at = CASE WHEN code_hash = $3 THEN now() ELSE NULL END
+             WHERE id = $1 AND user_id = $2
+               AND consumed_at IS NULL AND retired_at IS NULL
+               AND expires_at > now() AND attempts < $4
+             RETURNING consumed_at IS NOT NULL AS accepted, attempts",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(code_hash)
+        .bind(max_attempts as i32)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Attempt::Dead);
+        };
+        if row.try_get::<bool, _>("accepted")? {
+            return Ok(Attempt::Accepted);
+        }
+        let attempts: i32 = row.try_get("attempts")?;
+        Ok(Attempt::Rejected {
+            remaining: max_attempts.saturating_sub(attempts.max(0) as u32),
+        })
+    }
+}
+
+fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        first_name: row.try_get("first_name")?,
+        last_name: row.try_get("last_name")?,
+        two_factor_enabled: row.try_get("two_factor_enabled")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Makes user text match literally inside a LIKE pattern.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

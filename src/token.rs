@@ -1,0 +1,323 @@
+//! JSON Web Tokens: issuing and verifying access and challenge tokens, kept strictly apart.
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::JwtSettings;
+use crate::error::Error;
+
+/// The only algorithm authd signs with or accepts.
+pub const ALGORITHM: Algorithm = Algorithm::HS256;
+
+/// What a token is for. Each verifier accepts only its own kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// Grants access to the API (`typ: at+jwt`, RFC 9068).
+    Access,
+    /// Lets its holder submit one-time codes for one login challenge, nothing else.
+    Challenge,
+}
+
+impl TokenKind {
+    pub fn typ(self) -> &'static str {
+        match self {
+            TokenKind::Access => "at+jwt",
+            TokenKind::Challenge => "authd-otp-challenge+jwt",
+        }
+    }
+
+    pub fn from_typ(typ: &str) -> Option<TokenKind> {
+        [TokenKind::Access, TokenKind::Challenge]
+            .into_iter()
+            .find(|k| k.typ().eq_ignore_ascii_case(typ))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenKind::Access => "access",
+            TokenKind::Challenge => "challenge",
+        }
+    }
+}
+
+/// The registered claims authd puts in every token; all are required on the way back in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: Uuid,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: Uuid,
+}
+
+/// Why a token was refused, precise enough for `authd token inspect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("not a JWT")]
+    NotAJwt,
+    #[error("algorithm is not HS256")]
+    WrongAlgorithm,
+    #[error("wrong token kind")]
+    WrongKind,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("expired")]
+    Expired,
+    #[error("wrong audience")]
+    WrongAudience,
+    #[error("wrong issuer")]
+    WrongIssuer,
+    #[error("not valid yet")]
+    NotYetValid,
+    #[error("a required claim is missing or malformed")]
+    BadClaims,
+}
+
+impl From<TokenError> for Error {
+    fn from(err: TokenError) -> Self {
+        Error::InvalidToken(match err {
+            TokenError::Expired => "the token has expired",
+            TokenError::WrongKind => "this kind of token is not accepted here",
+            _ => "the token is not valid",
+        })
+    }
+}
+
+/// A freshly signed token and what the client needs to know about it.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub jti: Uuid,
+    pub expires_in: u64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Signing and verification keys plus the claims they stamp and expect.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    issuer: String,
+    audience: String,
+    access_ttl_secs: u64,
+    challenge_ttl_secs: u64,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenKeys {
+    pub fn new(secret: &[u8], jwt: &JwtSettings) -> TokenKeys {
+        TokenKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            issuer: jwt.issuer.clone(),
+            audience: jwt.audience.clone(),
+            access_ttl_secs: jwt.access_ttl_secs,
+            challenge_ttl_secs: jwt.challenge_ttl_secs,
+        }
+    }
+
+    /// The audience a token of `kind` carries: challenge tokens never match an API audience.
+    pub fn audience(&self, kind: TokenKind) -> String {
+        match kind {
+            TokenKind::Access => self.audience.clone(),
+            TokenKind::Challenge => format!("{}/otp-challenge", self.audience),
+        }
+    }
+
+    pub fn ttl_secs(&self, kind: TokenKind) -> u64 {
+        match kind {
+            TokenKind::Access => self.access_ttl_secs,
+            TokenKind::Challenge => self.challenge_ttl_secs,
+        }
+    }
+
+    pub fn issue(&self, kind: TokenKind, subject: Uuid, jti: Uuid) -> Result<IssuedToken, Error> {
+        self.issue_at(kind, subject, jti, Utc::now())
+    }
+
+    /// Signs a token as if it were issued at `now` (tests use a past `now` for expired tokens).
+    pub fn issue_at(
+        &self,
+        kind: TokenKind,
+        subject: Uuid,
+        jti: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, Error> {
+        let ttl = self.ttl_secs(kind);
+        let expires_at = now + chrono::Duration::seconds(ttl as i64);
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: subject,
+            aud: self.audience(kind),
+            exp: expires_at.timestamp(),
+            iat: now.timestamp(),
+            jti,
+        };
+        let mut header = Header::new(ALGORITHM);
+        header.typ = Some(kind.typ().to_string());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| Error::Internal(anyhow::Error::new(e).context("cannot sign token")))?;
+        Ok(IssuedToken {
+            token,
+            jti,
+            expires_in: ttl,
+            expires_at,
+        })
+    }
+
+    /// Verifies a token of exactly `kind`: header, signature, and every registered claim.
+    pub fn verify(&self, kind: TokenKind, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::NotAJwt)?;
+        if header.alg != ALGORITHM {
+            return Err(TokenError::WrongAlgorithm);
+        }
+        let typ_matches = header
+            .typ
+            .as_deref()
+            .and_then(TokenKind::from_typ)
+            .is_some_and(|k| k == kind);
+        if !typ_matches {
+            return Err(TokenError::WrongKind);
+        }
+        let mut validation = Validation::new(ALGORITHM);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_audience(&[self.audience(kind)]);
+        validation.set_issuer(&[self.issuer.as_str()]);
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map_err(|e| classify(e.kind()))?;
+        Ok(data.claims)
+    }
+}
+
+fn classify(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm,
+        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => TokenError::NotAJwt,
+        _ => TokenError::BadClaims,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn keys(secret: &[u8]) -> TokenKeys {
+        TokenKeys::new(secret, &Settings::defaults().jwt)
+    }
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn access_token_round_trips_with_rfc9068_typ() {
+        let keys = keys(SECRET);
+        let (sub, jti) = (Uuid::new_v4(), Uuid::new_v4());
+        let issued = keys.issue(TokenKind::Access, sub, jti).unwrap();
+        let header = jsonwebtoken::decode_header(&issued.token).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+        let claims = keys.verify(TokenKind::Access, &issued.token).unwrap();
+        assert_eq!((claims.sub, claims.jti), (sub, jti));
+        assert_eq!(issued.expires_in, 900);
+    }
+
+    #[test]
+    fn kinds_cannot_be_swapped() {
+        let keys = keys(SECRET);
+        let challenge = keys
+            .issue(TokenKind::Challenge, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        let access = keys
+            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        assert_eq!(
+            keys.verify(TokenKind::Access, &challenge.token),
+            Err(TokenError::WrongKind)
+        );
+        assert_eq!(
+            keys.verify(TokenKind::Challenge, &access.token),
+            Err(TokenError::WrongKind)
+        );
+    }
+
+    #[test]
+    fn other_key_expired_and_garbage_are_refused_with_reasons() {
+        let keys = keys(SECRET);
+        let other = super::TokenKeys::new(
+            b"another-secret-another-secret-xx",
+            &Settings::defaults().jwt,
+        );
+        let foreign = other
+            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        assert_eq!(
+            keys.verify(TokenKind::Access, &foreign.token),
+            Err(TokenError::BadSignature)
+        );
+        let old = keys
+            .issue_at(
+                TokenKind::Access,
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                Utc::now() - chrono::Duration::hours(1),
+            )
+            .unwrap();
+        assert_eq!(
+            keys.verify(TokenKind::Access, &old.token),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            keys.verify(TokenKind::Access, "not-a-token"),
+            Err(TokenError::NotAJwt)
+        );
+    }
+
+    #[test]
+    fn wrong_audience_or_issuer_is_refused() {
+        let keys = keys(SECRET);
+        let mut settings = Settings::defaults().jwt;
+        settings.audience = "someone-else".into();
+        let other_aud = TokenKeys::new(SECRET, &settings)
+            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        assert_eq!(
+            keys.verify(TokenKind::Access, &other_aud.token),
+            Err(TokenError::WrongAudience)
+        );
+        let mut settings = Settings::defaults().jwt;
+        settings.issuer = "mallory".into();
+        let other_iss = TokenKeys::new(SECRET, &settings)
+            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        assert_eq!(
+            keys.verify(TokenKind::Access, &other_iss.token),
+            Err(TokenError::WrongIssuer)
+        );
+    }
+
+    #[test]
+    fn unsigned_alg_none_token_is_refused() {
+        let keys = keys(SECRET);
+        // {"alg":"none","typ":"at+jwt"} . {"sub":...} . (no signature)
+        let token = "eyJhbGciOiJub25lIiwidHlwIjoiYXQrand0In0.eyJzdWIiOiJ4In0.";
+        assert!(keys.verify(TokenKind::Access, token).is_err());
+    }
+}
