@@ -27,7 +27,7 @@ impl PasswordHasher {
             );
         }
         let dummy_hash = tokio::task::spawn_blocking(move || {
-            bcrypt::non_truncating_hash("authd-dummy-password-for-timing", cost)
+            bcrypt::hash("authd-dummy-password-for-timing", cost)
         })
         .await
         .context("dummy hash task failed")?
@@ -44,9 +44,9 @@ impl PasswordHasher {
     pub async fn hash(&self, password: &Password) -> Result<String> {
         let password = password.clone();
         let cost = self.cost;
-        self.run_blocking(move || {
-            bcrypt::non_truncating_hash(password.expose(), cost).context("bcrypt hash failed")
-        })
+        // `Password` guarantees at most 72 bytes, all of which bcrypt uses. (bcrypt's
+        // non-truncating variant would refuse exactly 72 because it counts the NUL terminator.)
+        self.run_blocking(move || bcrypt::hash(password.expose(), cost).context("bcrypt hash failed"))
         .await
     }
 
@@ -115,6 +115,10 @@ mod tests {
                 .unwrap()
         );
         assert!(!hasher.verify(&"x".repeat(100), Some(&hash)).await.unwrap());
+        let longest = Password::parse(&"x".repeat(72)).unwrap();
+        let hash = hasher.hash(&longest).await.unwrap();
+        assert!(hasher.verify(&"x".repeat(72), Some(&hash)).await.unwrap());
+        assert!(!hasher.verify(&"x".repeat(71), Some(&hash)).await.unwrap());
     }
 
     #[tokio::test]

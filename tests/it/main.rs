@@ -1,1 +1,9 @@
+//! The one integration-test binary: real Postgres, real HTTP server, real SMTP conversation.
 
+mod helpers;
+mod smtp_sink;
+
+mod api;
+mod cli;
+mod otp_flow;
+mod resilience;

@@ -1,0 +1,33 @@
+# authd: the usual targets. `make help` lists them.
+CARGO ?= cargo
+AUTHD := target/release/authd
+
+.PHONY: help build run migrate test lint fmt openapi clean
+
+help: ## List targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## Build the release binary (target/release/authd)
+	$(CARGO) build --release --locked
+
+run: ## Run the server with ./config and AUTHD_* settings
+	$(CARGO) run --release --locked -- serve
+
+migrate: ## Apply database migrations (database.url / DATABASE_URL)
+	$(CARGO) run --release --locked -- migrate
+
+test: ## All tests; starts a throwaway PostgreSQL unless DATABASE_URL is set
+	./scripts/with-postgres.sh $(CARGO) test --locked --all-targets
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+openapi: ## Regenerate openapi.json from the code
+	$(CARGO) run --locked --quiet -- openapi > openapi.json
+
+clean: ## Remove build output
+	$(CARGO) clean

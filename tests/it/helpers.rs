@@ -1,0 +1,258 @@
+//! Test harness: a fresh database per test, a mail sink, and authd served on a free port.
+
+use std::str::FromStr;
+
+use authd::config::{Settings, SmtpTls};
+use authd::http::App;
+use authd::store::Store;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor, PgPool};
+use tokio::sync::oneshot;
+
+use crate::smtp_sink::{Behaviour, MailSink, extract_code};
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+pub const PASSWORD: &str = "correct horse battery";
+
+/// The server the tests may create databases on.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL must point at a PostgreSQL server where the tests may create databases \
+         (`make test` or `bash .ci/run` sets it up)",
+    )
+}
+
+/// `url` with its database name replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let prefix = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{prefix}/{name}?{q}"),
+        None => format!("{prefix}/{name}"),
+    }
+}
+
+/// Creates an empty database with a unique name, applies the migrations, and returns its URL.
+pub async fn fresh_database() -> String {
+    let url = create_empty_database().await;
+    let mut settings = Settings::defaults();
+    settings.database.url = url.clone().into();
+    Store::connect_lazy(&settings.database)
+        .unwrap()
+        .migrate()
+        .await
+        .expect("migrations apply to a fresh database");
+    url
+}
+
+/// Creates an empty database (no tables) and returns its URL.
+pub async fn create_empty_database() -> String {
+    let admin = admin_url();
+    let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnectOptions::from_str(&admin)
+        .expect("DATABASE_URL is a valid postgres URL")
+        .connect()
+        .await
+        .expect("the test PostgreSQL server accepts connections");
+    conn.execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+        .await
+        .expect("CREATE DATABASE");
+    with_database(&admin, &name)
+}
+
+/// Settings for a test: its database, the mail sink's port, cheap bcrypt, port 0.
+pub fn test_settings(db_url: &str, smtp_port: u16) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.http.addr = "127.0.0.1:0".into();
+    settings.database.url = db_url.to_string().into();
+    settings.database.acquire_timeout_secs = 2;
+    settings.jwt.secret = Some(SECRET.into());
+    settings.password.bcrypt_cost = 4;
+    settings.mail.smtp.host = "127.0.0.1".into();
+    settings.mail.smtp.port = smtp_port;
+    settings.mail.smtp.tls = SmtpTls::None;
+    settings.mail.smtp.timeout_secs = 2;
+    settings
+}
+
+/// authd running on a free port against its own database and mail sink.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub mail: MailSink,
+    pub db_url: String,
+    pub db: PgPool,
+    pub settings: Settings,
+    stop: Option<oneshot::Sender<()>>,
+    pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(Behaviour::Accept, |_| {}).await
+    }
+
+    pub async fn spawn_with(behaviour: Behaviour, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+        let db_url = fresh_database().await;
+        let mail = MailSink::start(behaviour).await;
+        let mut settings = test_settings(&db_url, mail.port);
+        tweak(&mut settings);
+        TestApp::spawn_on(settings, mail, db_url).await
+    }
+
+    /// Starts authd with exactly these settings (the database must already be migrated).
+    pub async fn spawn_on(settings: Settings, mail: MailSink, db_url: String) -> TestApp {
+        let app = App::build(&settings).await.expect("authd builds");
+        let base = format!("http://{}", app.local_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        let db = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy(&db_url)
+            .unwrap();
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            mail,
+            db_url,
+            db,
+            settings,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Asks the server to stop gracefully; returns its join handle.
+    pub fn stop(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.take().expect("server still running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_json_with_token(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_with_token(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers a user and returns the User body.
+    pub async fn register(&self, email: &str, two_factor: bool) -> Value {
+        let response = self
+            .post_json(
+                "/register",
+                &json!({"email": email, "password": PASSWORD, "two_factor_enabled": two_factor}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post_json("/login", &json!({"email": email, "password": password}))
+            .await
+    }
+
+    /// Logs a two-factor user in and returns the challenge token and the emailed code.
+    pub async fn start_challenge(&self, email: &str) -> (String, String) {
+        let before = self.mail.messages_to(email).len();
+        let response = self.login(email, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["otp_required"], true);
+        let token = body["challenge_token"].as_str().unwrap().to_string();
+        let message = self.mail.wait_for(email, before + 1).await;
+        (token, extract_code(&message))
+    }
+
+    pub async fn submit_code(&self, challenge_token: &str, code: &str) -> Response {
+        self.post_json_with_token("/login/otp", challenge_token, &json!({"otp": code}))
+            .await
+    }
+
+    /// Logs a user without two-factor in and returns the access token.
+    pub async fn access_token(&self, email: &str) -> String {
+        let response = self.login(email, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Reads a problem+json body and checks its shape; returns it.
+pub async fn problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "body: {body}");
+    assert_eq!(body["status"], status.as_u16());
+    for key in ["type", "title", "detail"] {
+        assert!(body[key].is_string(), "problem lacks {key}: {body}");
+    }
+    body
+}
+
+#[test]
+fn with_database_replaces_only_the_name() {
+    assert_eq!(
+        with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "x"),
+        "postgres://u:p@h:5432/x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://h/db", "x"), "postgres://h/x");
+    assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}

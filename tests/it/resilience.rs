@@ -1,0 +1,114 @@
+//! Failure handling: database down, mail relay refusing, failing or silent, graceful shutdown.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{PASSWORD, TestApp, fresh_database, problem, test_settings};
+use crate::smtp_sink::{Behaviour, MailSink};
+
+async fn count_challenges(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM otp_challenges")
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+async fn login_with_broken_mail_answers_503_and_leaves_no_challenge(behaviour: Behaviour) {
+    let app = TestApp::spawn_with(behaviour, |s| s.mail.smtp.timeout_secs = 1).await;
+    app.register("mailless@example.test", true).await;
+    let response = app.login("mailless@example.test", PASSWORD).await;
+    assert!(response.headers().get("retry-after").is_some());
+    let body = problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    assert!(!body.to_string().contains("451"), "no relay text leaks: {body}");
+    assert_eq!(count_challenges(&app).await, 0);
+    // Other requests are unaffected.
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    app.register("other@example.test", false).await;
+    assert_eq!(
+        app.login("other@example.test", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_refusing_mail_relay_gives_503_and_no_usable_challenge() {
+    login_with_broken_mail_answers_503_and_leaves_no_challenge(Behaviour::Refuse).await;
+}
+
+#[tokio::test]
+async fn a_failing_mail_relay_gives_503_and_no_usable_challenge() {
+    login_with_broken_mail_answers_503_and_leaves_no_challenge(Behaviour::FailData).await;
+}
+
+#[tokio::test]
+async fn a_silent_mail_relay_gives_503_within_the_timeout() {
+    login_with_broken_mail_answers_503_and_leaves_no_challenge(Behaviour::Silent).await;
+}
+
+#[tokio::test]
+async fn a_failed_mail_keeps_the_earlier_challenge_alive() {
+    // The first login succeeds; the relay then dies; the earlier code must still work.
+    let db_url = fresh_database().await;
+    let good = MailSink::start(Behaviour::Accept).await;
+    let app = TestApp::spawn_on(test_settings(&db_url, good.port), good, db_url.clone()).await;
+    app.register("keep@example.test", true).await;
+    let (challenge, code) = app.start_challenge("keep@example.test").await;
+    drop(app);
+
+    let bad = MailSink::start(Behaviour::Refuse).await;
+    let app = TestApp::spawn_on(test_settings(&db_url, bad.port), bad, db_url).await;
+    let response = app.login("keep@example.test", PASSWORD).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        app.submit_code(&challenge, &code).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn with_the_database_down_requests_get_503_with_retry_after_and_readyz_fails() {
+    let mail = MailSink::start(Behaviour::Accept).await;
+    // Nothing listens on port 1: every connection attempt is refused.
+    let mut settings = test_settings("postgres://postgres@127.0.0.1:1/authd", mail.port);
+    settings.database.acquire_timeout_secs = 1;
+    let app = TestApp::spawn_on(settings, mail, "postgres://postgres@127.0.0.1:1/authd".into()).await;
+
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    let ready = app.get("/readyz").await;
+    problem(ready, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    let response = app.login("a@example.test", PASSWORD).await;
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body = problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    assert!(!body.to_string().to_lowercase().contains("refused"), "{body}");
+    let response = app
+        .post_json(
+            "/register",
+            &json!({"email": "a@example.test", "password": PASSWORD}),
+        )
+        .await;
+    problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let mut app = TestApp::spawn().await;
+    app.register("slow@example.test", false).await;
+    // A login runs bcrypt; ask the server to stop while it is in flight.
+    let client = app.client.clone();
+    let url = app.url("/login");
+    let in_flight = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"email": "slow@example.test", "password": PASSWORD}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let server = app.stop();
+    let response = in_flight.await.unwrap().expect("in-flight request completed");
+    assert_eq!(response.status(), StatusCode::OK);
+    server.await.unwrap().expect("server stopped cleanly");
+    assert!(app.client.get(app.url("/healthz")).send().await.is_err());
+}
