@@ -7,6 +7,7 @@ use uuid::Uuid;
 use crate::config::Settings;
 use crate::domain::{Email, Otp, Password, PersonName, User};
 use crate::error::{Error, FieldError, Result};
+use crate::keys::SigningSecret;
 use crate::mail::Mailer;
 use crate::otp::{CodeHasher, generate_code};
 use crate::password::PasswordHasher;
@@ -149,15 +150,18 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub async fn from_settings(settings: &Settings, store: Store) -> anyhow::Result<Auth> {
-        use secrecy::ExposeSecret;
-        let secret = settings.jwt_secret()?.expose_secret().as_bytes();
+    pub async fn from_settings(
+        settings: &Settings,
+        store: Store,
+        secret: &SigningSecret,
+    ) -> anyhow::Result<Auth> {
+        let secret = secret.bytes();
         Ok(Auth {
             store,
             hasher: PasswordHasher::new(settings.password.bcrypt_cost).await?,
             tokens: TokenKeys::new(secret, &settings.jwt),
             codes: CodeHasher::from_secret(secret),
-            mailer: Mailer::from_settings(&settings.mail).context("invalid mail settings")?,
+            mailer: Mailer::from_settings(settings).context("invalid mail settings")?,
             max_attempts: settings.otp.max_attempts,
         })
     }

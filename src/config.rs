@@ -12,12 +12,22 @@ pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 /// Everything authd can be configured with. Secrets are `SecretString`, so `Debug` cannot print them.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    pub env: Environment,
+    pub data_dir: PathBuf,
     pub http: HttpSettings,
     pub database: DatabaseSettings,
     pub jwt: JwtSettings,
     pub password: PasswordSettings,
     pub otp: OtpSettings,
     pub mail: MailSettings,
+}
+
+/// Where authd runs. Production refuses development-only shortcuts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Production,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,12 +65,23 @@ pub struct OtpSettings {
 #[serde(rename_all = "lowercase")]
 pub enum MailTransport {
     Smtp,
+    /// Development only: the message is written to the log.
+    Log,
+    /// Development only: each message becomes a .eml file in `mail.file_dir`.
+    File,
+}
+
+impl MailTransport {
+    pub fn is_development_only(self) -> bool {
+        matches!(self, MailTransport::Log | MailTransport::File)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct MailSettings {
     pub transport: MailTransport,
     pub from: String,
+    pub file_dir: PathBuf,
     pub smtp: SmtpSettings,
 }
 
@@ -146,20 +167,66 @@ impl Settings {
         if let Some(secret) = &self.jwt.secret {
             check_secret(secret)?;
         }
+        let url = self.database_url();
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            bail!("database.url must start with postgres:// or sqlite://");
+        }
         Ok(())
     }
 
-    /// The signing secret, or a clear error when none is configured.
-    pub fn jwt_secret(&self) -> anyhow::Result<&SecretString> {
-        self.jwt.secret.as_ref().with_context(|| {
-            format!(
-                "jwt.secret is not set: set AUTHD_JWT__SECRET to a random string of at least {MIN_SECRET_BYTES} bytes"
-            )
-        })
+    /// In production, refuses the development-only shortcuts, each with a one-line reason.
+    pub fn check_production(&self) -> anyhow::Result<()> {
+        if self.env != Environment::Production {
+            return Ok(());
+        }
+        if self.mail.transport.is_development_only() {
+            bail!(
+                "refusing to start in production: mail.transport = {:?} is for development only; configure SMTP (AUTHD_MAIL__TRANSPORT=smtp)",
+                self.mail.transport
+            );
+        }
+        if self.jwt.secret.is_none() {
+            bail!(
+                "refusing to start in production without jwt.secret: a generated key is for development only; set AUTHD_JWT__SECRET (at least {MIN_SECRET_BYTES} bytes)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The database URL: the configured one, or the SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        let url = self.database.url.expose_secret().trim();
+        if url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("authd.db").display())
+        } else {
+            url.to_string()
+        }
+    }
+
+    /// Directory of the file mail transport.
+    pub fn mail_file_dir(&self) -> PathBuf {
+        if self.mail.file_dir.as_os_str().is_empty() {
+            self.data_dir.join("mail")
+        } else {
+            self.mail.file_dir.clone()
+        }
+    }
+
+    /// Where a generated signing key is kept.
+    pub fn generated_secret_path(&self) -> PathBuf {
+        self.data_dir.join("jwt-secret")
+    }
+
+    /// The configured signing secret, if any.
+    pub fn configured_jwt_secret(&self) -> Option<&SecretString> {
+        self.jwt.secret.as_ref()
     }
 }
 
-fn check_secret(secret: &SecretString) -> anyhow::Result<()> {
+pub(crate) fn check_secret(secret: &SecretString) -> anyhow::Result<()> {
     let len = secret.expose_secret().len();
     if len < MIN_SECRET_BYTES {
         bail!("jwt.secret must be at least {MIN_SECRET_BYTES} bytes long, it has {len}");

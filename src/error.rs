@@ -48,21 +48,25 @@ impl Error {
     }
 }
 
-/// Names of unique constraints that mean "this email is taken".
-const EMAIL_UNIQUE_CONSTRAINTS: &[&str] = &["users_email_key"];
+/// The unique constraint that means "this email is taken". PostgreSQL reports its name;
+/// SQLite reports the column instead ("UNIQUE constraint failed: users.email").
+const EMAIL_UNIQUE_CONSTRAINT: &str = "users_email_key";
+const EMAIL_UNIQUE_COLUMN: &str = "users.email";
+
+fn is_email_taken(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.kind() == sqlx::error::ErrorKind::UniqueViolation
+        && (db.constraint() == Some(EMAIL_UNIQUE_CONSTRAINT)
+            || db.message().contains(EMAIL_UNIQUE_COLUMN))
+}
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         match &err {
-            sqlx::Error::Database(db)
-                if db
-                    .constraint()
-                    .is_some_and(|c| EMAIL_UNIQUE_CONSTRAINTS.contains(&c)) =>
-            {
-                Error::EmailTaken
-            }
+            sqlx::Error::Database(db) if is_email_taken(db.as_ref()) => Error::EmailTaken,
+            // A connection cut mid-handshake surfaces as a protocol error: the server is going away.
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => {
@@ -78,7 +82,10 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-/// SQLSTATE classes that mean the server is going away or overloaded, not that the query is wrong.
+/// Codes that mean the database is going away, overloaded or locked, not that the query is
+/// wrong: PostgreSQL SQLSTATE classes 08, 53, 57P; SQLite BUSY (5) and LOCKED (6).
 fn is_transient_sqlstate(code: Option<&str>) -> bool {
-    code.is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P"))
+    code.is_some_and(|c| {
+        c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "5" || c == "6"
+    })
 }

@@ -13,6 +13,8 @@ pub mod config;
 pub mod domain;
 /// The core error type.
 pub mod error;
+/// The signing secret: configured or generated once.
+pub mod keys;
 /// The HTTP API: router, handlers, problem+json errors, OpenAPI.
 pub mod http;
 /// Outgoing mail.

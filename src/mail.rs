@@ -1,5 +1,6 @@
 //! Outgoing mail: builds the one-time code message and delivers it through the configured transport.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -8,7 +9,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
-use crate::config::{MailSettings, MailTransport, SmtpTls};
+use crate::config::{MailSettings, MailTransport, Settings, SmtpTls};
 use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::otp::Code;
@@ -24,6 +25,10 @@ pub struct Mailer {
 #[derive(Clone)]
 enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// Development only: write the whole message to the log.
+    Log,
+    /// Development only: one .eml file per message in this directory.
+    File(PathBuf),
 }
 
 impl std::fmt::Debug for Mailer {
@@ -35,7 +40,8 @@ impl std::fmt::Debug for Mailer {
 }
 
 impl Mailer {
-    pub fn from_settings(settings: &MailSettings) -> anyhow::Result<Mailer> {
+    pub fn from_settings(all: &Settings) -> anyhow::Result<Mailer> {
+        let settings = &all.mail;
         let from: Mailbox = settings
             .from
             .parse()
@@ -43,6 +49,8 @@ impl Mailer {
         let timeout = Duration::from_secs(settings.smtp.timeout_secs.max(1));
         let transport = match settings.transport {
             MailTransport::Smtp => Transport::Smtp(smtp_transport(settings, timeout)?),
+            MailTransport::Log => Transport::Log,
+            MailTransport::File => Transport::File(all.mail_file_dir()),
         };
         Ok(Mailer {
             from,
@@ -55,23 +63,32 @@ impl Mailer {
     #[tracing::instrument(skip_all)]
     pub async fn send_code(&self, to: &Email, code: &Code, valid_for_secs: u64) -> Result<()> {
         let message = self.code_message(to, code, valid_for_secs)?;
-        match &self.transport {
-            Transport::Smtp(smtp) => {
-                match tokio::time::timeout(self.timeout, smtp.send(message)).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(err)) => {
-                        tracing::warn!(error = %err, "mail relay refused or failed");
-                        Err(Error::Unavailable("mail"))
-                    }
-                    Err(_) => {
-                        tracing::warn!(
-                            timeout_secs = self.timeout.as_secs(),
-                            "mail relay timed out"
-                        );
-                        Err(Error::Unavailable("mail"))
-                    }
-                }
+        match tokio::time::timeout(self.timeout, self.deliver(message)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(timeout_secs = self.timeout.as_secs(), "mail delivery timed out");
+                Err(Error::Unavailable("mail"))
             }
+        }
+    }
+
+    async fn deliver(&self, message: Message) -> Result<()> {
+        match &self.transport {
+            Transport::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|err| {
+                tracing::warn!(error = %err, "mail relay refused or failed");
+                Error::Unavailable("mail")
+            }),
+            Transport::Log => {
+                let text = String::from_utf8_lossy(&message.formatted()).into_owned();
+                tracing::warn!(
+                    "DEVELOPMENT ONLY mail transport \"log\" (not delivered, never use in production):\n{text}"
+                );
+                Ok(())
+            }
+            Transport::File(dir) => write_eml(dir, &message).await.map_err(|err| {
+                tracing::warn!(error = %err, dir = %dir.display(), "cannot write mail file");
+                Error::Unavailable("mail")
+            }),
         }
     }
 
@@ -95,6 +112,19 @@ impl Mailer {
             .context("cannot build the code email")
             .map_err(Error::Internal)
     }
+}
+
+/// Writes the message as `<time>-<id>.eml`, via a temporary name so readers never see half a file.
+async fn write_eml(dir: &std::path::Path, message: &Message) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(dir).await?;
+    let name = format!(
+        "{}-{}.eml",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+        uuid::Uuid::new_v4().simple()
+    );
+    let partial = dir.join(format!(".{name}.partial"));
+    tokio::fs::write(&partial, message.formatted()).await?;
+    tokio::fs::rename(&partial, dir.join(name)).await
 }
 
 fn smtp_transport(

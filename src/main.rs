@@ -2,13 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use authd::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_or_exit();
     init_tracing(cli.command.is_server());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

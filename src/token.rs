@@ -391,4 +391,79 @@ mod tests {
         let token = "eyJhbGciOiJub25lIiwidHlwIjoiYXQrand0In0.eyJzdWIiOiJ4In0.";
         assert!(keys.verify(TokenKind::Access, token).is_err());
     }
+
+    #[test]
+    fn inspection_of_a_valid_token_names_its_kind_and_times() {
+        let keys = keys(SECRET);
+        let (sub, jti) = (Uuid::new_v4(), Uuid::new_v4());
+        let issued = keys.issue(TokenKind::Challenge, sub, jti).unwrap();
+        let seen = keys.inspect(&issued.token);
+        assert_eq!(seen.kind, Some(TokenKind::Challenge));
+        assert_eq!(seen.verdict.unwrap().jti, jti);
+        assert_eq!(seen.header.unwrap()["typ"], "authd-otp-challenge+jwt");
+        assert_eq!(seen.claims.unwrap()["sub"], sub.to_string());
+        assert_eq!(
+            seen.expires_at.unwrap().timestamp(),
+            issued.expires_at.timestamp()
+        );
+        assert_eq!(
+            (seen.expires_at.unwrap() - seen.issued_at.unwrap()).num_seconds(),
+            300
+        );
+    }
+
+    #[test]
+    fn inspection_still_decodes_tampered_and_expired_tokens() {
+        let keys = keys(SECRET);
+        let issued = keys
+            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        // Flip the first character of the signature (the last one has unused low bits).
+        let at = issued.token.rfind('.').unwrap() + 1;
+        let flipped = if &issued.token[at..=at] == "A" {
+            "B"
+        } else {
+            "A"
+        };
+        let tampered = format!(
+            "{}{flipped}{}",
+            &issued.token[..at],
+            &issued.token[at + 1..]
+        );
+        let seen = keys.inspect(&tampered);
+        assert_eq!(seen.verdict, Err(TokenError::BadSignature));
+        assert_eq!(seen.kind, Some(TokenKind::Access));
+        assert!(seen.claims.is_some());
+
+        let old = keys
+            .issue_at(
+                TokenKind::Access,
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                Utc::now() - chrono::Duration::hours(2),
+            )
+            .unwrap();
+        let seen = keys.inspect(&old.token);
+        assert_eq!(seen.verdict, Err(TokenError::Expired));
+        assert!(seen.expires_at.unwrap() < Utc::now());
+    }
+
+    #[test]
+    fn inspection_names_garbage_unsigned_and_foreign_kinds() {
+        let keys = keys(SECRET);
+        let garbage = keys.inspect("hello world");
+        assert_eq!(garbage.verdict, Err(TokenError::NotAJwt));
+        assert!(garbage.header.is_none() && garbage.claims.is_none());
+
+        let unsigned = keys.inspect("eyJhbGciOiJub25lIiwidHlwIjoiYXQrand0In0.eyJzdWIiOiJ4In0.");
+        assert_eq!(unsigned.verdict, Err(TokenError::WrongAlgorithm));
+        assert_eq!(unsigned.header.unwrap()["alg"], "none");
+        assert_eq!(unsigned.claims.unwrap()["sub"], "x");
+
+        // {"alg":"HS256","typ":"JWT"} . {"sub":"x"} . signature
+        let plain_jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ4In0.c2ln";
+        let seen = keys.inspect(plain_jwt);
+        assert_eq!(seen.kind, None);
+        assert_eq!(seen.verdict, Err(TokenError::WrongKind));
+    }
 }

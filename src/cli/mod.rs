@@ -1,10 +1,14 @@
 //! The command line: clap types, and one function per subcommand.
 
+mod token;
+mod user;
+
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Settings;
 use crate::error::Error;
@@ -13,7 +17,8 @@ use crate::store::Store;
 
 const EXIT_CODES: &str = "Exit codes:
   0  success
-  1  the input is wrong or was refused (invalid email, duplicate, unknown user, invalid token)
+  1  the input is wrong or was refused (bad arguments, invalid email, duplicate, unknown user,
+     invalid token)
   2  the system failed (database unreachable, bad configuration)";
 
 /// authd: a small, self-hosted login server with emailed one-time codes.
@@ -46,6 +51,22 @@ pub enum Command {
     Migrate,
     /// Print the OpenAPI document (the content of openapi.json).
     Openapi,
+    /// Manage users directly in the database.
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// Inspect tokens (works without a database).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// How a command prints its result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    #[default]
+    Table,
+    /// JSON for scripts, in the same shapes the HTTP API uses.
+    Json,
 }
 
 impl Command {
@@ -53,6 +74,34 @@ impl Command {
     pub fn is_server(&self) -> bool {
         matches!(self, Command::Serve)
     }
+}
+
+impl Cli {
+    /// Parses the command line. Usage errors exit with 1 (the input is wrong), not clap's 2,
+    /// which this tool reserves for system failures; `--help` and `--version` exit with 0.
+    pub fn parse_or_exit() -> Cli {
+        Cli::try_parse().unwrap_or_else(|err| {
+            let _ = err.print();
+            std::process::exit(if err.use_stderr() { 1 } else { 0 })
+        })
+    }
+}
+
+/// Whether prompts can be shown: input comes from a terminal and prompts can be drawn on one.
+pub(crate) fn is_interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// A timestamp as the tables show it: `2025-01-31 09:15:00 UTC`.
+pub(crate) fn format_utc(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// An empty table in the house style.
+pub(crate) fn new_table() -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table
 }
 
 /// A refusal caused by the user's input: exit code 1 rather than 2.
@@ -90,6 +139,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(&settings).await,
         Command::Migrate => migrate(&settings).await,
+        Command::User(command) => user::run(command, &settings).await,
+        Command::Token(command) => token::run(command, &settings),
         Command::Openapi => unreachable!("handled above"),
     }
 }
@@ -100,7 +151,7 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let store = Store::connect_lazy(&settings.database)?;
+    let store = Store::connect_lazy(settings)?;
     let applied = store
         .migrate()
         .await

@@ -23,7 +23,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::Auth;
 use crate::config::Settings;
-use crate::store::Store;
+use crate::keys::load_signing_secret;
+use crate::store::{Backend, Store};
 use error::{ApiError, PROBLEM_JSON};
 
 /// Largest request body accepted; bigger ones get 413.
@@ -81,8 +82,25 @@ pub struct App {
 impl App {
     /// Connects the pieces and binds the listener (port 0 picks a free port).
     pub async fn build(settings: &Settings) -> anyhow::Result<App> {
-        let store = Store::connect_lazy(&settings.database)?;
-        let auth = Auth::from_settings(settings, store).await?;
+        settings.check_production()?;
+        let store = Store::connect_lazy(settings)?;
+        if store.backend() == Backend::Sqlite {
+            // One file, one instance: keep it zero-setup by creating the schema at start.
+            for name in store.migrate().await.context("cannot migrate the SQLite database")? {
+                tracing::info!(migration = %name, "applied migration");
+            }
+            tracing::info!(
+                "using SQLite: fine for a single instance; run more than one instance on PostgreSQL"
+            );
+        }
+        if settings.mail.transport.is_development_only() {
+            tracing::warn!(
+                transport = ?settings.mail.transport,
+                "development-only mail transport: codes are not emailed"
+            );
+        }
+        let secret = load_signing_secret(settings, true)?;
+        let auth = Auth::from_settings(settings, store, &secret).await?;
         let listener = TcpListener::bind(&settings.http.addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.http.addr))?;

@@ -1,11 +1,18 @@
-//! Database access: the only place with SQL. `Store` is what the use cases talk to.
+//! Database access: the only place with SQL. `Store` picks the backend from `database.url`:
+//! PostgreSQL for production and several instances, SQLite for a single instance.
 
 mod postgres;
+mod sqlite;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use postgres::Store;
+use crate::config::Settings;
+use crate::domain::{Email, User};
+use crate::error::Result;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 /// A user row about to be inserted.
 #[derive(Debug)]
@@ -21,7 +28,7 @@ pub struct NewUser {
 /// What login needs: the public user plus the stored hash, which never leaves the core.
 #[derive(Debug)]
 pub struct Credentials {
-    pub user: crate::domain::User,
+    pub user: User,
     pub password_hash: String,
 }
 
@@ -50,4 +57,134 @@ pub enum Attempt {
 pub struct UserQuery {
     pub search: Option<String>,
     pub limit: Option<u32>,
+}
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The database, whichever backend it is.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+/// Forwards each method to the backend; the signatures are the store's interface.
+macro_rules! delegate {
+    ($( $(#[$doc:meta])* pub async fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                match self {
+                    Store::Postgres(s) => s.$name($($arg),*).await,
+                    Store::Sqlite(s) => s.$name($($arg),*).await,
+                }
+            }
+        )*
+    };
+}
+
+impl Store {
+    /// Prepares the store named by the settings without connecting yet, so authd can start
+    /// (and report not ready) while a database server is down.
+    pub fn connect_lazy(settings: &Settings) -> anyhow::Result<Store> {
+        let url = settings.database_url();
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::connect_lazy(&url, &settings.database)?))
+        } else {
+            Ok(Store::Postgres(PgStore::connect_lazy(&url, &settings.database)?))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Postgres(_) => Backend::Postgres,
+            Store::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    delegate! {
+        /// Applies pending migrations; returns "<version> <description>" of each one applied.
+        pub async fn migrate(&self) -> Result<Vec<String>>;
+        /// Answers whether the database responds right now.
+        pub async fn ping(&self) -> Result<()>;
+        pub async fn insert_user(&self, new: NewUser) -> Result<User>;
+        pub async fn find_credentials(&self, email: &Email) -> Result<Option<Credentials>>;
+        pub async fn find_user(&self, id: Uuid) -> Result<Option<User>>;
+        /// Users in a stable order (created_at, then id), optionally filtered and limited.
+        pub async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>>;
+        pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<Option<User>>;
+        pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<()>;
+        /// Removes a challenge whose code could not be delivered.
+        pub async fn delete_challenge(&self, id: Uuid) -> Result<()>;
+        /// Retires every open challenge of the user except `keep`, and forgets long-dead ones.
+        pub async fn retire_challenges_except(&self, user_id: Uuid, keep: Uuid) -> Result<()>;
+        /// Counts a wrong code or consumes the challenge, in one statement: parallel guesses
+        /// cannot pass `max_attempts` and a right code is accepted at most once.
+        pub async fn attempt_challenge(&self, id: Uuid, user_id: Uuid, code_hash: &[u8], max_attempts: u32) -> Result<Attempt>;
+    }
+}
+
+/// "<version> <description>" of the migrations that were not applied before.
+fn newly_applied(migrator: &sqlx::migrate::Migrator, before: &[i64]) -> Vec<String> {
+    migrator
+        .iter()
+        .filter(|m| !before.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect()
+}
+
+/// The LIKE pattern for a search: lower-cased, wildcards in the text matched literally.
+fn like_pattern(query: &UserQuery) -> Option<String> {
+    let text = query.search.as_deref()?.to_lowercase();
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    Some(pattern)
+}
+
+/// Reads the row returned by the attempt statement: `(accepted, attempts)`, or none if dead.
+fn attempt_from(row: Option<(bool, i64)>, max_attempts: u32) -> Result<Attempt> {
+    Ok(match row {
+        None => Attempt::Dead,
+        Some((true, _)) => Attempt::Accepted,
+        Some((false, attempts)) => Attempt::Rejected {
+            remaining: u32::try_from(i64::from(max_attempts) - attempts).unwrap_or(0),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_text_is_matched_literally() {
+        let query = UserQuery {
+            search: Some("A_b%c\\".into()),
+            limit: None,
+        };
+        assert_eq!(like_pattern(&query).unwrap(), r"%a\_b\%c\\%");
+        assert_eq!(like_pattern(&UserQuery::default()), None);
+    }
+
+    #[test]
+    fn attempt_rows_are_read_as_outcomes() {
+        assert_eq!(attempt_from(None, 5).unwrap(), Attempt::Dead);
+        assert_eq!(attempt_from(Some((true, 2)), 5).unwrap(), Attempt::Accepted);
+        assert_eq!(
+            attempt_from(Some((false, 2)), 5).unwrap(),
+            Attempt::Rejected { remaining: 3 }
+        );
+    }
 }

@@ -4,12 +4,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{Attempt, Credentials, NewChallenge, NewUser, UserQuery};
+use super::{Attempt, Credentials, NewChallenge, NewUser, UserQuery, like_pattern};
 use crate::config::DatabaseSettings;
 use crate::domain::{Email, User};
 use crate::error::Result;
@@ -18,25 +17,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// A pool of connections to one PostgreSQL database.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub struct PgStore {
     pool: PgPool,
 }
 
-impl Store {
+impl PgStore {
     /// Prepares a pool without connecting, so authd starts (and reports not ready) while the database is down.
-    pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<Store> {
-        let options = PgConnectOptions::from_str(settings.url.expose_secret())
+    pub fn connect_lazy(url: &str, settings: &DatabaseSettings) -> anyhow::Result<PgStore> {
+        let options = PgConnectOptions::from_str(url)
             .context("database.url is not a valid postgres:// URL")?
             .application_name("authd");
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
             .connect_lazy_with(options);
-        Ok(Store { pool })
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+        Ok(PgStore { pool })
     }
 
     /// Applies pending migrations and returns the descriptions of the ones it applied.
@@ -49,11 +44,7 @@ impl Store {
             Vec::new()
         };
         MIGRATOR.run(&self.pool).await.context("migration failed")?;
-        Ok(MIGRATOR
-            .iter()
-            .filter(|m| !before.contains(&m.version))
-            .map(|m| format!("{} {}", m.version, m.description))
-            .collect())
+        Ok(super::newly_applied(&MIGRATOR, &before))
     }
 
     async fn has_migrations_table(&self) -> Result<bool> {
@@ -118,20 +109,16 @@ impl Store {
     }
 
     pub async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
-        let pattern = query
-            .search
-            .as_deref()
-            .map(|s| format!("%{}%", escape_like(&s.to_lowercase())));
         let rows = sqlx::query(
-            "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
-             FROM users
-             WHERE $1::text IS NULL
-                OR email LIKE $1
-                OR lower(coalesce(first_name, '') || ' ' || coalesce(last_name, '')) LIKE $1
-             ORDER BY created_at, id
-             LIMIT $2",
+            r"SELECT id, email, first_name, last_name, two_factor_enabled, created_at
+              FROM users
+              WHERE $1::text IS NULL
+                 OR email LIKE $1 ESCAPE '\'
+                 OR lower(coalesce(first_name, '') || ' ' || coalesce(last_name, '')) LIKE $1 ESCAPE '\'
+              ORDER BY created_at, id
+              LIMIT $2",
         )
-        .bind(pattern)
+        .bind(like_pattern(query))
         .bind(query.limit.map(i64::from))
         .fetch_all(&self.pool)
         .await?;
@@ -216,16 +203,13 @@ impl Store {
         .bind(max_attempts as i32)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else {
-            return Ok(Attempt::Dead);
-        };
-        if row.try_get::<bool, _>("accepted")? {
-            return Ok(Attempt::Accepted);
-        }
-        let attempts: i32 = row.try_get("attempts")?;
-        Ok(Attempt::Rejected {
-            remaining: max_attempts.saturating_sub(attempts.max(0) as u32),
-        })
+        super::attempt_from(
+            row.map(|r| -> Result<(bool, i64)> {
+                Ok((r.try_get("accepted")?, i64::from(r.try_get::<i32, _>("attempts")?)))
+            })
+            .transpose()?,
+            max_attempts,
+        )
     }
 }
 
@@ -238,16 +222,4 @@ fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
         two_factor_enabled: row.try_get("two_factor_enabled")?,
         created_at: row.try_get("created_at")?,
     })
-}
-
-/// Makes user text match literally inside a LIKE pattern.
-fn escape_like(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use authd::config::{Settings, SmtpTls};
+use authd::config::{MailTransport, Settings, SmtpTls};
 use authd::http::App;
 use authd::store::Store;
 use reqwest::{Response, StatusCode};
@@ -46,7 +46,7 @@ pub async fn fresh_database() -> String {
     let url = create_empty_database().await;
     let mut settings = Settings::defaults();
     settings.database.url = url.clone().into();
-    Store::connect_lazy(&settings.database)
+    Store::connect_lazy(&settings)
         .unwrap()
         .migrate()
         .await
@@ -77,6 +77,7 @@ pub fn test_settings(db_url: &str, smtp_port: u16) -> Settings {
     settings.database.acquire_timeout_secs = 2;
     settings.jwt.secret = Some(SECRET.into());
     settings.password.bcrypt_cost = 4;
+    settings.mail.transport = MailTransport::Smtp;
     settings.mail.smtp.host = "127.0.0.1".into();
     settings.mail.smtp.port = smtp_port;
     settings.mail.smtp.tls = SmtpTls::None;

@@ -6,4 +6,5 @@ mod smtp_sink;
 mod api;
 mod cli;
 mod otp_flow;
+mod process;
 mod resilience;

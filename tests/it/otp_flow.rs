@@ -251,7 +251,7 @@ async fn switching_two_factor_off_in_the_store_changes_the_next_login() {
     let app = TestApp::spawn().await;
     app.register("switch@example.test", true).await;
     let email = authd::domain::Email::parse("switch@example.test").unwrap();
-    let store = authd::store::Store::connect_lazy(&app.settings.database).unwrap();
+    let store = authd::store::Store::connect_lazy(&app.settings).unwrap();
     authd::auth::set_two_factor(&store, &email, false)
         .await
         .unwrap();

@@ -112,3 +112,92 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     server.await.unwrap().expect("server stopped cleanly");
     assert!(app.client.get(app.url("/healthz")).send().await.is_err());
 }
+
+/// A TCP forwarder to PostgreSQL that can be cut and restored, to simulate a database outage.
+struct Cuttable {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Cuttable {
+    async fn start(target: String) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generation = std::sync::Arc::new(generation);
+        let (flag, gen_tx) = (down.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if flag.load(Ordering::SeqCst) {
+                    continue; // dropping the socket closes it at once
+                }
+                let target = target.clone();
+                let mut cut = gen_tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {},
+                        _ = cut.changed() => {},
+                    }
+                });
+            }
+        });
+        Cuttable {
+            port,
+            down,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn after_a_database_outage_authd_recovers_by_itself() {
+    let db_url = fresh_database().await;
+    let target = {
+        let rest = db_url.split_once('@').map_or(db_url.as_str(), |(_, r)| r);
+        rest.split('/').next().unwrap().to_string()
+    };
+    let proxy = Cuttable::start(target.clone()).await;
+    let proxied_url = db_url.replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1);
+    let mail = MailSink::start(Behaviour::Accept).await;
+    let mut settings = test_settings(&proxied_url, mail.port);
+    settings.database.acquire_timeout_secs = 1;
+    let app = TestApp::spawn_on(settings, mail, db_url).await;
+    app.register("back@example.test", false).await;
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+
+    proxy.cut();
+    let response = app.login("back@example.test", PASSWORD).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app.get("/readyz").await.status() == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "readyz never came back");
+    assert_eq!(
+        app.login("back@example.test", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+}

@@ -1,0 +1,265 @@
+//! `authd token inspect`: decode a token, name its kind, and say exactly why it is (in)valid.
+
+use std::io::Read;
+
+use anyhow::Context;
+use chrono::{DateTime, TimeDelta, Utc};
+use clap::{Args, Subcommand};
+use comfy_table::Table;
+use serde_json::{Value, json};
+
+use super::{EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table};
+use crate::config::Settings;
+use crate::keys::load_signing_secret;
+use crate::token::{Inspection, TokenKeys};
+
+/// Longest input read as a token; authd's tokens are a few hundred bytes.
+const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Decode a token and verify it with the configured key (no database needed).
+    ///
+    /// Shows the header and claims, the kind (access or challenge), issue and expiry times in
+    /// UTC and relative to now, and whether the signature and claims verify. An invalid token
+    /// is still decoded as far as possible, then the reason is given and the exit code is 1.
+    #[command(after_help = EXIT_CODES)]
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The token. `-` or nothing reads it from stdin (on a terminal, a hidden prompt).
+    #[arg(value_name = "TOKEN|-")]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: OutputFormat,
+}
+
+/// Runs one `authd token` subcommand. Never touches the database.
+pub fn run(command: TokenCommand, settings: &Settings) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Inspect(args) => inspect_token(args, settings),
+    }
+}
+
+fn inspect_token(args: InspectArgs, settings: &Settings) -> anyhow::Result<()> {
+    // A key generated now could not have signed anything, so only an existing one is used.
+    let secret = load_signing_secret(settings, false)?;
+    let keys = TokenKeys::new(secret.bytes(), &settings.jwt);
+    let token = read_token(args.token)?;
+    let inspection = keys.inspect(&token);
+    let now = Utc::now();
+    match args.format {
+        OutputFormat::Table => println!("{}", inspection_table(&inspection, now)),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&inspection_json(&inspection, now))?
+        ),
+    }
+    match inspection.verdict {
+        Ok(_) => Ok(()),
+        Err(reason) => Err(UserError(format!("invalid token: {reason}")).into()),
+    }
+}
+
+/// The token from the argument, stdin, or a hidden prompt; surrounding whitespace is ignored.
+fn read_token(arg: Option<String>) -> anyhow::Result<String> {
+    let raw = match arg {
+        Some(token) if token != "-" => token,
+        _ if is_interactive() => dialoguer::Password::new()
+            .with_prompt("Token")
+            .interact()
+            .context("cannot read the token from the terminal")?,
+        _ => {
+            let mut raw = String::new();
+            std::io::stdin()
+                .take(MAX_TOKEN_BYTES)
+                .read_to_string(&mut raw)
+                .map_err(|err| match err.kind() {
+                    std::io::ErrorKind::InvalidData => {
+                        anyhow::Error::new(UserError("the token on stdin is not UTF-8".into()))
+                    }
+                    _ => anyhow::Error::new(err).context("cannot read the token from stdin"),
+                })?;
+            raw
+        }
+    };
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err(UserError(
+            "no token given: pass it as an argument, or pipe it in and pass -".into(),
+        )
+        .into());
+    }
+    Ok(token.to_owned())
+}
+
+fn kind_label(inspection: &Inspection) -> String {
+    let typ = inspection
+        .header
+        .as_ref()
+        .and_then(|h| h.get("typ"))
+        .and_then(Value::as_str);
+    match (inspection.kind, typ) {
+        (Some(kind), Some(typ)) => format!("{} (typ {typ})", kind.name()),
+        (None, Some(typ)) => format!("unknown (typ {typ} is not a kind authd issues)"),
+        (_, None) => "unknown (no typ in the header)".into(),
+    }
+}
+
+fn status_label(inspection: &Inspection) -> String {
+    match &inspection.verdict {
+        Ok(_) => "valid: signature and claims verified".into(),
+        Err(reason) => format!("invalid: {reason}"),
+    }
+}
+
+fn inspection_table(inspection: &Inspection, now: DateTime<Utc>) -> Table {
+    let mut table = new_table();
+    table.add_row(["kind".to_owned(), kind_label(inspection)]);
+    let header = inspection
+        .header
+        .as_ref()
+        .map_or_else(|| "(cannot be decoded)".into(), Value::to_string);
+    table.add_row(["header".to_owned(), header]);
+    match &inspection.claims {
+        Some(Value::Object(claims)) => {
+            for (name, value) in claims {
+                table.add_row([name.clone(), claim_label(name, value, now)]);
+            }
+        }
+        Some(other) => {
+            table.add_row(["claims".to_owned(), other.to_string()]);
+        }
+        None => {
+            table.add_row(["claims".to_owned(), "(cannot be decoded)".to_owned()]);
+        }
+    }
+    table.add_row(["status".to_owned(), status_label(inspection)]);
+    table
+}
+
+/// A claim's value for people: times in UTC and relative to now, strings without quotes.
+fn claim_label(name: &str, value: &Value, now: DateTime<Utc>) -> String {
+    let time = value
+        .as_i64()
+        .and_then(|secs| DateTime::from_timestamp(secs, 0));
+    match (name, time) {
+        ("exp", Some(at)) => format!("{} ({})", format_utc(at), expiry_phrase(at, now)),
+        ("iat", Some(at)) => format!("{} ({})", format_utc(at), issued_phrase(at, now)),
+        ("nbf", Some(at)) => format!("{} ({})", format_utc(at), not_before_phrase(at, now)),
+        _ => value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_owned),
+    }
+}
+
+fn inspection_json(inspection: &Inspection, now: DateTime<Utc>) -> Value {
+    json!({
+        "kind": inspection.kind.map(|k| k.name()),
+        "header": inspection.header,
+        "claims": inspection.claims,
+        "issued_at": inspection.issued_at,
+        "issued": inspection.issued_at.map(|at| issued_phrase(at, now)),
+        "expires_at": inspection.expires_at,
+        "expires": inspection.expires_at.map(|at| expiry_phrase(at, now)),
+        "valid": inspection.verdict.is_ok(),
+        "error": inspection.verdict.as_ref().err().map(ToString::to_string),
+    })
+}
+
+/// "expires in 14m" or "expired 3h ago".
+fn expiry_phrase(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    if at >= now {
+        format!("expires in {}", span(at - now))
+    } else {
+        format!("expired {} ago", span(now - at))
+    }
+}
+
+/// "issued 2m ago", or "issued 5s in the future" when the issuer's clock is ahead.
+fn issued_phrase(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    if at <= now {
+        format!("issued {} ago", span(now - at))
+    } else {
+        format!("issued {} in the future", span(at - now))
+    }
+}
+
+/// "valid since 1m" or "not valid for another 30s".
+fn not_before_phrase(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    if at <= now {
+        format!("valid since {}", span(now - at))
+    } else {
+        format!("not valid for another {}", span(at - now))
+    }
+}
+
+/// A duration in its largest whole unit, rounded down: "45s", "14m", "3h", "2d".
+fn span(delta: TimeDelta) -> String {
+    let secs = delta.num_seconds().unsigned_abs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3_600 => format!("{}m", secs / 60),
+        3_600..86_400 => format!("{}h", secs / 3_600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
+    }
+
+    #[test]
+    fn span_uses_the_largest_whole_unit() {
+        assert_eq!(span(TimeDelta::seconds(0)), "0s");
+        assert_eq!(span(TimeDelta::seconds(59)), "59s");
+        assert_eq!(span(TimeDelta::seconds(60)), "1m");
+        assert_eq!(span(TimeDelta::seconds(899)), "14m");
+        assert_eq!(span(TimeDelta::seconds(3 * 3_600 + 59 * 60)), "3h");
+        assert_eq!(span(TimeDelta::seconds(2 * 86_400 + 5)), "2d");
+        assert_eq!(span(TimeDelta::seconds(-90)), "1m");
+    }
+
+    #[test]
+    fn expiry_reads_as_future_or_past() {
+        assert_eq!(expiry_phrase(at(899), at(0)), "expires in 14m");
+        assert_eq!(expiry_phrase(at(0), at(0)), "expires in 0s");
+        assert_eq!(expiry_phrase(at(0), at(3 * 3_600 + 10)), "expired 3h ago");
+    }
+
+    #[test]
+    fn a_token_fresh_from_the_issuer_reads_as_issued_just_now() {
+        // A token's times are whole seconds; now has a fraction that must not show as "1m".
+        let now = at(120) + TimeDelta::milliseconds(700);
+        assert_eq!(issued_phrase(at(0), now), "issued 2m ago");
+        assert_eq!(issued_phrase(at(120), now), "issued 0s ago");
+        assert_eq!(issued_phrase(at(125), now), "issued 4s in the future");
+    }
+
+    #[test]
+    fn not_before_reads_as_since_or_until() {
+        assert_eq!(not_before_phrase(at(0), at(60)), "valid since 1m");
+        assert_eq!(
+            not_before_phrase(at(30), at(0)),
+            "not valid for another 30s"
+        );
+    }
+
+    #[test]
+    fn time_claims_are_shown_in_utc_with_relative_phrases() {
+        let now = at(60);
+        assert_eq!(
+            claim_label("exp", &json!(1_700_000_900), now),
+            "2023-11-14 22:28:20 UTC (expires in 14m)"
+        );
+        assert_eq!(claim_label("iss", &json!("authd"), now), "authd");
+        assert_eq!(claim_label("exp", &json!("soon"), now), "soon");
+    }
+}

@@ -1,0 +1,287 @@
+//! `authd user ...`: add, list and switch two-factor login, through the same use cases as the API.
+
+use std::io::BufRead;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use comfy_table::Table;
+
+use super::{EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table};
+use crate::auth::{self, Registration, RegistrationInput};
+use crate::config::Settings;
+use crate::domain::{Email, Password, User};
+use crate::error::Error;
+use crate::password::PasswordHasher;
+use crate::store::{Store, UserQuery};
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user with the same rules as POST /register, and print it.
+    ///
+    /// On a terminal, prompts for a missing email and password (typed twice, hidden).
+    /// Without one, missing input is an error: pass --email and pipe the password with
+    /// --password-stdin.
+    #[command(after_help = EXIT_CODES)]
+    Add(AddArgs),
+    /// List users, oldest first (by creation time, then id). Never shows password hashes.
+    #[command(after_help = EXIT_CODES)]
+    List(ListArgs),
+    /// Switch the emailed one-time code on or off for a user; their next login follows it.
+    #[command(name = "set-2fa", after_help = EXIT_CODES)]
+    SetTwoFactor(SetTwoFactorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Email address; prompted for on a terminal when missing.
+    #[arg(long, value_name = "EMAIL")]
+    email: Option<String>,
+    /// First name (optional).
+    #[arg(long, value_name = "NAME")]
+    first_name: Option<String>,
+    /// Last name (optional).
+    #[arg(long, value_name = "NAME")]
+    last_name: Option<String>,
+    /// Ask for an emailed one-time code after the password at every login.
+    #[arg(long)]
+    two_factor: bool,
+    /// Read the password from the first line of stdin instead of prompting for it.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Output format of the created user.
+    #[arg(long, value_enum, default_value_t)]
+    format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format: a table, or a JSON array of the User objects the API returns.
+    #[arg(long, value_enum, default_value_t)]
+    format: OutputFormat,
+    /// Show at most N users.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    limit: Option<u32>,
+    /// Only users whose email or name contains TEXT (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    search: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetTwoFactorArgs {
+    /// Email address of the user.
+    email: String,
+    /// `on`: password then an emailed code; `off`: password only.
+    #[arg(value_enum)]
+    state: Switch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    /// Ask for an emailed one-time code after the password.
+    On,
+    /// Ask for the password only.
+    Off,
+}
+
+/// Runs one `authd user` subcommand.
+pub async fn run(command: UserCommand, settings: &Settings) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add(args) => add_user(args, settings).await,
+        UserCommand::List(args) => list_users(args, settings).await,
+        UserCommand::SetTwoFactor(args) => set_two_factor(args, settings).await,
+    }
+}
+
+async fn add_user(args: AddArgs, settings: &Settings) -> anyhow::Result<()> {
+    let format = args.format;
+    // Prompts and stdin block, so they run off the async workers.
+    let input = tokio::task::spawn_blocking(move || collect_registration(args))
+        .await
+        .context("input task failed")??;
+    let registration = Registration::parse(input)?;
+    let store = Store::connect_lazy(settings)?;
+    let hasher = PasswordHasher::new(settings.password.bcrypt_cost).await?;
+    let email = registration.email.clone();
+    let user = auth::register(&store, &hasher, registration)
+        .await
+        .with_context(|| format!("cannot add {email}"))?;
+    match format {
+        OutputFormat::Table => {
+            println!("created user {}", user.email);
+            println!("{}", user_details_table(&user));
+        }
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&user)?),
+    }
+    Ok(())
+}
+
+/// Gathers the raw registration from flags, stdin and prompts. Refuses at once, before reading
+/// anything, when input is missing and nobody is at a terminal to type it.
+fn collect_registration(args: AddArgs) -> anyhow::Result<RegistrationInput> {
+    let interactive = is_interactive();
+    if args.email.is_none() && !interactive {
+        return Err(UserError(
+            "no email address given and stdin is not a terminal: pass --email".into(),
+        )
+        .into());
+    }
+    if !args.password_stdin && !interactive {
+        return Err(UserError(
+            "no password given and stdin is not a terminal: pipe it in with --password-stdin"
+                .into(),
+        )
+        .into());
+    }
+    let email = match args.email {
+        Some(email) => email,
+        None => prompt_email()?,
+    };
+    let password = if args.password_stdin {
+        read_password_line(&mut std::io::stdin().lock())?
+    } else {
+        prompt_password()?
+    };
+    Ok(RegistrationInput {
+        email: Some(email),
+        password: Some(password),
+        first_name: args.first_name,
+        last_name: args.last_name,
+        two_factor_enabled: args.two_factor,
+    })
+}
+
+fn prompt_email() -> anyhow::Result<String> {
+    dialoguer::Input::<String>::new()
+        .with_prompt("Email")
+        .validate_with(|raw: &String| Email::parse(raw).map(drop))
+        .interact_text()
+        .context("cannot read the email address from the terminal")
+}
+
+fn prompt_password() -> anyhow::Result<String> {
+    dialoguer::Password::new()
+        .with_prompt("Password")
+        .with_confirmation("Repeat password", "the passwords do not match")
+        .validate_with(|raw: &String| Password::parse(raw).map(drop))
+        .interact()
+        .context("cannot read the password from the terminal")
+}
+
+/// The first line of `input` without its line ending; everything else on the line is kept.
+fn read_password_line(input: &mut impl BufRead) -> anyhow::Result<String> {
+    let mut line = String::new();
+    let read = input.read_line(&mut line).map_err(|err| match err.kind() {
+        std::io::ErrorKind::InvalidData => {
+            anyhow::Error::new(UserError("the password on stdin is not UTF-8".into()))
+        }
+        _ => anyhow::Error::new(err).context("cannot read the password from stdin"),
+    })?;
+    if read == 0 {
+        return Err(UserError("--password-stdin: stdin is empty".into()).into());
+    }
+    let without_newline = line.strip_suffix('\n').unwrap_or(&line);
+    let password = without_newline
+        .strip_suffix('\r')
+        .unwrap_or(without_newline);
+    Ok(password.to_owned())
+}
+
+async fn list_users(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
+    let store = Store::connect_lazy(settings)?;
+    let query = UserQuery {
+        search: args.search,
+        limit: args.limit,
+    };
+    let users = auth::list_users(&store, &query)
+        .await
+        .context("cannot list users")?;
+    match args.format {
+        OutputFormat::Table if users.is_empty() => println!("no users"),
+        OutputFormat::Table => println!("{}", users_table(&users)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&users)?),
+    }
+    Ok(())
+}
+
+async fn set_two_factor(args: SetTwoFactorArgs, settings: &Settings) -> anyhow::Result<()> {
+    let email = Email::parse(&args.email).map_err(|message| Error::validation("email", message))?;
+    let enabled = args.state == Switch::On;
+    let store = Store::connect_lazy(settings)?;
+    let user = auth::set_two_factor(&store, &email, enabled)
+        .await
+        .with_context(|| format!("cannot change two-factor login for {email}"))?;
+    let next_login = if enabled {
+        "password, then a code sent by email"
+    } else {
+        "password only"
+    };
+    println!(
+        "two-factor login is {} for {}: next login asks for the {next_login}",
+        on_off(user.two_factor_enabled),
+        user.email
+    );
+    Ok(())
+}
+
+fn users_table(users: &[User]) -> Table {
+    let mut table = new_table();
+    table.set_header(["email", "name", "2FA", "created"]);
+    for user in users {
+        table.add_row([
+            user.email.clone(),
+            full_name(user),
+            on_off(user.two_factor_enabled).to_owned(),
+            format_utc(user.created_at),
+        ]);
+    }
+    table
+}
+
+fn user_details_table(user: &User) -> Table {
+    let mut table = new_table();
+    let optional = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
+    table.add_row(["id".to_owned(), user.id.to_string()]);
+    table.add_row(["email".to_owned(), user.email.clone()]);
+    table.add_row(["first name".to_owned(), optional(&user.first_name)]);
+    table.add_row(["last name".to_owned(), optional(&user.last_name)]);
+    table.add_row(["2FA".to_owned(), on_off(user.two_factor_enabled).to_owned()]);
+    table.add_row(["created".to_owned(), format_utc(user.created_at)]);
+    table
+}
+
+fn full_name(user: &User) -> String {
+    let parts: Vec<&str> = [&user.first_name, &user.last_name]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn on_off(enabled: bool) -> &'static str {
+    if enabled { "on" } else { "off" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_line_loses_only_its_line_ending() {
+        let read = |raw: &str| read_password_line(&mut raw.as_bytes()).unwrap();
+        assert_eq!(read("correct horse battery\n"), "correct horse battery");
+        assert_eq!(read(" spaced out \r\nsecond line\n"), " spaced out ");
+        assert_eq!(read("no newline"), "no newline");
+        assert_eq!(read("\n"), "");
+    }
+
+    #[test]
+    fn empty_stdin_is_refused_as_user_input() {
+        let err = read_password_line(&mut "".as_bytes()).unwrap_err();
+        assert!(err.downcast_ref::<UserError>().is_some(), "{err:#}");
+    }
+}

@@ -1,0 +1,239 @@
+//! The SQLite store: one file, one instance. Same rules as PostgreSQL; writes are serialised
+//! by SQLite itself, which is what makes the single-statement attempt counting atomic here.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Attempt, Credentials, NewChallenge, NewUser, UserQuery, like_pattern};
+use crate::config::DatabaseSettings;
+use crate::domain::{Email, User};
+use crate::error::{Error, Result};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// A pool of connections to one SQLite file.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(v: i64) -> Result<DateTime<Utc>, sqlx::Error> {
+    DateTime::from_timestamp_micros(v)
+        .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {v} out of range").into()))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its directory.
+    pub fn connect_lazy(url: &str, settings: &DatabaseSettings) -> anyhow::Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)
+            .context("database.url is not a valid sqlite:// URL")?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(settings.acquire_timeout_secs.max(1) + 2));
+        if let Some(dir) = options.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot create the database directory {}", dir.display())
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+            .connect_lazy_with(options);
+        Ok(SqliteStore { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<String>> {
+        let has_table: bool = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let before: Vec<i64> = if has_table {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        MIGRATOR.run(&self.pool).await.context("migration failed")?;
+        Ok(super::newly_applied(&MIGRATOR, &before))
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn insert_user(&self, new: NewUser) -> Result<User> {
+        let row = sqlx::query(
+            "INSERT INTO users (id, email, password_hash, first_name, last_name, two_factor_enabled, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+        )
+        .bind(new.id)
+        .bind(&new.email)
+        .bind(&new.password_hash)
+        .bind(&new.first_name)
+        .bind(&new.last_name)
+        .bind(new.two_factor_enabled)
+        .bind(micros(Utc::now()))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(user_from_row(&row)?)
+    }
+
+    pub async fn find_credentials(&self, email: &Email) -> Result<Option<Credentials>> {
+        let row = sqlx::query(
+            "SELECT id, email, first_name, last_name, two_factor_enabled, created_at, password_hash
+             FROM users WHERE email = ?1",
+        )
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Credentials {
+                user: user_from_row(&row)?,
+                password_hash: row.try_get("password_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn find_user(&self, id: Uuid) -> Result<Option<User>> {
+        let row = sqlx::query(
+            "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
+             FROM users WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    pub async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
+        let rows = sqlx::query(
+            r"SELECT id, email, first_name, last_name, two_factor_enabled, created_at
+              FROM users
+              WHERE ?1 IS NULL
+                 OR email LIKE ?1 ESCAPE '\'
+                 OR lower(coalesce(first_name, '') || ' ' || coalesce(last_name, '')) LIKE ?1 ESCAPE '\'
+              ORDER BY created_at, id
+              LIMIT ?2",
+        )
+        .bind(like_pattern(query))
+        .bind(query.limit.map_or(-1, i64::from))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<Option<User>> {
+        let row = sqlx::query(
+            "UPDATE users SET two_factor_enabled = ?2 WHERE email = ?1
+             RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+        )
+        .bind(email.as_str())
+        .bind(enabled)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO otp_challenges (id, user_id, code_hash, expires_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(challenge.id)
+        .bind(challenge.user_id)
+        .bind(&challenge.code_hash)
+        .bind(micros(challenge.expires_at))
+        .bind(micros(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_challenge(&self, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM otp_challenges WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn retire_challenges_except(&self, user_id: Uuid, keep: Uuid) -> Result<()> {
+        let now = Utc::now();
+        sqlx::query(
+            "UPDATE otp_challenges SET retired_at = ?3
+             WHERE user_id = ?1 AND id <> ?2 AND consumed_at IS NULL AND retired_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(keep)
+        .bind(micros(now))
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM otp_challenges WHERE user_id = ?1 AND expires_at < ?2")
+            .bind(user_id)
+            .bind(micros(now - chrono::Duration::days(1)))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn attempt_challenge(
+        &self,
+        id: Uuid,
+        user_id: Uuid,
+        code_hash: &[u8],
+        max_attempts: u32,
+    ) -> Result<Attempt> {
+        let row = sqlx::query(
+            "UPDATE otp_challenges
+             SET attempts = attempts + CASE WHEN code_hash = ?3 THEN 0 ELSE 1 END,
+                 consumed_at = CASE WHEN code_hash = ?3 THEN ?5 ELSE NULL END
+             WHERE id = ?1 AND user_id = ?2
+               AND consumed_at IS NULL AND retired_at IS NULL
+               AND expires_at > ?5 AND attempts < ?4
+             RETURNING consumed_at IS NOT NULL AS accepted, attempts",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(code_hash)
+        .bind(i64::from(max_attempts))
+        .bind(micros(Utc::now()))
+        .fetch_optional(&self.pool)
+        .await?;
+        super::attempt_from(row.map(|r| -> Result<(bool, i64), Error> {
+            Ok((r.try_get("accepted")?, r.try_get("attempts")?))
+        }).transpose()?, max_attempts)
+    }
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        first_name: row.try_get("first_name")?,
+        last_name: row.try_get("last_name")?,
+        two_factor_enabled: row.try_get("two_factor_enabled")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+    })
+}

@@ -1,0 +1,138 @@
+//! The real `authd serve` process: signals, exit status and what it writes to its log.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, SECRET, fresh_database};
+use crate::smtp_sink::{Behaviour, MailSink, extract_code};
+
+struct Server {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Server {
+    /// Starts the binary on a free port and waits for /healthz.
+    async fn start(db_url: &str, smtp_port: u16, log_level: &str) -> Server {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_authd"))
+            .arg("serve")
+            .env_remove("DATABASE_URL")
+            .env_remove("AUTHD_CONFIG")
+            .env("AUTHD_HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .env("AUTHD_DATABASE__URL", db_url)
+            .env("AUTHD_JWT__SECRET", SECRET)
+            .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
+            .env("AUTHD_MAIL__TRANSPORT", "smtp")
+            .env("AUTHD_MAIL__SMTP__HOST", "127.0.0.1")
+            .env("AUTHD_MAIL__SMTP__PORT", smtp_port.to_string())
+            .env("RUST_LOG", log_level)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("authd starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+                if r.status() == StatusCode::OK {
+                    return Server { child, base };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("authd serve did not become healthy");
+    }
+
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        let mut log = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        (status, log)
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_with_exit_status_zero() {
+    let db_url = fresh_database().await;
+    let mail = MailSink::start(Behaviour::Accept).await;
+    let server = Server::start(&db_url, mail.port, "info").await;
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0), "log: {log}");
+    assert!(log.contains("stopped"), "log: {log}");
+}
+
+#[tokio::test]
+async fn debug_logs_of_a_whole_two_factor_flow_hold_no_password_code_token_or_secret() {
+    let db_url = fresh_database().await;
+    let mail = MailSink::start(Behaviour::Accept).await;
+    let server = Server::start(&db_url, mail.port, "debug").await;
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", server.base);
+    let response = client
+        .post(url("/register"))
+        .json(&json!({"email": "quiet@example.test", "password": PASSWORD, "two_factor_enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = client
+        .post(url("/login"))
+        .json(&json!({"email": "quiet@example.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let challenge = body["challenge_token"].as_str().unwrap().to_string();
+    let code = extract_code(&mail.wait_for("quiet@example.test", 1).await);
+    let body: Value = client
+        .post(url("/login/otp"))
+        .bearer_auth(&challenge)
+        .json(&json!({"otp": code}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = body["access_token"].as_str().unwrap().to_string();
+    let me = client
+        .get(url("/users/me"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+
+    let (_, log) = server.terminate();
+    assert!(log.contains("login code sent"), "the log is being written: {log}");
+    for (what, secret) in [
+        ("password", PASSWORD),
+        ("code", code.as_str()),
+        ("challenge token", challenge.as_str()),
+        ("access token", access.as_str()),
+        ("jwt secret", SECRET),
+    ] {
+        assert!(!log.contains(secret), "the log contains the {what}");
+    }
+}
