@@ -2,7 +2,7 @@
 CARGO ?= cargo
 AUTHD := target/release/authd
 
-.PHONY: help build run migrate test lint fmt openapi clean
+.PHONY: help build run migrate test test-sqlite lint fmt openapi clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -16,8 +16,12 @@ run: ## Run the server with ./config and AUTHD_* settings
 migrate: ## Apply database migrations (database.url / DATABASE_URL)
 	$(CARGO) run --release --locked -- migrate
 
-test: ## All tests; starts a throwaway PostgreSQL unless DATABASE_URL is set
-	./scripts/with-postgres.sh $(CARGO) test --locked --all-targets
+test: ## All tests, on PostgreSQL (throwaway unless DATABASE_URL is set) and on SQLite
+	./scripts/with-postgres.sh sh -c '$(CARGO) test --locked --all-targets && \
+	  AUTHD_TEST_BACKEND=sqlite $(CARGO) test --locked --test it -- api:: otp_flow:: cli:: process::'
+
+test-sqlite: ## The backend-neutral integration tests on SQLite only (no PostgreSQL needed)
+	AUTHD_TEST_BACKEND=sqlite $(CARGO) test --locked --test it -- api:: otp_flow:: cli:: process::
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

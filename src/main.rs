@@ -25,9 +25,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides the level. Admin commands stay quiet unless asked.
+/// Logs go to stderr; `RUST_LOG` overrides the level. Admin commands stay quiet unless asked:
+/// their failures are reported by the one `error:` line, so a warning logged on the way there
+/// (e.g. "database unavailable") would only say the same thing twice.
 fn init_tracing(server: bool) {
-    let default = if server { "info" } else { "warn" };
+    let default = if server { "info" } else { "error" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

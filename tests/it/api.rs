@@ -30,10 +30,7 @@ async fn register_returns_201_with_location_and_the_user_without_any_hash() {
         6,
         "unexpected fields in {user}: nothing else, and never a hash"
     );
-    let stored: String = sqlx::query_scalar("SELECT password_hash FROM users")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let stored = app.db.text("SELECT password_hash FROM users").await;
     assert!(stored.starts_with("$2"), "the password is stored as bcrypt");
 }
 
@@ -65,10 +62,7 @@ async fn register_twice_with_another_case_is_409_email_taken() {
         )
         .await;
     problem(response, StatusCode::CONFLICT, "email_taken").await;
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let count = app.db.int("SELECT CAST(count(*) AS BIGINT) FROM users").await;
     assert_eq!(count, 1);
 }
 
@@ -142,10 +136,7 @@ async fn invalid_registration_fields_are_422_with_one_error_per_field_and_store_
             "{body} -> {problem}"
         );
     }
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let count = app.db.int("SELECT CAST(count(*) AS BIGINT) FROM users").await;
     assert_eq!(count, 0);
 }
 

@@ -4,11 +4,11 @@ use std::str::FromStr;
 
 use authd::config::{MailTransport, Settings, SmtpTls};
 use authd::http::App;
-use authd::store::Store;
+use authd::store::{Backend, Store};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor, PgPool};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Executor};
 use tokio::sync::oneshot;
 
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
@@ -41,6 +41,15 @@ pub fn with_database(url: &str, name: &str) -> String {
     }
 }
 
+/// The backend this run of the suite targets: `AUTHD_TEST_BACKEND=sqlite` or PostgreSQL (default).
+pub fn backend() -> Backend {
+    match std::env::var("AUTHD_TEST_BACKEND").as_deref() {
+        Ok("sqlite") => Backend::Sqlite,
+        Ok("postgres") | Err(_) => Backend::Postgres,
+        Ok(other) => panic!("AUTHD_TEST_BACKEND must be postgres or sqlite, not {other:?}"),
+    }
+}
+
 /// Creates an empty database with a unique name, applies the migrations, and returns its URL.
 pub async fn fresh_database() -> String {
     let url = create_empty_database().await;
@@ -54,8 +63,13 @@ pub async fn fresh_database() -> String {
     url
 }
 
-/// Creates an empty database (no tables) and returns its URL.
+/// Creates an empty database (no tables) of the suite's backend and returns its URL.
 pub async fn create_empty_database() -> String {
+    if backend() == Backend::Sqlite {
+        let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        return format!("sqlite://{}", dir.join("authd.db").display());
+    }
     let admin = admin_url();
     let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
     let mut conn = PgConnectOptions::from_str(&admin)
@@ -91,7 +105,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub mail: MailSink,
     pub db_url: String,
-    pub db: PgPool,
+    pub db: TestDb,
     pub settings: Settings,
     stop: Option<oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -118,10 +132,7 @@ impl TestApp {
         let server = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        let db = PgPoolOptions::new()
-            .max_connections(2)
-            .connect_lazy(&db_url)
-            .unwrap();
+        let db = TestDb::connect(&db_url);
         TestApp {
             base,
             client: reqwest::Client::new(),
@@ -225,6 +236,72 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(path) = self.db_url.strip_prefix("sqlite://") {
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+/// Direct access to a test's database, for asserting what is stored. Queries must be plain
+/// SQL both backends understand (use `CAST(x AS BIGINT)` for integers).
+pub enum TestDb {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl TestDb {
+    pub fn connect(url: &str) -> TestDb {
+        if url.starts_with("sqlite:") {
+            TestDb::Sqlite(sqlx::SqlitePool::connect_lazy(url).unwrap())
+        } else {
+            TestDb::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect_lazy(url)
+                    .unwrap(),
+            )
+        }
+    }
+
+    pub async fn int(&self, sql: &'static str) -> i64 {
+        match self {
+            TestDb::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            TestDb::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
+    }
+
+    pub async fn text(&self, sql: &'static str) -> String {
+        match self {
+            TestDb::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            TestDb::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
+    }
+
+    pub async fn bytes(&self, sql: &'static str) -> Vec<u8> {
+        match self {
+            TestDb::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            TestDb::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
+    }
+
+    /// Moves every challenge's expiry into the past.
+    pub async fn expire_challenges(&self) {
+        match self {
+            TestDb::Postgres(p) => {
+                sqlx::query("UPDATE otp_challenges SET expires_at = now() - interval '1 second'")
+                    .execute(p)
+                    .await
+                    .unwrap();
+            }
+            TestDb::Sqlite(p) => {
+                sqlx::query("UPDATE otp_challenges SET expires_at = expires_at - 3600000000")
+                    .execute(p)
+                    .await
+                    .unwrap();
+            }
         }
     }
 }

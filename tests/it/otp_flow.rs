@@ -61,10 +61,7 @@ async fn the_code_is_never_in_the_challenge_token_nor_stored_in_clear() {
     let header = jsonwebtoken::decode_header(&challenge).unwrap();
     assert_ne!(header.typ.as_deref(), Some("at+jwt"));
 
-    let stored: Vec<u8> = sqlx::query_scalar("SELECT code_hash FROM otp_challenges")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let stored = app.db.bytes("SELECT code_hash FROM otp_challenges").await;
     assert_eq!(stored.len(), 32, "an HMAC-SHA256, not the code");
     assert!(!String::from_utf8_lossy(&stored).contains(&code));
 }
@@ -132,10 +129,7 @@ async fn parallel_guesses_cannot_exceed_the_attempt_limit() {
         }
     }
     assert_eq!(counted, 5, "exactly max_attempts guesses were counted");
-    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM otp_challenges")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let attempts = app.db.int("SELECT CAST(attempts AS BIGINT) FROM otp_challenges").await;
     assert_eq!(attempts, 5);
     let right = app.submit_code(&challenge, &code).await;
     problem(right, StatusCode::UNAUTHORIZED, "invalid_token").await;
@@ -238,10 +232,7 @@ async fn an_expired_challenge_is_refused_even_with_the_right_code() {
     let app = TestApp::spawn().await;
     app.register("late@example.test", true).await;
     let (challenge, code) = app.start_challenge("late@example.test").await;
-    sqlx::query("UPDATE otp_challenges SET expires_at = now() - interval '1 second'")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    app.db.expire_challenges().await;
     let response = app.submit_code(&challenge, &code).await;
     problem(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
 }
@@ -263,4 +254,41 @@ async fn switching_two_factor_off_in_the_store_changes_the_next_login() {
         .unwrap();
     assert_eq!(body["otp_required"], false);
     assert!(body["access_token"].is_string());
+}
+
+#[tokio::test]
+async fn the_file_mail_transport_writes_one_eml_per_code_that_logs_in() {
+    let dir = std::env::temp_dir().join(format!("authd-mail-{}", uuid::Uuid::new_v4().simple()));
+    let mail_dir = dir.clone();
+    let app = TestApp::spawn_with(Behaviour::Accept, move |s| {
+        s.mail.transport = authd::config::MailTransport::File;
+        s.mail.file_dir = mail_dir;
+    })
+    .await;
+    app.register("files@example.test", true).await;
+    let body: Value = app
+        .login("files@example.test", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let challenge = body["challenge_token"].as_str().unwrap();
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].extension().unwrap(), "eml");
+    let message = crate::smtp_sink::Received {
+        rcpt: vec!["files@example.test".into()],
+        data: std::fs::read_to_string(&files[0]).unwrap(),
+    };
+    assert!(message.data.contains("To: files@example.test"));
+    let code = crate::smtp_sink::extract_code(&message);
+    assert_eq!(
+        app.submit_code(challenge, &code).await.status(),
+        StatusCode::OK
+    );
+    assert!(app.mail.messages().is_empty(), "nothing went over SMTP");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

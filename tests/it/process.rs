@@ -8,6 +8,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, SECRET, fresh_database};
+
+mod zero_setup;
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
 
 struct Server {
@@ -15,36 +17,60 @@ struct Server {
     base: String,
 }
 
+/// A free loopback port (bound and released; good enough for tests).
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// `authd` with a clean environment: no inherited AUTHD_* or DATABASE_URL.
+fn authd() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_authd"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AUTHD_") || key == "DATABASE_URL" {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
 impl Server {
-    /// Starts the binary on a free port and waits for /healthz.
+    /// Starts the binary on a free port against `db_url` and the mail sink, waits for /healthz.
     async fn start(db_url: &str, smtp_port: u16, log_level: &str) -> Server {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_authd"))
-            .arg("serve")
-            .env_remove("DATABASE_URL")
-            .env_remove("AUTHD_CONFIG")
-            .env("AUTHD_HTTP__ADDR", format!("127.0.0.1:{port}"))
+        let mut command = authd();
+        command
             .env("AUTHD_DATABASE__URL", db_url)
             .env("AUTHD_JWT__SECRET", SECRET)
             .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
             .env("AUTHD_MAIL__TRANSPORT", "smtp")
             .env("AUTHD_MAIL__SMTP__HOST", "127.0.0.1")
             .env("AUTHD_MAIL__SMTP__PORT", smtp_port.to_string())
-            .env("RUST_LOG", log_level)
+            .env("RUST_LOG", log_level);
+        Server::spawn(command).await
+    }
+
+    /// Runs `command serve` on a free port and waits until /healthz answers 200.
+    async fn spawn(mut command: Command) -> Server {
+        let port = free_port();
+        let mut child = command
+            .arg("serve")
+            .env("AUTHD_HTTP__ADDR", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("authd starts");
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
-        for _ in 0..100 {
+        for _ in 0..200 {
             if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
                 if r.status() == StatusCode::OK {
                     return Server { child, base };
                 }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut log = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+                panic!("authd serve exited with {status}: {log}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -9,10 +9,7 @@ use crate::helpers::{PASSWORD, TestApp, fresh_database, problem, test_settings};
 use crate::smtp_sink::{Behaviour, MailSink};
 
 async fn count_challenges(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM otp_challenges")
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
+    app.db.int("SELECT CAST(count(*) AS BIGINT) FROM otp_challenges").await
 }
 
 async fn login_with_broken_mail_answers_503_and_leaves_no_challenge(behaviour: Behaviour) {

@@ -72,9 +72,15 @@ impl MailSink {
     }
 }
 
-/// The six-digit code in a message: exactly six consecutive digits, no digit either side.
+/// The six-digit code in a message's body: exactly six consecutive digits, no digit either side.
+/// (Headers are skipped: a Message-ID may hold six digits by chance.)
 pub fn extract_code(message: &Received) -> String {
-    let bytes = message.data.as_bytes();
+    let body = message
+        .data
+        .split_once("\r\n\r\n")
+        .or_else(|| message.data.split_once("\n\n"))
+        .map_or(message.data.as_str(), |(_, body)| body);
+    let bytes = body.as_bytes();
     let mut found = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
@@ -84,7 +90,7 @@ pub fn extract_code(message: &Received) -> String {
                 i += 1;
             }
             if i - start == 6 {
-                found.push(message.data[start..i].to_string());
+                found.push(body[start..i].to_string());
             }
         } else {
             i += 1;
