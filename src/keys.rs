@@ -33,7 +33,10 @@ impl SigningSecret {
 
 /// Returns the configured secret, else the generated one from the data directory. When there is
 /// none yet and `may_generate`, creates it: 256 random bits, hex-encoded, file mode 0600.
-pub fn load_signing_secret(settings: &Settings, may_generate: bool) -> anyhow::Result<SigningSecret> {
+pub fn load_signing_secret(
+    settings: &Settings,
+    may_generate: bool,
+) -> anyhow::Result<SigningSecret> {
     if let Some(secret) = settings.configured_jwt_secret() {
         return Ok(SigningSecret {
             secret: secret.clone(),
@@ -70,7 +73,8 @@ fn read_secret(path: &Path) -> anyhow::Result<SecretString> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the generated signing key {}", path.display()))?;
     let secret: SecretString = text.trim().to_string().into();
-    check_secret(&secret).with_context(|| format!("generated signing key {} is unusable", path.display()))?;
+    check_secret(&secret)
+        .with_context(|| format!("generated signing key {} is unusable", path.display()))?;
     Ok(secret)
 }
 
@@ -97,7 +101,9 @@ fn generate_secret(path: &Path) -> anyhow::Result<SecretString> {
         }
         // Another process created it first: use theirs, so both sign with one key.
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => read_secret(path),
-        Err(err) => Err(err).with_context(|| format!("cannot create the signing key {}", path.display())),
+        Err(err) => {
+            Err(err).with_context(|| format!("cannot create the signing key {}", path.display()))
+        }
     }
 }
 
@@ -122,7 +128,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.join("jwt-secret")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.join("jwt-secret"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let again = load_signing_secret(&settings, true).unwrap();

@@ -13,10 +13,10 @@ pub mod config;
 pub mod domain;
 /// The core error type.
 pub mod error;
-/// The signing secret: configured or generated once.
-pub mod keys;
 /// The HTTP API: router, handlers, problem+json errors, OpenAPI.
 pub mod http;
+/// The signing secret: configured or generated once.
+pub mod keys;
 /// Outgoing mail.
 pub mod mail;
 /// One-time code generation and keyed hashing.

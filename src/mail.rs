@@ -66,7 +66,10 @@ impl Mailer {
         match tokio::time::timeout(self.timeout, self.deliver(message)).await {
             Ok(result) => result,
             Err(_) => {
-                tracing::warn!(timeout_secs = self.timeout.as_secs(), "mail delivery timed out");
+                tracing::warn!(
+                    timeout_secs = self.timeout.as_secs(),
+                    "mail delivery timed out"
+                );
                 Err(Error::Unavailable("mail"))
             }
         }

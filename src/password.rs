@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::domain::{PASSWORD_MAX_BYTES, Password};
 use crate::error::Result;
@@ -14,11 +14,12 @@ pub struct PasswordHasher {
     cost: u32,
     permits: Arc<Semaphore>,
     /// Verified against when the user does not exist, so unknown emails cost the same time.
-    dummy_hash: Arc<str>,
+    /// Computed in the background at start so it does not delay the first `/healthz`.
+    dummy_hash: Arc<OnceCell<Arc<str>>>,
 }
 
 impl PasswordHasher {
-    /// Builds a hasher; computes the dummy hash once (one bcrypt at `cost`) on the blocking pool.
+    /// Builds a hasher and starts computing its dummy hash (one bcrypt at `cost`) in the background.
     pub async fn new(cost: u32) -> anyhow::Result<PasswordHasher> {
         if cost < 10 {
             tracing::warn!(
@@ -26,18 +27,35 @@ impl PasswordHasher {
                 "password.bcrypt_cost is below 10: fine for tests, weak for production"
             );
         }
-        let dummy_hash = tokio::task::spawn_blocking(move || {
-            bcrypt::hash("authd-dummy-password-for-timing", cost)
-        })
-        .await
-        .context("dummy hash task failed")?
-        .context("cannot compute the dummy bcrypt hash")?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Ok(PasswordHasher {
+        let hasher = PasswordHasher {
             cost,
             permits: Arc::new(Semaphore::new(cores)),
-            dummy_hash: dummy_hash.into(),
-        })
+            dummy_hash: Arc::new(OnceCell::new()),
+        };
+        let warm = hasher.clone();
+        tokio::spawn(async move {
+            if let Err(err) = warm.dummy_hash().await {
+                tracing::error!(error = %err, "cannot compute the dummy bcrypt hash");
+            }
+        });
+        Ok(hasher)
+    }
+
+    async fn dummy_hash(&self) -> Result<Arc<str>> {
+        let cost = self.cost;
+        self.dummy_hash
+            .get_or_try_init(|| async move {
+                let hash = tokio::task::spawn_blocking(move || {
+                    bcrypt::hash("authd-dummy-password-for-timing", cost)
+                })
+                .await
+                .context("dummy hash task failed")?
+                .context("cannot compute the dummy bcrypt hash")?;
+                Ok::<_, crate::error::Error>(Arc::from(hash))
+            })
+            .await
+            .cloned()
     }
 
     /// Hashes a password (already checked to fit bcrypt's 72 bytes).
@@ -46,7 +64,9 @@ impl PasswordHasher {
         let cost = self.cost;
         // `Password` guarantees at most 72 bytes, all of which bcrypt uses. (bcrypt's
         // non-truncating variant would refuse exactly 72 because it counts the NUL terminator.)
-        self.run_blocking(move || bcrypt::hash(password.expose(), cost).context("bcrypt hash failed"))
+        self.run_blocking(move || {
+            bcrypt::hash(password.expose(), cost).context("bcrypt hash failed")
+        })
         .await
     }
 
@@ -54,7 +74,10 @@ impl PasswordHasher {
     /// so both paths take the same time. Returns false for the dummy.
     pub async fn verify(&self, candidate: &str, stored: Option<&str>) -> Result<bool> {
         let is_real = stored.is_some();
-        let hash: Arc<str> = stored.map_or_else(|| self.dummy_hash.clone(), Arc::from);
+        let hash: Arc<str> = match stored {
+            Some(stored) => Arc::from(stored),
+            None => self.dummy_hash().await?,
+        };
         // Longer inputs can never match a hash authd made; still spend the same time on them.
         let usable = candidate.len() <= PASSWORD_MAX_BYTES;
         let candidate = if usable {

@@ -105,7 +105,8 @@ fn kind_label(inspection: &Inspection) -> String {
     match (inspection.kind, typ) {
         (Some(kind), Some(typ)) => format!("{} (typ {typ})", kind.name()),
         (None, Some(typ)) => format!("unknown (typ {typ} is not a kind authd issues)"),
-        (_, None) => "unknown (no typ in the header)".into(),
+        (_, None) if inspection.header.is_some() => "unknown (no typ in the header)".into(),
+        (_, None) => "unknown".into(),
     }
 }
 
@@ -115,6 +116,9 @@ fn status_label(inspection: &Inspection) -> String {
         Err(reason) => format!("invalid: {reason}"),
     }
 }
+
+/// The registered claims in the order they are read: who, about whom, for whom, when.
+const CLAIM_ORDER: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
 
 fn inspection_table(inspection: &Inspection, now: DateTime<Utc>) -> Table {
     let mut table = new_table();
@@ -126,7 +130,13 @@ fn inspection_table(inspection: &Inspection, now: DateTime<Utc>) -> Table {
     table.add_row(["header".to_owned(), header]);
     match &inspection.claims {
         Some(Value::Object(claims)) => {
-            for (name, value) in claims {
+            let known = CLAIM_ORDER
+                .iter()
+                .filter_map(|&name| claims.get_key_value(name));
+            let others = claims
+                .iter()
+                .filter(|(name, _)| !CLAIM_ORDER.contains(&name.as_str()));
+            for (name, value) in known.chain(others) {
                 table.add_row([name.clone(), claim_label(name, value, now)]);
             }
         }
@@ -261,5 +271,28 @@ mod tests {
         );
         assert_eq!(claim_label("iss", &json!("authd"), now), "authd");
         assert_eq!(claim_label("exp", &json!("soon"), now), "soon");
+    }
+
+    #[test]
+    fn the_table_lists_registered_claims_in_reading_order_then_the_rest() {
+        let claims = json!({"jti": "j", "exp": 1_700_000_900, "zz": 1, "iss": "authd", "sub": "s"});
+        let inspection = Inspection {
+            header: Some(json!({"alg": "HS256"})),
+            claims: Some(claims),
+            kind: None,
+            issued_at: None,
+            expires_at: None,
+            verdict: Err(crate::token::TokenError::WrongKind),
+        };
+        let table = inspection_table(&inspection, at(0)).to_string();
+        let names: Vec<&str> = table
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(
+            names,
+            ["kind", "header", "iss", "sub", "exp", "jti", "zz", "status"]
+        );
+        assert!(table.contains("invalid: wrong token kind"));
     }
 }

@@ -153,7 +153,11 @@ fn collect_registration(args: AddArgs) -> anyhow::Result<RegistrationInput> {
 fn prompt_email() -> anyhow::Result<String> {
     dialoguer::Input::<String>::new()
         .with_prompt("Email")
-        .validate_with(|raw: &String| Email::parse(raw).map(drop))
+        .validate_with(|raw: &String| {
+            Email::parse(raw)
+                .map(drop)
+                .map_err(|m| format!("email {m}"))
+        })
         .interact_text()
         .context("cannot read the email address from the terminal")
 }
@@ -162,7 +166,11 @@ fn prompt_password() -> anyhow::Result<String> {
     dialoguer::Password::new()
         .with_prompt("Password")
         .with_confirmation("Repeat password", "the passwords do not match")
-        .validate_with(|raw: &String| Password::parse(raw).map(drop))
+        .validate_with(|raw: &String| {
+            Password::parse(raw)
+                .map(drop)
+                .map_err(|m| format!("password {m}"))
+        })
         .interact()
         .context("cannot read the password from the terminal")
 }

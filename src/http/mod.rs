@@ -86,7 +86,11 @@ impl App {
         let store = Store::connect_lazy(settings)?;
         if store.backend() == Backend::Sqlite {
             // One file, one instance: keep it zero-setup by creating the schema at start.
-            for name in store.migrate().await.context("cannot migrate the SQLite database")? {
+            for name in store
+                .migrate()
+                .await
+                .context("cannot migrate the SQLite database")?
+            {
                 tracing::info!(migration = %name, "applied migration");
             }
             tracing::info!(

@@ -94,9 +94,15 @@ impl Store {
     pub fn connect_lazy(settings: &Settings) -> anyhow::Result<Store> {
         let url = settings.database_url();
         if url.starts_with("sqlite:") {
-            Ok(Store::Sqlite(SqliteStore::connect_lazy(&url, &settings.database)?))
+            Ok(Store::Sqlite(SqliteStore::connect_lazy(
+                &url,
+                &settings.database,
+            )?))
         } else {
-            Ok(Store::Postgres(PgStore::connect_lazy(&url, &settings.database)?))
+            Ok(Store::Postgres(PgStore::connect_lazy(
+                &url,
+                &settings.database,
+            )?))
         }
     }
 

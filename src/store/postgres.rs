@@ -205,7 +205,10 @@ impl PgStore {
         .await?;
         super::attempt_from(
             row.map(|r| -> Result<(bool, i64)> {
-                Ok((r.try_get("accepted")?, i64::from(r.try_get::<i32, _>("attempts")?)))
+                Ok((
+                    r.try_get("accepted")?,
+                    i64::from(r.try_get::<i32, _>("attempts")?),
+                ))
             })
             .transpose()?,
             max_attempts,

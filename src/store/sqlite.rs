@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::{Attempt, Credentials, NewChallenge, NewUser, UserQuery, like_pattern};
@@ -44,13 +44,17 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(settings.acquire_timeout_secs.max(1) + 2));
-        if let Some(dir) = options.get_filename().parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).with_context(|| {
-                    format!("cannot create the database directory {}", dir.display())
-                })?;
-            }
+            .busy_timeout(Duration::from_secs(
+                settings.acquire_timeout_secs.max(1) + 2,
+            ));
+        if let Some(dir) = options
+            .get_filename()
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("cannot create the database directory {}", dir.display())
+            })?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections)
@@ -221,9 +225,13 @@ impl SqliteStore {
         .bind(micros(Utc::now()))
         .fetch_optional(&self.pool)
         .await?;
-        super::attempt_from(row.map(|r| -> Result<(bool, i64), Error> {
-            Ok((r.try_get("accepted")?, r.try_get("attempts")?))
-        }).transpose()?, max_attempts)
+        super::attempt_from(
+            row.map(|r| -> Result<(bool, i64), Error> {
+                Ok((r.try_get("accepted")?, r.try_get("attempts")?))
+            })
+            .transpose()?,
+            max_attempts,
+        )
     }
 }
 

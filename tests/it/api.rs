@@ -62,7 +62,10 @@ async fn register_twice_with_another_case_is_409_email_taken() {
         )
         .await;
     problem(response, StatusCode::CONFLICT, "email_taken").await;
-    let count = app.db.int("SELECT CAST(count(*) AS BIGINT) FROM users").await;
+    let count = app
+        .db
+        .int("SELECT CAST(count(*) AS BIGINT) FROM users")
+        .await;
     assert_eq!(count, 1);
 }
 
@@ -85,7 +88,10 @@ async fn racing_registrations_of_one_address_give_one_201_and_409s_never_500() {
         .map(|r| r.status())
         .collect();
     assert_eq!(
-        statuses.iter().filter(|s| **s == StatusCode::CREATED).count(),
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
         1
     );
     assert_eq!(
@@ -103,7 +109,10 @@ async fn invalid_registration_fields_are_422_with_one_error_per_field_and_store_
     let app = TestApp::spawn().await;
     let cases = [
         (json!({"password": PASSWORD}), "email"),
-        (json!({"email": "not-an-email", "password": PASSWORD}), "email"),
+        (
+            json!({"email": "not-an-email", "password": PASSWORD}),
+            "email",
+        ),
         (
             json!({"email": "a@example.test\r\nBcc: x@example.test", "password": PASSWORD}),
             "email",
@@ -113,7 +122,10 @@ async fn invalid_registration_fields_are_422_with_one_error_per_field_and_store_
             "email",
         ),
         (json!({"email": "a@example.test"}), "password"),
-        (json!({"email": "a@example.test", "password": "short"}), "password"),
+        (
+            json!({"email": "a@example.test", "password": "short"}),
+            "password",
+        ),
         (
             json!({"email": "a@example.test", "password": PASSWORD, "first_name": "x".repeat(101)}),
             "first_name",
@@ -122,21 +134,28 @@ async fn invalid_registration_fields_are_422_with_one_error_per_field_and_store_
             json!({"email": "a@example.test", "password": PASSWORD, "last_name": "Bell\u{7}"}),
             "last_name",
         ),
-        (
-            json!({"email": 42, "password": PASSWORD}),
-            "email",
-        ),
+        (json!({"email": 42, "password": PASSWORD}), "email"),
     ];
     for (body, field) in cases {
         let response = app.post_json("/register", &body).await;
-        let problem = problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        let problem = problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
         let errors = problem["errors"].as_array().expect("errors array");
         assert!(
-            errors.iter().any(|e| e["field"] == field && e["message"].is_string()),
+            errors
+                .iter()
+                .any(|e| e["field"] == field && e["message"].is_string()),
             "{body} -> {problem}"
         );
     }
-    let count = app.db.int("SELECT CAST(count(*) AS BIGINT) FROM users").await;
+    let count = app
+        .db
+        .int("SELECT CAST(count(*) AS BIGINT) FROM users")
+        .await;
     assert_eq!(count, 0);
 }
 
@@ -151,12 +170,20 @@ async fn a_password_over_72_bytes_is_refused_never_truncated() {
             &json!({"email": "long@example.test", "password": too_long}),
         )
         .await;
-    let body = problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
     let message = body["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains("72 bytes"), "{message}");
 
     let response = app
-        .post_json("/register", &json!({"email": "long@example.test", "password": ok}))
+        .post_json(
+            "/register",
+            &json!({"email": "long@example.test", "password": ok}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let login = app.login("long@example.test", &ok).await;
@@ -221,8 +248,15 @@ async fn wrong_password_and_unknown_email_get_the_identical_401() {
 #[tokio::test]
 async fn login_with_missing_fields_is_422() {
     let app = TestApp::spawn().await;
-    let response = app.post_json("/login", &json!({"email": "a@example.test"})).await;
-    let body = problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let response = app
+        .post_json("/login", &json!({"email": "a@example.test"}))
+        .await;
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
     assert_eq!(body["errors"][0]["field"], "password");
 }
 
@@ -242,7 +276,10 @@ async fn users_me_without_or_with_a_bad_token_is_401_with_www_authenticate() {
         .to_str()
         .unwrap()
         .to_string();
-    assert!(challenge.contains(r#"error="invalid_token""#), "{challenge}");
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
     problem(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
 
     let basic = app
@@ -298,7 +335,12 @@ async fn bodies_that_are_not_json_get_415_400_413_as_problems() {
         .send()
         .await
         .unwrap();
-    problem(no_type, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
+    problem(
+        no_type,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
 
     let broken = app
         .client
@@ -321,7 +363,12 @@ async fn unknown_paths_and_methods_are_problems_too() {
     problem(app.get("/nope").await, StatusCode::NOT_FOUND, "not_found").await;
     let response = app.get("/login").await;
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-    problem(response, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    problem(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
 }
 
 #[tokio::test]

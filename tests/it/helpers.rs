@@ -66,7 +66,8 @@ pub async fn fresh_database() -> String {
 /// Creates an empty database (no tables) of the suite's backend and returns its URL.
 pub async fn create_empty_database() -> String {
     if backend() == Backend::Sqlite {
-        let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         return format!("sqlite://{}", dir.join("authd.db").display());
     }
@@ -237,10 +238,12 @@ impl Drop for TestApp {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(path) = self.db_url.strip_prefix("sqlite://") {
-            if let Some(dir) = std::path::Path::new(path).parent() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
+        let sqlite_dir = self
+            .db_url
+            .strip_prefix("sqlite://")
+            .and_then(|path| std::path::Path::new(path).parent());
+        if let Some(dir) = sqlite_dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -129,7 +129,10 @@ async fn parallel_guesses_cannot_exceed_the_attempt_limit() {
         }
     }
     assert_eq!(counted, 5, "exactly max_attempts guesses were counted");
-    let attempts = app.db.int("SELECT CAST(attempts AS BIGINT) FROM otp_challenges").await;
+    let attempts = app
+        .db
+        .int("SELECT CAST(attempts AS BIGINT) FROM otp_challenges")
+        .await;
     assert_eq!(attempts, 5);
     let right = app.submit_code(&challenge, &code).await;
     problem(right, StatusCode::UNAUTHORIZED, "invalid_token").await;
@@ -212,11 +215,21 @@ async fn otp_endpoint_errors_missing_token_bad_format_and_forged_challenge() {
     let response = app
         .post_json_with_token("/login/otp", &challenge, &json!({"otp": "12ab56"}))
         .await;
-    problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
     let response = app
         .post_json_with_token("/login/otp", &challenge, &json!({}))
         .await;
-    problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
 
     // A correctly signed challenge token for a challenge that does not exist.
     let sub = uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();

@@ -62,14 +62,22 @@ impl Server {
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         for _ in 0..200 {
-            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
-                if r.status() == StatusCode::OK {
-                    return Server { child, base };
-                }
+            let healthy = client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK);
+            if healthy {
+                return Server { child, base };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let mut log = String::new();
-                child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut log)
+                    .unwrap();
                 panic!("authd serve exited with {status}: {log}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -79,10 +87,7 @@ impl Server {
 
     fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(killed.success());
         let status = self.child.wait().unwrap();
         let mut log = String::new();
@@ -151,7 +156,10 @@ async fn debug_logs_of_a_whole_two_factor_flow_hold_no_password_code_token_or_se
     assert_eq!(me.status(), StatusCode::OK);
 
     let (_, log) = server.terminate();
-    assert!(log.contains("login code sent"), "the log is being written: {log}");
+    assert!(
+        log.contains("login code sent"),
+        "the log is being written: {log}"
+    );
     for (what, secret) in [
         ("password", PASSWORD),
         ("code", code.as_str()),

@@ -9,7 +9,9 @@ use crate::helpers::{PASSWORD, TestApp, fresh_database, problem, test_settings};
 use crate::smtp_sink::{Behaviour, MailSink};
 
 async fn count_challenges(app: &TestApp) -> i64 {
-    app.db.int("SELECT CAST(count(*) AS BIGINT) FROM otp_challenges").await
+    app.db
+        .int("SELECT CAST(count(*) AS BIGINT) FROM otp_challenges")
+        .await
 }
 
 async fn login_with_broken_mail_answers_503_and_leaves_no_challenge(behaviour: Behaviour) {
@@ -18,7 +20,10 @@ async fn login_with_broken_mail_answers_503_and_leaves_no_challenge(behaviour: B
     let response = app.login("mailless@example.test", PASSWORD).await;
     assert!(response.headers().get("retry-after").is_some());
     let body = problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
-    assert!(!body.to_string().contains("451"), "no relay text leaks: {body}");
+    assert!(
+        !body.to_string().contains("451"),
+        "no relay text leaks: {body}"
+    );
     assert_eq!(count_challenges(&app).await, 0);
     // Other requests are unaffected.
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
@@ -70,7 +75,12 @@ async fn with_the_database_down_requests_get_503_with_retry_after_and_readyz_fai
     // Nothing listens on port 1: every connection attempt is refused.
     let mut settings = test_settings("postgres://postgres@127.0.0.1:1/authd", mail.port);
     settings.database.acquire_timeout_secs = 1;
-    let app = TestApp::spawn_on(settings, mail, "postgres://postgres@127.0.0.1:1/authd".into()).await;
+    let app = TestApp::spawn_on(
+        settings,
+        mail,
+        "postgres://postgres@127.0.0.1:1/authd".into(),
+    )
+    .await;
 
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
     let ready = app.get("/readyz").await;
@@ -78,7 +88,10 @@ async fn with_the_database_down_requests_get_503_with_retry_after_and_readyz_fai
     let response = app.login("a@example.test", PASSWORD).await;
     assert_eq!(response.headers()["retry-after"], "5");
     let body = problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
-    assert!(!body.to_string().to_lowercase().contains("refused"), "{body}");
+    assert!(
+        !body.to_string().to_lowercase().contains("refused"),
+        "{body}"
+    );
     let response = app
         .post_json(
             "/register",
@@ -104,7 +117,10 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     });
     tokio::time::sleep(Duration::from_millis(5)).await;
     let server = app.stop();
-    let response = in_flight.await.unwrap().expect("in-flight request completed");
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completed");
     assert_eq!(response.status(), StatusCode::OK);
     server.await.unwrap().expect("server stopped cleanly");
     assert!(app.client.get(app.url("/healthz")).send().await.is_err());
@@ -180,7 +196,10 @@ async fn after_a_database_outage_authd_recovers_by_itself() {
     proxy.cut();
     let response = app.login("back@example.test", PASSWORD).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(app.get("/readyz").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        app.get("/readyz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 
     proxy.restore();

@@ -96,7 +96,12 @@ pub fn extract_code(message: &Received) -> String {
             i += 1;
         }
     }
-    assert_eq!(found.len(), 1, "expected exactly one 6-digit code in {:?}", message.data);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one 6-digit code in {:?}",
+        message.data
+    );
     found.pop().unwrap()
 }
 
@@ -115,7 +120,9 @@ async fn serve(
         write.write_all(b"554 5.3.2 no service here\r\n").await?;
         return Ok(());
     }
-    write.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+    write
+        .write_all(b"220 sink.test ESMTP test sink\r\n")
+        .await?;
     let mut rcpt = Vec::new();
     while let Some(line) = lines.next_line().await? {
         let upper = line.to_ascii_uppercase();

@@ -54,7 +54,9 @@ async fn serve_with_no_configuration_runs_the_whole_two_factor_flow_on_sqlite() 
     );
     let response = client
         .post(url("/register"))
-        .json(&json!({"email": "new@example.test", "password": PASSWORD, "two_factor_enabled": true}))
+        .json(
+            &json!({"email": "new@example.test", "password": PASSWORD, "two_factor_enabled": true}),
+        )
         .send()
         .await
         .unwrap();
@@ -77,7 +79,10 @@ async fn serve_with_no_configuration_runs_the_whole_two_factor_flow_on_sqlite() 
     assert!(log.contains("more than one instance"), "{log}");
     let code = code_from_log(&log);
 
-    assert!(dir.join("data/authd.db").is_file(), "database created in data/");
+    assert!(
+        dir.join("data/authd.db").is_file(),
+        "database created in data/"
+    );
     let key = dir.join("data/jwt-secret");
     #[cfg(unix)]
     {
