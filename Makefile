@@ -2,7 +2,7 @@
 CARGO ?= cargo
 AUTHD := target/release/authd
 
-.PHONY: help build run migrate test test-sqlite lint fmt openapi clean
+.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,3 +35,15 @@ openapi: ## Regenerate openapi.json from the code
 
 clean: ## Remove build output
 	$(CARGO) clean
+
+run-docker: ## PostgreSQL, Mailpit (inbox: http://127.0.0.1:8025) and authd on :5050, in Docker
+	docker compose up --build
+
+test-docker: ## `make test` inside the Rust image, against a PostgreSQL container
+	docker compose --profile test run --rm --build test; \
+	status=$$?; \
+	docker compose --profile test rm --stop --force -v test-postgres; \
+	exit $$status
+
+check-deploy: ## Lint the Dockerfile, validate docker-compose.yml, replay its steps without Docker
+	bash scripts/check-deploy.sh

@@ -4,6 +4,8 @@ use anyhow::Context;
 use chrono::Utc;
 use uuid::Uuid;
 
+use crate::audit::{AuditLog, EventKind, SecurityEvent};
+use crate::config::RateLimitSettings;
 use crate::config::Settings;
 use crate::domain::{Email, Otp, Password, PersonName, User};
 use crate::error::{Error, FieldError, Result};
@@ -11,8 +13,10 @@ use crate::keys::SigningSecret;
 use crate::mail::Mailer;
 use crate::otp::{CodeHasher, generate_code};
 use crate::password::PasswordHasher;
+use crate::policy::check_password;
 use crate::store::{Attempt, NewChallenge, NewUser, Store, UserQuery};
 use crate::token::{IssuedToken, TokenKeys, TokenKind};
+use std::net::IpAddr;
 
 /// Raw registration input as it arrives from any door, before parsing.
 #[derive(Debug, Default, Clone)]
@@ -55,6 +59,21 @@ impl Registration {
             "last_name",
             PersonName::parse_optional(input.last_name.as_deref()),
         );
+        if let (Some(email), Some(password)) = (&email, &password) {
+            let local_part = email.as_str().split('@').next().unwrap_or_default();
+            let mut inputs = vec![email.as_str(), local_part];
+            let names = [&first_name, &last_name];
+            inputs.extend(
+                names
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(PersonName::as_str),
+            );
+            if let Err(message) = check_password(password, &inputs) {
+                errors.push(FieldError::new("password", message));
+            }
+        }
         match (email, password, first_name, last_name) {
             (Some(email), Some(password), Some(first_name), Some(last_name))
                 if errors.is_empty() =>
@@ -115,6 +134,21 @@ pub async fn register(
     Ok(user)
 }
 
+/// Creates a user from the admin command line and records it in the audit trail.
+pub async fn add_user_by_admin(
+    store: &Store,
+    hasher: &PasswordHasher,
+    registration: Registration,
+) -> Result<User> {
+    let user = register(store, hasher, registration).await?;
+    store
+        .insert_events(
+            &[SecurityEvent::new(EventKind::UserAddedByAdmin).user(user.id, &user.email)],
+        )
+        .await?;
+    Ok(user)
+}
+
 pub async fn list_users(store: &Store, query: &UserQuery) -> Result<Vec<User>> {
     store.list_users(query).await
 }
@@ -126,6 +160,11 @@ pub async fn set_two_factor(store: &Store, email: &Email, enabled: bool) -> Resu
         .await?
         .ok_or(Error::UserNotFound)?;
     tracing::info!(user_id = %user.id, enabled, "two-factor setting changed");
+    store
+        .insert_events(&[SecurityEvent::new(EventKind::TwoFactorChanged)
+            .user(user.id, &user.email)
+            .detail(if enabled { "on" } else { "off" })])
+        .await?;
     Ok(user)
 }
 
@@ -147,6 +186,28 @@ pub struct Auth {
     pub codes: CodeHasher,
     pub mailer: Mailer,
     pub max_attempts: u32,
+    pub limits: RateLimitSettings,
+    pub audit: AuditLog,
+}
+
+/// Who is asking, as far as the door knows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Client {
+    pub ip: Option<IpAddr>,
+}
+
+fn login_key(email: &Email) -> String {
+    format!("login:{email}")
+}
+
+fn otp_key(user_id: Uuid) -> String {
+    format!("otp:{user_id}")
+}
+
+fn seconds_until(until: chrono::DateTime<Utc>) -> u64 {
+    u64::try_from((until - Utc::now()).num_seconds())
+        .unwrap_or(0)
+        .max(1)
 }
 
 impl Auth {
@@ -154,9 +215,12 @@ impl Auth {
         settings: &Settings,
         store: Store,
         secret: &SigningSecret,
+        audit: AuditLog,
     ) -> anyhow::Result<Auth> {
         let secret = secret.bytes();
         Ok(Auth {
+            limits: settings.rate_limit.clone(),
+            audit,
             store,
             hasher: PasswordHasher::new(settings.password.bcrypt_cost).await?,
             tokens: TokenKeys::new(secret, &settings.jwt),
@@ -166,17 +230,68 @@ impl Auth {
         })
     }
 
-    pub async fn register(&self, registration: Registration) -> Result<User> {
-        register(&self.store, &self.hasher, registration).await
+    pub async fn register(&self, registration: Registration, client: Client) -> Result<User> {
+        let user = register(&self.store, &self.hasher, registration).await?;
+        self.audit.record(
+            SecurityEvent::new(EventKind::UserRegistered)
+                .user(user.id, &user.email)
+                .client(client.ip),
+        );
+        Ok(user)
+    }
+
+    /// Refuses with 429 while `key` is locked, without doing any expensive work.
+    async fn ensure_not_locked(&self, key: &str) -> Result<()> {
+        if !self.limits.enabled {
+            return Ok(());
+        }
+        match self.store.locked_until(key, Utc::now()).await? {
+            Some(until) => Err(Error::RateLimited {
+                retry_after_secs: seconds_until(until),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failure of `key` against `limit`; true when this failure locked it.
+    async fn count_failure(&self, key: &str, limit: u32) -> Result<bool> {
+        if !self.limits.enabled {
+            return Ok(false);
+        }
+        let now = Utc::now();
+        let lock_until = now + chrono::Duration::seconds(self.limits.lockout_secs as i64);
+        Ok(self
+            .store
+            .record_failure(key, limit, now, lock_until)
+            .await?
+            .is_some())
+    }
+
+    async fn clear_failures(&self, key: &str) -> Result<()> {
+        if self.limits.enabled {
+            self.store.clear_failures(key).await?;
+        }
+        Ok(())
     }
 
     /// Checks the password (against a dummy hash when the account does not exist, so both
     /// answers take as long) and either issues an access token or starts a challenge.
     #[tracing::instrument(skip_all)]
-    pub async fn login(&self, email: &str, password: &str) -> Result<LoginOutcome> {
-        let credentials = match Email::parse(email) {
-            Ok(email) => self.store.find_credentials(&email).await?,
-            Err(_) => None,
+    pub async fn login(&self, email: &str, password: &str, client: Client) -> Result<LoginOutcome> {
+        let email = Email::parse(email).ok();
+        if let Some(email) = &email {
+            if let Err(err) = self.ensure_not_locked(&login_key(email)).await {
+                self.audit.record(
+                    SecurityEvent::new(EventKind::LoginThrottled)
+                        .email(email.as_str())
+                        .client(client.ip),
+                );
+                return Err(err);
+            }
+        }
+        let credentials = match &email {
+            Some(email) => self.store.find_credentials(email).await?,
+            None => None,
         };
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.as_str());
         let matched = self.hasher.verify(password, stored_hash).await?;
@@ -184,19 +299,56 @@ impl Auth {
             Some(c) if matched => c.user,
             _ => {
                 tracing::info!("login refused: invalid credentials");
+                let mut event = SecurityEvent::new(EventKind::LoginFailed).client(client.ip);
+                if let Some(email) = &email {
+                    // Unknown addresses are counted too, so a lock says nothing about existence.
+                    if self
+                        .count_failure(&login_key(email), self.limits.login_failures_per_account)
+                        .await?
+                    {
+                        event = event.detail("account locked");
+                    }
+                    event = event.email(email.as_str());
+                }
+                self.audit.record(event);
                 return Err(Error::InvalidCredentials);
             }
         };
+        if let Some(email) = &email {
+            self.clear_failures(&login_key(email)).await?;
+        }
         if !user.two_factor_enabled {
             tracing::info!(user_id = %user.id, "login succeeded");
+            self.audit.record(
+                SecurityEvent::new(EventKind::LoginSucceeded)
+                    .user(user.id, &user.email)
+                    .client(client.ip),
+            );
             let token = self
                 .tokens
                 .issue(TokenKind::Access, user.id, Uuid::new_v4())?;
             return Ok(LoginOutcome::Access(token));
         }
-        self.start_challenge(&user)
-            .await
-            .map(LoginOutcome::Challenge)
+        if let Err(err) = self.ensure_not_locked(&otp_key(user.id)).await {
+            self.audit.record(
+                SecurityEvent::new(EventKind::CodeThrottled)
+                    .user(user.id, &user.email)
+                    .client(client.ip),
+            );
+            return Err(err);
+        }
+        let sent = self.start_challenge(&user).await;
+        let kind = if sent.is_ok() {
+            EventKind::CodeSent
+        } else {
+            EventKind::CodeSendFailed
+        };
+        self.audit.record(
+            SecurityEvent::new(kind)
+                .user(user.id, &user.email)
+                .client(client.ip),
+        );
+        sent.map(LoginOutcome::Challenge)
     }
 
     /// Stores a hashed code, emails it, and only then retires older challenges and hands out
@@ -228,8 +380,23 @@ impl Auth {
 
     /// Exchanges a challenge token and the emailed code for an access token, at most once.
     #[tracing::instrument(skip_all)]
-    pub async fn verify_otp(&self, challenge_token: &str, otp: &Otp) -> Result<IssuedToken> {
+    pub async fn verify_otp(
+        &self,
+        challenge_token: &str,
+        otp: &Otp,
+        client: Client,
+    ) -> Result<IssuedToken> {
         let claims = self.tokens.verify(TokenKind::Challenge, challenge_token)?;
+        let key = otp_key(claims.sub);
+        let event = |kind| {
+            let mut event = SecurityEvent::new(kind).client(client.ip);
+            event.user_id = Some(claims.sub);
+            event
+        };
+        if let Err(err) = self.ensure_not_locked(&key).await {
+            self.audit.record(event(EventKind::CodeThrottled));
+            return Err(err);
+        }
         let hash = self.codes.hash_otp(claims.jti, otp);
         match self
             .store
@@ -238,11 +405,22 @@ impl Auth {
         {
             Attempt::Accepted => {
                 tracing::info!(user_id = %claims.sub, "second step succeeded");
+                self.clear_failures(&key).await?;
+                self.audit.record(event(EventKind::CodeAccepted));
                 self.tokens
                     .issue(TokenKind::Access, claims.sub, Uuid::new_v4())
             }
             Attempt::Rejected { remaining } => {
                 tracing::info!(user_id = %claims.sub, remaining, "wrong code");
+                let locked = self
+                    .count_failure(&key, self.limits.otp_failures_per_account)
+                    .await?;
+                let rejected = event(EventKind::CodeRejected);
+                self.audit.record(if locked {
+                    rejected.detail("second step locked")
+                } else {
+                    rejected
+                });
                 Err(Error::InvalidOtp { remaining })
             }
             Attempt::Dead => Err(Error::InvalidToken(

@@ -19,6 +19,7 @@ pub struct Settings {
     pub jwt: JwtSettings,
     pub password: PasswordSettings,
     pub otp: OtpSettings,
+    pub rate_limit: RateLimitSettings,
     pub mail: MailSettings,
 }
 
@@ -33,6 +34,20 @@ pub enum Environment {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub addr: String,
+    pub header_timeout_secs: u64,
+    pub body_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+}
+
+/// Brute-force controls. Account counters live in the database so instances share them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub login_failures_per_account: u32,
+    pub otp_failures_per_account: u32,
+    pub lockout_secs: u64,
+    pub requests_per_ip_per_minute: u32,
+    pub client_ip_header: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,6 +175,22 @@ impl Settings {
         }
         if self.jwt.access_ttl_secs == 0 || self.jwt.challenge_ttl_secs == 0 {
             bail!("jwt.access_ttl_secs and jwt.challenge_ttl_secs must be positive");
+        }
+        let limits = &self.rate_limit;
+        if limits.login_failures_per_account == 0
+            || limits.otp_failures_per_account == 0
+            || limits.requests_per_ip_per_minute == 0
+            || limits.lockout_secs == 0
+        {
+            bail!(
+                "rate_limit values must be positive (set rate_limit.enabled = false to switch limits off)"
+            );
+        }
+        if self.http.header_timeout_secs == 0
+            || self.http.body_timeout_secs == 0
+            || self.http.request_timeout_secs == 0
+        {
+            bail!("http timeouts must be positive");
         }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be at least 1");

@@ -33,6 +33,9 @@ pub enum Error {
     UserNotFound,
     #[error("invalid input: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
     Validation(Vec<FieldError>),
+    /// Too many failures or requests: try again after `retry_after_secs`.
+    #[error("too many attempts: try again in {retry_after_secs} seconds")]
+    RateLimited { retry_after_secs: u64 },
     /// A dependency (database, mail relay) is down or too slow; worth retrying later.
     #[error("{0} is unavailable")]
     Unavailable(&'static str),

@@ -3,6 +3,8 @@
 //! One core, three doors: the HTTP API (`http`), the admin command line (`cli`) and the tests
 //! all call the same use cases in `auth`.
 
+/// The security audit trail, written in the background.
+pub mod audit;
 /// The use cases: register, log in, exchange a code, manage users.
 pub mod auth;
 /// The admin command line: clap types and one function per subcommand.
@@ -23,6 +25,8 @@ pub mod mail;
 pub mod otp;
 /// bcrypt off the async workers.
 pub mod password;
+/// The password policy: refuses the most common passwords.
+pub mod policy;
 /// Database access.
 pub mod store;
 /// JWT issuing and verification.

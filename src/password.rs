@@ -1,36 +1,57 @@
-//! bcrypt hashing and verification, run on the blocking pool so async workers never stall.
+//! bcrypt hashing and verification on a dedicated, bounded pool of low-priority threads, so
+//! async workers never stall and a login flood cannot starve the rest of the API.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, oneshot};
 
 use crate::domain::{PASSWORD_MAX_BYTES, Password};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// Hashes and verifies passwords. At most one bcrypt per core runs at once; the rest wait their turn.
+/// Hashes allowed to wait for a hashing thread before new ones are refused with
+/// [`Error::Unavailable`] (HTTP 503). At cost 12 on 2 cores (8 hashes a second) a full queue
+/// is about 4 s of waiting: a client still gets an answer long before it gives up.
+pub const DEFAULT_MAX_QUEUE: usize = 32;
+
+/// How much less CPU a hashing thread gets than the async workers when both want it. Nice 10
+/// gives it a CFS weight of 110 against 1024: an idle server still spends every spare cycle
+/// on logins, a busy one answers everything else first.
+const HASHING_THREAD_NICE: i32 = 10;
+
+/// Hashes and verifies passwords. One hashing thread per core; at most `max_queue` hashes wait
+/// for one, and past that new ones are refused at once instead of piling up.
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: u32,
-    permits: Arc<Semaphore>,
+    pool: Arc<HashingPool>,
     /// Verified against when the user does not exist, so unknown emails cost the same time.
     /// Computed in the background at start so it does not delay the first `/healthz`.
     dummy_hash: Arc<OnceCell<Arc<str>>>,
 }
 
 impl PasswordHasher {
-    /// Builds a hasher and starts computing its dummy hash (one bcrypt at `cost`) in the background.
+    /// Builds a hasher with [`DEFAULT_MAX_QUEUE`] and starts computing its dummy hash (one
+    /// bcrypt at `cost`) in the background.
     pub async fn new(cost: u32) -> anyhow::Result<PasswordHasher> {
+        PasswordHasher::with_queue_limit(cost, DEFAULT_MAX_QUEUE).await
+    }
+
+    /// Like [`PasswordHasher::new`], with at most `max_queue` hashes waiting for a thread
+    /// (0: refuse whenever every hashing thread is busy).
+    pub async fn with_queue_limit(cost: u32, max_queue: usize) -> anyhow::Result<PasswordHasher> {
         if cost < 10 {
             tracing::warn!(
                 cost,
                 "password.bcrypt_cost is below 10: fine for tests, weak for production"
             );
         }
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hasher = PasswordHasher {
             cost,
-            permits: Arc::new(Semaphore::new(cores)),
+            pool: Arc::new(HashingPool::start(threads, max_queue)?),
             dummy_hash: Arc::new(OnceCell::new()),
         };
         let warm = hasher.clone();
@@ -46,13 +67,14 @@ impl PasswordHasher {
         let cost = self.cost;
         self.dummy_hash
             .get_or_try_init(|| async move {
-                let hash = tokio::task::spawn_blocking(move || {
-                    bcrypt::hash("authd-dummy-password-for-timing", cost)
-                })
-                .await
-                .context("dummy hash task failed")?
-                .context("cannot compute the dummy bcrypt hash")?;
-                Ok::<_, crate::error::Error>(Arc::from(hash))
+                let hash = self
+                    .pool
+                    .run(move || {
+                        bcrypt::hash("authd-dummy-password-for-timing", cost)
+                            .context("cannot compute the dummy bcrypt hash")
+                    })
+                    .await?;
+                Ok::<_, Error>(Arc::from(hash))
             })
             .await
             .cloned()
@@ -64,10 +86,9 @@ impl PasswordHasher {
         let cost = self.cost;
         // `Password` guarantees at most 72 bytes, all of which bcrypt uses. (bcrypt's
         // non-truncating variant would refuse exactly 72 because it counts the NUL terminator.)
-        self.run_blocking(move || {
-            bcrypt::hash(password.expose(), cost).context("bcrypt hash failed")
-        })
-        .await
+        self.pool
+            .run(move || bcrypt::hash(password.expose(), cost).context("bcrypt hash failed"))
+            .await
     }
 
     /// Checks `candidate` against `stored`, or against the dummy hash when there is no user,
@@ -86,24 +107,10 @@ impl PasswordHasher {
             String::new()
         };
         let matched = self
-            .run_blocking(move || Ok(bcrypt::verify(candidate, &hash).unwrap_or(false)))
+            .pool
+            .run(move || Ok(bcrypt::verify(candidate, &hash).unwrap_or(false)))
             .await?;
         Ok(matched && is_real && usable)
-    }
-
-    async fn run_blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .context("password hasher closed")?;
-        let result = tokio::task::spawn_blocking(work)
-            .await
-            .context("password task panicked")??;
-        Ok(result)
     }
 }
 
@@ -114,6 +121,108 @@ impl std::fmt::Debug for PasswordHasher {
             .finish_non_exhaustive()
     }
 }
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that do nothing but hash, fed by a queue whose length is bounded at submission.
+/// The threads stop when the last `PasswordHasher` clone is dropped (the sender goes with it).
+struct HashingPool {
+    queue: Sender<Job>,
+    /// Jobs accepted and not finished: running plus waiting.
+    admitted: Arc<AtomicUsize>,
+    /// Most jobs `admitted` may count: one running per thread plus `max_queue` waiting.
+    limit: usize,
+}
+
+impl HashingPool {
+    fn start(threads: usize, max_queue: usize) -> anyhow::Result<HashingPool> {
+        let (queue, jobs) = std::sync::mpsc::channel::<Job>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for index in 0..threads {
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("authd-bcrypt-{index}"))
+                .spawn(move || work(&jobs))
+                .context("cannot start a password hashing thread")?;
+        }
+        Ok(HashingPool {
+            queue,
+            admitted: Arc::new(AtomicUsize::new(0)),
+            limit: threads + max_queue,
+        })
+    }
+
+    /// Runs `work` on a hashing thread, or refuses at once when every thread is busy and
+    /// `max_queue` jobs already wait.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("password hashing queue is full: refusing");
+            return Err(Error::Unavailable("password hasher"));
+        }
+        let slot = Admitted(self.admitted.clone());
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            // The request was dropped (client gone, timeout) while it waited: skip the work.
+            if reply.is_closed() {
+                return;
+            }
+            let result = work();
+            // Free the slot before answering, so whoever reads the answer finds room again.
+            drop(slot);
+            let _ = reply.send(result);
+        });
+        self.queue
+            .send(job)
+            .map_err(|_| anyhow::anyhow!("password hashing threads are gone"))?;
+        Ok(answer.await.context("password task panicked")??)
+    }
+}
+
+/// One accepted job's place in the pool; given back when the job is done, skipped or panics.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The loop of one hashing thread: take the next job, run it, until the pool is dropped.
+fn work(jobs: &Mutex<Receiver<Job>>) {
+    lower_thread_priority(HASHING_THREAD_NICE);
+    loop {
+        // Hold the lock only while waiting for a job, never while hashing.
+        let job = match jobs.lock() {
+            Ok(jobs) => jobs.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        // A panicking job drops its reply, which its caller reports; the thread lives on.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+    }
+}
+
+/// Makes the calling thread yield the CPU to nice-0 threads. On Linux the nice value is per
+/// thread, so this touches only the hashing thread. Raising one's own nice value needs no
+/// privilege; if it fails anyway, hashing still works, only at normal priority.
+#[cfg(target_os = "linux")]
+fn lower_thread_priority(nice: i32) {
+    const PRIO_PROCESS: i32 = 0;
+    unsafe extern "C" {
+        fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+    }
+    // SAFETY: setpriority only reads its integer arguments; who = 0 is the calling thread.
+    if unsafe { setpriority(PRIO_PROCESS, 0, nice) } != 0 {
+        tracing::debug!("cannot lower the priority of a password hashing thread");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority(_nice: i32) {}
 
 #[cfg(test)]
 mod tests {
@@ -153,5 +262,43 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn hashes_past_the_queue_limit_are_refused_as_unavailable() {
+        let hasher = PasswordHasher::with_queue_limit(4, 0).await.unwrap();
+        hasher.dummy_hash().await.unwrap();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Occupy every thread, then one more hash finds no thread free and no room to wait.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        let mut busy = Vec::new();
+        for _ in 0..threads {
+            let (started, running) = oneshot::channel();
+            let gate = gate.clone();
+            let pool = hasher.pool.clone();
+            busy.push(tokio::spawn(async move {
+                pool.run(move || {
+                    let _ = started.send(());
+                    let _ = gate.lock().unwrap().recv();
+                    Ok(())
+                })
+                .await
+            }));
+            running.await.unwrap();
+        }
+        let password = Password::parse("correct horse battery").unwrap();
+        assert!(matches!(
+            hasher.hash(&password).await,
+            Err(Error::Unavailable("password hasher"))
+        ));
+        for _ in 0..threads {
+            release.send(()).unwrap();
+        }
+        for task in busy {
+            task.await.unwrap().unwrap();
+        }
+        // Room again once the threads are free.
+        assert!(hasher.hash(&password).await.is_ok());
     }
 }

@@ -102,7 +102,7 @@ async fn add_user(args: AddArgs, settings: &Settings) -> anyhow::Result<()> {
     let store = Store::connect_lazy(settings)?;
     let hasher = PasswordHasher::new(settings.password.bcrypt_cost).await?;
     let email = registration.email.clone();
-    let user = auth::register(&store, &hasher, registration)
+    let user = auth::add_user_by_admin(&store, &hasher, registration)
         .await
         .with_context(|| format!("cannot add {email}"))?;
     match format {

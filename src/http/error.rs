@@ -144,6 +144,15 @@ impl From<Error> for ApiError {
                 api.errors = Some(errors);
                 api
             }
+            Error::RateLimited { retry_after_secs } => {
+                let mut api = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("too many attempts: try again in {retry_after_secs} seconds"),
+                );
+                api.retry_after = Some(retry_after_secs);
+                api
+            }
             Error::Unavailable(what) => {
                 let mut api = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

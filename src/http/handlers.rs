@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{BearerToken, Json};
-use crate::auth::{LoginOutcome, Registration, RegistrationInput};
+use crate::auth::{Client, LoginOutcome, Registration, RegistrationInput};
 use crate::domain::{Otp, User};
 use crate::error::{Error, FieldError};
 use crate::token::IssuedToken;
@@ -94,12 +94,14 @@ fn require(field: &str, value: Option<String>) -> Result<String, Error> {
             headers(("Location" = String, description = "Where to read the new user: /users/me"))),
         (status = 409, description = "The email address is taken (`email_taken`)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (`validation_failed`), including a common password", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this address (`rate_limited`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn register(
     State(state): State<AppState>,
+    client: Client,
     Json(body): Json<RegisterRequest>,
 ) -> Result<Response, ApiError> {
     let registration = Registration::parse(RegistrationInput {
@@ -109,7 +111,7 @@ pub async fn register(
         last_name: body.last_name,
         two_factor_enabled: body.two_factor_enabled.unwrap_or(false),
     })?;
-    let user = state.auth.register(registration).await?;
+    let user = state.auth.register(registration, client).await?;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, "/users/me")],
@@ -129,11 +131,13 @@ pub async fn register(
         (status = 200, description = "Access token, or challenge token and an emailed code", body = LoginResponse),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Account locked after repeated failures, or too many requests from this address (`rate_limited`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database or mail relay unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn login(
     State(state): State<AppState>,
+    client: Client,
     Json(body): Json<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let email = body.email.or(body.username);
@@ -150,7 +154,7 @@ pub async fn login(
             return Err(Error::Validation(errors).into());
         }
     };
-    let outcome = state.auth.login(&email, &password).await?;
+    let outcome = state.auth.login(&email, &password, client).await?;
     Ok(no_store(match outcome {
         LoginOutcome::Access(token) => LoginResponse {
             otp_required: false,
@@ -178,16 +182,18 @@ pub async fn login(
         (status = 200, description = "Access token", body = TokenResponse),
         (status = 401, description = "Bad challenge token (`invalid_token`) or wrong code (`invalid_otp`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The code is not six digits", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Second step locked after repeated wrong codes, or too many requests (`rate_limited`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn login_otp(
     State(state): State<AppState>,
+    client: Client,
     BearerToken(token): BearerToken,
     Json(body): Json<OtpRequest>,
 ) -> Result<Response, ApiError> {
     let otp = Otp::parse(&require("otp", body.otp)?).map_err(|m| Error::validation("otp", m))?;
-    let token: IssuedToken = state.auth.verify_otp(&token, &otp).await?;
+    let token: IssuedToken = state.auth.verify_otp(&token, &otp, client).await?;
     Ok(no_store(TokenResponse {
         access_token: token.token,
         token_type: "Bearer",

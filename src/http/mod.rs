@@ -3,29 +3,41 @@
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod limits;
 pub mod openapi;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::header;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::audit::AuditLog;
 use crate::auth::Auth;
-use crate::config::Settings;
+use crate::config::{HttpSettings, Settings};
 use crate::keys::load_signing_secret;
 use crate::store::{Backend, Store};
 use error::{ApiError, PROBLEM_JSON};
+use limits::{ClientAddress, IpLimiter, limit_per_ip};
 
 /// Largest request body accepted; bigger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -34,26 +46,95 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub auth: Arc<Auth>,
+    pub client_address: ClientAddress,
+    pub ip_limiter: Option<Arc<IpLimiter>>,
+}
+
+impl AppState {
+    pub fn new(auth: Auth, settings: &Settings) -> anyhow::Result<AppState> {
+        let limits = &settings.rate_limit;
+        Ok(AppState {
+            auth: Arc::new(auth),
+            client_address: ClientAddress::from_settings(limits)?,
+            ip_limiter: limits
+                .enabled
+                .then(|| IpLimiter::new(limits.requests_per_ip_per_minute)),
+        })
+    }
 }
 
 /// Every route of the API, with its middleware.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+pub fn router(state: AppState, http: &HttpSettings) -> Router {
+    let limited = Router::new()
         .route("/register", post(handlers::register))
         .route("/login", post(handlers::login))
         .route("/login/otp", post(handlers::login_otp))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit_per_ip));
+    let api = Router::new()
+        .merge(limited)
         .route("/users/me", get(handlers::me))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .with_state(state)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .layer(api_security_headers());
+    let docs = Router::new()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()));
+    with_common_layers(api.merge(docs), http)
+}
+
+/// Headers for the JSON API: nothing may be sniffed, framed, cached or loaded from it.
+fn api_security_headers() -> tower::layer::util::Stack<
+    SetResponseHeaderLayer<HeaderValue>,
+    tower::layer::util::Stack<
+        SetResponseHeaderLayer<HeaderValue>,
+        SetResponseHeaderLayer<HeaderValue>,
+    >,
+> {
+    tower::layer::util::Stack::new(
+        SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ),
+        tower::layer::util::Stack::new(
+            SetResponseHeaderLayer::if_not_present(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            ),
+            SetResponseHeaderLayer::if_not_present(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+        ),
+    )
+}
+
+/// Layers every response goes through, docs included: problem+json for bare errors, body
+/// limit and timeouts, panic recovery, tracing, and headers that are right for any response.
+pub fn with_common_layers(router: Router, http: &HttpSettings) -> Router {
+    router
         .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
         .layer(middleware::from_fn(problem_for_bare_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
+            http.body_timeout_secs,
+        )))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(http.request_timeout_secs),
+        ))
+        .layer(CatchPanicLayer::custom(limits::problem_for_panic))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
         .layer(TraceLayer::new_for_http())
 }
 
-/// Gives errors produced outside the handlers (405, 413 from layers...) the problem+json shape.
+/// Gives errors produced outside the handlers (405, 408, 413 from layers...) the problem+json shape.
 async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
@@ -77,6 +158,8 @@ async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
 pub struct App {
     listener: TcpListener,
     router: Router,
+    header_timeout: Duration,
+    audit_writer: JoinHandle<()>,
 }
 
 impl App {
@@ -103,16 +186,21 @@ impl App {
                 "development-only mail transport: codes are not emailed"
             );
         }
+        if !settings.rate_limit.enabled {
+            tracing::warn!("rate_limit.enabled = false: no brute-force protection");
+        }
         let secret = load_signing_secret(settings, true)?;
-        let auth = Auth::from_settings(settings, store, &secret).await?;
+        let (audit, audit_writer) = AuditLog::start(store.clone());
+        let auth = Auth::from_settings(settings, store, &secret, audit).await?;
+        let state = AppState::new(auth, settings)?;
         let listener = TcpListener::bind(&settings.http.addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
         Ok(App {
             listener,
-            router: router(AppState {
-                auth: Arc::new(auth),
-            }),
+            router: router(state, &settings.http),
+            header_timeout: Duration::from_secs(settings.http.header_timeout_secs),
+            audit_writer,
         })
     }
 
@@ -131,23 +219,79 @@ impl App {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `stop` completes, then drains in-flight requests.
+    /// Serves until `stop` completes, then stops accepting, drains in-flight requests and
+    /// flushes the audit trail.
     pub async fn run_until(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "authd listening");
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop)
-        .await
-        .context("server failed")?;
+        let App {
+            listener,
+            router,
+            header_timeout,
+            audit_writer,
+        } = self;
+        serve(listener, router, header_timeout, stop).await;
+        // The router held the last handle on the audit queue: the writer now drains and ends.
+        if tokio::time::timeout(Duration::from_secs(10), audit_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("audit trail not fully written at shutdown");
+        }
         tracing::info!("authd stopped");
         Ok(())
     }
+}
+
+/// The accept loop: hyper with a header read timeout (axum::serve has none), the peer address
+/// in each request, and a graceful shutdown that lets in-flight requests finish.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut builder = ConnBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request)
+            },
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    drop(router);
+    graceful.shutdown().await;
 }
 
 async fn shutdown_signal() {

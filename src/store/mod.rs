@@ -7,6 +7,7 @@ mod sqlite;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::audit::{EventQuery, RecordedEvent, SecurityEvent};
 use crate::config::Settings;
 use crate::domain::{Email, User};
 use crate::error::Result;
@@ -132,6 +133,17 @@ impl Store {
         /// Counts a wrong code or consumes the challenge, in one statement: parallel guesses
         /// cannot pass `max_attempts` and a right code is accepted at most once.
         pub async fn attempt_challenge(&self, id: Uuid, user_id: Uuid, code_hash: &[u8], max_attempts: u32) -> Result<Attempt>;
+        /// Until when `key` is locked, if it is locked now.
+        pub async fn locked_until(&self, key: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>>;
+        /// Counts one more consecutive failure of `key`. The failure that reaches `limit` locks
+        /// the key until `lock_until` and starts a new count. Returns the lock if one was set.
+        pub async fn record_failure(&self, key: &str, limit: u32, now: DateTime<Utc>, lock_until: DateTime<Utc>) -> Result<Option<DateTime<Utc>>>;
+        /// Forgets the failures of `key` (after a success).
+        pub async fn clear_failures(&self, key: &str) -> Result<()>;
+        /// Appends security events in one transaction.
+        pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()>;
+        /// Security events, newest first.
+        pub async fn list_events(&self, query: &EventQuery) -> Result<Vec<RecordedEvent>>;
     }
 }
 

@@ -4,11 +4,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::{Attempt, Credentials, NewChallenge, NewUser, UserQuery, like_pattern};
+use crate::audit::{EventQuery, RecordedEvent, SecurityEvent};
 use crate::config::DatabaseSettings;
 use crate::domain::{Email, User};
 use crate::error::Result;
@@ -213,6 +215,102 @@ impl PgStore {
             .transpose()?,
             max_attempts,
         )
+    }
+
+    pub async fn locked_until(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT locked_until FROM throttles WHERE key = $1 AND locked_until > $2",
+        )
+        .bind(key)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn record_failure(
+        &self,
+        key: &str,
+        limit: u32,
+        now: DateTime<Utc>,
+        lock_until: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let row = sqlx::query(
+            "INSERT INTO throttles (key, failures, locked_until, updated_at)
+             VALUES ($1, CASE WHEN 1 >= $2 THEN 0 ELSE 1 END, CASE WHEN 1 >= $2 THEN $4 END, $3)
+             ON CONFLICT (key) DO UPDATE SET
+                 failures = CASE WHEN throttles.failures + 1 >= $2 THEN 0 ELSE throttles.failures + 1 END,
+                 locked_until = CASE WHEN throttles.failures + 1 >= $2 THEN $4 ELSE throttles.locked_until END,
+                 updated_at = $3
+             RETURNING locked_until IS NOT DISTINCT FROM $4 AS just_locked",
+        )
+        .bind(key)
+        .bind(limit as i32)
+        .bind(now)
+        .bind(lock_until)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<bool, _>("just_locked")?.then_some(lock_until))
+    }
+
+    pub async fn clear_failures(&self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM throttles WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for event in events {
+            sqlx::query(
+                "INSERT INTO security_events (at, kind, outcome, user_id, email, client_ip, detail)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(event.at)
+            .bind(event.kind.as_str())
+            .bind(event.kind.outcome())
+            .bind(event.user_id)
+            .bind(&event.email)
+            .bind(event.client_ip.map(|ip| ip.to_string()))
+            .bind(&event.detail)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list_events(&self, query: &EventQuery) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, at, kind, outcome, user_id, email, client_ip, detail
+             FROM security_events
+             WHERE $1::text IS NULL OR email = $1
+             ORDER BY at DESC, id DESC
+             LIMIT $2",
+        )
+        .bind(&query.email)
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RecordedEvent {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    kind: row.try_get("kind")?,
+                    outcome: row.try_get("outcome")?,
+                    user_id: row.try_get("user_id")?,
+                    email: row.try_get("email")?,
+                    client_ip: row.try_get("client_ip")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -162,7 +162,18 @@ async fn invalid_registration_fields_are_422_with_one_error_per_field_and_store_
 #[tokio::test]
 async fn a_password_over_72_bytes_is_refused_never_truncated() {
     let app = TestApp::spawn().await;
-    let ok = "é".repeat(36); // 72 bytes
+    // Exactly 72 bytes, multi-byte characters included.
+    let mut ok = String::new();
+    for c in "Grüße aus Köln: zwölf Boxkämpfer jagen Viktor quer über den Sylter Deich".chars()
+    {
+        if ok.len() + c.len_utf8() > 72 {
+            break;
+        }
+        ok.push(c);
+    }
+    while ok.len() < 72 {
+        ok.push('x');
+    }
     let too_long = format!("{ok}x"); // 73 bytes
     let response = app
         .post_json(
