@@ -279,15 +279,15 @@ impl Auth {
     #[tracing::instrument(skip_all)]
     pub async fn login(&self, email: &str, password: &str, client: Client) -> Result<LoginOutcome> {
         let email = Email::parse(email).ok();
-        if let Some(email) = &email {
-            if let Err(err) = self.ensure_not_locked(&login_key(email)).await {
-                self.audit.record(
-                    SecurityEvent::new(EventKind::LoginThrottled)
-                        .email(email.as_str())
-                        .client(client.ip),
-                );
-                return Err(err);
-            }
+        if let Some(email) = &email
+            && let Err(err) = self.ensure_not_locked(&login_key(email)).await
+        {
+            self.audit.record(
+                SecurityEvent::new(EventKind::LoginThrottled)
+                    .email(email.as_str())
+                    .client(client.ip),
+            );
+            return Err(err);
         }
         let credentials = match &email {
             Some(email) => self.store.find_credentials(email).await?,

@@ -14,19 +14,20 @@ pub const COMMON_PASSWORD_RANK: usize = 10_000;
 pub fn check_password(password: &Password, user_inputs: &[&str]) -> Result<(), String> {
     let text = password.expose();
     let estimate = zxcvbn::zxcvbn(text, user_inputs);
-    if let [only] = estimate.sequence() {
-        if let MatchPattern::Dictionary(word) = &only.pattern {
-            let whole = only.i == 0 && only.token.chars().count() == text.chars().count();
-            // zxcvbn does not export its dictionary enum; its Debug name identifies the list.
-            let dictionary = format!("{:?}", word.dictionary_name);
-            if whole && dictionary == "UserInputs" {
-                return Err("must not be your email address or name".into());
-            }
-            if whole && dictionary == "Passwords" && word.rank <= COMMON_PASSWORD_RANK {
-                return Err(format!(
-                    "is one of the {COMMON_PASSWORD_RANK} most common passwords: choose another"
-                ));
-            }
+    if let [only] = estimate.sequence()
+        && let MatchPattern::Dictionary(word) = &only.pattern
+        && only.i == 0
+        && only.token.chars().count() == text.chars().count()
+    {
+        // zxcvbn does not export its dictionary enum; its Debug name identifies the list.
+        let dictionary = format!("{:?}", word.dictionary_name);
+        if dictionary == "UserInputs" {
+            return Err("must not be your email address or name".into());
+        }
+        if dictionary == "Passwords" && word.rank <= COMMON_PASSWORD_RANK {
+            return Err(format!(
+                "is one of the {COMMON_PASSWORD_RANK} most common passwords: choose another"
+            ));
         }
     }
     if u8::from(estimate.score()) == 0 {

@@ -1,5 +1,7 @@
 //! The command line: clap types, and one function per subcommand.
 
+mod audit;
+mod healthcheck;
 mod token;
 mod user;
 
@@ -57,6 +59,12 @@ pub enum Command {
     /// Inspect tokens (works without a database).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Exit 0 when the server answers GET /healthz with 200 (for container health checks).
+    #[command(after_help = EXIT_CODES)]
+    Healthcheck(healthcheck::HealthcheckArgs),
+    /// Read the security audit trail (logins, codes, locks, admin changes), newest first.
+    #[command(after_help = EXIT_CODES)]
+    Audit(audit::AuditArgs),
 }
 
 /// How a command prints its result.
@@ -141,6 +149,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => migrate(&settings).await,
         Command::User(command) => user::run(command, &settings).await,
         Command::Token(command) => token::run(command, &settings),
+        Command::Audit(args) => audit::run(args, &settings).await,
+        Command::Healthcheck(args) => healthcheck::run(args, &settings).await,
         Command::Openapi => unreachable!("handled above"),
     }
 }

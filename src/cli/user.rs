@@ -99,7 +99,7 @@ async fn add_user(args: AddArgs, settings: &Settings) -> anyhow::Result<()> {
         .await
         .context("input task failed")??;
     let registration = Registration::parse(input)?;
-    let store = Store::connect_lazy(settings)?;
+    let store = Store::open(settings).await?;
     let hasher = PasswordHasher::new(settings.password.bcrypt_cost).await?;
     let email = registration.email.clone();
     let user = auth::add_user_by_admin(&store, &hasher, registration)
@@ -195,7 +195,7 @@ fn read_password_line(input: &mut impl BufRead) -> anyhow::Result<String> {
 }
 
 async fn list_users(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
-    let store = Store::connect_lazy(settings)?;
+    let store = Store::open(settings).await?;
     let query = UserQuery {
         search: args.search,
         limit: args.limit,
@@ -214,7 +214,7 @@ async fn list_users(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
 async fn set_two_factor(args: SetTwoFactorArgs, settings: &Settings) -> anyhow::Result<()> {
     let email = Email::parse(&args.email).map_err(|message| Error::validation("email", message))?;
     let enabled = args.state == Switch::On;
-    let store = Store::connect_lazy(settings)?;
+    let store = Store::open(settings).await?;
     let user = auth::set_two_factor(&store, &email, enabled)
         .await
         .with_context(|| format!("cannot change two-factor login for {email}"))?;

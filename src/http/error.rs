@@ -184,9 +184,22 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => {
                 ApiError::from_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
             }
+            other if body_timed_out(&other) => ApiError::from_status(StatusCode::REQUEST_TIMEOUT),
             other => ApiError::from_status(other.status()),
         }
     }
+}
+
+/// Whether reading the body failed because the client was too slow (the body timeout layer).
+fn body_timed_out(rejection: &JsonRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(err) = cause {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// Turns serde's "Failed to deserialize ...: email: invalid type: ... at line 1 column 10"

@@ -112,12 +112,12 @@ pub async fn limit_per_ip(State(state): State<AppState>, request: Request, next:
     if let Some(limiter) = &state.ip_limiter {
         let (parts, body) = request.into_parts();
         let ip = state.client_address.resolve(&parts.headers, peer(&parts));
-        if let Some(ip) = ip {
-            if let Err(retry_after_secs) = limiter.check(ip) {
-                tracing::info!(%ip, "per-address request limit reached");
-                return ApiError::from(crate::error::Error::RateLimited { retry_after_secs })
-                    .into_response();
-            }
+        if let Some(ip) = ip
+            && let Err(retry_after_secs) = limiter.check(ip)
+        {
+            tracing::info!(%ip, "per-address request limit reached");
+            return ApiError::from(crate::error::Error::RateLimited { retry_after_secs })
+                .into_response();
         }
         return next.run(Request::from_parts(parts, body)).await;
     }

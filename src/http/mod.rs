@@ -166,16 +166,11 @@ impl App {
     /// Connects the pieces and binds the listener (port 0 picks a free port).
     pub async fn build(settings: &Settings) -> anyhow::Result<App> {
         settings.check_production()?;
-        let store = Store::connect_lazy(settings)?;
+        // SQLite gets its schema here (zero setup); PostgreSQL needs `authd migrate`.
+        let store = Store::open(settings)
+            .await
+            .context("cannot prepare the database")?;
         if store.backend() == Backend::Sqlite {
-            // One file, one instance: keep it zero-setup by creating the schema at start.
-            for name in store
-                .migrate()
-                .await
-                .context("cannot migrate the SQLite database")?
-            {
-                tracing::info!(migration = %name, "applied migration");
-            }
             tracing::info!(
                 "using SQLite: fine for a single instance; run more than one instance on PostgreSQL"
             );

@@ -107,6 +107,18 @@ impl Store {
         }
     }
 
+    /// Connects like `connect_lazy`; a SQLite database (one file, one instance) also gets its
+    /// schema applied, so every command works on a fresh data directory.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Store> {
+        let store = Store::connect_lazy(settings)?;
+        if store.backend() == Backend::Sqlite {
+            for name in store.migrate().await? {
+                tracing::info!(migration = %name, "applied migration");
+            }
+        }
+        Ok(store)
+    }
+
     pub fn backend(&self) -> Backend {
         match self {
             Store::Postgres(_) => Backend::Postgres,

@@ -5,6 +5,7 @@ mod smtp_sink;
 
 mod api;
 mod cli;
+mod limits;
 mod otp_flow;
 mod process;
 mod resilience;

@@ -170,3 +170,121 @@ async fn debug_logs_of_a_whole_two_factor_flow_hold_no_password_code_token_or_se
         assert!(!log.contains(secret), "the log contains the {what}");
     }
 }
+
+#[tokio::test]
+async fn healthcheck_exits_0_against_a_running_server_and_1_once_it_is_gone() {
+    let db_url = fresh_database().await;
+    let mail = MailSink::start(Behaviour::Accept).await;
+    let server = Server::start(&db_url, mail.port, "warn").await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let check = || {
+        authd()
+            .args(["healthcheck", "--addr", &addr])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let up = check();
+    assert_eq!(up.status.code(), Some(0), "{up:?}");
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+    let down = check();
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: cannot connect"), "{stderr}");
+}
+
+#[tokio::test]
+async fn audit_command_reads_the_trail_newest_first_filtered_by_user() {
+    let db_url = fresh_database().await;
+    let mail = MailSink::start(Behaviour::Accept).await;
+    let server = Server::start(&db_url, mail.port, "warn").await;
+    let client = reqwest::Client::new();
+    for email in ["one@example.test", "two@example.test"] {
+        let response = client
+            .post(format!("{}/register", server.base))
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let response = client
+        .post(format!("{}/login", server.base))
+        .json(&json!({"email": "ONE@example.test", "password": "wrong password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Stopping the server flushes the audit queue.
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+
+    let output = authd()
+        .args([
+            "audit",
+            "--user",
+            "One@Example.test",
+            "--format",
+            "json",
+            "--database-url",
+            &db_url,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let events: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["login_failed", "user_registered"]);
+    assert_eq!(events[0]["outcome"], "failure");
+    assert_eq!(events[0]["client_ip"], "127.0.0.1");
+    assert!(events.iter().all(|e| e["email"] == "one@example.test"));
+
+    let table = authd()
+        .args(["audit", "--limit", "1", "--database-url", &db_url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(table.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("login_failed") && !text.contains("user_registered"),
+        "{text}"
+    );
+
+    let bad = authd()
+        .args(["audit", "--user", "not-an-email", "--database-url", &db_url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn user_add_refuses_a_common_password_like_the_api() {
+    let db_url = fresh_database().await;
+    let mut add = authd()
+        .args([
+            "user",
+            "add",
+            "--email",
+            "weak@example.test",
+            "--password-stdin",
+            "--database-url",
+            &db_url,
+        ])
+        .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    add.stdin.take().unwrap().write_all(b"password1\n").unwrap();
+    let output = add.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("common passwords"), "{stderr}");
+}

@@ -1,0 +1,1507 @@
+//! `make bench`: starts authd on a throwaway PostgreSQL database and measures, in one run, what
+//! limits a login server (bcrypt) against what it must still do quickly (`/users/me`).
+//!
+//! Built only with `--features bench`, so the server, its tests and its lints never see it.
+//! Everything is loopback, every loop is bounded in count and time, and a watchdog ends the run
+//! (and the processes it started) if it ever outlives `--max-secs`.
+//!
+//! The six figures:
+//! 1. the bcrypt bound: one thread per core in this process, bcrypt verify at authd's cost;
+//! 2. `POST /login` per second at saturation, and its ratio to the bound;
+//! 3. `GET /users/me` per second and p50/p99 latency, idle; beside it the ceiling: a bare axum
+//!    route (in a subprocess of this binary, on the same runtime and pool settings as authd)
+//!    that runs the same indexed query and returns the same JSON without checking any token;
+//! 4. `/users/me` p99 under the same load while logins saturate the CPU, against the idle p99;
+//! 5. the full two-factor flow (login, code from the SMTP sink in this process, `/login/otp`)
+//!    per second;
+//! 6. authd's resident memory after the run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use authd::domain::User;
+
+/// The password of every bench account: strong enough for any password policy, under 72 bytes.
+const PASSWORD: &str = "Tangerine-Quasar-81-Lattice-vow";
+/// The `/users/me` statement, character for character as `PgStore::find_user` sends it.
+const FIND_USER_SQL: &str =
+    "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
+             FROM users WHERE id = $1";
+/// Longest any single request may take before the bench counts it as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("ceiling-server") {
+        return match ceiling::main(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("ceiling-server: error: {err:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let options = match Options::parse(&args) {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("error: {err:#}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    watchdog::arm(Duration::from_secs(options.max_secs));
+    let runtime = tokio::runtime::Runtime::new().expect("a Tokio runtime");
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = bench(&options) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    watchdog::stop_children();
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+const USAGE: &str = "usage: authd-bench [--authd PATH] [--cost N] [--runs N] [--secs N]
+                   [--me-connections N] [--login-connections N] [--flow-connections N]
+                   [--max-connections N] [--json FILE] [--max-secs N] [--only PHASES]
+
+Needs DATABASE_URL: an admin URL of a PostgreSQL server on this machine (make bench starts a
+throwaway one). Creates and drops its own database there.
+
+  --authd PATH            authd binary (default: `authd` beside this binary)
+  --cost N                bcrypt cost for authd and the bound (default 12)
+  --runs N                measure N times after one setup and report medians (default 1)
+  --secs N                length of each /users/me measurement window (default 5); the
+                          login and 2FA windows are twice as long
+  --me-connections N      concurrent /users/me connections (default 16)
+  --login-connections N   concurrent /login clients (default 8)
+  --flow-connections N    concurrent two-factor flows (default 8)
+  --max-connections N     database pool size of authd and of the ceiling (default 10)
+  --json FILE             also write every run's figures as JSON
+  --max-secs N            watchdog: give up after this long (default 280)
+  --only PHASES           comma list of bound,me,ceiling,login,mixed,flow (for profiling)";
+
+#[derive(Debug, Clone)]
+struct Options {
+    authd: PathBuf,
+    cost: u32,
+    runs: usize,
+    secs: u64,
+    me_connections: usize,
+    login_connections: usize,
+    flow_connections: usize,
+    max_connections: u32,
+    json: Option<PathBuf>,
+    max_secs: u64,
+    only: Option<Vec<String>>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options> {
+        let beside_me = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("authd")))
+            .unwrap_or_else(|| PathBuf::from("target/release/authd"));
+        let mut options = Options {
+            authd: beside_me,
+            cost: 12,
+            runs: 1,
+            secs: 5,
+            me_connections: 16,
+            login_connections: 8,
+            flow_connections: 8,
+            max_connections: 10,
+            json: None,
+            max_secs: 280,
+            only: None,
+        };
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            let mut value = || {
+                args.next()
+                    .with_context(|| format!("{flag} needs a value"))
+                    .cloned()
+            };
+            match flag.as_str() {
+                "--authd" => options.authd = PathBuf::from(value()?),
+                "--cost" => options.cost = value()?.parse().context("--cost")?,
+                "--runs" => options.runs = value()?.parse().context("--runs")?,
+                "--secs" => options.secs = value()?.parse().context("--secs")?,
+                "--me-connections" => {
+                    options.me_connections = value()?.parse().context("--me-connections")?;
+                }
+                "--login-connections" => {
+                    options.login_connections = value()?.parse().context("--login-connections")?;
+                }
+                "--flow-connections" => {
+                    options.flow_connections = value()?.parse().context("--flow-connections")?;
+                }
+                "--max-connections" => {
+                    options.max_connections = value()?.parse().context("--max-connections")?;
+                }
+                "--json" => options.json = Some(PathBuf::from(value()?)),
+                "--max-secs" => options.max_secs = value()?.parse().context("--max-secs")?,
+                "--only" => {
+                    options.only = Some(value()?.split(',').map(|s| s.trim().to_owned()).collect());
+                }
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other:?}"),
+            }
+        }
+        ensure!((4..=31).contains(&options.cost), "--cost must be 4..=31");
+        ensure!(
+            options.runs >= 1 && options.runs <= 9,
+            "--runs must be 1..=9"
+        );
+        ensure!(
+            options.secs >= 1 && options.secs <= 60,
+            "--secs must be 1..=60"
+        );
+        ensure!(
+            options.me_connections >= 1
+                && options.login_connections >= 1
+                && options.flow_connections >= 1
+                && options.me_connections <= 256
+                && options.login_connections <= 64
+                && options.flow_connections <= 64,
+            "connection counts must be 1..=256 (/users/me) and 1..=64 (logins, flows)"
+        );
+        Ok(options)
+    }
+
+    fn runs_phase(&self, phase: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|p| p == phase))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+/// The figures of one measured run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Figures {
+    bcrypt_per_core: f64,
+    bcrypt_bound: f64,
+    logins_per_sec: f64,
+    login_refusals: u64,
+    me_per_sec: f64,
+    me_p50_ms: f64,
+    me_p99_ms: f64,
+    ceiling_per_sec: f64,
+    ceiling_p50_ms: f64,
+    ceiling_p99_ms: f64,
+    mixed_me_per_sec: f64,
+    mixed_me_p50_ms: f64,
+    mixed_me_p99_ms: f64,
+    mixed_logins_per_sec: f64,
+    flows_per_sec: f64,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Figures {
+    fn login_ratio(&self) -> f64 {
+        ratio(self.logins_per_sec, self.bcrypt_bound)
+    }
+    fn me_ratio(&self) -> f64 {
+        ratio(self.me_per_sec, self.ceiling_per_sec)
+    }
+    fn p99_ratio(&self) -> f64 {
+        ratio(self.mixed_me_p99_ms, self.me_p99_ms)
+    }
+    fn flow_ratio(&self) -> f64 {
+        ratio(self.flows_per_sec, self.bcrypt_bound)
+    }
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::NAN }
+}
+
+async fn bench(options: &Options) -> Result<bool> {
+    let started = Instant::now();
+    let admin_url = std::env::var("DATABASE_URL").context(
+        "DATABASE_URL is not set: run `make bench`, or point it at a PostgreSQL admin URL",
+    )?;
+    ensure!(
+        options.authd.is_file(),
+        "{} does not exist: build it with `cargo build --release --bin authd`",
+        options.authd.display()
+    );
+    let machine = Machine::read();
+    println!("authd-bench: {machine}");
+    println!(
+        "authd: {} | bcrypt cost {} | pool {} connections | /users/me {} connections, \
+         logins {}, 2FA flows {} | {} run(s) of {} s windows",
+        options.authd.display(),
+        options.cost,
+        options.max_connections,
+        options.me_connections,
+        options.login_connections,
+        options.flow_connections,
+        options.runs,
+        options.secs
+    );
+
+    let work_dir = std::env::temp_dir().join(format!("authd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir).context("cannot create the work directory")?;
+    let database = Database::create(&admin_url).await?;
+    let result = bench_on(options, &machine, &database, &work_dir).await;
+    watchdog::stop_children();
+    if let Err(err) = database.drop_it().await {
+        eprintln!("warning: could not drop the bench database: {err:#}");
+    }
+    match &result {
+        Ok(_) => {
+            let _ = std::fs::remove_dir_all(&work_dir);
+        }
+        Err(_) => eprintln!("logs kept in {}", work_dir.display()),
+    }
+    println!("total time {:.0} s", started.elapsed().as_secs_f64());
+    result
+}
+
+async fn bench_on(
+    options: &Options,
+    machine: &Machine,
+    database: &Database,
+    work_dir: &Path,
+) -> Result<bool> {
+    let status = Command::new(&options.authd)
+        .args(["migrate", "--database-url", &database.url])
+        .current_dir(work_dir)
+        .env_remove("DATABASE_URL")
+        .output()
+        .context("cannot run authd migrate")?;
+    ensure!(
+        status.status.success(),
+        "authd migrate failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    let sink = MailSink::start().await?;
+    let authd = Authd::start(options, database, &sink, work_dir).await?;
+    let http = Http::new()?;
+
+    // Accounts: one for /users/me, one per login client, one per two-factor flow (a new login
+    // retires the user's open challenges, so flows must not share an account).
+    let me_email = "me@bench.test".to_owned();
+    let login_emails: Vec<String> = (0..options.login_connections)
+        .map(|i| format!("login{i}@bench.test"))
+        .collect();
+    let flow_emails: Vec<String> = (0..options.flow_connections)
+        .map(|i| format!("flow{i}@bench.test"))
+        .collect();
+    let setup = Instant::now();
+    let mut accounts: Vec<(String, bool)> = vec![(me_email.clone(), false)];
+    accounts.extend(login_emails.iter().map(|e| (e.clone(), false)));
+    accounts.extend(flow_emails.iter().map(|e| (e.clone(), true)));
+    for batch in accounts.chunks(8) {
+        let mut registrations = tokio::task::JoinSet::new();
+        for (email, two_factor) in batch.iter().cloned() {
+            let (client, base) = (http.client.clone(), authd.base.clone());
+            registrations.spawn(async move { register(&client, &base, &email, two_factor).await });
+        }
+        while let Some(result) = registrations.join_next().await {
+            result.context("registration task")??;
+        }
+    }
+    let (token, me_body) = login_for_token(&http, &authd.base, &me_email).await?;
+    let me: Value = serde_json::from_slice(&me_body).context("/users/me body")?;
+    let user_id = me["id"].as_str().context("/users/me has no id")?.to_owned();
+    println!(
+        "setup: {} accounts registered in {:.1} s",
+        accounts.len(),
+        setup.elapsed().as_secs_f64()
+    );
+
+    let ceiling = Ceiling::start(options, database, &user_id, work_dir)?;
+    let ceiling_body = http.get_me(&ceiling.base, &token).await?;
+    ensure!(
+        ceiling_body == me_body,
+        "the ceiling does not return the same JSON as authd:\n  authd:   {}\n  ceiling: {}",
+        String::from_utf8_lossy(&me_body),
+        String::from_utf8_lossy(&ceiling_body)
+    );
+
+    let workload = Workload {
+        options: options.clone(),
+        authd: authd.base.clone(),
+        ceiling: ceiling.base.clone(),
+        token,
+        login_emails,
+        flow_emails,
+        sink: sink.clone(),
+        stored_hash: database.password_hash(&me_email).await?,
+    };
+    let mut runs = Vec::new();
+    for run in 1..=options.runs {
+        let figures = workload.measure().await?;
+        if options.runs > 1 {
+            println!("\n== run {run} of {}", options.runs);
+            print_table(&figures, false);
+        }
+        runs.push(figures);
+    }
+    let (rss_kib, hwm_kib) = authd.memory_kib()?;
+    let summary = median_figures(&runs);
+    println!();
+    if options.runs > 1 {
+        println!("== medians of {} runs", options.runs);
+    }
+    println!("machine: {machine}");
+    let passed = print_table(&summary, true);
+    println!(
+        " 6  authd resident memory after the run      {:.1} MiB (peak {:.1} MiB)",
+        rss_kib as f64 / 1024.0,
+        hwm_kib as f64 / 1024.0
+    );
+    if !summary.errors.is_empty() {
+        println!("    non-2xx answers and failures: {:?}", summary.errors);
+    }
+    if let Some(path) = &options.json {
+        let document = json!({
+            "machine": machine.to_string(),
+            "options": format!("{options:?}"),
+            "runs": runs,
+            "median": summary,
+            "rss_kib": rss_kib,
+            "peak_rss_kib": hwm_kib,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&document)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    drop(ceiling);
+    authd.stop();
+    Ok(passed)
+}
+
+/// Prints the figures and the three targets; returns whether every target passed.
+fn print_table(f: &Figures, final_table: bool) -> bool {
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    let login_ok = f.login_ratio() >= 0.9;
+    let p99_ok = f.p99_ratio() <= 3.0;
+    let me_ok = f.me_ratio() >= 0.8;
+    println!(" #  figure                                   value");
+    println!(
+        " 1  bcrypt bound (cores x checks/s of one)  {:.2} checks/s ({:.2} per core)",
+        f.bcrypt_bound, f.bcrypt_per_core
+    );
+    println!(
+        " 2  logins/s at saturation                  {:.2} /s = {:.3} of the bound   target >= 0.90  {}",
+        f.logins_per_sec,
+        f.login_ratio(),
+        verdict(login_ok)
+    );
+    println!(
+        " 3  /users/me idle                          {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+        f.me_per_sec, f.me_p50_ms, f.me_p99_ms
+    );
+    println!(
+        "    ceiling: bare axum route, same query    {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+        f.ceiling_per_sec, f.ceiling_p50_ms, f.ceiling_p99_ms
+    );
+    println!(
+        "    /users/me vs ceiling                    {:.3} x the ceiling's req/s          target >= 0.80  {}",
+        f.me_ratio(),
+        verdict(me_ok)
+    );
+    println!(
+        " 4  /users/me under login saturation        p99 {:.2} ms = {:.2} x idle p99     target <= 3.0   {}",
+        f.mixed_me_p99_ms,
+        f.p99_ratio(),
+        verdict(p99_ok)
+    );
+    println!(
+        "    (same load: {:.0} req/s, p50 {:.2} ms; logins meanwhile {:.2} /s)",
+        f.mixed_me_per_sec, f.mixed_me_p50_ms, f.mixed_logins_per_sec
+    );
+    println!(
+        " 5  2FA flows/s (login, code, /login/otp)   {:.2} /s = {:.3} of the bound",
+        f.flows_per_sec,
+        f.flow_ratio()
+    );
+    if !final_table && !f.errors.is_empty() {
+        println!("    non-2xx answers and failures: {:?}", f.errors);
+    }
+    login_ok && p99_ok && me_ok
+}
+
+fn median_figures(runs: &[Figures]) -> Figures {
+    let m = |get: fn(&Figures) -> f64| median(runs.iter().map(get).collect());
+    let mut errors = BTreeMap::new();
+    for run in runs {
+        for (k, v) in &run.errors {
+            *errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    Figures {
+        bcrypt_per_core: m(|f| f.bcrypt_per_core),
+        bcrypt_bound: m(|f| f.bcrypt_bound),
+        logins_per_sec: m(|f| f.logins_per_sec),
+        login_refusals: runs.iter().map(|f| f.login_refusals).sum(),
+        me_per_sec: m(|f| f.me_per_sec),
+        me_p50_ms: m(|f| f.me_p50_ms),
+        me_p99_ms: m(|f| f.me_p99_ms),
+        ceiling_per_sec: m(|f| f.ceiling_per_sec),
+        ceiling_p50_ms: m(|f| f.ceiling_p50_ms),
+        ceiling_p99_ms: m(|f| f.ceiling_p99_ms),
+        mixed_me_per_sec: m(|f| f.mixed_me_per_sec),
+        mixed_me_p50_ms: m(|f| f.mixed_me_p50_ms),
+        mixed_me_p99_ms: m(|f| f.mixed_me_p99_ms),
+        mixed_logins_per_sec: m(|f| f.mixed_logins_per_sec),
+        flows_per_sec: m(|f| f.flows_per_sec),
+        errors,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generation
+
+/// What one measured run needs.
+struct Workload {
+    options: Options,
+    authd: String,
+    ceiling: String,
+    token: String,
+    login_emails: Vec<String>,
+    flow_emails: Vec<String>,
+    sink: MailSink,
+    stored_hash: String,
+}
+
+/// Requests that finished inside a measurement window.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    refused: u64,
+    latencies_us: Vec<u32>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.refused += other.refused;
+        self.latencies_us.extend(other.latencies_us);
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_insert(0) += v;
+        }
+    }
+
+    fn per_sec(&self, window: &Window) -> f64 {
+        self.ok as f64 / window.length().as_secs_f64()
+    }
+
+    /// The p-quantile of the successful requests' latency, in milliseconds (nearest rank).
+    fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies_us.sort_unstable();
+        let rank = ((p * self.latencies_us.len() as f64).ceil() as usize).max(1);
+        f64::from(self.latencies_us[rank - 1]) / 1000.0
+    }
+}
+
+/// A warm-up, then a measurement window; workers stop starting requests at its end.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn after(warmup: Duration, length: Duration) -> Window {
+        let start = Instant::now() + warmup;
+        Window {
+            start,
+            end: start + length,
+        }
+    }
+
+    fn length(&self) -> Duration {
+        self.end - self.start
+    }
+
+    fn is_open(&self) -> bool {
+        Instant::now() < self.end
+    }
+
+    /// Records one finished request if it ran wholly inside the window.
+    fn record(&self, tally: &mut Tally, began: Instant, outcome: Outcome) {
+        let ended = Instant::now();
+        if began < self.start || ended > self.end {
+            return;
+        }
+        match outcome {
+            Outcome::Ok => {
+                tally.ok += 1;
+                let micros = (ended - began).as_micros().min(u128::from(u32::MAX)) as u32;
+                tally.latencies_us.push(micros);
+            }
+            Outcome::Refused => {
+                tally.refused += 1;
+                *tally.errors.entry("503".into()).or_insert(0) += 1;
+            }
+            Outcome::Failed(what) => *tally.errors.entry(what).or_insert(0) += 1,
+        }
+    }
+}
+
+enum Outcome {
+    Ok,
+    Refused,
+    Failed(String),
+}
+
+impl Workload {
+    async fn measure(&self) -> Result<Figures> {
+        let o = &self.options;
+        let secs = Duration::from_secs(o.secs);
+        let mut f = Figures::default();
+        let mut errors = BTreeMap::new();
+        let mut note = |phase: &str, tally: &Tally| {
+            for (k, v) in &tally.errors {
+                *errors.entry(format!("{phase} {k}")).or_insert(0) += v;
+            }
+        };
+
+        if o.runs_phase("bound") {
+            let (bound, per_core) = self.bcrypt_bound(Duration::from_secs(3));
+            f.bcrypt_bound = bound;
+            f.bcrypt_per_core = per_core;
+        }
+        let warm = Duration::from_secs(1);
+        if o.runs_phase("me") {
+            let window = Window::after(warm, secs);
+            let mut me = self.users_me(&self.authd, window).await;
+            f.me_per_sec = me.per_sec(&window);
+            f.me_p50_ms = me.percentile_ms(0.50);
+            f.me_p99_ms = me.percentile_ms(0.99);
+            note("/users/me", &me);
+        }
+        if o.runs_phase("ceiling") {
+            let window = Window::after(warm, secs);
+            let mut ceiling = self.users_me(&self.ceiling, window).await;
+            f.ceiling_per_sec = ceiling.per_sec(&window);
+            f.ceiling_p50_ms = ceiling.percentile_ms(0.50);
+            f.ceiling_p99_ms = ceiling.percentile_ms(0.99);
+            note("ceiling", &ceiling);
+        }
+        // Logins take a quarter second each: give them a longer window for a steady count.
+        let warm = Duration::from_secs(2);
+        if o.runs_phase("login") {
+            let window = Window::after(warm, secs * 2);
+            let logins = self.logins(window).await;
+            f.logins_per_sec = logins.per_sec(&window);
+            f.login_refusals = logins.refused;
+            note("/login", &logins);
+        }
+        if o.runs_phase("mixed") {
+            let window = Window::after(warm, secs);
+            let (logins, mut me) =
+                tokio::join!(self.logins(window), self.users_me(&self.authd, window));
+            f.mixed_logins_per_sec = logins.per_sec(&window);
+            f.mixed_me_per_sec = me.per_sec(&window);
+            f.mixed_me_p50_ms = me.percentile_ms(0.50);
+            f.mixed_me_p99_ms = me.percentile_ms(0.99);
+            note("mixed /login", &logins);
+            note("mixed /users/me", &me);
+        }
+        if o.runs_phase("flow") {
+            let window = Window::after(warm, secs * 2);
+            let flows = self.flows(window).await;
+            f.flows_per_sec = flows.per_sec(&window);
+            note("2FA flow", &flows);
+        }
+        f.errors = errors;
+        Ok(f)
+    }
+
+    /// One thread per core, each verifying the stored hash of a bench account (same crate,
+    /// same cost as authd) for `length`; the sum of their rates is what the machine can do.
+    fn bcrypt_bound(&self, length: Duration) -> (f64, f64) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let rates: Vec<f64> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..cores)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let began = Instant::now();
+                        let mut checks = 0u32;
+                        while began.elapsed() < length && checks < 10_000 {
+                            assert!(bcrypt::verify(PASSWORD, &self.stored_hash).unwrap_or(false));
+                            checks += 1;
+                        }
+                        f64::from(checks) / began.elapsed().as_secs_f64()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("bcrypt thread"))
+                .collect()
+        });
+        let bound: f64 = rates.iter().sum();
+        (bound, bound / cores as f64)
+    }
+
+    /// `GET /users/me` with the access token over `me_connections` keep-alive connections.
+    async fn users_me(&self, base: &str, window: Window) -> Tally {
+        let url: reqwest::Url = format!("{base}/users/me").parse().expect("a valid URL");
+        let auth = HeaderValue::from_str(&format!("Bearer {}", self.token)).expect("header");
+        let workers = (0..self.options.me_connections).map(|_| {
+            let url = url.clone();
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let Ok(client) = client() else {
+                    return tally;
+                };
+                while window.is_open() {
+                    let began = Instant::now();
+                    let response = client
+                        .get(url.clone())
+                        .header(AUTHORIZATION, auth.clone())
+                        .send()
+                        .await;
+                    let outcome = match response {
+                        Ok(r) if r.status().is_success() => match r.bytes().await {
+                            Ok(_) => Outcome::Ok,
+                            Err(_) => Outcome::Failed("body".into()),
+                        },
+                        Ok(r) => status_outcome(r.status()),
+                        Err(err) => Outcome::Failed(error_kind(&err)),
+                    };
+                    window.record(&mut tally, began, outcome);
+                }
+                tally
+            })
+        });
+        join_tallies(workers).await
+    }
+
+    /// `POST /login` in a closed loop, one account per client.
+    async fn logins(&self, window: Window) -> Tally {
+        let url: reqwest::Url = format!("{}/login", self.authd).parse().expect("URL");
+        let workers = self.login_emails.iter().map(|email| {
+            let url = url.clone();
+            let body = json!({"email": email, "password": PASSWORD});
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let Ok(client) = client() else {
+                    return tally;
+                };
+                while window.is_open() {
+                    let began = Instant::now();
+                    let outcome = match client.post(url.clone()).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                            Ok(v) if v["access_token"].is_string() => Outcome::Ok,
+                            _ => Outcome::Failed("login body".into()),
+                        },
+                        Ok(r) => status_outcome(r.status()),
+                        Err(err) => Outcome::Failed(error_kind(&err)),
+                    };
+                    window.record(&mut tally, began, outcome);
+                }
+                tally
+            })
+        });
+        join_tallies(workers).await
+    }
+
+    /// The whole second step: login, the code from the mail sink, `POST /login/otp`.
+    async fn flows(&self, window: Window) -> Tally {
+        let login: reqwest::Url = format!("{}/login", self.authd).parse().expect("URL");
+        let otp: reqwest::Url = format!("{}/login/otp", self.authd).parse().expect("URL");
+        let workers = self.flow_emails.iter().map(|email| {
+            let (login, otp, sink) = (login.clone(), otp.clone(), self.sink.clone());
+            let email = email.clone();
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let Ok(client) = client() else {
+                    return tally;
+                };
+                while window.is_open() {
+                    let began = Instant::now();
+                    let outcome = one_flow(&client, &login, &otp, &sink, &email).await;
+                    window.record(&mut tally, began, outcome);
+                }
+                tally
+            })
+        });
+        join_tallies(workers).await
+    }
+}
+
+async fn one_flow(
+    client: &reqwest::Client,
+    login: &reqwest::Url,
+    otp: &reqwest::Url,
+    sink: &MailSink,
+    email: &str,
+) -> Outcome {
+    sink.forget(email);
+    let body = json!({"email": email, "password": PASSWORD});
+    let challenge = match client.post(login.clone()).json(&body).send().await {
+        Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+            Ok(v) => match v["challenge_token"].as_str() {
+                Some(token) => token.to_owned(),
+                None => return Outcome::Failed("no challenge".into()),
+            },
+            Err(_) => return Outcome::Failed("login body".into()),
+        },
+        Ok(r) => return status_outcome(r.status()),
+        Err(err) => return Outcome::Failed(error_kind(&err)),
+    };
+    // authd answers only after the relay accepted the message, so the code is already here.
+    let Some(code) = sink.code_for(email, Duration::from_secs(5)).await else {
+        return Outcome::Failed("no code mailed".into());
+    };
+    match client
+        .post(otp.clone())
+        .bearer_auth(challenge)
+        .json(&json!({"otp": code}))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+            Ok(v) if v["access_token"].is_string() => Outcome::Ok,
+            _ => Outcome::Failed("otp body".into()),
+        },
+        Ok(r) => status_outcome(r.status()),
+        Err(err) => Outcome::Failed(error_kind(&err)),
+    }
+}
+
+fn status_outcome(status: reqwest::StatusCode) -> Outcome {
+    if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        Outcome::Refused
+    } else {
+        Outcome::Failed(status.as_u16().to_string())
+    }
+}
+
+fn error_kind(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "timeout".into()
+    } else if err.is_connect() {
+        "connect".into()
+    } else {
+        "transport".into()
+    }
+}
+
+async fn join_tallies(workers: impl Iterator<Item = tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut total = Tally::default();
+    for worker in workers.collect::<Vec<_>>() {
+        match worker.await {
+            Ok(tally) => total.merge(tally),
+            Err(_) => *total.errors.entry("worker panicked".into()).or_insert(0) += 1,
+        }
+    }
+    total
+}
+
+/// One keep-alive connection per worker, no proxy from the environment, bounded waits.
+fn client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(1)
+        .build()
+        .context("cannot build an HTTP client")
+}
+
+/// The client the setup uses.
+struct Http {
+    client: reqwest::Client,
+}
+
+impl Http {
+    fn new() -> Result<Http> {
+        Ok(Http { client: client()? })
+    }
+
+    async fn get_me(&self, base: &str, token: &str) -> Result<Vec<u8>> {
+        let response = self
+            .client
+            .get(format!("{base}/users/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("GET {base}/users/me"))?;
+        ensure!(
+            response.status().is_success(),
+            "GET {base}/users/me answered {}",
+            response.status()
+        );
+        Ok(response.bytes().await?.to_vec())
+    }
+}
+
+async fn register(
+    client: &reqwest::Client,
+    base: &str,
+    email: &str,
+    two_factor: bool,
+) -> Result<()> {
+    let response = client
+        .post(format!("{base}/register"))
+        .json(&json!({"email": email, "password": PASSWORD, "two_factor_enabled": two_factor}))
+        .send()
+        .await
+        .context("POST /register")?;
+    let status = response.status();
+    ensure!(
+        status == reqwest::StatusCode::CREATED,
+        "POST /register {email} answered {status}: {}",
+        response.text().await.unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Logs in the /users/me account; returns its access token and its `/users/me` body.
+async fn login_for_token(http: &Http, base: &str, email: &str) -> Result<(String, Vec<u8>)> {
+    let response = http
+        .client
+        .post(format!("{base}/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .context("POST /login")?;
+    ensure!(
+        response.status().is_success(),
+        "POST /login answered {}",
+        response.status()
+    );
+    let body: Value = response.json().await?;
+    let token = body["access_token"]
+        .as_str()
+        .context("no access_token in the login answer")?
+        .to_owned();
+    let me = http.get_me(base, &token).await?;
+    Ok((token, me))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: authd and the ceiling, each in a session of its own like a service
+
+/// The authd under test.
+struct Authd {
+    base: String,
+    process: Process,
+}
+
+impl Authd {
+    async fn start(
+        options: &Options,
+        database: &Database,
+        sink: &MailSink,
+        work_dir: &Path,
+    ) -> Result<Authd> {
+        let port = free_port()?;
+        let log = std::fs::File::create(work_dir.join("authd.log"))?;
+        let mut command = Command::new(&options.authd);
+        command
+            .arg("serve")
+            .current_dir(work_dir)
+            .env_remove("DATABASE_URL")
+            .env("AUTHD_HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .env("AUTHD_DATA_DIR", work_dir.join("data"))
+            .env("AUTHD_DATABASE__URL", &database.url)
+            .env(
+                "AUTHD_DATABASE__MAX_CONNECTIONS",
+                options.max_connections.to_string(),
+            )
+            .env("AUTHD_JWT__SECRET", random_secret())
+            .env("AUTHD_PASSWORD__BCRYPT_COST", options.cost.to_string())
+            .env("AUTHD_MAIL__TRANSPORT", "smtp")
+            .env("AUTHD_MAIL__SMTP__HOST", "127.0.0.1")
+            .env("AUTHD_MAIL__SMTP__PORT", sink.port.to_string())
+            .env("AUTHD_MAIL__SMTP__TLS", "none")
+            // One client address sends everything: a per-address limit would measure itself.
+            .env("AUTHD_RATE_LIMIT__ENABLED", "false")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let process = Process::spawn(command, "authd")?;
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until_healthy(&base, &process, &work_dir.join("authd.log")).await?;
+        Ok(Authd { base, process })
+    }
+
+    /// VmRSS and VmHWM of the authd process, in KiB.
+    fn memory_kib(&self) -> Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
+            .context("cannot read authd's /proc status")?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("no {name} in /proc status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    fn stop(self) {
+        drop(self.process);
+    }
+}
+
+async fn wait_until_healthy(base: &str, process: &Process, log: &Path) -> Result<()> {
+    let client = client()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if process.has_exited() {
+            bail!(
+                "{} exited at start:\n{}",
+                process.name,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("{} did not answer /healthz within 20 s", process.name)
+}
+
+/// The ceiling server: this binary again, in `ceiling-server` mode.
+struct Ceiling {
+    base: String,
+    _process: Process,
+}
+
+impl Ceiling {
+    fn start(
+        options: &Options,
+        database: &Database,
+        user_id: &str,
+        work_dir: &Path,
+    ) -> Result<Ceiling> {
+        let log = std::fs::File::create(work_dir.join("ceiling.log"))?;
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .args([
+                "ceiling-server",
+                "--database-url",
+                &database.url,
+                "--user-id",
+                user_id,
+                "--max-connections",
+                &options.max_connections.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut process = Process::spawn(command, "ceiling")?;
+        let stdout = process.child.stdout.take().context("ceiling stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("cannot read the ceiling's port")?;
+        let addr: SocketAddr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("unexpected first line from the ceiling: {line:?}"))?;
+        Ok(Ceiling {
+            base: format!("http://{addr}"),
+            _process: process,
+        })
+    }
+}
+
+/// A child process that is asked to stop (SIGTERM, then SIGKILL) when dropped, and dies with
+/// this process whatever happens to it.
+struct Process {
+    child: Child,
+    name: &'static str,
+}
+
+mod sys {
+    unsafe extern "C" {
+        pub fn setsid() -> i32;
+        pub fn prctl(option: i32, ...) -> i32;
+        pub fn kill(pid: i32, signal: i32) -> i32;
+    }
+    pub const PR_SET_PDEATHSIG: i32 = 1;
+    pub const SIGKILL: i32 = 9;
+    pub const SIGTERM: i32 = 15;
+}
+
+impl Process {
+    fn spawn(mut command: Command, name: &'static str) -> Result<Process> {
+        // SAFETY: between fork and exec only async-signal-safe calls: setsid and prctl.
+        unsafe {
+            command.pre_exec(|| {
+                // A session of its own, like a service: the scheduler's autogroups then share
+                // the CPU between authd, PostgreSQL and this load generator as between services.
+                sys::setsid();
+                sys::prctl(sys::PR_SET_PDEATHSIG, sys::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        watchdog::register(child.id());
+        Ok(Process { child, name })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn has_exited(&self) -> bool {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z ") || s.contains(") X "))
+            .unwrap_or(true)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill only reads its arguments; pid is our own child, not yet reaped.
+        unsafe { sys::kill(pid, sys::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                watchdog::unregister(self.child.id());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        watchdog::unregister(self.child.id());
+    }
+}
+
+/// Ends the run if it overstays, taking the processes it started with it.
+mod watchdog {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+    pub fn arm(limit: Duration) {
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            eprintln!(
+                "error: the bench ran longer than {} s: stopping",
+                limit.as_secs()
+            );
+            stop_children();
+            std::process::exit(3);
+        });
+    }
+
+    pub fn register(pid: u32) {
+        CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+    }
+
+    pub fn unregister(pid: u32) {
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != pid);
+    }
+
+    /// SIGKILL to every child still registered (normal stops unregister first).
+    pub fn stop_children() {
+        let pids = std::mem::take(&mut *CHILDREN.lock().unwrap_or_else(|e| e.into_inner()));
+        for pid in pids {
+            // SAFETY: kill only reads its arguments; these are our own children.
+            unsafe { super::sys::kill(pid as i32, super::sys::SIGKILL) };
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..48)
+        .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The throwaway database
+
+struct Database {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create(admin_url: &str) -> Result<Database> {
+        let name = format!("authd_bench_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .context("cannot connect to DATABASE_URL")?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .execute(&mut admin)
+        .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .context("cannot create the bench database")?;
+        admin.close().await?;
+        Ok(Database {
+            admin_url: admin_url.to_owned(),
+            url: with_database(admin_url, &name)?,
+            name,
+        })
+    }
+
+    /// The stored bcrypt hash of an account: the bound verifies exactly what authd verifies.
+    async fn password_hash(&self, email: &str) -> Result<String> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_one(&mut conn)
+            .await
+            .context("cannot read the stored hash")?;
+        conn.close().await?;
+        Ok(hash)
+    }
+
+    async fn drop_it(&self) -> Result<()> {
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await?;
+        admin.close().await?;
+        Ok(())
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").context("DATABASE_URL is not a URL")? + 3;
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..authority_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny SMTP relay on loopback that keeps the last code sent to each address
+
+#[derive(Clone)]
+struct MailSink {
+    port: u16,
+    codes: Arc<Mutex<HashMap<String, String>>>,
+    arrived: Arc<Notify>,
+}
+
+impl MailSink {
+    async fn start() -> Result<MailSink> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let sink = MailSink {
+            port: listener.local_addr()?.port(),
+            codes: Arc::default(),
+            arrived: Arc::default(),
+        };
+        let serving = sink.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let sink = serving.clone();
+                tokio::spawn(async move {
+                    let _ = sink.session(stream).await;
+                });
+            }
+        });
+        Ok(sink)
+    }
+
+    /// One SMTP session: greeting, EHLO, MAIL, RCPT, DATA, QUIT; everything else is "250".
+    async fn session(&self, stream: tokio::net::TcpStream) -> std::io::Result<()> {
+        let (read, mut write) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        write.write_all(b"220 bench-sink ESMTP\r\n").await?;
+        let mut rcpts: Vec<String> = Vec::new();
+        while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .ok()
+            .and_then(|l| l.ok())
+            .flatten()
+        {
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            match verb.as_str() {
+                "EHLO" | "HELO" => write.write_all(b"250 bench-sink\r\n").await?,
+                "MAIL" => {
+                    rcpts.clear();
+                    write.write_all(b"250 ok\r\n").await?;
+                }
+                "RCPT" => {
+                    if let Some(addr) = line.split('<').nth(1).and_then(|r| r.split('>').next()) {
+                        rcpts.push(addr.to_ascii_lowercase());
+                    }
+                    write.write_all(b"250 ok\r\n").await?;
+                }
+                "DATA" => {
+                    write.write_all(b"354 end with .\r\n").await?;
+                    let mut message = String::new();
+                    loop {
+                        let Some(line) = lines.next_line().await? else {
+                            return Ok(());
+                        };
+                        if line == "." {
+                            break;
+                        }
+                        message.push_str(&line);
+                        message.push('\n');
+                    }
+                    if let Some(code) = code_in(&message) {
+                        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+                        for rcpt in rcpts.drain(..) {
+                            codes.insert(rcpt, code.clone());
+                        }
+                    }
+                    self.arrived.notify_waiters();
+                    write.write_all(b"250 queued\r\n").await?;
+                }
+                "QUIT" => {
+                    write.write_all(b"221 bye\r\n").await?;
+                    return Ok(());
+                }
+                _ => write.write_all(b"250 ok\r\n").await?,
+            }
+        }
+        Ok(())
+    }
+
+    fn forget(&self, rcpt: &str) {
+        self.codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&rcpt.to_ascii_lowercase());
+    }
+
+    async fn code_for(&self, rcpt: &str, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        let rcpt = rcpt.to_ascii_lowercase();
+        loop {
+            let notified = self.arrived.notified();
+            if let Some(code) = self
+                .codes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&rcpt)
+            {
+                return Some(code);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+}
+
+/// The six digits after "Your sign-in code is ".
+fn code_in(message: &str) -> Option<String> {
+    let (_, after) = message.split_once("code is ")?;
+    let code: String = after.chars().take_while(char::is_ascii_digit).collect();
+    (code.len() == 6).then_some(code)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The machine
+
+struct Machine {
+    cores: usize,
+    cpu: String,
+    memory_gib: f64,
+}
+
+impl Machine {
+    fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("unknown CPU".into(), |(_, v)| v.trim().to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu,
+            memory_gib: kib / 1024.0 / 1024.0,
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} cores, {}, {:.1} GiB memory",
+            self.cores, self.cpu, self.memory_gib
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ceiling: the least a server can do to answer /users/me from PostgreSQL
+
+mod ceiling {
+    use std::str::FromStr;
+    use std::time::Duration;
+
+    use anyhow::{Context, Result};
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+    use sqlx::{PgPool, Row};
+    use uuid::Uuid;
+
+    use super::{FIND_USER_SQL, User};
+
+    #[derive(Clone)]
+    struct Ceiling {
+        pool: PgPool,
+        user_id: Uuid,
+    }
+
+    /// `ceiling-server --database-url URL --user-id UUID --max-connections N`: serves
+    /// `GET /users/me` for that user on a free loopback port, printed as "listening on ADDR".
+    /// The same runtime (Tokio's default multi-thread), pool (sqlx, same size and timeout as
+    /// authd's defaults) and statement as authd; no token check, no middleware.
+    pub fn main(args: &[String]) -> Result<()> {
+        let mut url = None;
+        let mut user_id = None;
+        let mut max_connections = 10u32;
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            let value = args
+                .next()
+                .with_context(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--database-url" => url = Some(value.clone()),
+                "--user-id" => user_id = Some(Uuid::parse_str(value)?),
+                "--max-connections" => max_connections = value.parse()?,
+                other => anyhow::bail!("unknown argument {other:?}"),
+            }
+        }
+        let url = url.context("--database-url is required")?;
+        let user_id = user_id.context("--user-id is required")?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async move {
+            let options = PgConnectOptions::from_str(&url)?.application_name("authd-ceiling");
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_lazy_with(options);
+            let app = Router::new()
+                .route("/users/me", get(me))
+                .with_state(Ceiling { pool, user_id });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            println!("listening on {}", listener.local_addr()?);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    if let Ok(mut term) =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        term.recv().await;
+                    }
+                })
+                .await
+                .context("ceiling server failed")
+        })
+    }
+
+    async fn me(State(state): State<Ceiling>) -> Result<axum::Json<User>, StatusCode> {
+        let row = sqlx::query(FIND_USER_SQL)
+            .bind(state.user_id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
+            .ok_or(StatusCode::NOT_FOUND)?;
+        user_from_row(&row)
+            .map(axum::Json)
+            .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
+        Ok(User {
+            id: row.try_get("id")?,
+            email: row.try_get("email")?,
+            first_name: row.try_get("first_name")?,
+            last_name: row.try_get("last_name")?,
+            two_factor_enabled: row.try_get("two_factor_enabled")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! `authd audit`: read the security audit trail.
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{OutputFormat, format_utc, new_table};
+use crate::audit::{EventQuery, RecordedEvent};
+use crate::config::Settings;
+use crate::domain::Email;
+use crate::error::Error;
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only events about this email address (any letter case).
+    #[arg(long, value_name = "EMAIL")]
+    user: Option<String>,
+    /// Show at most N events, newest first.
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    limit: u32,
+    /// Output format: a table, or a JSON array of events.
+    #[arg(long, value_enum, default_value_t)]
+    format: OutputFormat,
+}
+
+pub async fn run(args: AuditArgs, settings: &Settings) -> anyhow::Result<()> {
+    let email = args
+        .user
+        .as_deref()
+        .map(Email::parse)
+        .transpose()
+        .map_err(|message| Error::validation("user", message))?;
+    let store = Store::open(settings).await?;
+    let events = store
+        .list_events(&EventQuery {
+            email: email.map(|e| e.as_str().to_owned()),
+            limit: args.limit,
+        })
+        .await
+        .context("cannot read the audit trail")?;
+    match args.format {
+        OutputFormat::Table if events.is_empty() => println!("no events"),
+        OutputFormat::Table => println!("{}", events_table(&events)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&events)?),
+    }
+    Ok(())
+}
+
+fn events_table(events: &[RecordedEvent]) -> comfy_table::Table {
+    let mut table = new_table();
+    table.set_header(["time", "event", "outcome", "email", "client", "detail"]);
+    for event in events {
+        table.add_row([
+            format_utc(event.at),
+            event.kind.clone(),
+            event.outcome.clone(),
+            event.email.clone().unwrap_or_default(),
+            event.client_ip.clone().unwrap_or_default(),
+            event.detail.clone().unwrap_or_default(),
+        ]);
+    }
+    table
+}
