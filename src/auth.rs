@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::audit::{AuditLog, EventKind, SecurityEvent};
 use crate::config::RateLimitSettings;
+use crate::metrics::Metrics;
 use crate::config::Settings;
 use crate::domain::{Email, Otp, Password, PersonName, User};
 use crate::error::{Error, FieldError, Result};
@@ -188,6 +189,7 @@ pub struct Auth {
     pub max_attempts: u32,
     pub limits: RateLimitSettings,
     pub audit: AuditLog,
+    pub metrics: Metrics,
 }
 
 /// Who is asking, as far as the door knows.
@@ -216,11 +218,13 @@ impl Auth {
         store: Store,
         secret: &SigningSecret,
         audit: AuditLog,
+        metrics: Metrics,
     ) -> anyhow::Result<Auth> {
         let secret = secret.bytes();
         Ok(Auth {
             limits: settings.rate_limit.clone(),
             audit,
+            metrics,
             store,
             hasher: PasswordHasher::new(settings.password.bcrypt_cost).await?,
             tokens: TokenKeys::new(secret, &settings.jwt),
@@ -278,6 +282,23 @@ impl Auth {
     /// answers take as long) and either issues an access token or starts a challenge.
     #[tracing::instrument(skip_all)]
     pub async fn login(&self, email: &str, password: &str, client: Client) -> Result<LoginOutcome> {
+        let result = self.check_password_and_continue(email, password, client).await;
+        self.metrics.login(match &result {
+            Ok(LoginOutcome::Access(_)) => "success",
+            Ok(LoginOutcome::Challenge(_)) => "code_required",
+            Err(Error::InvalidCredentials) => "invalid_credentials",
+            Err(Error::RateLimited { .. }) => "throttled",
+            Err(_) => "error",
+        });
+        result
+    }
+
+    async fn check_password_and_continue(
+        &self,
+        email: &str,
+        password: &str,
+        client: Client,
+    ) -> Result<LoginOutcome> {
         let email = Email::parse(email).ok();
         if let Some(email) = &email
             && let Err(err) = self.ensure_not_locked(&login_key(email)).await
@@ -287,6 +308,7 @@ impl Auth {
                     .email(email.as_str())
                     .client(client.ip),
             );
+            self.metrics.throttle("account");
             return Err(err);
         }
         let credentials = match &email {
@@ -335,12 +357,15 @@ impl Auth {
                     .user(user.id, &user.email)
                     .client(client.ip),
             );
+            self.metrics.throttle("code");
             return Err(err);
         }
         let sent = self.start_challenge(&user).await;
         let kind = if sent.is_ok() {
+            self.metrics.code("sent");
             EventKind::CodeSent
         } else {
+            self.metrics.code("send_failed");
             EventKind::CodeSendFailed
         };
         self.audit.record(
@@ -395,6 +420,7 @@ impl Auth {
         };
         if let Err(err) = self.ensure_not_locked(&key).await {
             self.audit.record(event(EventKind::CodeThrottled));
+            self.metrics.throttle("code");
             return Err(err);
         }
         let hash = self.codes.hash_otp(claims.jti, otp);
@@ -407,6 +433,7 @@ impl Auth {
                 tracing::info!(user_id = %claims.sub, "second step succeeded");
                 self.clear_failures(&key).await?;
                 self.audit.record(event(EventKind::CodeAccepted));
+                self.metrics.code("accepted");
                 self.tokens
                     .issue(TokenKind::Access, claims.sub, Uuid::new_v4())
             }
@@ -415,6 +442,7 @@ impl Auth {
                 let locked = self
                     .count_failure(&key, self.limits.otp_failures_per_account)
                     .await?;
+                self.metrics.code("rejected");
                 let rejected = event(EventKind::CodeRejected);
                 self.audit.record(if locked {
                     rejected.detail("second step locked")

@@ -20,7 +20,29 @@ pub struct Settings {
     pub password: PasswordSettings,
     pub otp: OtpSettings,
     pub rate_limit: RateLimitSettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
     pub mail: MailSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// Empty: /metrics on the API listener; otherwise a separate listen address.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
 }
 
 /// Where authd runs. Production refuses development-only shortcuts.

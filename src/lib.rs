@@ -19,6 +19,8 @@ pub mod error;
 pub mod http;
 /// The signing secret: configured or generated once.
 pub mod keys;
+/// Prometheus metrics in an app-owned registry.
+pub mod metrics;
 /// Outgoing mail.
 pub mod mail;
 /// One-time code generation and keyed hashing.

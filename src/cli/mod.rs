@@ -137,13 +137,13 @@ pub fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
     Ok(settings)
 }
 
-/// Runs the parsed command to completion.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the parsed command to completion with the settings `load_settings` gave.
+pub async fn run(cli: Cli, settings: anyhow::Result<Settings>) -> anyhow::Result<()> {
     if let Command::Openapi = cli.command {
         print!("{}", crate::http::openapi::openapi_json());
         return Ok(());
     }
-    let settings = load_settings(&cli)?;
+    let settings = settings?;
     match cli.command {
         Command::Serve => serve(&settings).await,
         Command::Migrate => migrate(&settings).await,

@@ -235,3 +235,16 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     state.auth.store.ping().await?;
     Ok(Json(Health { status: "ready" }))
 }
+
+/// Prometheus metrics in the text exposition format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.auth.metrics.render(&state.auth.store);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}

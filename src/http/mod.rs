@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
-use axum::http::{HeaderValue, header};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
@@ -35,6 +38,7 @@ use crate::audit::AuditLog;
 use crate::auth::Auth;
 use crate::config::{HttpSettings, Settings};
 use crate::keys::load_signing_secret;
+use crate::metrics::Metrics;
 use crate::store::{Backend, Store};
 use error::{ApiError, PROBLEM_JSON};
 use limits::{ClientAddress, IpLimiter, limit_per_ip};
@@ -64,17 +68,22 @@ impl AppState {
 }
 
 /// Every route of the API, with its middleware.
-pub fn router(state: AppState, http: &HttpSettings) -> Router {
+pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) -> Router {
     let limited = Router::new()
         .route("/register", post(handlers::register))
         .route("/login", post(handlers::login))
         .route("/login/otp", post(handlers::login_otp))
         .route_layer(middleware::from_fn_with_state(state.clone(), limit_per_ip));
-    let api = Router::new()
+    let mut api = Router::new()
         .merge(limited)
         .route("/users/me", get(handlers::me))
         .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
+        .route("/readyz", get(handlers::readyz));
+    if serve_metrics_here {
+        api = api.route("/metrics", get(handlers::metrics));
+    }
+    let api = api
+        .route_layer(middleware::from_fn_with_state(state.clone(), track_requests))
         .with_state(state)
         .layer(api_security_headers());
     let docs = Router::new()
@@ -131,7 +140,69 @@ pub fn with_common_layers(router: Router, http: &HttpSettings) -> Router {
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_response)
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every log line of a request carries its id (from `X-Request-Id`, generated when absent).
+fn request_span(request: &Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        route = %request.uri().path(),
+    )
+}
+
+/// The one line per request: status and latency (the span adds id, method and route).
+fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request"
+    );
+}
+
+/// Counts each routed request and its latency by route template, method and status.
+async fn track_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    state.auth.metrics.observe_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// A router with only `GET /metrics`, for `metrics.addr`.
+pub fn metrics_router(state: AppState, http: &HttpSettings) -> Router {
+    with_common_layers(
+        Router::new()
+            .route("/metrics", get(handlers::metrics))
+            .with_state(state),
+        http,
+    )
 }
 
 /// Gives errors produced outside the handlers (405, 408, 413 from layers...) the problem+json shape.
@@ -158,6 +229,7 @@ async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
 pub struct App {
     listener: TcpListener,
     router: Router,
+    metrics: Option<(TcpListener, Router)>,
     header_timeout: Duration,
     audit_writer: JoinHandle<()>,
 }
@@ -186,14 +258,26 @@ impl App {
         }
         let secret = load_signing_secret(settings, true)?;
         let (audit, audit_writer) = AuditLog::start(store.clone());
-        let auth = Auth::from_settings(settings, store, &secret, audit).await?;
+        let auth = Auth::from_settings(settings, store, &secret, audit, Metrics::new()).await?;
         let state = AppState::new(auth, settings)?;
         let listener = TcpListener::bind(&settings.http.addr)
             .await
             .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
+        let separate_metrics = settings.metrics.enabled && !settings.metrics.addr.trim().is_empty();
+        let metrics = if separate_metrics {
+            let addr = settings.metrics.addr.trim();
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on metrics.addr {addr}"))?;
+            Some((listener, metrics_router(state.clone(), &settings.http)))
+        } else {
+            None
+        };
+        let serve_metrics_here = settings.metrics.enabled && !separate_metrics;
         Ok(App {
             listener,
-            router: router(state, &settings.http),
+            router: router(state, &settings.http, serve_metrics_here),
+            metrics,
             header_timeout: Duration::from_secs(settings.http.header_timeout_secs),
             audit_writer,
         })
@@ -207,6 +291,11 @@ impl App {
 
     pub fn port(&self) -> u16 {
         self.local_addr().port()
+    }
+
+    /// Where `/metrics` is served when it has its own listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Serves until SIGINT or SIGTERM, then finishes in-flight requests and returns.
@@ -224,10 +313,25 @@ impl App {
         let App {
             listener,
             router,
+            metrics,
             header_timeout,
             audit_writer,
         } = self;
-        serve(listener, router, header_timeout, stop).await;
+        let (stopped, watch) = tokio::sync::watch::channel(false);
+        let stop_signal = |mut watch: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = watch.wait_for(|stopped| *stopped).await;
+        };
+        let metrics_server = metrics.map(|(listener, router)| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
+            tokio::spawn(serve(listener, router, header_timeout, stop_signal(watch.clone())))
+        });
+        let api = tokio::spawn(serve(listener, router, header_timeout, stop_signal(watch)));
+        stop.await;
+        let _ = stopped.send(true);
+        let _ = api.await;
+        if let Some(server) = metrics_server {
+            let _ = server.await;
+        }
         // The router held the last handle on the audit queue: the writer now drains and ends.
         if tokio::time::timeout(Duration::from_secs(10), audit_writer)
             .await

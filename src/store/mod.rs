@@ -119,6 +119,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Pool connections: (open, idle, maximum).
+    pub fn pool_usage(&self) -> (u32, u32, u32) {
+        match self {
+            Store::Postgres(s) => s.pool_usage(),
+            Store::Sqlite(s) => s.pool_usage(),
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self {
             Store::Postgres(_) => Backend::Postgres,

@@ -103,6 +103,8 @@ pub fn test_settings(db_url: &str, smtp_port: u16) -> Settings {
 /// authd running on a free port against its own database and mail sink.
 pub struct TestApp {
     pub base: String,
+    /// Base URL of the separate metrics listener, when `metrics.addr` is set.
+    pub metrics_base: Option<String>,
     pub client: reqwest::Client,
     pub mail: MailSink,
     pub db_url: String,
@@ -129,6 +131,7 @@ impl TestApp {
     pub async fn spawn_on(settings: Settings, mail: MailSink, db_url: String) -> TestApp {
         let app = App::build(&settings).await.expect("authd builds");
         let base = format!("http://{}", app.local_addr());
+        let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
@@ -136,6 +139,7 @@ impl TestApp {
         let db = TestDb::connect(&db_url);
         TestApp {
             base,
+            metrics_base,
             client: reqwest::Client::new(),
             mail,
             db_url,

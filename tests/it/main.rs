@@ -6,6 +6,7 @@ mod smtp_sink;
 mod api;
 mod cli;
 mod limits;
+mod observability;
 mod otp_flow;
 mod process;
 mod resilience;

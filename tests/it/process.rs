@@ -12,9 +12,9 @@ use crate::helpers::{PASSWORD, SECRET, fresh_database};
 mod zero_setup;
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
 
-struct Server {
+pub struct Server {
     child: std::process::Child,
-    base: String,
+    pub base: String,
 }
 
 /// A free loopback port (bound and released; good enough for tests).
@@ -24,7 +24,7 @@ fn free_port() -> u16 {
 }
 
 /// `authd` with a clean environment: no inherited AUTHD_* or DATABASE_URL.
-fn authd() -> Command {
+pub fn authd() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_authd"));
     for (key, _) in std::env::vars() {
         if key.starts_with("AUTHD_") || key == "DATABASE_URL" {
@@ -50,7 +50,7 @@ impl Server {
     }
 
     /// Runs `command serve` on a free port and waits until /healthz answers 200.
-    async fn spawn(mut command: Command) -> Server {
+    pub async fn spawn(mut command: Command) -> Server {
         let port = free_port();
         let mut child = command
             .arg("serve")
@@ -85,7 +85,7 @@ impl Server {
         panic!("authd serve did not become healthy");
     }
 
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
         let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(killed.success());

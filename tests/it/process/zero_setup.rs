@@ -15,20 +15,16 @@ fn empty_dir() -> std::path::PathBuf {
     dir
 }
 
-/// The six-digit code from the last "log" transport message in a log.
+/// The six-digit code from the last "log" transport message in a log (pretty or JSON lines).
 fn code_from_log(log: &str) -> String {
+    let phrase = "Your sign-in code is ";
     let line = log
         .lines()
         .rev()
-        .find(|l| l.contains("Your sign-in code is"))
+        .find(|l| l.contains(phrase))
         .expect("the code email is in the log");
-    let digits: String = line
-        .split("Your sign-in code is")
-        .nth(1)
-        .unwrap()
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
+    let after = &line[line.find(phrase).unwrap() + phrase.len()..];
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     assert_eq!(digits.len(), 6, "{line}");
     digits
 }

@@ -1,0 +1,181 @@
+//! Prometheus metrics, kept in a registry owned by the app (no global state, so tests and
+//! several apps in one process do not mix their numbers).
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::store::Store;
+
+/// Every metric authd exports. Cloning shares the same collectors.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub logins: IntCounterVec,
+    pub codes: IntCounterVec,
+    pub throttled: IntCounterVec,
+    pub bcrypt_duration: HistogramVec,
+    db_connections: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("authd".into()), None)
+            .expect("a valid metrics prefix");
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route, method and status"),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time to answer an HTTP request, by route and method",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["route", "method"],
+        )
+        .expect("valid metric");
+        let logins = IntCounterVec::new(
+            Opts::new(
+                "logins_total",
+                "Password logins by outcome: success, code_required, invalid_credentials, throttled, error",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let codes = IntCounterVec::new(
+            Opts::new(
+                "codes_total",
+                "One-time codes by event: sent, send_failed, accepted, rejected",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
+        let throttled = IntCounterVec::new(
+            Opts::new(
+                "throttled_total",
+                "Requests refused with 429, by limit: account, code, address",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        let bcrypt_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "bcrypt_duration_seconds",
+                "CPU time of one bcrypt hash or check, by operation",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let db_connections = IntGaugeVec::new(
+            Opts::new(
+                "db_pool_connections",
+                "Database pool connections by state: idle, in_use, max",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(logins.clone()),
+            Box::new(codes.clone()),
+            Box::new(throttled.clone()),
+            Box::new(bcrypt_duration.clone()),
+            Box::new(db_connections.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            logins,
+            codes,
+            throttled,
+            bcrypt_duration,
+            db_connections,
+        }
+    }
+
+    pub fn login(&self, outcome: &str) {
+        self.logins.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn code(&self, event: &str) {
+        self.codes.with_label_values(&[event]).inc();
+    }
+
+    pub fn throttle(&self, limit: &str) {
+        self.throttled.with_label_values(&[limit]).inc();
+    }
+
+    pub fn observe_bcrypt(&self, operation: &str, took: Duration) {
+        self.bcrypt_duration
+            .with_label_values(&[operation])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.http_requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route, method])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition format, with the pool gauges read now.
+    pub fn render(&self, store: &Store) -> String {
+        let (size, idle, max) = store.pool_usage();
+        self.db_connections
+            .with_label_values(&["idle"])
+            .set(i64::from(idle));
+        self.db_connections
+            .with_label_values(&["in_use"])
+            .set(i64::from(size.saturating_sub(idle)));
+        self.db_connections
+            .with_label_values(&["max"])
+            .set(i64::from(max));
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of metrics cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_appear_in_the_text_format_with_the_authd_prefix() {
+        let metrics = Metrics::new();
+        metrics.login("success");
+        metrics.observe_request("/login", "POST", 200, Duration::from_millis(3));
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&metrics.registry.gather(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r#"authd_logins_total{outcome="success"} 1"#), "{text}");
+        assert!(text.contains(r#"authd_http_requests_total{method="POST",route="/login",status="200"} 1"#), "{text}");
+    }
+}
