@@ -6,12 +6,12 @@ use uuid::Uuid;
 
 use crate::audit::{AuditLog, EventKind, SecurityEvent};
 use crate::config::RateLimitSettings;
-use crate::metrics::Metrics;
 use crate::config::Settings;
 use crate::domain::{Email, Otp, Password, PersonName, User};
 use crate::error::{Error, FieldError, Result};
 use crate::keys::SigningSecret;
 use crate::mail::Mailer;
+use crate::metrics::Metrics;
 use crate::otp::{CodeHasher, generate_code};
 use crate::password::PasswordHasher;
 use crate::policy::check_password;
@@ -282,7 +282,9 @@ impl Auth {
     /// answers take as long) and either issues an access token or starts a challenge.
     #[tracing::instrument(skip_all)]
     pub async fn login(&self, email: &str, password: &str, client: Client) -> Result<LoginOutcome> {
-        let result = self.check_password_and_continue(email, password, client).await;
+        let result = self
+            .check_password_and_continue(email, password, client)
+            .await;
         self.metrics.login(match &result {
             Ok(LoginOutcome::Access(_)) => "success",
             Ok(LoginOutcome::Challenge(_)) => "code_required",

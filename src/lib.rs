@@ -19,10 +19,10 @@ pub mod error;
 pub mod http;
 /// The signing secret: configured or generated once.
 pub mod keys;
-/// Prometheus metrics in an app-owned registry.
-pub mod metrics;
 /// Outgoing mail.
 pub mod mail;
+/// Prometheus metrics in an app-owned registry.
+pub mod metrics;
 /// One-time code generation and keyed hashing.
 pub mod otp;
 /// bcrypt off the async workers.

@@ -11,9 +11,7 @@ use authd::config::LogFormat;
 fn main() -> ExitCode {
     let cli = Cli::parse_or_exit();
     let settings = cli::load_settings(&cli);
-    let format = settings
-        .as_ref()
-        .map_or(LogFormat::Auto, |s| s.log.format);
+    let format = settings.as_ref().map_or(LogFormat::Auto, |s| s.log.format);
     init_tracing(cli.command.is_server(), format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -30,10 +30,13 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("authd".into()), None)
-            .expect("a valid metrics prefix");
+        let registry =
+            Registry::new_custom(Some("authd".into()), None).expect("a valid metrics prefix");
         let http_requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route, method and status"),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
             &["route", "method", "status"],
         )
         .expect("valid metric");
@@ -43,7 +46,8 @@ impl Metrics {
                 "Time to answer an HTTP request, by route and method",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ]),
             &["route", "method"],
         )
@@ -175,7 +179,15 @@ mod tests {
             .encode(&metrics.registry.gather(), &mut out)
             .unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains(r#"authd_logins_total{outcome="success"} 1"#), "{text}");
-        assert!(text.contains(r#"authd_http_requests_total{method="POST",route="/login",status="200"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"authd_logins_total{outcome="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"authd_http_requests_total{method="POST",route="/login",status="200"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

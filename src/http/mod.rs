@@ -83,7 +83,10 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
         api = api.route("/metrics", get(handlers::metrics));
     }
     let api = api
-        .route_layer(middleware::from_fn_with_state(state.clone(), track_requests))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            track_requests,
+        ))
         .with_state(state)
         .layer(api_security_headers());
     let docs = Router::new()
@@ -323,7 +326,12 @@ impl App {
         };
         let metrics_server = metrics.map(|(listener, router)| {
             tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
-            tokio::spawn(serve(listener, router, header_timeout, stop_signal(watch.clone())))
+            tokio::spawn(serve(
+                listener,
+                router,
+                header_timeout,
+                stop_signal(watch.clone()),
+            ))
         });
         let api = tokio::spawn(serve(listener, router, header_timeout, stop_signal(watch)));
         stop.await;

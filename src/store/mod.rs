@@ -111,9 +111,23 @@ impl Store {
     /// schema applied, so every command works on a fresh data directory.
     pub async fn open(settings: &Settings) -> anyhow::Result<Store> {
         let store = Store::connect_lazy(settings)?;
-        if store.backend() == Backend::Sqlite {
-            for name in store.migrate().await? {
-                tracing::info!(migration = %name, "applied migration");
+        match &store {
+            Store::Sqlite(_) => {
+                for name in store.migrate().await? {
+                    tracing::info!(migration = %name, "applied migration");
+                }
+            }
+            // Checked in the background so a database that is down does not delay start-up.
+            Store::Postgres(pg) => {
+                let pg = pg.clone();
+                tokio::spawn(async move {
+                    if let Ok(pending @ 1..) = pg.pending_migrations().await {
+                        tracing::error!(
+                            pending,
+                            "the database schema is behind this version of authd: run `authd migrate`"
+                        );
+                    }
+                });
             }
         }
         Ok(store)

@@ -49,6 +49,21 @@ impl PgStore {
         Ok(super::newly_applied(&MIGRATOR, &before))
     }
 
+    /// Migrations this binary knows that the database has not applied yet.
+    pub async fn pending_migrations(&self) -> Result<usize> {
+        let applied: Vec<i64> = if self.has_migrations_table().await? {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count())
+    }
+
     async fn has_migrations_table(&self) -> Result<bool> {
         Ok(
             sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
@@ -60,7 +75,11 @@ impl PgStore {
     /// Answers whether the database responds right now.
     pub fn pool_usage(&self) -> (u32, u32, u32) {
         let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        (self.pool.size(), idle, self.pool.options().get_max_connections())
+        (
+            self.pool.size(),
+            idle,
+            self.pool.options().get_max_connections(),
+        )
     }
 
     pub async fn ping(&self) -> Result<()> {

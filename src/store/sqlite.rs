@@ -83,7 +83,11 @@ impl SqliteStore {
 
     pub fn pool_usage(&self) -> (u32, u32, u32) {
         let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        (self.pool.size(), idle, self.pool.options().get_max_connections())
+        (
+            self.pool.size(),
+            idle,
+            self.pool.options().get_max_connections(),
+        )
     }
 
     pub async fn ping(&self) -> Result<()> {

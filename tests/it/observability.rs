@@ -76,8 +76,14 @@ async fn metrics_move_after_logins_codes_and_throttling() {
             r#"authd_http_request_duration_seconds_count{method="POST",route="/login"}"#,
             4.0,
         ),
-        (r#"authd_bcrypt_duration_seconds_count{operation="verify"}"#, 3.0),
-        (r#"authd_bcrypt_duration_seconds_count{operation="hash"}"#, 2.0),
+        (
+            r#"authd_bcrypt_duration_seconds_count{operation="verify"}"#,
+            3.0,
+        ),
+        (
+            r#"authd_bcrypt_duration_seconds_count{operation="hash"}"#,
+            2.0,
+        ),
     ] {
         assert_eq!(
             sample(&after, series) - sample(&before, series),
@@ -95,7 +101,11 @@ async fn metrics_can_move_to_their_own_address_or_be_switched_off() {
     })
     .await;
     let separate = app.metrics_base.clone().expect("a metrics listener");
-    assert!(scrape(&app, &separate).await.contains("authd_db_pool_connections"));
+    assert!(
+        scrape(&app, &separate)
+            .await
+            .contains("authd_db_pool_connections")
+    );
     assert_eq!(app.get("/metrics").await.status(), StatusCode::NOT_FOUND);
 
     let off = TestApp::spawn_with(Behaviour::Accept, |s| s.metrics.enabled = false).await;
@@ -132,7 +142,10 @@ async fn json_log_lines_parse_and_carry_the_request_id_route_status_and_latency(
         .to_str()
         .unwrap()
         .to_string();
-    assert!(uuid::Uuid::parse_str(&generated_id).is_ok(), "{generated_id}");
+    assert!(
+        uuid::Uuid::parse_str(&generated_id).is_ok(),
+        "{generated_id}"
+    );
     let (status, log) = server.terminate();
     assert_eq!(status.code(), Some(0));
 

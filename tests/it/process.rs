@@ -288,3 +288,19 @@ async fn user_add_refuses_a_common_password_like_the_api() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("common passwords"), "{stderr}");
 }
+
+#[tokio::test]
+async fn serve_on_an_empty_database_migrates_sqlite_and_says_to_migrate_postgres() {
+    let db_url = crate::helpers::create_empty_database().await;
+    let mail = MailSink::start(Behaviour::Accept).await;
+    let server = Server::start(&db_url, mail.port, "info").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+    if crate::helpers::backend() == authd::store::Backend::Postgres {
+        assert!(log.contains("run `authd migrate`"), "{log}");
+    } else {
+        assert!(log.contains("applied migration"), "{log}");
+        assert!(!log.contains("authd migrate"), "{log}");
+    }
+}
