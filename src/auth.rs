@@ -221,12 +221,15 @@ impl Auth {
         metrics: Metrics,
     ) -> anyhow::Result<Auth> {
         let secret = secret.bytes();
+        let hasher = PasswordHasher::new(settings.password.bcrypt_cost)
+            .await?
+            .with_metrics(metrics.clone());
         Ok(Auth {
             limits: settings.rate_limit.clone(),
             audit,
             metrics,
             store,
-            hasher: PasswordHasher::new(settings.password.bcrypt_cost).await?,
+            hasher,
             tokens: TokenKeys::new(secret, &settings.jwt),
             codes: CodeHasher::from_secret(secret),
             mailer: Mailer::from_settings(settings).context("invalid mail settings")?,

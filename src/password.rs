@@ -5,11 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
+use std::time::Instant;
+
 use anyhow::Context;
 use tokio::sync::{OnceCell, oneshot};
 
 use crate::domain::{PASSWORD_MAX_BYTES, Password};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 
 /// Hashes allowed to wait for a hashing thread before new ones are refused with
 /// [`Error::Unavailable`] (HTTP 503). At cost 12 on 2 cores (8 hashes a second) a full queue
@@ -30,6 +33,8 @@ pub struct PasswordHasher {
     /// Verified against when the user does not exist, so unknown emails cost the same time.
     /// Computed in the background at start so it does not delay the first `/healthz`.
     dummy_hash: Arc<OnceCell<Arc<str>>>,
+    /// Where the time of each bcrypt goes (`authd_bcrypt_duration_seconds`), when served.
+    metrics: Option<Metrics>,
 }
 
 impl PasswordHasher {
@@ -53,6 +58,7 @@ impl PasswordHasher {
             cost,
             pool: Arc::new(HashingPool::start(threads, max_queue)?),
             dummy_hash: Arc::new(OnceCell::new()),
+            metrics: None,
         };
         let warm = hasher.clone();
         tokio::spawn(async move {
@@ -61,6 +67,31 @@ impl PasswordHasher {
             }
         });
         Ok(hasher)
+    }
+
+    /// Records the time of every bcrypt this hasher runs in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> PasswordHasher {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Runs one bcrypt on the pool, timing it on its thread (queueing excluded).
+    async fn timed<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let metrics = self.metrics.clone();
+        self.pool
+            .run(move || {
+                let started = Instant::now();
+                let result = work();
+                if let Some(metrics) = metrics {
+                    metrics.observe_bcrypt(operation, started.elapsed());
+                }
+                result
+            })
+            .await
     }
 
     async fn dummy_hash(&self) -> Result<Arc<str>> {
@@ -86,9 +117,10 @@ impl PasswordHasher {
         let cost = self.cost;
         // `Password` guarantees at most 72 bytes, all of which bcrypt uses. (bcrypt's
         // non-truncating variant would refuse exactly 72 because it counts the NUL terminator.)
-        self.pool
-            .run(move || bcrypt::hash(password.expose(), cost).context("bcrypt hash failed"))
-            .await
+        self.timed("hash", move || {
+            bcrypt::hash(password.expose(), cost).context("bcrypt hash failed")
+        })
+        .await
     }
 
     /// Checks `candidate` against `stored`, or against the dummy hash when there is no user,
@@ -107,8 +139,9 @@ impl PasswordHasher {
             String::new()
         };
         let matched = self
-            .pool
-            .run(move || Ok(bcrypt::verify(candidate, &hash).unwrap_or(false)))
+            .timed("verify", move || {
+                Ok(bcrypt::verify(candidate, &hash).unwrap_or(false))
+            })
             .await?;
         Ok(matched && is_real && usable)
     }

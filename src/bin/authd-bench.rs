@@ -242,6 +242,11 @@ struct Figures {
     probe_mixed_p99_ms: f64,
     mixed_logins_per_sec: f64,
     flows_per_sec: f64,
+    /// CPU per `/users/me` answer, microseconds: [server, PostgreSQL, this load generator].
+    me_cpu_us: [f64; 3],
+    ceiling_cpu_us: [f64; 3],
+    /// The largest share of the machine's CPU that other processes took during a window.
+    other_load: f64,
     errors: BTreeMap<String, u64>,
 }
 
@@ -381,6 +386,11 @@ async fn bench_on(
         flow_emails,
         sink: sink.clone(),
         stored_hash: database.password_hash(&me_email).await?,
+        cpu: CpuMeter {
+            authd: authd.process.pid(),
+            ceiling: ceiling._process.pid(),
+            postmaster: database.postmaster_pid().await?,
+        },
     };
     let mut runs = Vec::new();
     for run in 1..=options.runs {
@@ -455,6 +465,15 @@ fn print_table(f: &Figures, final_table: bool) -> bool {
         verdict(me_ok)
     );
     println!(
+        "    CPU per answer, us: server {:.0} + postgres {:.0} + load generator {:.0} (authd) | {:.0} + {:.0} + {:.0} (ceiling)",
+        f.me_cpu_us[0],
+        f.me_cpu_us[1],
+        f.me_cpu_us[2],
+        f.ceiling_cpu_us[0],
+        f.ceiling_cpu_us[1],
+        f.ceiling_cpu_us[2]
+    );
+    println!(
         "    /users/me idle, paced {:>5.0} req/s       p50 {:.2} ms, p99 {:.2} ms",
         f.probe_rate, f.probe_idle_p50_ms, f.probe_idle_p99_ms
     );
@@ -474,6 +493,15 @@ fn print_table(f: &Figures, final_table: bool) -> bool {
         " 5  2FA flows/s (login, code, /login/otp)   {:.2} /s = {:.3} of the bound",
         f.flows_per_sec,
         f.flow_ratio()
+    );
+    println!(
+        "    other processes took up to {:.0}% of the machine's CPU during a window{}",
+        f.other_load * 100.0,
+        if f.other_load > 0.1 {
+            ": figures are disturbed, run again on a quiet machine"
+        } else {
+            ""
+        }
     );
     if !final_table && !f.errors.is_empty() {
         println!("    non-2xx answers and failures: {:?}", f.errors);
@@ -508,6 +536,10 @@ fn median_figures(runs: &[Figures]) -> Figures {
         probe_mixed_p99_ms: m(|f| f.probe_mixed_p99_ms),
         mixed_logins_per_sec: m(|f| f.mixed_logins_per_sec),
         flows_per_sec: m(|f| f.flows_per_sec),
+        other_load: m(|f| f.other_load),
+        me_cpu_us: [0, 1, 2].map(|i| median(runs.iter().map(|f| f.me_cpu_us[i]).collect())),
+        ceiling_cpu_us: [0, 1, 2]
+            .map(|i| median(runs.iter().map(|f| f.ceiling_cpu_us[i]).collect())),
         errors,
     }
 }
@@ -539,6 +571,7 @@ struct Workload {
     flow_emails: Vec<String>,
     sink: MailSink,
     stored_hash: String,
+    cpu: CpuMeter,
 }
 
 /// Requests that finished inside a measurement window.
@@ -643,15 +676,21 @@ impl Workload {
             }
         };
 
+        let mut others = Vec::new();
         if o.runs_phase("bound") {
+            let before = (Instant::now(), self.cpu.sample());
             let (bound, per_core) = self.bcrypt_bound(Duration::from_secs(3));
+            others.push(CpuUse::between(before, (Instant::now(), self.cpu.sample())).other);
             f.bcrypt_bound = bound;
             f.bcrypt_per_core = per_core;
         }
         let warm = Duration::from_secs(1);
         if o.runs_phase("me") {
             let window = Window::after(warm, secs);
-            let mut me = self.users_me(&self.authd, window).await;
+            let (mut me, cpu) =
+                tokio::join!(self.users_me(&self.authd, window), self.cpu.during(window));
+            f.me_cpu_us = cpu.per_request(me.ok, self.cpu.authd);
+            others.push(cpu.other);
             f.me_per_sec = me.per_sec(&window);
             f.me_p50_ms = me.percentile_ms(0.50);
             f.me_p99_ms = me.percentile_ms(0.99);
@@ -659,7 +698,12 @@ impl Workload {
         }
         if o.runs_phase("ceiling") {
             let window = Window::after(warm, secs);
-            let mut ceiling = self.users_me(&self.ceiling, window).await;
+            let (mut ceiling, cpu) = tokio::join!(
+                self.users_me(&self.ceiling, window),
+                self.cpu.during(window)
+            );
+            f.ceiling_cpu_us = cpu.per_request(ceiling.ok, self.cpu.ceiling);
+            others.push(cpu.other);
             f.ceiling_per_sec = ceiling.per_sec(&window);
             f.ceiling_p50_ms = ceiling.percentile_ms(0.50);
             f.ceiling_p99_ms = ceiling.percentile_ms(0.99);
@@ -669,14 +713,17 @@ impl Workload {
         let warm = Duration::from_secs(2);
         if o.runs_phase("login") {
             let window = Window::after(warm, secs * 2);
-            let logins = self.logins(window).await;
+            let (logins, cpu) = tokio::join!(self.logins(window), self.cpu.during(window));
+            others.push(cpu.other);
             f.logins_per_sec = logins.per_sec(&window);
             f.login_refusals = logins.refused;
             note("/login", &logins);
         }
         if o.runs_phase("probe") {
             let window = Window::after(warm, secs);
-            let mut probe = self.paced_users_me(window).await;
+            let (mut probe, cpu) =
+                tokio::join!(self.paced_users_me(window), self.cpu.during(window));
+            others.push(cpu.other);
             f.probe_rate = o.probe_rate;
             f.probe_idle_p50_ms = probe.percentile_ms(0.50);
             f.probe_idle_p99_ms = probe.percentile_ms(0.99);
@@ -684,8 +731,12 @@ impl Workload {
         }
         if o.runs_phase("mixed") {
             let window = Window::after(warm, secs * 2);
-            let (logins, mut probe) =
-                tokio::join!(self.logins(window), self.paced_users_me(window));
+            let (logins, mut probe, cpu) = tokio::join!(
+                self.logins(window),
+                self.paced_users_me(window),
+                self.cpu.during(window)
+            );
+            others.push(cpu.other);
             f.mixed_logins_per_sec = logins.per_sec(&window);
             f.probe_mixed_p50_ms = probe.percentile_ms(0.50);
             f.probe_mixed_p99_ms = probe.percentile_ms(0.99);
@@ -694,11 +745,13 @@ impl Workload {
         }
         if o.runs_phase("flow") {
             let window = Window::after(warm, secs * 2);
-            let flows = self.flows(window).await;
+            let (flows, cpu) = tokio::join!(self.flows(window), self.cpu.during(window));
+            others.push(cpu.other);
             f.flows_per_sec = flows.per_sec(&window);
             note("2FA flow", &flows);
         }
         f.errors = errors;
+        f.other_load = others.into_iter().fold(0.0, f64::max);
         Ok(f)
     }
 
@@ -1118,7 +1171,15 @@ impl Ceiling {
         work_dir: &Path,
     ) -> Result<Ceiling> {
         let log = std::fs::File::create(work_dir.join("ceiling.log"))?;
-        let mut command = Command::new(std::env::current_exe()?);
+        // For profiling the ceiling like authd (e.g. under callgrind): a program to run it with.
+        let mut command = match std::env::var_os("AUTHD_BENCH_CEILING_WRAPPER") {
+            Some(wrapper) => {
+                let mut command = Command::new(wrapper);
+                command.arg(std::env::current_exe()?);
+                command
+            }
+            None => Command::new(std::env::current_exe()?),
+        };
         command
             .args([
                 "ceiling-server",
@@ -1315,6 +1376,20 @@ impl Database {
         Ok(hash)
     }
 
+    /// The PostgreSQL server process whose children serve our connections.
+    async fn postmaster_pid(&self) -> Result<u32> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
+        conn.close().await?;
+        let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))
+            .context("PostgreSQL must run on this machine")?;
+        stat_field(&stat, 4)
+            .map(|ppid| ppid as u32)
+            .context("no parent in /proc stat")
+    }
+
     async fn drop_it(&self) -> Result<()> {
         let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -1464,6 +1539,126 @@ fn code_in(message: &str) -> Option<String> {
     let (_, after) = message.split_once("code is ")?;
     let code: String = after.chars().take_while(char::is_ascii_digit).collect();
     (code.len() == 6).then_some(code)
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU accounting: who spent the CPU during a window
+
+/// The processes whose CPU time is accounted: servers, PostgreSQL (every child of its
+/// postmaster) and this process (the load generator).
+#[derive(Debug, Clone, Copy)]
+struct CpuMeter {
+    authd: u32,
+    ceiling: u32,
+    postmaster: u32,
+}
+
+/// CPU seconds used during a window by: [authd, ceiling, postgres, load generator], and the
+/// share of the machine's CPU that every other process took meanwhile.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    seconds: [f64; 4],
+    other: f64,
+    meter: Option<CpuMeter>,
+}
+
+impl CpuUse {
+    fn between(before: (Instant, [f64; 5]), after: (Instant, [f64; 5])) -> CpuUse {
+        let mut seconds = [0.0; 4];
+        for (i, s) in seconds.iter_mut().enumerate() {
+            *s = after.1[i] - before.1[i];
+        }
+        let ours: f64 = seconds.iter().sum();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let capacity = (after.0 - before.0).as_secs_f64() * cores;
+        CpuUse {
+            seconds,
+            other: ((after.1[4] - before.1[4] - ours) / capacity).clamp(0.0, 1.0),
+            meter: None,
+        }
+    }
+
+    /// Microseconds per answer: [the measured server, postgres, load generator].
+    fn per_request(&self, answers: u64, server: u32) -> [f64; 3] {
+        let Some(meter) = self.meter else {
+            return [f64::NAN; 3];
+        };
+        let server = if server == meter.authd {
+            self.seconds[0]
+        } else {
+            self.seconds[1]
+        };
+        let per = |s: f64| s * 1e6 / answers.max(1) as f64;
+        [per(server), per(self.seconds[2]), per(self.seconds[3])]
+    }
+}
+
+impl CpuMeter {
+    /// CPU seconds so far: [authd, ceiling, postgres, load generator, the whole machine].
+    fn sample(&self) -> [f64; 5] {
+        let postgres: f64 = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter(|stat| stat_field(stat, 4) == Some(u64::from(self.postmaster)))
+            .map(|stat| cpu_seconds(&stat))
+            .sum();
+        let of = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| cpu_seconds(&s))
+                .unwrap_or(0.0)
+        };
+        [
+            of(self.authd),
+            of(self.ceiling),
+            postgres,
+            of(std::process::id()),
+            machine_busy_seconds(),
+        ]
+    }
+
+    /// CPU used between the window's start and end.
+    async fn during(&self, window: Window) -> CpuUse {
+        tokio::time::sleep_until(window.start.into()).await;
+        let before = (Instant::now(), self.sample());
+        tokio::time::sleep_until(window.end.into()).await;
+        let mut cpu = CpuUse::between(before, (Instant::now(), self.sample()));
+        cpu.meter = Some(*self);
+        cpu
+    }
+}
+
+/// Field `n` (1-based, as in proc(5)) of a /proc/PID/stat line, for the numeric fields after
+/// the command name.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
+    let after_comm = stat.rsplit_once(')')?.1;
+    after_comm.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// CPU time the whole machine spent busy (not idle, not waiting for I/O), from /proc/stat.
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    busy as f64 / 100.0
+}
+
+/// utime + stime of a /proc/PID/stat line, in seconds (USER_HZ is 100 on Linux).
+fn cpu_seconds(stat: &str) -> f64 {
+    (stat_field(stat, 14).unwrap_or(0) + stat_field(stat, 15).unwrap_or(0)) as f64 / 100.0
 }
 
 // ---------------------------------------------------------------------------------------------
