@@ -2,7 +2,7 @@
 CARGO ?= cargo
 AUTHD := target/release/authd
 
-.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy
+.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,3 +47,8 @@ test-docker: ## `make test` inside the Rust image, against a PostgreSQL containe
 
 check-deploy: ## Lint the Dockerfile, validate docker-compose.yml, replay its steps without Docker
 	bash scripts/check-deploy.sh
+
+bench: ## Load benchmark on a throwaway PostgreSQL (see BENCHMARKS.md; BENCH_ARGS=--help)
+	$(CARGO) build --release --locked --bin authd
+	$(CARGO) build --release --locked --features bench --bin authd-bench
+	./scripts/with-postgres.sh target/release/authd-bench $(BENCH_ARGS)
