@@ -104,8 +104,8 @@ throwaway one). Creates and drops its own database there.
   --authd PATH            authd binary (default: `authd` beside this binary)
   --cost N                bcrypt cost for authd and the bound (default 12)
   --runs N                measure N times after one setup and report medians (default 1)
-  --secs N                length of each /users/me measurement window (default 5); the
-                          login and 2FA windows are twice as long
+  --secs N                length of the closed-loop /users/me windows (default 5); the
+                          login, paced and 2FA windows are twice as long
   --me-connections N      concurrent /users/me connections (default 16)
   --login-connections N   concurrent /login clients (default 8)
   --flow-connections N    concurrent two-factor flows (default 8)
@@ -115,7 +115,8 @@ throwaway one). Creates and drops its own database there.
   --json FILE             also write every run's figures as JSON
   --strict                exit 1 when a target is missed (default: report it, exit 0;
                           exit 2 when the run itself fails)
-  --max-secs N            watchdog: give up after this long (default 280)
+  --max-secs N            watchdog: give up after this long (default 60 + 40 x secs x runs,
+                          260 s for one run with the default windows)
   --only PHASES           comma list of bound,me,ceiling,login,probe,mixed,control,burst,flow";
 
 #[derive(Debug, Clone)]
@@ -155,7 +156,7 @@ impl Options {
             max_connections: 10,
             json: None,
             strict: false,
-            max_secs: 280,
+            max_secs: 0,
             only: None,
         };
         let mut args = args.iter();
@@ -200,6 +201,10 @@ impl Options {
             }
         }
         ensure!((4..=31).contains(&options.cost), "--cost must be 4..=31");
+        if options.max_secs == 0 {
+            // A run takes about 20 windows of `secs` plus setup: leave it twice that.
+            options.max_secs = 60 + 40 * options.secs * options.runs as u64;
+        }
         ensure!(
             options.probe_rate >= 1.0 && options.probe_rate <= 100_000.0,
             "--probe-rate must be 1..=100000"
