@@ -106,6 +106,9 @@ pub struct TokenKeys {
     audience: String,
     access_ttl_secs: u64,
     challenge_ttl_secs: u64,
+    /// Built once: every API request verifies a token, and these never change.
+    access_validation: Validation,
+    challenge_validation: Validation,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -119,14 +122,29 @@ impl std::fmt::Debug for TokenKeys {
 
 impl TokenKeys {
     pub fn new(secret: &[u8], jwt: &JwtSettings) -> TokenKeys {
-        TokenKeys {
+        let mut keys = TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             issuer: jwt.issuer.clone(),
             audience: jwt.audience.clone(),
             access_ttl_secs: jwt.access_ttl_secs,
             challenge_ttl_secs: jwt.challenge_ttl_secs,
-        }
+            access_validation: Validation::new(ALGORITHM),
+            challenge_validation: Validation::new(ALGORITHM),
+        };
+        keys.access_validation = keys.validation(TokenKind::Access);
+        keys.challenge_validation = keys.validation(TokenKind::Challenge);
+        keys
+    }
+
+    /// What a token of `kind` must satisfy: HS256, no leeway, our issuer and that kind's audience.
+    fn validation(&self, kind: TokenKind) -> Validation {
+        let mut validation = Validation::new(ALGORITHM);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_audience(&[self.audience(kind)]);
+        validation.set_issuer(&[self.issuer.as_str()]);
+        validation
     }
 
     /// The audience a token of `kind` carries: challenge tokens never match an API audience.
@@ -192,12 +210,11 @@ impl TokenKeys {
         if !typ_matches {
             return Err(TokenError::WrongKind);
         }
-        let mut validation = Validation::new(ALGORITHM);
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.set_audience(&[self.audience(kind)]);
-        validation.set_issuer(&[self.issuer.as_str()]);
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+        let validation = match kind {
+            TokenKind::Access => &self.access_validation,
+            TokenKind::Challenge => &self.challenge_validation,
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation)
             .map_err(|e| classify(e.kind()))?;
         Ok(data.claims)
     }

@@ -29,6 +29,7 @@ async fn two_factor_login_emails_a_code_that_exchanges_for_an_access_token() {
 
     let message = app.mail.wait_for("ada@example.test", 1).await;
     let code = crate::smtp_sink::extract_code(&message);
+    assert_eq!(app.mail.messages().len(), 1, "exactly one email per login");
 
     let response = app.submit_code(challenge, &code).await;
     assert_eq!(response.status(), StatusCode::OK);
