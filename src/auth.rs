@@ -221,7 +221,7 @@ impl Auth {
         metrics: Metrics,
     ) -> anyhow::Result<Auth> {
         let secret = secret.bytes();
-        let hasher = PasswordHasher::new(settings.password.bcrypt_cost)
+        let hasher = PasswordHasher::from_settings(&settings.password)
             .await?
             .with_metrics(metrics.clone());
         Ok(Auth {

@@ -91,6 +91,8 @@ pub struct JwtSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PasswordSettings {
     pub bcrypt_cost: u32,
+    /// Hashes that may wait for a hashing thread; past that, 503 at once.
+    pub max_queue: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +145,9 @@ pub struct SmtpSettings {
 /// Minimum length of the HMAC secret: HS256 with a shorter key is guessable.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Largest `password.max_queue`: beyond this a queue only hides an overload for minutes.
+pub const MAX_HASH_QUEUE: usize = 10_000;
+
 impl Settings {
     /// Loads the layers: defaults, `./config/default.toml`, `file` (must exist if given), `AUTHD_*`.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
@@ -190,6 +195,12 @@ impl Settings {
             bail!(
                 "password.bcrypt_cost must be between 4 and 31, got {}",
                 self.password.bcrypt_cost
+            );
+        }
+        if self.password.max_queue > MAX_HASH_QUEUE {
+            bail!(
+                "password.max_queue must be at most {MAX_HASH_QUEUE}, got {}",
+                self.password.max_queue
             );
         }
         if self.otp.max_attempts == 0 {
@@ -298,7 +309,18 @@ mod tests {
         assert_eq!(settings.http.addr, "127.0.0.1:5050");
         assert_eq!(settings.jwt.access_ttl_secs, 900);
         assert_eq!(settings.password.bcrypt_cost, 12);
+        assert_eq!(settings.password.max_queue, 32);
         assert_eq!(settings.mail.smtp.tls, SmtpTls::None);
+    }
+
+    #[test]
+    fn an_unbounded_hashing_queue_is_refused_with_the_setting_name() {
+        let mut settings = Settings::defaults();
+        settings.password.max_queue = MAX_HASH_QUEUE + 1;
+        let err = settings.check().unwrap_err().to_string();
+        assert!(err.contains("password.max_queue"), "{err}");
+        settings.password.max_queue = 0;
+        settings.check().unwrap();
     }
 
     #[test]

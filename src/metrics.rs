@@ -136,9 +136,9 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+    pub fn observe_request(&self, route: &str, method: &str, status: &str, took: Duration) {
         self.http_requests
-            .with_label_values(&[route, method, &status.to_string()])
+            .with_label_values(&[route, method, status])
             .inc();
         self.http_duration
             .with_label_values(&[route, method])
@@ -173,7 +173,7 @@ mod tests {
     fn counters_appear_in_the_text_format_with_the_authd_prefix() {
         let metrics = Metrics::new();
         metrics.login("success");
-        metrics.observe_request("/login", "POST", 200, Duration::from_millis(3));
+        metrics.observe_request("/login", "POST", "200", Duration::from_millis(3));
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&metrics.registry.gather(), &mut out)

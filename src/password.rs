@@ -10,14 +10,10 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio::sync::{OnceCell, oneshot};
 
+use crate::config::PasswordSettings;
 use crate::domain::{PASSWORD_MAX_BYTES, Password};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-
-/// Hashes allowed to wait for a hashing thread before new ones are refused with
-/// [`Error::Unavailable`] (HTTP 503). At cost 12 on 2 cores (8 hashes a second) a full queue
-/// is about 4 s of waiting: a client still gets an answer long before it gives up.
-pub const DEFAULT_MAX_QUEUE: usize = 32;
 
 /// How much less CPU a hashing thread gets than the async workers when both want it. Nice 10
 /// gives it a CFS weight of 110 against 1024: an idle server still spends every spare cycle
@@ -38,14 +34,14 @@ pub struct PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// Builds a hasher with [`DEFAULT_MAX_QUEUE`] and starts computing its dummy hash (one
-    /// bcrypt at `cost`) in the background.
-    pub async fn new(cost: u32) -> anyhow::Result<PasswordHasher> {
-        PasswordHasher::with_queue_limit(cost, DEFAULT_MAX_QUEUE).await
+    /// The hasher the settings describe (`password.bcrypt_cost`, `password.max_queue`).
+    pub async fn from_settings(settings: &PasswordSettings) -> anyhow::Result<PasswordHasher> {
+        PasswordHasher::with_queue_limit(settings.bcrypt_cost, settings.max_queue).await
     }
 
-    /// Like [`PasswordHasher::new`], with at most `max_queue` hashes waiting for a thread
-    /// (0: refuse whenever every hashing thread is busy).
+    /// Builds a hasher with at most `max_queue` hashes waiting for a thread (0: refuse whenever
+    /// every hashing thread is busy) and starts computing its dummy hash (one bcrypt at
+    /// `cost`) in the background.
     pub async fn with_queue_limit(cost: u32, max_queue: usize) -> anyhow::Result<PasswordHasher> {
         if cost < 10 {
             tracing::warn!(
@@ -263,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn hash_then_verify_round_trips_and_rejects_others() {
-        let hasher = PasswordHasher::new(4).await.unwrap();
+        let hasher = PasswordHasher::with_queue_limit(4, 32).await.unwrap();
         let password = Password::parse("correct horse battery").unwrap();
         let hash = hasher.hash(&password).await.unwrap();
         assert!(hash.starts_with("$2"));
@@ -288,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn verifying_without_a_user_is_always_false() {
-        let hasher = PasswordHasher::new(4).await.unwrap();
+        let hasher = PasswordHasher::with_queue_limit(4, 32).await.unwrap();
         assert!(
             !hasher
                 .verify("authd-dummy-password-for-timing", None)

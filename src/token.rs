@@ -1,9 +1,12 @@
 //! JSON Web Tokens: issuing and verifying access and challenge tokens, kept strictly apart.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::config::JwtSettings;
@@ -72,8 +75,6 @@ pub enum TokenError {
     WrongAudience,
     #[error("wrong issuer")]
     WrongIssuer,
-    #[error("not valid yet")]
-    NotYetValid,
     #[error("a required claim is missing or malformed")]
     BadClaims,
 }
@@ -98,60 +99,62 @@ pub struct IssuedToken {
 }
 
 /// Signing and verification keys plus the claims they stamp and expect.
+///
+/// Tokens are signed with `jsonwebtoken`. They are verified here, because every API request
+/// verifies one and the general-purpose decoder did three times the work needed for the one
+/// shape authd accepts (see BENCHMARKS.md): the HMAC state is keyed once and cloned, the
+/// header is compared byte for byte with the one authd writes (and only parsed when it differs,
+/// to say why it is refused), and the claims are read straight into [`Claims`].
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// HMAC-SHA256 with the key already absorbed.
+    mac: Hmac<Sha256>,
     issuer: String,
-    audience: String,
+    access_audience: String,
+    challenge_audience: String,
     access_ttl_secs: u64,
     challenge_ttl_secs: u64,
-    /// Built once: every API request verifies a token, and these never change.
-    access_validation: Validation,
-    challenge_validation: Validation,
+    /// The first segment of every token of each kind authd issues.
+    access_header: String,
+    challenge_header: String,
 }
 
 impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenKeys")
             .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
+            .field("audience", &self.access_audience)
             .finish_non_exhaustive()
     }
 }
 
 impl TokenKeys {
     pub fn new(secret: &[u8], jwt: &JwtSettings) -> TokenKeys {
-        let mut keys = TokenKeys {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+        let encoding = EncodingKey::from_secret(secret);
+        let header_segment = |kind: TokenKind| {
+            let token = jsonwebtoken::encode(&header(kind), &serde_json::json!({}), &encoding)
+                .expect("HS256 signing of an empty object cannot fail");
+            token.split('.').next().unwrap_or_default().to_owned()
+        };
+        TokenKeys {
+            access_header: header_segment(TokenKind::Access),
+            challenge_header: header_segment(TokenKind::Challenge),
+            mac: Hmac::new_from_slice(secret).expect("HMAC accepts keys of any length"),
+            encoding,
             issuer: jwt.issuer.clone(),
-            audience: jwt.audience.clone(),
+            access_audience: jwt.audience.clone(),
+            challenge_audience: format!("{}/otp-challenge", jwt.audience),
             access_ttl_secs: jwt.access_ttl_secs,
             challenge_ttl_secs: jwt.challenge_ttl_secs,
-            access_validation: Validation::new(ALGORITHM),
-            challenge_validation: Validation::new(ALGORITHM),
-        };
-        keys.access_validation = keys.validation(TokenKind::Access);
-        keys.challenge_validation = keys.validation(TokenKind::Challenge);
-        keys
-    }
-
-    /// What a token of `kind` must satisfy: HS256, no leeway, our issuer and that kind's audience.
-    fn validation(&self, kind: TokenKind) -> Validation {
-        let mut validation = Validation::new(ALGORITHM);
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.set_audience(&[self.audience(kind)]);
-        validation.set_issuer(&[self.issuer.as_str()]);
-        validation
+        }
     }
 
     /// The audience a token of `kind` carries: challenge tokens never match an API audience.
-    pub fn audience(&self, kind: TokenKind) -> String {
+    pub fn audience(&self, kind: TokenKind) -> &str {
         match kind {
-            TokenKind::Access => self.audience.clone(),
-            TokenKind::Challenge => format!("{}/otp-challenge", self.audience),
+            TokenKind::Access => &self.access_audience,
+            TokenKind::Challenge => &self.challenge_audience,
         }
     }
 
@@ -179,14 +182,12 @@ impl TokenKeys {
         let claims = Claims {
             iss: self.issuer.clone(),
             sub: subject,
-            aud: self.audience(kind),
+            aud: self.audience(kind).to_owned(),
             exp: expires_at.timestamp(),
             iat: now.timestamp(),
             jti,
         };
-        let mut header = Header::new(ALGORITHM);
-        header.typ = Some(kind.typ().to_string());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+        let token = jsonwebtoken::encode(&header(kind), &claims, &self.encoding)
             .map_err(|e| Error::Internal(anyhow::Error::new(e).context("cannot sign token")))?;
         Ok(IssuedToken {
             token,
@@ -196,41 +197,69 @@ impl TokenKeys {
         })
     }
 
-    /// Verifies a token of exactly `kind`: header, signature, and every registered claim.
+    /// Verifies a token of exactly `kind`: header (HS256 and the kind's `typ`), signature
+    /// (constant-time), and every claim: `exp` in the future (no leeway), our issuer and the
+    /// kind's audience, and `sub`, `iat`, `jti` present and well formed.
     pub fn verify(&self, kind: TokenKind, token: &str) -> Result<Claims, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::NotAJwt)?;
-        if header.alg != ALGORITHM {
-            return Err(TokenError::WrongAlgorithm);
-        }
-        let typ_matches = header
-            .typ
-            .as_deref()
-            .and_then(TokenKind::from_typ)
-            .is_some_and(|k| k == kind);
-        if !typ_matches {
-            return Err(TokenError::WrongKind);
-        }
-        let validation = match kind {
-            TokenKind::Access => &self.access_validation,
-            TokenKind::Challenge => &self.challenge_validation,
+        let mut segments = token.split('.');
+        let (Some(header), Some(claims), Some(signature), None) = (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) else {
+            return Err(TokenError::NotAJwt);
         };
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation)
-            .map_err(|e| classify(e.kind()))?;
-        Ok(data.claims)
+        let expected = match kind {
+            TokenKind::Access => &self.access_header,
+            TokenKind::Challenge => &self.challenge_header,
+        };
+        if header != expected {
+            check_header(kind, header)?;
+        }
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::NotAJwt)?;
+        let mut mac = self.mac.clone();
+        mac.update(&token.as_bytes()[..header.len() + 1 + claims.len()]);
+        mac.verify_slice(&signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        let claims = URL_SAFE_NO_PAD
+            .decode(claims)
+            .map_err(|_| TokenError::NotAJwt)?;
+        let claims: Claims = serde_json::from_slice(&claims).map_err(|_| TokenError::BadClaims)?;
+        if claims.exp <= Utc::now().timestamp() {
+            return Err(TokenError::Expired);
+        }
+        if claims.iss != self.issuer {
+            return Err(TokenError::WrongIssuer);
+        }
+        if claims.aud != self.audience(kind) {
+            return Err(TokenError::WrongAudience);
+        }
+        Ok(claims)
     }
 }
 
-fn classify(kind: &ErrorKind) -> TokenError {
-    match kind {
-        ErrorKind::InvalidSignature => TokenError::BadSignature,
-        ErrorKind::ExpiredSignature => TokenError::Expired,
-        ErrorKind::InvalidAudience => TokenError::WrongAudience,
-        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-        ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm,
-        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => TokenError::NotAJwt,
-        _ => TokenError::BadClaims,
+/// The header authd writes on a token of `kind`.
+fn header(kind: TokenKind) -> Header {
+    let mut header = Header::new(ALGORITHM);
+    header.typ = Some(kind.typ().to_string());
+    header
+}
+
+/// Why a header that is not byte for byte authd's own is refused; Ok if it still says HS256
+/// and the right kind (the signature then decides).
+fn check_header(kind: TokenKind, segment: &str) -> Result<(), TokenError> {
+    let header = decode_segment(segment).ok_or(TokenError::NotAJwt)?;
+    if header.get("alg").and_then(serde_json::Value::as_str) != Some("HS256") {
+        return Err(TokenError::WrongAlgorithm);
     }
+    let typ = header.get("typ").and_then(serde_json::Value::as_str);
+    if typ.and_then(TokenKind::from_typ) != Some(kind) {
+        return Err(TokenError::WrongKind);
+    }
+    Ok(())
 }
 
 // ---- Inspection: what a token says about itself, and whether authd would accept it ----
@@ -295,13 +324,12 @@ impl TokenKeys {
     }
 }
 
-/// Decodes one base64url JSON segment, trusting nothing. jsonwebtoken exposes its segment
-/// decoder only for the claims position, so the segment is placed there between empty parts.
+/// Decodes one base64url JSON object segment, trusting nothing.
 fn decode_segment(segment: &str) -> Option<serde_json::Value> {
-    if segment.is_empty() {
-        return None;
-    }
-    jsonwebtoken::dangerous::insecure_decode_claims(format!(".{segment}.")).ok()
+    let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .filter(serde_json::Value::is_object)
 }
 
 #[cfg(test)]
@@ -398,6 +426,93 @@ mod tests {
         assert_eq!(
             keys.verify(TokenKind::Access, &other_iss.token),
             Err(TokenError::WrongIssuer)
+        );
+    }
+
+    /// Signs `header` and `claims` (JSON texts) with `secret` the way any HS256 signer would.
+    fn sign(secret: &[u8], header: &str, claims: &serde_json::Value) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(signing_input.as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signing_input}.{signature}")
+    }
+
+    fn claims_json(keys: &TokenKeys, exp: i64) -> serde_json::Value {
+        serde_json::json!({
+            "iss": keys.issuer, "sub": Uuid::new_v4(), "aud": keys.audience(TokenKind::Access),
+            "exp": exp, "iat": exp - 900, "jti": Uuid::new_v4(),
+        })
+    }
+
+    #[test]
+    fn a_header_written_differently_is_parsed_and_judged_on_its_content() {
+        let keys = keys(SECRET);
+        let in_the_future = Utc::now().timestamp() + 60;
+        let reordered = sign(
+            SECRET,
+            r#"{"typ":"at+jwt","alg":"HS256"}"#,
+            &claims_json(&keys, in_the_future),
+        );
+        assert!(keys.verify(TokenKind::Access, &reordered).is_ok());
+        let plain = sign(
+            SECRET,
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &claims_json(&keys, in_the_future),
+        );
+        assert_eq!(
+            keys.verify(TokenKind::Access, &plain),
+            Err(TokenError::WrongKind)
+        );
+        let other_alg = sign(
+            SECRET,
+            r#"{"alg":"HS512","typ":"at+jwt"}"#,
+            &claims_json(&keys, in_the_future),
+        );
+        assert_eq!(
+            keys.verify(TokenKind::Access, &other_alg),
+            Err(TokenError::WrongAlgorithm)
+        );
+    }
+
+    #[test]
+    fn missing_claims_expiry_now_and_extra_segments_are_refused() {
+        let keys = keys(SECRET);
+        let header = r#"{"typ":"at+jwt","alg":"HS256"}"#;
+        let now = Utc::now().timestamp();
+        let mut no_jti = claims_json(&keys, now + 60);
+        no_jti.as_object_mut().unwrap().remove("jti");
+        assert_eq!(
+            keys.verify(TokenKind::Access, &sign(SECRET, header, &no_jti)),
+            Err(TokenError::BadClaims)
+        );
+        // RFC 7519: the token is valid only *before* exp.
+        let expiring = sign(SECRET, header, &claims_json(&keys, now));
+        assert_eq!(
+            keys.verify(TokenKind::Access, &expiring),
+            Err(TokenError::Expired)
+        );
+        let issued = keys
+            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        assert!(keys.verify(TokenKind::Access, &issued.token).is_ok());
+        assert_eq!(
+            keys.verify(TokenKind::Access, &format!("{}.x", issued.token)),
+            Err(TokenError::NotAJwt)
+        );
+        let at = issued.token.rfind('.').unwrap() + 1;
+        let short = format!(
+            "{}{}",
+            &issued.token[..at],
+            URL_SAFE_NO_PAD.encode([0u8; 31])
+        );
+        assert_eq!(
+            keys.verify(TokenKind::Access, &short),
+            Err(TokenError::BadSignature)
         );
     }
 

@@ -50,7 +50,7 @@ const FIND_USER_SQL: &str =
     "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
              FROM users WHERE id = $1";
 /// Logins sent at once by the burst check: more than authd's hashing threads plus its default
-/// queue limit (`password::DEFAULT_MAX_QUEUE`) on any machine with fewer than 64 cores.
+/// queue limit (`password.max_queue`, default 32) on any machine with fewer than 64 cores.
 const BURST_LOGINS: usize = 96;
 /// Longest any single request may take before the bench counts it as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

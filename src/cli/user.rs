@@ -100,7 +100,7 @@ async fn add_user(args: AddArgs, settings: &Settings) -> anyhow::Result<()> {
         .context("input task failed")??;
     let registration = Registration::parse(input)?;
     let store = Store::open(settings).await?;
-    let hasher = PasswordHasher::new(settings.password.bcrypt_cost).await?;
+    let hasher = PasswordHasher::from_settings(&settings.password).await?;
     let email = registration.email.clone();
     let user = auth::add_user_by_admin(&store, &hasher, registration)
         .await

@@ -11,26 +11,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use axum::Router;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -79,153 +77,187 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
         .route("/users/me", get(handlers::me))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz));
+    let mut routes = vec![
+        "/register",
+        "/login",
+        "/login/otp",
+        "/users/me",
+        "/healthz",
+        "/readyz",
+    ];
     if serve_metrics_here {
         api = api.route("/metrics", get(handlers::metrics));
+        routes.push("/metrics");
     }
-    let api = api
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            track_requests,
-        ))
-        .with_state(state)
-        .layer(api_security_headers());
+    let metrics = state.auth.metrics.clone();
     let docs = Router::new()
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()));
-    with_common_layers(api.merge(docs), http)
-}
-
-/// Headers for the JSON API: nothing may be sniffed, framed, cached or loaded from it.
-fn api_security_headers() -> tower::layer::util::Stack<
-    SetResponseHeaderLayer<HeaderValue>,
-    tower::layer::util::Stack<
-        SetResponseHeaderLayer<HeaderValue>,
-        SetResponseHeaderLayer<HeaderValue>,
-    >,
-> {
-    tower::layer::util::Stack::new(
-        SetResponseHeaderLayer::if_not_present(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-        ),
-        tower::layer::util::Stack::new(
-            SetResponseHeaderLayer::if_not_present(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("no-store"),
-            ),
-            SetResponseHeaderLayer::if_not_present(
-                header::REFERRER_POLICY,
-                HeaderValue::from_static("no-referrer"),
-            ),
-        ),
-    )
-}
-
-/// Layers every response goes through, docs included: problem+json for bare errors, body
-/// limit and timeouts, panic recovery, tracing, and headers that are right for any response.
-pub fn with_common_layers(router: Router, http: &HttpSettings) -> Router {
-    router
-        .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
-        .layer(middleware::from_fn(problem_for_bare_errors))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
-            http.body_timeout_secs,
-        )))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(http.request_timeout_secs),
-        ))
-        .layer(CatchPanicLayer::custom(limits::problem_for_panic))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_request(())
-                .on_response(log_response)
-                .on_failure(()),
-        )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
-}
-
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Every log line of a request carries its id (from `X-Request-Id`, generated when absent).
-fn request_span(request: &Request) -> tracing::Span {
-    let id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %request.method(),
-        route = %request.uri().path(),
-    )
-}
-
-/// The one line per request: status and latency (the span adds id, method and route).
-fn log_response(response: &Response, latency: Duration, _span: &tracing::Span) {
-    tracing::info!(
-        status = response.status().as_u16(),
-        latency_ms = latency.as_secs_f64() * 1000.0,
-        "request"
-    );
-}
-
-/// Counts each routed request and its latency by route template, method and status.
-async fn track_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    state.auth.metrics.observe_request(
-        &route,
-        method.as_str(),
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .layer(middleware::map_response(|mut response: Response| async {
+            response.extensions_mut().insert(DocsPage);
+            response
+        }));
+    let router = api.with_state(state).merge(docs);
+    with_common_layers(router, http, Some(metrics), &routes)
 }
 
 /// A router with only `GET /metrics`, for `metrics.addr`.
 pub fn metrics_router(state: AppState, http: &HttpSettings) -> Router {
-    with_common_layers(
-        Router::new()
-            .route("/metrics", get(handlers::metrics))
-            .with_state(state),
-        http,
-    )
+    let metrics = state.auth.metrics.clone();
+    let router = Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .with_state(state);
+    with_common_layers(router, http, Some(metrics), &["/metrics"])
 }
 
-/// Gives errors produced outside the handlers (405, 408, 413 from layers...) the problem+json shape.
-async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    let status = response.status();
-    let is_problem = response
+/// Marks a response of the documentation pages, which need scripts and styles: the
+/// envelope leaves out the API's restrictive content security policy there.
+#[derive(Clone, Copy)]
+struct DocsPage;
+
+/// What the envelope needs to know, built once per router.
+struct Envelope {
+    request_timeout: Duration,
+    metrics: Option<Metrics>,
+    /// The routes counted by name in the metrics; anything else counts as `other`.
+    routes: Vec<&'static str>,
+}
+
+/// Wraps a router in the one middleware every request goes through (see [`envelope`]), plus
+/// the body size limit and the body read timeout. `routes` are the paths that get their own
+/// metrics label; `metrics` off (None) records nothing.
+pub fn with_common_layers(
+    router: Router,
+    http: &HttpSettings,
+    metrics: Option<Metrics>,
+    routes: &[&'static str],
+) -> Router {
+    let envelope_state = Arc::new(Envelope {
+        request_timeout: Duration::from_secs(http.request_timeout_secs),
+        metrics,
+        routes: routes.to_vec(),
+    });
+    router
+        .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
+            http.body_timeout_secs,
+        )))
+        .layer(middleware::from_fn_with_state(envelope_state, envelope))
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest `X-Request-Id` taken from a client; a longer one is replaced by a generated id.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// An answer slower than this is logged at INFO even when it succeeded.
+const SLOW_REQUEST: Duration = Duration::from_secs(1);
+
+/// The one middleware around every request, folded into a single step because each separate
+/// layer costs an allocation and a move of the whole future (see BENCHMARKS.md):
+/// - the request id: the client's `X-Request-Id` when it is short and printable, else a UUID;
+///   returned in `X-Request-Id` and carried by every log line of the request (its span);
+/// - the request timeout (408) and panic recovery (a 500 problem, the panic text only logged);
+/// - problem+json for bare errors produced outside the handlers (404, 405, 413, 415...);
+/// - security headers, with the API's strict content security policy everywhere but the docs;
+/// - the request metrics and the access log line: INFO for errors and slow answers, DEBUG
+///   (target `authd::access`) for the rest, so a busy server does not spend its time logging
+///   successes.
+async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request
         .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if (status.is_client_error() || status.is_server_error()) && !is_problem {
-        let mut replaced = ApiError::from_status(status).into_response();
-        for name in [header::ALLOW, header::RETRY_AFTER] {
-            if let Some(value) = response.headers().get(&name) {
-                replaced.headers_mut().insert(name, value.clone());
-            }
-        }
-        return replaced;
+        .get(&REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.to_str().is_ok())
+        .cloned()
+        .unwrap_or_else(|| {
+            // A random UUID from the thread's generator: no system call per request.
+            let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+            let mut buffer = uuid::Uuid::encode_buffer();
+            let id = uuid.hyphenated().encode_lower(&mut buffer);
+            HeaderValue::from_str(id).expect("a UUID is a valid header value")
+        });
+    let method = request.method().clone();
+    let route = envelope
+        .routes
+        .iter()
+        .copied()
+        .find(|route| *route == request.uri().path())
+        .unwrap_or("other");
+    let span = tracing::info_span!(
+        "request",
+        request_id = id.to_str().unwrap_or_default(),
+        method = method.as_str(),
+        route = request.uri().path(),
+    );
+    let handled = std::panic::AssertUnwindSafe(tokio::time::timeout(
+        envelope.request_timeout,
+        next.run(request),
+    ))
+    .catch_unwind()
+    .instrument(span.clone())
+    .await;
+    let mut response = match handled {
+        Ok(Ok(response)) => response,
+        Ok(Err(_elapsed)) => ApiError::from_status(StatusCode::REQUEST_TIMEOUT).into_response(),
+        Err(panic) => span.in_scope(|| limits::problem_for_panic(panic)),
+    };
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error()) && !is_problem(&response) {
+        response = problem_for_bare_error(response);
+    }
+    let docs = response.extensions().get::<DocsPage>().is_some();
+    let headers = response.headers_mut();
+    headers.reserve(6);
+    headers.insert(&REQUEST_ID, id);
+    set_if_absent(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set_if_absent(headers, header::X_FRAME_OPTIONS, "DENY");
+    if !docs {
+        set_if_absent(
+            headers,
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        );
+        set_if_absent(headers, header::CACHE_CONTROL, "no-store");
+        set_if_absent(headers, header::REFERRER_POLICY, "no-referrer");
+    }
+    let took = started.elapsed();
+    if let Some(metrics) = &envelope.metrics {
+        metrics.observe_request(route, method.as_str(), status.as_str(), took);
+    }
+    let (status, latency_ms) = (status.as_u16(), took.as_secs_f64() * 1000.0);
+    let _entered = span.enter();
+    if status >= 400 || took >= SLOW_REQUEST {
+        tracing::info!(target: "authd::access", status, latency_ms, "request");
+    } else {
+        tracing::debug!(target: "authd::access", status, latency_ms, "request");
     }
     response
+}
+
+fn set_if_absent(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
+    headers
+        .entry(name)
+        .or_insert_with(|| HeaderValue::from_static(value));
+}
+
+fn is_problem(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()))
+}
+
+/// Gives an error produced outside the handlers (405, 413 from layers...) the problem+json
+/// shape, keeping the headers that tell the client what to do next.
+fn problem_for_bare_error(response: Response) -> Response {
+    let mut replaced = ApiError::from_status(response.status()).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(value) = response.headers().get(&name) {
+            replaced.headers_mut().insert(name, value.clone());
+        }
+    }
+    replaced
 }
 
 /// A built server: bound to its port, ready to run.

@@ -424,6 +424,8 @@ async fn a_panicking_handler_gives_a_500_problem_and_the_server_keeps_serving() 
             .route("/boom", get(boom))
             .route("/fine", get(|| async { "fine" })),
         &http,
+        None,
+        &[],
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

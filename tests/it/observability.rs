@@ -95,6 +95,53 @@ async fn metrics_move_after_logins_codes_and_throttling() {
 }
 
 #[tokio::test]
+async fn paths_that_are_not_api_routes_share_one_metrics_label() {
+    let app = TestApp::spawn().await;
+    for path in ["/wp-admin/setup.php", "/.env", "/docs/"] {
+        app.get(path).await;
+    }
+    let after = scrape(&app, &app.base).await;
+    assert_eq!(
+        sample(
+            &after,
+            r#"authd_http_requests_total{method="GET",route="other",status="404"}"#
+        ),
+        2.0,
+        "{after}"
+    );
+    assert!(
+        !after.contains("wp-admin") && !after.contains(".env"),
+        "{after}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_request_id_is_echoed_only_when_short_and_printable() {
+    let app = TestApp::spawn().await;
+    let echoed = |id: String| {
+        let client = app.client.clone();
+        let url = format!("{}/healthz", app.base);
+        async move {
+            let response = client
+                .get(url)
+                .header("x-request-id", &id)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(echoed("abc-123".into()).await, "abc-123");
+    let long = "x".repeat(129);
+    let replaced = echoed(long).await;
+    assert!(uuid::Uuid::parse_str(&replaced).is_ok(), "{replaced}");
+}
+
+#[tokio::test]
 async fn metrics_can_move_to_their_own_address_or_be_switched_off() {
     let app = TestApp::spawn_with(Behaviour::Accept, |s| {
         s.metrics.addr = "127.0.0.1:0".into();
@@ -113,8 +160,8 @@ async fn metrics_can_move_to_their_own_address_or_be_switched_off() {
     assert!(off.metrics_base.is_none());
 }
 
-#[tokio::test]
-async fn json_log_lines_parse_and_carry_the_request_id_route_status_and_latency() {
+/// Starts the binary on SQLite in a fresh directory with JSON logs at `rust_log`.
+async fn json_logging_server(rust_log: &str) -> (super::process::Server, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("authd-log-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut command = super::process::authd();
@@ -122,8 +169,21 @@ async fn json_log_lines_parse_and_carry_the_request_id_route_status_and_latency(
         .current_dir(&dir)
         .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
         .env("AUTHD_LOG__FORMAT", "json")
+        .env("RUST_LOG", rust_log)
         .stdin(Stdio::null());
-    let server = super::process::Server::spawn(command).await;
+    (super::process::Server::spawn(command).await, dir)
+}
+
+fn parse_json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn json_log_lines_parse_and_carry_the_request_id_route_status_and_latency() {
+    // authd::access at debug: successful answers are logged too.
+    let (server, dir) = json_logging_server("info,authd::access=debug").await;
     let client = reqwest::Client::new();
     let response = client
         .get(format!("{}/users/me", server.base))
@@ -149,10 +209,7 @@ async fn json_log_lines_parse_and_carry_the_request_id_route_status_and_latency(
     let (status, log) = server.terminate();
     assert_eq!(status.code(), Some(0));
 
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect();
+    let lines = parse_json_lines(&log);
     let request_line = |id: &str| {
         lines
             .iter()
@@ -167,5 +224,42 @@ async fn json_log_lines_parse_and_carry_the_request_id_route_status_and_latency(
     assert!(line["fields"]["latency_ms"].is_number());
     let line = request_line(&generated_id);
     assert_eq!(line["fields"]["status"], 200);
+    assert_eq!(line["level"], "DEBUG");
+    assert_eq!(line["target"], "authd::access");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn at_the_default_level_errors_are_logged_and_fast_successes_are_not() {
+    let (server, dir) = json_logging_server("info").await;
+    let client = reqwest::Client::new();
+    for (path, id, expected) in [
+        ("/healthz", "quiet-ok", StatusCode::OK),
+        ("/users/me", "loud-401", StatusCode::UNAUTHORIZED),
+        ("/no/such/page", "loud-404", StatusCode::NOT_FOUND),
+    ] {
+        let response = client
+            .get(format!("{}{path}", server.base))
+            .header("x-request-id", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{path}");
+    }
+    let (status, log) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+    let lines = parse_json_lines(&log);
+    let logged = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["span"]["request_id"] == id && l["fields"]["status"].is_number())
+            .cloned()
+    };
+    assert!(logged("quiet-ok").is_none(), "{log}");
+    let line = logged("loud-401").unwrap_or_else(|| panic!("no line for the 401 in {log}"));
+    assert_eq!(line["level"], "INFO");
+    let line = logged("loud-404").unwrap_or_else(|| panic!("no line for the 404 in {log}"));
+    assert_eq!(line["fields"]["status"], 404);
+    assert_eq!(line["span"]["route"], "/no/such/page");
     std::fs::remove_dir_all(&dir).unwrap();
 }
