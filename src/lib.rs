@@ -13,6 +13,8 @@ pub mod cli;
 pub mod config;
 /// Input newtypes that are valid by construction, and the public `User`.
 pub mod domain;
+/// bcrypt that yields the CPU every few rounds.
+pub mod eksblowfish;
 /// The core error type.
 pub mod error;
 /// The HTTP API: router, handlers, problem+json errors, OpenAPI.

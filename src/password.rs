@@ -12,6 +12,7 @@ use tokio::sync::{OnceCell, oneshot};
 
 use crate::config::PasswordSettings;
 use crate::domain::{PASSWORD_MAX_BYTES, Password};
+use crate::eksblowfish;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -97,7 +98,7 @@ impl PasswordHasher {
                 let hash = self
                     .pool
                     .run(move || {
-                        bcrypt::hash("authd-dummy-password-for-timing", cost)
+                        eksblowfish::hash(b"authd-dummy-password-for-timing", cost)
                             .context("cannot compute the dummy bcrypt hash")
                     })
                     .await?;
@@ -114,7 +115,7 @@ impl PasswordHasher {
         // `Password` guarantees at most 72 bytes, all of which bcrypt uses. (bcrypt's
         // non-truncating variant would refuse exactly 72 because it counts the NUL terminator.)
         self.timed("hash", move || {
-            bcrypt::hash(password.expose(), cost).context("bcrypt hash failed")
+            eksblowfish::hash(password.expose().as_bytes(), cost).context("bcrypt hash failed")
         })
         .await
     }
@@ -136,7 +137,7 @@ impl PasswordHasher {
         };
         let matched = self
             .timed("verify", move || {
-                Ok(bcrypt::verify(candidate, &hash).unwrap_or(false))
+                Ok(eksblowfish::verify(candidate.as_bytes(), &hash))
             })
             .await?;
         Ok(matched && is_real && usable)
