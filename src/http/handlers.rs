@@ -93,10 +93,9 @@ fn require(field: &str, value: Option<String>) -> Result<String, Error> {
         (status = 201, description = "Account created", body = User,
             headers(("Location" = String, description = "Where to read the new user: /users/me"))),
         (status = 409, description = "The email address is taken (`email_taken`)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (`validation_failed`), including a common password", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many requests from this address (`rate_limited`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, or too many passwords already waiting to be hashed (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn register(
@@ -132,7 +131,7 @@ pub async fn register(
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing fields", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Account locked after repeated failures, or too many requests from this address (`rate_limited`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database or mail relay unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database or mail relay unavailable, or too many passwords already waiting to be checked (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn login(
