@@ -6,6 +6,8 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::eksblowfish;
+
 /// The compiled-in defaults: the same file that documents every setting.
 pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 
@@ -191,9 +193,11 @@ impl Settings {
 
     /// Rejects values that would make authd insecure or unusable, with the setting's name.
     pub fn check(&self) -> anyhow::Result<()> {
-        if !(4..=31).contains(&self.password.bcrypt_cost) {
+        if !(eksblowfish::MIN_COST..=eksblowfish::MAX_COST).contains(&self.password.bcrypt_cost) {
             bail!(
-                "password.bcrypt_cost must be between 4 and 31, got {}",
+                "password.bcrypt_cost must be between {} and {}, got {}",
+                eksblowfish::MIN_COST,
+                eksblowfish::MAX_COST,
                 self.password.bcrypt_cost
             );
         }

@@ -94,20 +94,20 @@ async fn run(mut cmd: Command) -> Run {
     }
 }
 
-async fn add_user(db_url: &str, email: &str, extra: &[&str]) -> Value {
+/// `authd user add --email <email> --password-stdin <extra...>` with `stdin` as its input.
+fn user_add(db_url: &str, email: &str, extra: &[&str], stdin: impl Into<Vec<u8>>) -> Command {
     let mut cmd = authd_on(
         db_url,
-        &[
-            "user",
-            "add",
-            "--email",
-            email,
-            "--password-stdin",
-            "--format",
-            "json",
-        ],
+        &["user", "add", "--email", email, "--password-stdin"],
     );
-    cmd.args(extra).write_stdin(format!("{PASSWORD}\n"));
+    cmd.args(extra).write_stdin(stdin);
+    cmd
+}
+
+async fn add_user(db_url: &str, email: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["--format", "json"];
+    args.extend_from_slice(extra);
+    let cmd = user_add(db_url, email, &args, format!("{PASSWORD}\n"));
     let added = run(cmd).await;
     assert_eq!(added.code, Some(0), "{added:?}");
     added.json()
@@ -175,18 +175,12 @@ async fn user_add_with_password_on_stdin_creates_a_user_who_can_log_in_over_http
 #[tokio::test]
 async fn user_add_with_two_factor_prints_a_table_and_stores_the_setting() {
     let db_url = fresh_database().await;
-    let mut cmd = authd_on(
+    let cmd = user_add(
         &db_url,
-        &[
-            "user",
-            "add",
-            "--email",
-            "grace@example.test",
-            "--two-factor",
-            "--password-stdin",
-        ],
+        "grace@example.test",
+        &["--two-factor"],
+        format!("{PASSWORD}\n"),
     );
-    cmd.write_stdin(format!("{PASSWORD}\n"));
     let added = run(cmd).await;
     assert_eq!(added.code, Some(0), "{added:?}");
     assert!(
@@ -213,17 +207,7 @@ async fn user_add_with_two_factor_prints_a_table_and_stores_the_setting() {
 async fn user_add_refuses_a_duplicate_email_with_exit_code_1() {
     let db_url = fresh_database().await;
     add_user(&db_url, "ada@example.test", &[]).await;
-    let mut again = authd_on(
-        &db_url,
-        &[
-            "user",
-            "add",
-            "--email",
-            "ADA@example.test",
-            "--password-stdin",
-        ],
-    );
-    again.write_stdin(format!("{PASSWORD}\n"));
+    let again = user_add(&db_url, "ADA@example.test", &[], format!("{PASSWORD}\n"));
     let refused = run(again).await;
     assert_eq!(refused.code, Some(1), "{refused:?}");
     assert!(
@@ -252,17 +236,12 @@ async fn user_add_refuses_invalid_input_naming_each_field_with_exit_code_1() {
 #[tokio::test]
 async fn user_add_refuses_a_password_longer_than_bcrypt_can_hash_like_register_does() {
     let db_url = fresh_database().await;
-    let mut cmd = authd_on(
+    let cmd = user_add(
         &db_url,
-        &[
-            "user",
-            "add",
-            "--email",
-            "ada@example.test",
-            "--password-stdin",
-        ],
+        "ada@example.test",
+        &[],
+        format!("{}\n", "x".repeat(73)),
     );
-    cmd.write_stdin(format!("{}\n", "x".repeat(73)));
     let refused = run(cmd).await;
     assert_eq!(refused.code, Some(1), "{refused:?}");
     assert!(refused.error_line().contains("password:"), "{refused:?}");
@@ -334,17 +313,7 @@ async fn user_add_without_a_terminal_and_without_password_stdin_fails_at_once() 
 #[tokio::test]
 async fn user_add_with_password_stdin_and_nothing_on_stdin_is_refused() {
     let db_url = fresh_database().await;
-    let mut cmd = authd_on(
-        &db_url,
-        &[
-            "user",
-            "add",
-            "--email",
-            "ada@example.test",
-            "--password-stdin",
-        ],
-    );
-    cmd.write_stdin("");
+    let cmd = user_add(&db_url, "ada@example.test", &[], "");
     let refused = run(cmd).await;
     assert_eq!(refused.code, Some(1), "{refused:?}");
     assert!(refused.error_line().contains("stdin"), "{refused:?}");

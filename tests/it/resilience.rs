@@ -217,3 +217,42 @@ async fn after_a_database_outage_authd_recovers_by_itself() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn with_password_max_queue_0_logins_beyond_the_hashing_threads_get_503_at_once() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        s.password.max_queue = 0;
+        // Slow enough that the simultaneous logins below overlap on the hashing threads.
+        s.password.bcrypt_cost = 10;
+    })
+    .await;
+    app.register("queue@example.test", false).await;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let attempts = threads + 4;
+    let responses =
+        futures::future::join_all((0..attempts).map(|_| app.login("queue@example.test", PASSWORD)))
+            .await;
+    let (mut answered, mut refused) = (0, 0);
+    for response in responses {
+        match response.status() {
+            StatusCode::OK => answered += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(response.headers().contains_key("retry-after"));
+                problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // At most one login per thread was admitted while the others were hashing.
+    assert!(answered >= 1, "{answered} answered, {refused} refused");
+    assert!(
+        refused >= attempts - threads,
+        "{answered} answered, {refused} refused"
+    );
+    // Refusals are not failed logins: the account is not locked and the password still works.
+    assert_eq!(
+        app.login("queue@example.test", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+}
