@@ -114,7 +114,6 @@ fn field<T>(errors: &mut Vec<FieldError>, name: &str, parsed: Result<T, String>)
 }
 
 /// Creates a user. The one path for `POST /register` and `authd user add`.
-#[tracing::instrument(skip_all, fields(email = %registration.email))]
 pub async fn register(
     store: &Store,
     hasher: &PasswordHasher,
@@ -283,7 +282,6 @@ impl Auth {
 
     /// Checks the password (against a dummy hash when the account does not exist, so both
     /// answers take as long) and either issues an access token or starts a challenge.
-    #[tracing::instrument(skip_all)]
     pub async fn login(&self, email: &str, password: &str, client: Client) -> Result<LoginOutcome> {
         let result = self
             .check_password_and_continue(email, password, client)
@@ -409,7 +407,6 @@ impl Auth {
     }
 
     /// Exchanges a challenge token and the emailed code for an access token, at most once.
-    #[tracing::instrument(skip_all)]
     pub async fn verify_otp(
         &self,
         challenge_token: &str,

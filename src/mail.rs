@@ -60,7 +60,6 @@ impl Mailer {
     }
 
     /// Emails a one-time code. Gives up with `Unavailable` when the relay refuses, fails or stalls.
-    #[tracing::instrument(skip_all)]
     pub async fn send_code(&self, to: &Email, code: &Code, valid_for_secs: u64) -> Result<()> {
         let message = self.code_message(to, code, valid_for_secs)?;
         match tokio::time::timeout(self.timeout, self.deliver(message)).await {

@@ -81,8 +81,13 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
     if serve_metrics_here {
         open.push(("/metrics", get(handlers::metrics)));
     }
-    // The metrics label each of these paths by name (see `Envelope::routes`).
-    let routes: Vec<&'static str> = limited.iter().chain(&open).map(|(path, _)| *path).collect();
+    // The metrics label each of these paths by name; only the handlers behind the per-address
+    // limit write log lines of their own (see `Envelope`).
+    let routes: Vec<(&'static str, HandlerLogs)> = limited
+        .iter()
+        .map(|(path, _)| (*path, HandlerLogs::Yes))
+        .chain(open.iter().map(|(path, _)| (*path, HandlerLogs::No)))
+        .collect();
     let limited = limited
         .into_iter()
         .fold(Router::new(), |router, (path, handler)| {
@@ -109,7 +114,12 @@ pub fn metrics_router(state: AppState, http: &HttpSettings) -> Router {
     let router = Router::new()
         .route("/metrics", get(handlers::metrics))
         .with_state(state);
-    with_common_layers(router, http, Some(metrics), &["/metrics"])
+    with_common_layers(
+        router,
+        http,
+        Some(metrics),
+        &[("/metrics", HandlerLogs::No)],
+    )
 }
 
 /// Marks a response of the documentation pages, which need scripts and styles: the
@@ -117,12 +127,23 @@ pub fn metrics_router(state: AppState, http: &HttpSettings) -> Router {
 #[derive(Clone, Copy)]
 struct DocsPage;
 
+/// Whether a route's handler writes log lines of its own. If it does, each of its requests
+/// gets a span carrying the request id for those lines; if it does not, the span is made only
+/// when the access line is written. A span per request cost 5 µs of the 16–22 µs by which
+/// `/users/me` exceeded the benchmark's bare route (BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerLogs {
+    Yes,
+    No,
+}
+
 /// What the envelope needs to know, built once per router.
 struct Envelope {
     request_timeout: Duration,
     metrics: Option<Metrics>,
-    /// The routes counted by name in the metrics; anything else counts as `other`.
-    routes: Vec<&'static str>,
+    /// The routes counted by name in the metrics (anything else counts as `other`, and its
+    /// handler writes no lines of its own).
+    routes: Vec<(&'static str, HandlerLogs)>,
 }
 
 /// Wraps a router in the one middleware every request goes through (see [`envelope`]), plus
@@ -132,7 +153,7 @@ pub fn with_common_layers(
     router: Router,
     http: &HttpSettings,
     metrics: Option<Metrics>,
-    routes: &[&'static str],
+    routes: &[(&'static str, HandlerLogs)],
 ) -> Router {
     let envelope_state = Arc::new(Envelope {
         request_timeout: Duration::from_secs(http.request_timeout_secs),
@@ -159,7 +180,8 @@ const SLOW_REQUEST: Duration = Duration::from_secs(1);
 /// The one middleware around every request, folded into a single step because each separate
 /// layer costs an allocation and a move of the whole future (see BENCHMARKS.md):
 /// - the request id: the client's `X-Request-Id` when it is short and printable, else a UUID;
-///   returned in `X-Request-Id` and carried by every log line of the request (its span);
+///   returned in `X-Request-Id` and carried by every log line of the request (its span; see
+///   [`HandlerLogs`] for when the span is made);
 /// - the request timeout (408) and panic recovery (a 500 problem, the panic text only logged);
 /// - problem+json for bare errors produced outside the handlers (404, 405, 413, 415...);
 /// - security headers, with the API's strict content security policy everywhere but the docs;
@@ -181,18 +203,20 @@ async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, next:
             HeaderValue::from_str(id).expect("a UUID is a valid header value")
         });
     let method = request.method().clone();
-    let route = envelope
+    let (route, handler_logs) = envelope
         .routes
         .iter()
         .copied()
-        .find(|route| *route == request.uri().path())
-        .unwrap_or("other");
-    let span = tracing::info_span!(
-        "request",
-        request_id = id.to_str().unwrap_or_default(),
-        method = method.as_str(),
-        route = request.uri().path(),
-    );
+        .find(|(route, _)| *route == request.uri().path())
+        .unwrap_or(("other", HandlerLogs::No));
+    let path: std::borrow::Cow<'static, str> = match route {
+        "other" => request.uri().path().to_owned().into(),
+        known => known.into(),
+    };
+    let span = match handler_logs {
+        HandlerLogs::Yes => request_span(&id, &method, &path),
+        HandlerLogs::No => tracing::Span::none(),
+    };
     let handled = std::panic::AssertUnwindSafe(tokio::time::timeout(
         envelope.request_timeout,
         next.run(request),
@@ -203,7 +227,13 @@ async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, next:
     let mut response = match handled {
         Ok(Ok(response)) => response,
         Ok(Err(_elapsed)) => ApiError::from_status(StatusCode::REQUEST_TIMEOUT).into_response(),
-        Err(panic) => span.in_scope(|| limits::problem_for_panic(panic)),
+        Err(panic) => {
+            let span = match handler_logs {
+                HandlerLogs::Yes => span.clone(),
+                HandlerLogs::No => request_span(&id, &method, &path),
+            };
+            span.in_scope(|| limits::problem_for_panic(panic))
+        }
     };
     let status = response.status();
     if (status.is_client_error() || status.is_server_error()) && !is_problem(&response) {
@@ -211,8 +241,7 @@ async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, next:
     }
     let docs = response.extensions().get::<DocsPage>().is_some();
     let headers = response.headers_mut();
-    headers.reserve(6);
-    headers.insert(&REQUEST_ID, id);
+    headers.reserve(6); // the five below and X-Request-Id
     set_if_absent(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set_if_absent(headers, header::X_FRAME_OPTIONS, "DENY");
     if !docs {
@@ -229,13 +258,36 @@ async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, next:
         metrics.observe_request(route, method.as_str(), status.as_str(), took);
     }
     let (status, latency_ms) = (status.as_u16(), took.as_secs_f64() * 1000.0);
-    let _entered = span.enter();
-    if status >= 400 || took >= SLOW_REQUEST {
-        tracing::info!(target: "authd::access", status, latency_ms, "request");
+    let loud = status >= 400 || took >= SLOW_REQUEST;
+    let logged = if loud {
+        tracing::enabled!(target: "authd::access", tracing::Level::INFO)
     } else {
-        tracing::debug!(target: "authd::access", status, latency_ms, "request");
+        tracing::enabled!(target: "authd::access", tracing::Level::DEBUG)
+    };
+    if logged {
+        let span = match handler_logs {
+            HandlerLogs::Yes => span,
+            HandlerLogs::No => request_span(&id, &method, &path),
+        };
+        let _entered = span.enter();
+        if loud {
+            tracing::info!(target: "authd::access", status, latency_ms, "request");
+        } else {
+            tracing::debug!(target: "authd::access", status, latency_ms, "request");
+        }
     }
+    response.headers_mut().insert(&REQUEST_ID, id);
     response
+}
+
+/// The span every log line of a request is written in: its id, method and path.
+fn request_span(id: &HeaderValue, method: &axum::http::Method, path: &str) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        request_id = id.to_str().unwrap_or_default(),
+        method = method.as_str(),
+        route = path,
+    )
 }
 
 fn set_if_absent(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {

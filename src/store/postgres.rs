@@ -87,7 +87,6 @@ impl PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(skip_all)]
     pub async fn insert_user(&self, new: NewUser) -> Result<User> {
         let row = sqlx::query(
             "INSERT INTO users (id, email, password_hash, first_name, last_name, two_factor_enabled)
@@ -105,7 +104,6 @@ impl PgStore {
         Ok(user_from_row(&row)?)
     }
 
-    #[tracing::instrument(skip_all)]
     pub async fn find_credentials(&self, email: &Email) -> Result<Option<Credentials>> {
         let row = sqlx::query(
             "SELECT id, email, first_name, last_name, two_factor_enabled, created_at, password_hash

@@ -246,9 +246,23 @@ async fn at_the_default_level_errors_are_logged_and_fast_successes_are_not() {
             .unwrap();
         assert_eq!(response.status(), expected, "{path}");
     }
+    // A handler that writes its own lines: they carry the request id too.
+    let login = client
+        .post(format!("{}/login", server.base))
+        .header("x-request-id", "login-7")
+        .json(&serde_json::json!({"email": "nobody@example.test", "password": "wrong horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
     let (status, log) = server.terminate();
     assert_eq!(status.code(), Some(0));
     let lines = parse_json_lines(&log);
+    assert!(
+        lines.iter().any(|l| l["span"]["request_id"] == "login-7"
+            && l["fields"]["message"] == "login refused: invalid credentials"),
+        "{log}"
+    );
     let logged = |id: &str| {
         lines
             .iter()
