@@ -37,7 +37,14 @@ pub struct ApiError {
     errors: Option<Vec<FieldError>>,
     www_authenticate: Option<String>,
     retry_after: Option<u64>,
+    /// Why a 500 happened: for the log, never for the client.
+    cause: Option<String>,
 }
+
+/// The cause of a 500, handed from the handler to the access log line in the response's
+/// extensions, so it is written once, with the request id, and never sent.
+#[derive(Debug, Clone)]
+pub struct InternalCause(pub String);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
@@ -48,6 +55,7 @@ impl ApiError {
             errors: None,
             www_authenticate: None,
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -163,8 +171,9 @@ impl From<Error> for ApiError {
                 api
             }
             Error::Internal(cause) => {
-                tracing::error!(error = ?cause, "internal error");
-                ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR)
+                let mut api = ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR);
+                api.cause = Some(format!("{cause:?}"));
+                api
             }
         }
     }
@@ -230,6 +239,9 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(InternalCause(cause));
+        }
         response
     }
 }
@@ -251,5 +263,23 @@ mod tests {
             "Failed to deserialize the JSON body into the target type: invalid type: sequence, expected struct X at line 1 column 1",
         );
         assert_eq!(err.field, "body");
+    }
+
+    #[test]
+    fn an_internal_error_keeps_its_cause_for_the_log_and_out_of_the_body() {
+        let err = Error::Internal(anyhow::anyhow!("disk on fire").context("cannot save"));
+        let mut response = ApiError::from(err).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let cause = response.extensions_mut().remove::<InternalCause>().unwrap();
+        assert!(cause.0.contains("disk on fire"), "{}", cause.0);
+        let body = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
+            response.into_body(),
+            usize::MAX,
+        ))
+        .unwrap()
+        .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("internal_error"), "{body}");
+        assert!(!body.contains("fire") && !body.contains("save"), "{body}");
     }
 }

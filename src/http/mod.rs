@@ -38,7 +38,7 @@ use crate::config::{HttpSettings, Settings};
 use crate::keys::load_signing_secret;
 use crate::metrics::Metrics;
 use crate::store::{Backend, Store};
-use error::{ApiError, PROBLEM_JSON};
+use error::{ApiError, InternalCause, PROBLEM_JSON};
 use limits::{ClientAddress, IpLimiter, limit_per_ip};
 
 /// Largest request body accepted; bigger ones get 413.
@@ -258,11 +258,18 @@ async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, next:
         metrics.observe_request(route, method.as_str(), status.as_str(), took);
     }
     let (status, latency_ms) = (status.as_u16(), took.as_secs_f64() * 1000.0);
-    let loud = status >= 400 || took >= SLOW_REQUEST;
-    let logged = if loud {
-        tracing::enabled!(target: "authd::access", tracing::Level::INFO)
+    let cause = response.extensions_mut().remove::<InternalCause>();
+    let level = if cause.is_some() {
+        tracing::Level::ERROR
+    } else if status >= 400 || took >= SLOW_REQUEST {
+        tracing::Level::INFO
     } else {
-        tracing::enabled!(target: "authd::access", tracing::Level::DEBUG)
+        tracing::Level::DEBUG
+    };
+    let logged = match level {
+        tracing::Level::ERROR => tracing::enabled!(target: "authd::access", tracing::Level::ERROR),
+        tracing::Level::INFO => tracing::enabled!(target: "authd::access", tracing::Level::INFO),
+        _ => tracing::enabled!(target: "authd::access", tracing::Level::DEBUG),
     };
     if logged {
         let span = match handler_logs {
@@ -270,10 +277,14 @@ async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, next:
             HandlerLogs::No => request_span(&id, &method, &path),
         };
         let _entered = span.enter();
-        if loud {
-            tracing::info!(target: "authd::access", status, latency_ms, "request");
-        } else {
-            tracing::debug!(target: "authd::access", status, latency_ms, "request");
+        match (level, cause) {
+            (_, Some(InternalCause(error))) => {
+                tracing::error!(target: "authd::access", status, latency_ms, error, "request");
+            }
+            (tracing::Level::INFO, None) => {
+                tracing::info!(target: "authd::access", status, latency_ms, "request");
+            }
+            _ => tracing::debug!(target: "authd::access", status, latency_ms, "request"),
         }
     }
     response.headers_mut().insert(&REQUEST_ID, id);
