@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::FutureExt;
@@ -66,7 +66,7 @@ impl AppState {
 }
 
 /// Every route of the API, with its middleware.
-pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) -> Router {
+pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) -> HttpService {
     // The per-address limit guards the routes that take a password or a code.
     let limited = [
         ("/register", post(handlers::register)),
@@ -93,7 +93,13 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
         .fold(Router::new(), |router, (path, handler)| {
             router.route(path, handler)
         })
-        .route_layer(middleware::from_fn_with_state(state.clone(), limit_per_ip));
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit_per_ip))
+        // Only these routes read a body: its size limit and read timeout are theirs alone,
+        // which keeps the read routes free of per-request layers.
+        .route_layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
+            http.body_timeout_secs,
+        )));
     let api = open.into_iter().fold(limited, |router, (path, handler)| {
         router.route(path, handler)
     });
@@ -109,7 +115,7 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
 }
 
 /// A router with only `GET /metrics`, for `metrics.addr`.
-pub fn metrics_router(state: AppState, http: &HttpSettings) -> Router {
+pub fn metrics_router(state: AppState, http: &HttpSettings) -> HttpService {
     let metrics = state.auth.metrics.clone();
     let router = Router::new()
         .route("/metrics", get(handlers::metrics))
@@ -137,8 +143,9 @@ pub enum HandlerLogs {
     No,
 }
 
-/// What the envelope needs to know, built once per router.
+/// What the envelope needs to know, built once per router, and the router it wraps.
 struct Envelope {
+    router: Router,
     request_timeout: Duration,
     metrics: Option<Metrics>,
     /// The routes counted by name in the metrics (anything else counts as `other`, and its
@@ -146,27 +153,53 @@ struct Envelope {
     routes: Vec<(&'static str, HandlerLogs)>,
 }
 
-/// Wraps a router in the one middleware every request goes through (see [`envelope`]), plus
-/// the body size limit and the body read timeout. `routes` are the paths that get their own
-/// metrics label; `metrics` off (None) records nothing.
+/// A router inside the envelope (see [`Envelope::handle`]): what the server runs. A tower
+/// service wrapping the whole router instead of a `Router::layer`: a router layer is boxed
+/// around every route and cloned (an allocation) per request at every level, which cost
+/// the read routes more than anything they do themselves (BENCHMARKS.md).
+#[derive(Clone)]
+pub struct HttpService(Arc<Envelope>);
+
+impl HttpService {
+    /// Answers one request: never fails, errors are answers.
+    pub async fn handle(&self, request: Request) -> Response {
+        self.0.handle(request).await
+    }
+}
+
+impl tower::Service<Request> for HttpService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move { Ok(service.handle(request).await) })
+    }
+}
+
+/// Wraps a router in the envelope every request goes through (see [`Envelope::handle`]), with
+/// a problem+json 404 for unknown paths. `routes` are the paths that get their own metrics
+/// label; `metrics` off (None) records nothing.
 pub fn with_common_layers(
     router: Router,
     http: &HttpSettings,
     metrics: Option<Metrics>,
     routes: &[(&'static str, HandlerLogs)],
-) -> Router {
-    let envelope_state = Arc::new(Envelope {
+) -> HttpService {
+    HttpService(Arc::new(Envelope {
+        router: router.fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) }),
         request_timeout: Duration::from_secs(http.request_timeout_secs),
         metrics,
         routes: routes.to_vec(),
-    });
-    router
-        .fallback(|| async { ApiError::from_status(axum::http::StatusCode::NOT_FOUND) })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
-            http.body_timeout_secs,
-        )))
-        .layer(middleware::from_fn_with_state(envelope_state, envelope))
+    }))
 }
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -177,118 +210,126 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// An answer slower than this is logged at INFO even when it succeeded.
 const SLOW_REQUEST: Duration = Duration::from_secs(1);
 
-/// The one middleware around every request, folded into a single step because each separate
-/// layer costs an allocation and a move of the whole future (see BENCHMARKS.md):
-/// - the request id: the client's `X-Request-Id` when it is short and printable, else a UUID;
-///   returned in `X-Request-Id` and carried by every log line of the request (its span; see
-///   [`HandlerLogs`] for when the span is made);
-/// - the request timeout (408) and panic recovery (a 500 problem, the panic text only logged);
-/// - problem+json for bare errors produced outside the handlers (404, 405, 413, 415...);
-/// - security headers, with the API's strict content security policy everywhere but the docs;
-/// - the request metrics and the access log line: INFO for errors and slow answers, DEBUG
-///   (target `authd::access`) for the rest, so a busy server does not spend its time logging
-///   successes.
-async fn envelope(State(envelope): State<Arc<Envelope>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.to_str().is_ok())
-        .cloned()
-        .unwrap_or_else(|| {
-            // A random UUID from the thread's generator: no system call per request.
-            let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-            let mut buffer = uuid::Uuid::encode_buffer();
-            let id = uuid.hyphenated().encode_lower(&mut buffer);
-            HeaderValue::from_str(id).expect("a UUID is a valid header value")
-        });
-    let method = request.method().clone();
-    let (route, handler_logs) = envelope
-        .routes
-        .iter()
-        .copied()
-        .find(|(route, _)| *route == request.uri().path())
-        .unwrap_or(("other", HandlerLogs::No));
-    let path: std::borrow::Cow<'static, str> = match route {
-        "other" => request.uri().path().to_owned().into(),
-        known => known.into(),
-    };
-    let span = match handler_logs {
-        HandlerLogs::Yes => request_span(&id, &method, &path),
-        HandlerLogs::No => tracing::Span::none(),
-    };
-    let handled = std::panic::AssertUnwindSafe(tokio::time::timeout(
-        envelope.request_timeout,
-        next.run(request),
-    ))
-    .catch_unwind()
-    .instrument(span.clone())
-    .await;
-    let mut response = match handled {
-        Ok(Ok(response)) => response,
-        Ok(Err(_elapsed)) => ApiError::from_status(StatusCode::REQUEST_TIMEOUT).into_response(),
-        Err(panic) => {
+impl Envelope {
+    /// The one middleware around every request, folded into a single step because each separate
+    /// layer costs an allocation and a move of the whole future (see BENCHMARKS.md):
+    /// - the request id: the client's `X-Request-Id` when it is short and printable, else a UUID;
+    ///   returned in `X-Request-Id` and carried by every log line of the request (its span; see
+    ///   [`HandlerLogs`] for when the span is made);
+    /// - the request timeout (408) and panic recovery (a 500 problem, the panic text only logged);
+    /// - problem+json for bare errors produced outside the handlers (404, 405, 413, 415...);
+    /// - security headers, with the API's strict content security policy everywhere but the docs;
+    /// - the request metrics and the access log line: INFO for errors and slow answers, DEBUG
+    ///   (target `authd::access`) for the rest, so a busy server does not spend its time logging
+    ///   successes.
+    async fn handle(&self, request: Request) -> Response {
+        let envelope = self;
+        let started = Instant::now();
+        let id = request
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.to_str().is_ok())
+            .cloned()
+            .unwrap_or_else(|| {
+                // A random UUID from the thread's generator: no system call per request.
+                let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+                let mut buffer = uuid::Uuid::encode_buffer();
+                let id = uuid.hyphenated().encode_lower(&mut buffer);
+                HeaderValue::from_str(id).expect("a UUID is a valid header value")
+            });
+        let method = request.method().clone();
+        let (route, handler_logs) = envelope
+            .routes
+            .iter()
+            .copied()
+            .find(|(route, _)| *route == request.uri().path())
+            .unwrap_or(("other", HandlerLogs::No));
+        let path: std::borrow::Cow<'static, str> = match route {
+            "other" => request.uri().path().to_owned().into(),
+            known => known.into(),
+        };
+        let span = match handler_logs {
+            HandlerLogs::Yes => request_span(&id, &method, &path),
+            HandlerLogs::No => tracing::Span::none(),
+        };
+        let handled = std::panic::AssertUnwindSafe(tokio::time::timeout(
+            envelope.request_timeout,
+            envelope.router.clone().oneshot(request),
+        ))
+        .catch_unwind()
+        .instrument(span.clone())
+        .await;
+        let mut response = match handled {
+            Ok(Ok(Ok(response))) => response,
+            Ok(Ok(Err(infallible))) => match infallible {},
+            Ok(Err(_elapsed)) => ApiError::from_status(StatusCode::REQUEST_TIMEOUT).into_response(),
+            Err(panic) => {
+                let span = match handler_logs {
+                    HandlerLogs::Yes => span.clone(),
+                    HandlerLogs::No => request_span(&id, &method, &path),
+                };
+                span.in_scope(|| limits::problem_for_panic(panic))
+            }
+        };
+        let status = response.status();
+        if (status.is_client_error() || status.is_server_error()) && !is_problem(&response) {
+            response = problem_for_bare_error(response);
+        }
+        let docs = response.extensions().get::<DocsPage>().is_some();
+        let headers = response.headers_mut();
+        headers.reserve(6); // the five below and X-Request-Id
+        set_if_absent(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        set_if_absent(headers, header::X_FRAME_OPTIONS, "DENY");
+        if !docs {
+            set_if_absent(
+                headers,
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; frame-ancestors 'none'",
+            );
+            set_if_absent(headers, header::CACHE_CONTROL, "no-store");
+            set_if_absent(headers, header::REFERRER_POLICY, "no-referrer");
+        }
+        let took = started.elapsed();
+        if let Some(metrics) = &envelope.metrics {
+            metrics.observe_request(route, method.as_str(), status.as_str(), took);
+        }
+        let (status, latency_ms) = (status.as_u16(), took.as_secs_f64() * 1000.0);
+        let cause = response.extensions_mut().remove::<InternalCause>();
+        let level = if cause.is_some() {
+            tracing::Level::ERROR
+        } else if status >= 400 || took >= SLOW_REQUEST {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::DEBUG
+        };
+        let logged = match level {
+            tracing::Level::ERROR => {
+                tracing::enabled!(target: "authd::access", tracing::Level::ERROR)
+            }
+            tracing::Level::INFO => {
+                tracing::enabled!(target: "authd::access", tracing::Level::INFO)
+            }
+            _ => tracing::enabled!(target: "authd::access", tracing::Level::DEBUG),
+        };
+        if logged {
             let span = match handler_logs {
-                HandlerLogs::Yes => span.clone(),
+                HandlerLogs::Yes => span,
                 HandlerLogs::No => request_span(&id, &method, &path),
             };
-            span.in_scope(|| limits::problem_for_panic(panic))
-        }
-    };
-    let status = response.status();
-    if (status.is_client_error() || status.is_server_error()) && !is_problem(&response) {
-        response = problem_for_bare_error(response);
-    }
-    let docs = response.extensions().get::<DocsPage>().is_some();
-    let headers = response.headers_mut();
-    headers.reserve(6); // the five below and X-Request-Id
-    set_if_absent(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set_if_absent(headers, header::X_FRAME_OPTIONS, "DENY");
-    if !docs {
-        set_if_absent(
-            headers,
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'",
-        );
-        set_if_absent(headers, header::CACHE_CONTROL, "no-store");
-        set_if_absent(headers, header::REFERRER_POLICY, "no-referrer");
-    }
-    let took = started.elapsed();
-    if let Some(metrics) = &envelope.metrics {
-        metrics.observe_request(route, method.as_str(), status.as_str(), took);
-    }
-    let (status, latency_ms) = (status.as_u16(), took.as_secs_f64() * 1000.0);
-    let cause = response.extensions_mut().remove::<InternalCause>();
-    let level = if cause.is_some() {
-        tracing::Level::ERROR
-    } else if status >= 400 || took >= SLOW_REQUEST {
-        tracing::Level::INFO
-    } else {
-        tracing::Level::DEBUG
-    };
-    let logged = match level {
-        tracing::Level::ERROR => tracing::enabled!(target: "authd::access", tracing::Level::ERROR),
-        tracing::Level::INFO => tracing::enabled!(target: "authd::access", tracing::Level::INFO),
-        _ => tracing::enabled!(target: "authd::access", tracing::Level::DEBUG),
-    };
-    if logged {
-        let span = match handler_logs {
-            HandlerLogs::Yes => span,
-            HandlerLogs::No => request_span(&id, &method, &path),
-        };
-        let _entered = span.enter();
-        match (level, cause) {
-            (_, Some(InternalCause(error))) => {
-                tracing::error!(target: "authd::access", status, latency_ms, error, "request");
+            let _entered = span.enter();
+            match (level, cause) {
+                (_, Some(InternalCause(error))) => {
+                    tracing::error!(target: "authd::access", status, latency_ms, error, "request");
+                }
+                (tracing::Level::INFO, None) => {
+                    tracing::info!(target: "authd::access", status, latency_ms, "request");
+                }
+                _ => tracing::debug!(target: "authd::access", status, latency_ms, "request"),
             }
-            (tracing::Level::INFO, None) => {
-                tracing::info!(target: "authd::access", status, latency_ms, "request");
-            }
-            _ => tracing::debug!(target: "authd::access", status, latency_ms, "request"),
         }
+        response.headers_mut().insert(&REQUEST_ID, id);
+        response
     }
-    response.headers_mut().insert(&REQUEST_ID, id);
-    response
 }
 
 /// The span every log line of a request is written in: its id, method and path.
@@ -329,8 +370,8 @@ fn problem_for_bare_error(response: Response) -> Response {
 /// A built server: bound to its port, ready to run.
 pub struct App {
     listener: TcpListener,
-    router: Router,
-    metrics: Option<(TcpListener, Router)>,
+    router: HttpService,
+    metrics: Option<(TcpListener, HttpService)>,
     header_timeout: Duration,
     audit_writer: JoinHandle<()>,
 }
@@ -454,7 +495,7 @@ impl App {
 /// in each request, and a graceful shutdown that lets in-flight requests finish.
 async fn serve(
     listener: TcpListener,
-    router: Router,
+    service: HttpService,
     header_timeout: Duration,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -479,11 +520,16 @@ async fn serve(
             },
             () = &mut stop => break,
         };
-        let router = router.clone();
+        let service = service.clone();
         let service = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(request)
+                let service = service.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        service.handle(request.map(axum::body::Body::new)).await,
+                    )
+                }
             },
         );
         let connection = builder
@@ -495,7 +541,7 @@ async fn serve(
         });
     }
     drop(listener);
-    drop(router);
+    drop(service);
     graceful.shutdown().await;
 }
 

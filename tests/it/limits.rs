@@ -429,7 +429,9 @@ async fn a_panicking_handler_gives_a_500_problem_and_the_server_keeps_serving() 
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(async move {
+        axum::serve(listener, axum::ServiceExt::into_make_service(router)).await
+    });
     let client = reqwest::Client::new();
     let response = client.get(format!("{base}/boom")).send().await.unwrap();
     let body: Value = {
