@@ -461,9 +461,9 @@ impl Auth {
 
     /// The user an access token belongs to.
     pub async fn current_user(&self, access_token: &str) -> Result<User> {
-        let claims = self.tokens.verify(TokenKind::Access, access_token)?;
+        let subject = self.tokens.access_subject(access_token)?;
         self.store
-            .find_user(claims.sub)
+            .find_user(subject)
             .await?
             .ok_or(Error::InvalidToken("the account no longer exists"))
     }

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::store::Store;
@@ -137,12 +138,18 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, route: &str, method: &str, status: &str, took: Duration) {
-        self.http_requests
-            .with_label_values(&[route, method, status])
-            .inc();
-        self.http_duration
-            .with_label_values(&[route, method])
-            .observe(took.as_secs_f64());
+        self.request_series(route, method, status).observe(took);
+    }
+
+    /// The series a request of this route, method and status counts in. Resolving them takes
+    /// a lock and a label hash; a caller that sees the same labels often keeps them.
+    pub fn request_series(&self, route: &str, method: &str, status: &str) -> RequestSeries {
+        RequestSeries {
+            count: self
+                .http_requests
+                .with_label_values(&[route, method, status]),
+            duration: self.http_duration.with_label_values(&[route, method]),
+        }
     }
 
     /// The text exposition format, with the pool gauges read now.
@@ -162,6 +169,20 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding of metrics cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The request counter and latency histogram of one route, method and status.
+#[derive(Clone, Debug)]
+pub struct RequestSeries {
+    count: IntCounter,
+    duration: Histogram,
+}
+
+impl RequestSeries {
+    pub fn observe(&self, took: Duration) {
+        self.count.inc();
+        self.duration.observe(took.as_secs_f64());
     }
 }
 

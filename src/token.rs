@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use crate::config::JwtSettings;
 use crate::error::Error;
 
@@ -118,6 +121,8 @@ pub struct TokenKeys {
     /// The first segment of every token of each kind authd issues.
     access_header: String,
     challenge_header: String,
+    /// Access tokens that passed [`TokenKeys::verify`], shared by every clone.
+    verified: Arc<VerifiedTokens>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -147,6 +152,7 @@ impl TokenKeys {
             challenge_audience: format!("{}/otp-challenge", jwt.audience),
             access_ttl_secs: jwt.access_ttl_secs,
             challenge_ttl_secs: jwt.challenge_ttl_secs,
+            verified: Arc::new(VerifiedTokens::with_capacity(MAX_VERIFIED_TOKENS)),
         }
     }
 
@@ -238,6 +244,92 @@ impl TokenKeys {
             return Err(TokenError::WrongAudience);
         }
         Ok(claims)
+    }
+}
+
+impl TokenKeys {
+    /// Verifies an access token as [`TokenKeys::verify`] does and returns its subject, doing
+    /// the signature, base64 and JSON work once per token rather than once per request: a
+    /// token that passed is remembered (by its signature segment, with the whole token), and
+    /// the same token seen again only has its expiry checked. A token that differs in any
+    /// byte from the remembered one is verified in full.
+    pub fn access_subject(&self, token: &str) -> Result<Uuid, TokenError> {
+        self.access_subject_at(token, Utc::now().timestamp())
+    }
+
+    fn access_subject_at(&self, token: &str, now: i64) -> Result<Uuid, TokenError> {
+        let signature = token
+            .rsplit_once('.')
+            .map_or("", |(_, signature)| signature);
+        if let Some((sub, exp)) = self.verified.get(signature, token) {
+            return if exp <= now {
+                Err(TokenError::Expired)
+            } else {
+                Ok(sub)
+            };
+        }
+        let claims = self.verify(TokenKind::Access, token)?;
+        self.verified.insert(signature, token, &claims, now);
+        Ok(claims.sub)
+    }
+}
+
+/// Most access tokens remembered as verified. Only tokens that passed verification get in, so
+/// the set grows no faster than logins (bcrypt-bound, a few per second per core) and holds the
+/// tokens in use; reaching the bound drops the expired ones, or all if none has expired.
+const MAX_VERIFIED_TOKENS: usize = 10_000;
+
+/// What the cache keeps of a verified access token: the whole token, and what it says.
+struct VerifiedToken {
+    token: Box<str>,
+    sub: Uuid,
+    exp: i64,
+}
+
+/// Verified access tokens by signature segment, each with its whole token (compared in full
+/// on every hit, so a token reusing a known signature with other claims is never taken for
+/// the known one).
+struct VerifiedTokens {
+    capacity: usize,
+    tokens: RwLock<HashMap<Box<str>, VerifiedToken>>,
+}
+
+impl VerifiedTokens {
+    fn with_capacity(capacity: usize) -> VerifiedTokens {
+        VerifiedTokens {
+            capacity,
+            tokens: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The subject and expiry of `token` if it was verified before.
+    fn get(&self, signature: &str, token: &str) -> Option<(Uuid, i64)> {
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        tokens
+            .get(signature)
+            .filter(|known| *known.token == *token)
+            .map(|known| (known.sub, known.exp))
+    }
+
+    fn insert(&self, signature: &str, token: &str, claims: &Claims, now: i64) {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        if tokens.len() >= self.capacity {
+            tokens.retain(|_, known| known.exp > now);
+            if tokens.len() >= self.capacity {
+                tokens.clear();
+            }
+        }
+        let verified = VerifiedToken {
+            token: token.into(),
+            sub: claims.sub,
+            exp: claims.exp,
+        };
+        tokens.insert(signature.into(), verified);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tokens.read().unwrap().len()
     }
 }
 
@@ -336,6 +428,99 @@ mod tests {
     }
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_remembered_access_token_gives_its_subject_until_it_expires() {
+        let keys = keys(SECRET);
+        let sub = Uuid::new_v4();
+        let issued = keys.issue(TokenKind::Access, sub, Uuid::new_v4()).unwrap();
+        assert_eq!(keys.access_subject(&issued.token), Ok(sub));
+        assert_eq!(keys.verified.len(), 1);
+        // The second time comes from the remembered set, shared with clones.
+        assert_eq!(keys.clone().access_subject(&issued.token), Ok(sub));
+        assert_eq!(keys.verified.len(), 1);
+        let exp = issued.expires_at.timestamp();
+        assert_eq!(keys.access_subject_at(&issued.token, exp - 1), Ok(sub));
+        assert_eq!(
+            keys.access_subject_at(&issued.token, exp),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_remembered_signature_with_other_claims_or_header_is_still_refused() {
+        let keys = keys(SECRET);
+        let issued = keys
+            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        keys.access_subject(&issued.token).unwrap();
+        let [header, _, signature]: [&str; 3] = issued
+            .token
+            .split('.')
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        let other = keys
+            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        let other_claims = other.token.split('.').nth(1).unwrap();
+        let forged = format!("{header}.{other_claims}.{signature}");
+        assert_eq!(keys.access_subject(&forged), Err(TokenError::BadSignature));
+        let challenge = keys
+            .issue(TokenKind::Challenge, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        let challenge_header = challenge.token.split('.').next().unwrap();
+        let claims = issued.token.split('.').nth(1).unwrap();
+        assert_eq!(
+            keys.access_subject(&format!("{challenge_header}.{claims}.{signature}")),
+            Err(TokenError::WrongKind)
+        );
+        // A challenge token is never an access token, remembered or not.
+        assert_eq!(
+            keys.access_subject(&challenge.token),
+            Err(TokenError::WrongKind)
+        );
+        assert_eq!(keys.verified.len(), 1, "refused tokens are not remembered");
+    }
+
+    #[test]
+    fn the_remembered_set_stays_within_its_bound() {
+        let keys = keys(SECRET);
+        let set = VerifiedTokens::with_capacity(3);
+        let now = Utc::now().timestamp();
+        let tokens: Vec<(String, Claims)> = (0..5)
+            .map(|i| {
+                let issued = keys
+                    .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+                    .unwrap();
+                let mut claims = keys.verify(TokenKind::Access, &issued.token).unwrap();
+                // The first two have expired by `now`.
+                if i < 2 {
+                    claims.exp = now - 1;
+                }
+                (issued.token, claims)
+            })
+            .collect();
+        let signature = |token: &str| token.rsplit_once('.').unwrap().1.to_owned();
+        for (token, claims) in &tokens[..3] {
+            set.insert(&signature(token), token, claims, now);
+        }
+        assert_eq!(set.len(), 3);
+        // Full: the expired ones make room.
+        set.insert(&signature(&tokens[3].0), &tokens[3].0, &tokens[3].1, now);
+        assert_eq!(set.len(), 2);
+        assert!(set.get(&signature(&tokens[0].0), &tokens[0].0).is_none());
+        assert!(set.get(&signature(&tokens[3].0), &tokens[3].0).is_some());
+        set.insert(&signature(&tokens[4].0), &tokens[4].0, &tokens[4].1, now);
+        assert_eq!(set.len(), 3);
+        // Full of live tokens: it starts over rather than grow.
+        let extra = keys
+            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+            .unwrap();
+        let claims = keys.verify(TokenKind::Access, &extra.token).unwrap();
+        set.insert(&signature(&extra.token), &extra.token, &claims, now);
+        assert_eq!(set.len(), 1);
+    }
 
     #[test]
     fn access_token_round_trips_with_rfc9068_typ() {

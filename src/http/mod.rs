@@ -8,7 +8,7 @@ pub mod openapi;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use std::time::Instant;
@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,7 +36,7 @@ use crate::audit::AuditLog;
 use crate::auth::Auth;
 use crate::config::{HttpSettings, Settings};
 use crate::keys::load_signing_secret;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestSeries};
 use crate::store::{Backend, Store};
 use error::{ApiError, InternalCause, PROBLEM_JSON};
 use limits::{ClientAddress, IpLimiter, limit_per_ip};
@@ -44,24 +44,35 @@ use limits::{ClientAddress, IpLimiter, limit_per_ip};
 /// Largest request body accepted; bigger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Shared state of the HTTP door: built once, cloned cheaply into each request.
+/// Shared state of the HTTP door: built once; each request clones one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
-    pub auth: Arc<Auth>,
+pub struct AppState(Arc<AppParts>);
+
+/// What [`AppState`] shares.
+pub struct AppParts {
+    pub auth: Auth,
     pub client_address: ClientAddress,
     pub ip_limiter: Option<Arc<IpLimiter>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
 }
 
 impl AppState {
     pub fn new(auth: Auth, settings: &Settings) -> anyhow::Result<AppState> {
         let limits = &settings.rate_limit;
-        Ok(AppState {
-            auth: Arc::new(auth),
+        Ok(AppState(Arc::new(AppParts {
+            auth,
             client_address: ClientAddress::from_settings(limits)?,
             ip_limiter: limits
                 .enabled
                 .then(|| IpLimiter::new(limits.requests_per_ip_per_minute)),
-        })
+        })))
     }
 }
 
@@ -150,7 +161,26 @@ struct Envelope {
     metrics: Option<Metrics>,
     /// The routes counted by name in the metrics (anything else counts as `other`, and its
     /// handler writes no lines of its own).
-    routes: Vec<(&'static str, HandlerLogs)>,
+    routes: Vec<KnownRoute>,
+}
+
+/// A path the metrics count by name.
+struct KnownRoute {
+    path: &'static str,
+    logs: HandlerLogs,
+    /// Its series for a 200 to GET and to POST, resolved on first use: looking series up by
+    /// label takes a lock and clones shared counters, on every request otherwise.
+    ok: [OnceLock<RequestSeries>; 2],
+}
+
+impl KnownRoute {
+    fn ok_series(&self, method: &Method, status: StatusCode) -> Option<&OnceLock<RequestSeries>> {
+        match (status, method) {
+            (StatusCode::OK, &Method::GET) => Some(&self.ok[0]),
+            (StatusCode::OK, &Method::POST) => Some(&self.ok[1]),
+            _ => None,
+        }
+    }
 }
 
 /// A router inside the envelope (see [`Envelope::handle`]): what the server runs. A tower
@@ -198,7 +228,14 @@ pub fn with_common_layers(
         router: router.fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) }),
         request_timeout: Duration::from_secs(http.request_timeout_secs),
         metrics,
-        routes: routes.to_vec(),
+        routes: routes
+            .iter()
+            .map(|&(path, logs)| KnownRoute {
+                path,
+                logs,
+                ok: Default::default(),
+            })
+            .collect(),
     }))
 }
 
@@ -238,12 +275,11 @@ impl Envelope {
                 HeaderValue::from_str(id).expect("a UUID is a valid header value")
             });
         let method = request.method().clone();
-        let (route, handler_logs) = envelope
+        let known = envelope
             .routes
             .iter()
-            .copied()
-            .find(|(route, _)| *route == request.uri().path())
-            .unwrap_or(("other", HandlerLogs::No));
+            .find(|route| route.path == request.uri().path());
+        let (route, handler_logs) = known.map_or(("other", HandlerLogs::No), |r| (r.path, r.logs));
         let path: std::borrow::Cow<'static, str> = match route {
             "other" => request.uri().path().to_owned().into(),
             known => known.into(),
@@ -291,7 +327,12 @@ impl Envelope {
         }
         let took = started.elapsed();
         if let Some(metrics) = &envelope.metrics {
-            metrics.observe_request(route, method.as_str(), status.as_str(), took);
+            match known.and_then(|known| known.ok_series(&method, status)) {
+                Some(series) => series
+                    .get_or_init(|| metrics.request_series(route, method.as_str(), status.as_str()))
+                    .observe(took),
+                None => metrics.observe_request(route, method.as_str(), status.as_str(), took),
+            }
         }
         let (status, latency_ms) = (status.as_u16(), took.as_secs_f64() * 1000.0);
         let cause = response.extensions_mut().remove::<InternalCause>();
