@@ -162,6 +162,9 @@ struct Envelope {
     /// The routes counted by name in the metrics (anything else counts as `other`, and its
     /// handler writes no lines of its own).
     routes: Vec<KnownRoute>,
+    /// [`security_headers`] for the API and for the documentation pages.
+    api_headers: HeaderMap,
+    docs_headers: HeaderMap,
 }
 
 /// A path the metrics count by name.
@@ -228,6 +231,8 @@ pub fn with_common_layers(
         router: router.fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) }),
         request_timeout: Duration::from_secs(http.request_timeout_secs),
         metrics,
+        api_headers: security_headers(false),
+        docs_headers: security_headers(true),
         routes: routes
             .iter()
             .map(|&(path, logs)| KnownRoute {
@@ -311,20 +316,14 @@ impl Envelope {
         if (status.is_client_error() || status.is_server_error()) && !is_problem(&response) {
             response = problem_for_bare_error(response);
         }
+        // The security headers come from a map built once; the handler's own headers win.
         let docs = response.extensions().get::<DocsPage>().is_some();
-        let headers = response.headers_mut();
-        headers.reserve(6); // the five below and X-Request-Id
-        set_if_absent(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-        set_if_absent(headers, header::X_FRAME_OPTIONS, "DENY");
-        if !docs {
-            set_if_absent(
-                headers,
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; frame-ancestors 'none'",
-            );
-            set_if_absent(headers, header::CACHE_CONTROL, "no-store");
-            set_if_absent(headers, header::REFERRER_POLICY, "no-referrer");
-        }
+        let mut headers = match docs {
+            true => envelope.docs_headers.clone(),
+            false => envelope.api_headers.clone(),
+        };
+        headers.extend(std::mem::take(response.headers_mut()));
+        *response.headers_mut() = headers;
         let took = started.elapsed();
         if let Some(metrics) = &envelope.metrics {
             match known.and_then(|known| known.ok_series(&method, status)) {
@@ -383,10 +382,23 @@ fn request_span(id: &HeaderValue, method: &axum::http::Method, path: &str) -> tr
     )
 }
 
-fn set_if_absent(headers: &mut HeaderMap, name: HeaderName, value: &'static str) {
+/// The headers every response carries unless its handler set them: security headers, with
+/// the API's strict content security policy on all but the documentation pages (`docs`), which
+/// need scripts and styles. Room is left for the handler's headers and `X-Request-Id`.
+fn security_headers(docs: bool) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(16);
+    let mut set = |name, value| headers.insert(name, HeaderValue::from_static(value));
+    set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(header::X_FRAME_OPTIONS, "DENY");
+    if !docs {
+        set(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        );
+        set(header::CACHE_CONTROL, "no-store");
+        set(header::REFERRER_POLICY, "no-referrer");
+    }
     headers
-        .entry(name)
-        .or_insert_with(|| HeaderValue::from_static(value));
 }
 
 fn is_problem(response: &Response) -> bool {
@@ -608,4 +620,31 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handlers_own_header_wins_over_the_default_and_is_not_doubled() {
+        let router = Router::new().route(
+            "/cached",
+            get(|| async { ([(header::CACHE_CONTROL, "max-age=60")], "x") }),
+        );
+        let http = Settings::defaults().http;
+        let service = with_common_layers(router, &http, None, &[]);
+        let request = Request::get("/cached")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = service.handle(request).await;
+        let headers = response.headers();
+        let cache: Vec<_> = headers.get_all(header::CACHE_CONTROL).iter().collect();
+        assert_eq!(cache, ["max-age=60"]);
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(headers[header::REFERRER_POLICY], "no-referrer");
+        assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY));
+        assert!(headers.contains_key(header::CONTENT_TYPE));
+        assert_eq!(headers[&REQUEST_ID].len(), 36, "a generated UUID");
+    }
 }
