@@ -10,7 +10,8 @@
 //! 2. `POST /login` per second at saturation, and its ratio to the bound;
 //! 3. `GET /users/me` per second and p50/p99 latency, idle; beside it the ceiling: a bare axum
 //!    route (in a subprocess of this binary, on the same runtime and pool settings as authd)
-//!    that runs the same indexed query and returns the same JSON without checking any token;
+//!    that runs the same indexed query and returns the same JSON without checking any token,
+//!    measured in one-second windows alternating with authd's;
 //! 4. `/users/me` p99 at a fixed pace (1000 req/s by default: steady traffic, not a flood)
 //!    while closed-loop logins saturate the CPU, against the p99 of the same pace when idle;
 //! 5. the full two-factor flow (login, code from the SMTP sink in this process, `/login/otp`)
@@ -104,8 +105,9 @@ throwaway one). Creates and drops its own database there.
   --authd PATH            authd binary (default: `authd` beside this binary)
   --cost N                bcrypt cost for authd and the bound (default 12)
   --runs N                measure N times after one setup and report medians (default 1)
-  --secs N                length of the closed-loop /users/me windows (default 5); the
-                          login, paced and 2FA windows are twice as long
+  --secs N                closed-loop /users/me: N one-second windows on authd and N on
+                          the ceiling, alternating (default 5); the login, paced and 2FA
+                          windows are 2N seconds long
   --me-connections N      concurrent /users/me connections (default 16)
   --login-connections N   concurrent /login clients (default 8)
   --flow-connections N    concurrent two-factor flows (default 8)
