@@ -7,7 +7,7 @@
 //! thread's lower priority does not make the kernel preempt it. BENCHMARKS.md has the
 //! measurements. This module runs the same algorithm as the `bcrypt` crate (the expensive
 //! key setup of Provos and Mazières, on the Blowfish primitives RustCrypto's `blowfish` crate
-//! exposes for it) and calls `sched_yield` every few rounds, so a waiting task gets the core
+//! exposes for it) and calls `sched_yield` after every round, so a waiting task gets the core
 //! within a fraction of a millisecond. The output is byte for byte the `bcrypt` crate's
 //! (`$2b$`), which the tests check, and `$2a$`/`$2b$`/`$2y$` hashes are all verified.
 
@@ -24,11 +24,6 @@ const BCRYPT_BASE64: GeneralPurpose = GeneralPurpose::new(
         .with_encode_padding(false)
         .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone),
 );
-
-/// Rounds of the key setup between two yields. One round at cost 12 takes about 55 µs here,
-/// so a waiting task waits at most about 0.2 ms; a yield with nothing waiting costs well under
-/// a microsecond.
-const ROUNDS_PER_YIELD: u64 = 4;
 
 /// Bytes of the password bcrypt uses (with the NUL terminator when it fits).
 const KEY_BYTES: usize = 72;
@@ -50,12 +45,14 @@ fn raw_bcrypt(cost: u32, salt: &[u8; 16], password: &[u8]) -> [u8; 23] {
 
     let mut state = Blowfish::bc_init_state();
     state.salted_expand_key(salt, key);
-    for round in 1..=(1u64 << cost) {
+    for _ in 0..(1u64 << cost) {
         state.bc_expand_key(key);
         state.bc_expand_key(salt);
-        if round % ROUNDS_PER_YIELD == 0 {
-            std::thread::yield_now();
-        }
+        // One round at cost 12 takes about 60 µs here, so a waiting task waits about that long
+        // at most; a yield with nothing waiting costs well under a microsecond (about 1 % of a
+        // hash). Yielding every 4 rounds (0.25 ms) left `/users/me` a p99 about twice as high
+        // while logins saturated the CPU (BENCHMARKS.md).
+        std::thread::yield_now();
     }
 
     let mut words = [0u32; 6];
