@@ -429,6 +429,11 @@ mod tests {
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
+    /// A token of `kind` for a new subject.
+    fn fresh(keys: &TokenKeys, kind: TokenKind) -> IssuedToken {
+        keys.issue(kind, Uuid::new_v4(), Uuid::new_v4()).unwrap()
+    }
+
     #[test]
     fn a_remembered_access_token_gives_its_subject_until_it_expires() {
         let keys = keys(SECRET);
@@ -450,9 +455,7 @@ mod tests {
     #[test]
     fn a_remembered_signature_with_other_claims_or_header_is_still_refused() {
         let keys = keys(SECRET);
-        let issued = keys
-            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
-            .unwrap();
+        let issued = fresh(&keys, TokenKind::Access);
         keys.access_subject(&issued.token).unwrap();
         let [header, _, signature]: [&str; 3] = issued
             .token
@@ -460,15 +463,11 @@ mod tests {
             .collect::<Vec<_>>()
             .try_into()
             .unwrap();
-        let other = keys
-            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
-            .unwrap();
+        let other = fresh(&keys, TokenKind::Access);
         let other_claims = other.token.split('.').nth(1).unwrap();
         let forged = format!("{header}.{other_claims}.{signature}");
         assert_eq!(keys.access_subject(&forged), Err(TokenError::BadSignature));
-        let challenge = keys
-            .issue(TokenKind::Challenge, Uuid::new_v4(), Uuid::new_v4())
-            .unwrap();
+        let challenge = fresh(&keys, TokenKind::Challenge);
         let challenge_header = challenge.token.split('.').next().unwrap();
         let claims = issued.token.split('.').nth(1).unwrap();
         assert_eq!(
@@ -490,9 +489,7 @@ mod tests {
         let now = Utc::now().timestamp();
         let tokens: Vec<(String, Claims)> = (0..5)
             .map(|i| {
-                let issued = keys
-                    .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
-                    .unwrap();
+                let issued = fresh(&keys, TokenKind::Access);
                 let mut claims = keys.verify(TokenKind::Access, &issued.token).unwrap();
                 // The first two have expired by `now`.
                 if i < 2 {
@@ -514,9 +511,7 @@ mod tests {
         set.insert(&signature(&tokens[4].0), &tokens[4].0, &tokens[4].1, now);
         assert_eq!(set.len(), 3);
         // Full of live tokens: it starts over rather than grow.
-        let extra = keys
-            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
-            .unwrap();
+        let extra = fresh(&keys, TokenKind::Access);
         let claims = keys.verify(TokenKind::Access, &extra.token).unwrap();
         set.insert(&signature(&extra.token), &extra.token, &claims, now);
         assert_eq!(set.len(), 1);
@@ -537,12 +532,8 @@ mod tests {
     #[test]
     fn kinds_cannot_be_swapped() {
         let keys = keys(SECRET);
-        let challenge = keys
-            .issue(TokenKind::Challenge, Uuid::new_v4(), Uuid::new_v4())
-            .unwrap();
-        let access = keys
-            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
-            .unwrap();
+        let challenge = fresh(&keys, TokenKind::Challenge);
+        let access = fresh(&keys, TokenKind::Access);
         assert_eq!(
             keys.verify(TokenKind::Access, &challenge.token),
             Err(TokenError::WrongKind)
@@ -675,9 +666,7 @@ mod tests {
             keys.verify(TokenKind::Access, &expiring),
             Err(TokenError::Expired)
         );
-        let issued = keys
-            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
-            .unwrap();
+        let issued = fresh(&keys, TokenKind::Access);
         assert!(keys.verify(TokenKind::Access, &issued.token).is_ok());
         assert_eq!(
             keys.verify(TokenKind::Access, &format!("{}.x", issued.token)),
@@ -726,9 +715,7 @@ mod tests {
     #[test]
     fn inspection_still_decodes_tampered_and_expired_tokens() {
         let keys = keys(SECRET);
-        let issued = keys
-            .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
-            .unwrap();
+        let issued = fresh(&keys, TokenKind::Access);
         // Flip the first character of the signature (the last one has unused low bits).
         let at = issued.token.rfind('.').unwrap() + 1;
         let flipped = if &issued.token[at..=at] == "A" {
