@@ -492,17 +492,16 @@ fn print_table(f: &Figures, o: &Options, final_table: bool) -> bool {
             f.logins_per_sec
         );
     }
+    let closed_loop = |label: String, per_sec: f64, p50: f64, p99: f64| {
+        println!("{label:<44}{per_sec:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms");
+    };
     if ran(&["me"]) {
-        println!(
-            " 3  /users/me idle, {:>3} connections         {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
-            f.me_connections, f.me_per_sec, f.me_p50_ms, f.me_p99_ms
-        );
+        let label = format!(" 3  /users/me idle, {:>3} connections", f.me_connections);
+        closed_loop(label, f.me_per_sec, f.me_p50_ms, f.me_p99_ms);
     }
     if ran(&["ceiling"]) {
-        println!(
-            "    ceiling: bare axum route, same query    {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
-            f.ceiling_per_sec, f.ceiling_p50_ms, f.ceiling_p99_ms
-        );
+        let label = "    ceiling: bare axum route, same query".to_owned();
+        closed_loop(label, f.ceiling_per_sec, f.ceiling_p50_ms, f.ceiling_p99_ms);
     }
     if ran(&["me", "ceiling"]) {
         println!(

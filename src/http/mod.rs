@@ -265,7 +265,6 @@ impl Envelope {
     ///   (target `authd::access`) for the rest, so a busy server does not spend its time logging
     ///   successes.
     async fn handle(&self, request: Request) -> Response {
-        let envelope = self;
         let started = Instant::now();
         let id = request
             .headers()
@@ -280,22 +279,22 @@ impl Envelope {
                 HeaderValue::from_str(id).expect("a UUID is a valid header value")
             });
         let method = request.method().clone();
-        let known = envelope
+        let known = self
             .routes
             .iter()
             .find(|route| route.path == request.uri().path());
         let (route, handler_logs) = known.map_or(("other", HandlerLogs::No), |r| (r.path, r.logs));
-        let path: std::borrow::Cow<'static, str> = match route {
-            "other" => request.uri().path().to_owned().into(),
-            known => known.into(),
+        let path: std::borrow::Cow<'static, str> = match known {
+            Some(known) => known.path.into(),
+            None => request.uri().path().to_owned().into(),
         };
         let span = match handler_logs {
             HandlerLogs::Yes => request_span(&id, &method, &path),
             HandlerLogs::No => tracing::Span::none(),
         };
         let handled = std::panic::AssertUnwindSafe(tokio::time::timeout(
-            envelope.request_timeout,
-            envelope.router.clone().oneshot(request),
+            self.request_timeout,
+            self.router.clone().oneshot(request),
         ))
         .catch_unwind()
         .instrument(span.clone())
@@ -319,13 +318,13 @@ impl Envelope {
         // The security headers come from a map built once; the handler's own headers win.
         let docs = response.extensions().get::<DocsPage>().is_some();
         let mut headers = match docs {
-            true => envelope.docs_headers.clone(),
-            false => envelope.api_headers.clone(),
+            true => self.docs_headers.clone(),
+            false => self.api_headers.clone(),
         };
         headers.extend(std::mem::take(response.headers_mut()));
         *response.headers_mut() = headers;
         let took = started.elapsed();
-        if let Some(metrics) = &envelope.metrics {
+        if let Some(metrics) = &self.metrics {
             match known.and_then(|known| known.ok_series(&method, status)) {
                 Some(series) => series
                     .get_or_init(|| metrics.request_series(route, method.as_str(), status.as_str()))
@@ -646,5 +645,27 @@ mod tests {
         assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY));
         assert!(headers.contains_key(header::CONTENT_TYPE));
         assert_eq!(headers[&REQUEST_ID].len(), 36, "a generated UUID");
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_request_timeout_gets_a_408_problem() {
+        let router = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "too late"
+            }),
+        );
+        let mut http = Settings::defaults().http;
+        http.request_timeout_secs = 1;
+        let service = with_common_layers(router, &http, None, &[]);
+        let request = Request::get("/slow")
+            .header(&REQUEST_ID, "slow-1")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = service.handle(request).await;
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(is_problem(&response));
+        assert_eq!(response.headers()[&REQUEST_ID], "slow-1");
     }
 }

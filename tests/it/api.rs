@@ -363,9 +363,19 @@ async fn bodies_that_are_not_json_get_415_400_413_as_problems() {
         .unwrap();
     problem(broken, StatusCode::BAD_REQUEST, "malformed_request").await;
 
+    // Every route that reads a body limits it (axum's own default would take 2 MB).
     let huge = json!({"email": "a@example.test", "password": "x".repeat(70 * 1024)});
-    let response = app.post_json("/register", &huge).await;
-    problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    for path in ["/register", "/login", "/login/otp"] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth("not-checked-before-the-body")
+            .json(&huge)
+            .send()
+            .await
+            .unwrap();
+        problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    }
 }
 
 #[tokio::test]
