@@ -25,6 +25,16 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub log: LogSettings,
     pub mail: MailSettings,
+    pub audit: AuditSettings,
+}
+
+/// The audit trail and the pruning of expired rows.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditSettings {
+    /// Security events older than this many days are pruned.
+    pub retention_days: u32,
+    /// How often the pruning task runs (one instance at a time on PostgreSQL).
+    pub prune_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +42,8 @@ pub struct MetricsSettings {
     pub enabled: bool,
     /// Empty: /metrics on the API listener; otherwise a separate listen address.
     pub addr: String,
+    /// Production serves /metrics on the API port only when this says that port is private.
+    pub api_port_private: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -61,6 +73,15 @@ pub struct HttpSettings {
     pub header_timeout_secs: u64,
     pub body_timeout_secs: u64,
     pub request_timeout_secs: u64,
+    /// Open connections per process; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Open connections per client address (IPv6: per prefix of `rate_limit.ipv6_prefix_len`).
+    pub max_connections_per_ip: usize,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout_secs: u64,
+    /// HTTP/2: a PING after this much silence; no answer within `http2_keepalive_timeout_secs` closes.
+    pub http2_keepalive_interval_secs: u64,
+    pub http2_keepalive_timeout_secs: u64,
 }
 
 /// Brute-force controls. Account counters live in the database so instances share them.
@@ -72,6 +93,8 @@ pub struct RateLimitSettings {
     pub lockout_secs: u64,
     pub requests_per_ip_per_minute: u32,
     pub client_ip_header: String,
+    /// IPv6 clients are keyed by this prefix (a client usually owns a /64).
+    pub ipv6_prefix_len: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +146,9 @@ pub struct MailSettings {
     pub transport: MailTransport,
     pub from: String,
     pub file_dir: PathBuf,
+    /// Code emails per account within `codes_window_secs`; past it /login answers 429.
+    pub max_codes_per_account: u32,
+    pub codes_window_secs: u64,
     pub smtp: SmtpSettings,
 }
 
@@ -142,6 +168,8 @@ pub struct SmtpSettings {
     pub password: Option<SecretString>,
     pub tls: SmtpTls,
     pub timeout_secs: u64,
+    /// Production refuses a cleartext relay that is not on loopback unless this is true.
+    pub allow_cleartext: bool,
 }
 
 /// Minimum length of the HMAC secret: HS256 with a shorter key is guessable.
@@ -228,6 +256,28 @@ impl Settings {
             || self.http.request_timeout_secs == 0
         {
             bail!("http timeouts must be positive");
+        }
+        if self.http.max_connections == 0
+            || self.http.max_connections_per_ip == 0
+            || self.http.idle_timeout_secs == 0
+            || self.http.http2_keepalive_interval_secs == 0
+            || self.http.http2_keepalive_timeout_secs == 0
+        {
+            bail!(
+                "http.max_connections, http.max_connections_per_ip, http.idle_timeout_secs and the http2 keep-alive times must be positive"
+            );
+        }
+        if !(1..=128).contains(&self.rate_limit.ipv6_prefix_len) {
+            bail!(
+                "rate_limit.ipv6_prefix_len must be between 1 and 128, got {}",
+                self.rate_limit.ipv6_prefix_len
+            );
+        }
+        if self.mail.max_codes_per_account == 0 || self.mail.codes_window_secs == 0 {
+            bail!("mail.max_codes_per_account and mail.codes_window_secs must be positive");
+        }
+        if self.audit.retention_days == 0 || self.audit.prune_interval_secs == 0 {
+            bail!("audit.retention_days and audit.prune_interval_secs must be positive");
         }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be at least 1");
