@@ -161,6 +161,11 @@ impl From<Error> for ApiError {
                 api.retry_after = Some(retry_after_secs);
                 api
             }
+            Error::SecondFactorLocked => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "second_factor_locked",
+                err.to_string(),
+            ),
             Error::Unavailable(what) => {
                 let mut api = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
