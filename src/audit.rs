@@ -25,7 +25,12 @@ pub enum EventKind {
     CodeAccepted,
     CodeRejected,
     CodeThrottled,
+    /// The consecutive wrong code that locked the second step until an admin unlocks it.
+    SecondFactorLocked,
+    /// A login that would have emailed a code past the account's code-email quota.
+    CodeEmailLimited,
     TwoFactorChanged,
+    UserUnlocked,
 }
 
 impl EventKind {
@@ -41,7 +46,10 @@ impl EventKind {
             EventKind::CodeAccepted => "code_accepted",
             EventKind::CodeRejected => "code_rejected",
             EventKind::CodeThrottled => "code_throttled",
+            EventKind::SecondFactorLocked => "second_factor_locked",
+            EventKind::CodeEmailLimited => "code_email_limited",
             EventKind::TwoFactorChanged => "two_factor_changed",
+            EventKind::UserUnlocked => "user_unlocked",
         }
     }
 
@@ -51,7 +59,10 @@ impl EventKind {
             EventKind::LoginFailed | EventKind::CodeSendFailed | EventKind::CodeRejected => {
                 "failure"
             }
-            EventKind::LoginThrottled | EventKind::CodeThrottled => "throttled",
+            EventKind::LoginThrottled
+            | EventKind::CodeThrottled
+            | EventKind::SecondFactorLocked
+            | EventKind::CodeEmailLimited => "throttled",
             _ => "success",
         }
     }

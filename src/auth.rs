@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::otp::{CodeHasher, generate_code};
 use crate::password::PasswordHasher;
 use crate::policy::check_password;
-use crate::store::{Attempt, NewChallenge, NewUser, Store, UserQuery};
+use crate::store::{Attempt, NewChallenge, NewUser, Reservation, Store, ThrottleRule, UserQuery};
 use crate::token::{IssuedToken, TokenKeys, TokenKind};
 use std::net::IpAddr;
 
@@ -168,6 +168,25 @@ pub async fn set_two_factor(store: &Store, email: &Email, enabled: bool) -> Resu
     Ok(user)
 }
 
+/// Clears the password and code locks of an account (`authd user unlock`) and records who
+/// did it. True when there was anything to clear.
+pub async fn unlock_user(store: &Store, email: &Email, actor: Actor) -> Result<bool> {
+    let user = store
+        .find_credentials(email)
+        .await?
+        .ok_or(Error::UserNotFound)?
+        .user;
+    let login = store.clear_failures(&login_key(email)).await?;
+    let otp = store.clear_failures(&otp_key(user.id)).await?;
+    store
+        .insert_events(&[SecurityEvent::new(EventKind::UserUnlocked)
+            .user(user.id, &user.email)
+            .detail(actor.as_str())])
+        .await?;
+    tracing::info!(user_id = %user.id, "account unlocked");
+    Ok(login || otp)
+}
+
 /// What a correct password leads to.
 #[derive(Debug)]
 pub enum LoginOutcome {
@@ -187,6 +206,7 @@ pub struct Auth {
     pub mailer: Mailer,
     pub max_attempts: u32,
     pub limits: RateLimitSettings,
+    pub code_emails: CodeEmailQuota,
     pub audit: AuditLog,
     pub metrics: Metrics,
 }
@@ -205,10 +225,43 @@ fn otp_key(user_id: Uuid) -> String {
     format!("otp:{user_id}")
 }
 
+fn mail_key(user_id: Uuid) -> String {
+    format!("mail:{user_id}")
+}
+
+/// The longest a password lock lasts, however many came before it.
+const MAX_LOCK_SECS: u64 = 24 * 60 * 60;
+
+fn micros_of(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+}
+
+/// Who made an administrative change, as the audit trail records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    /// The admin command line.
+    Cli,
+}
+
+impl Actor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Cli => "by cli",
+        }
+    }
+}
+
+/// The code-email quota of one account.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeEmailQuota {
+    pub max_per_account: u32,
+    pub window_secs: u64,
+}
+
+/// Whole seconds from now until `until`, rounded up (a client that waits them finds it over).
 fn seconds_until(until: chrono::DateTime<Utc>) -> u64 {
-    u64::try_from((until - Utc::now()).num_seconds())
-        .unwrap_or(0)
-        .max(1)
+    let millis = u64::try_from((until - Utc::now()).num_milliseconds()).unwrap_or(0);
+    millis.div_ceil(1000).max(1)
 }
 
 impl Auth {
@@ -225,6 +278,10 @@ impl Auth {
             .with_metrics(metrics.clone());
         Ok(Auth {
             limits: settings.rate_limit.clone(),
+            code_emails: CodeEmailQuota {
+                max_per_account: settings.mail.max_codes_per_account,
+                window_secs: settings.mail.codes_window_secs,
+            },
             audit,
             metrics,
             store,
@@ -246,31 +303,57 @@ impl Auth {
         Ok(user)
     }
 
-    /// Refuses with 429 while `key` is locked, without doing any expensive work.
-    async fn ensure_not_locked(&self, key: &str) -> Result<()> {
-        if !self.limits.enabled {
-            return Ok(());
-        }
-        match self.store.locked_until(key, Utc::now()).await? {
-            Some(until) => Err(Error::RateLimited {
-                retry_after_secs: seconds_until(until),
-            }),
-            None => Ok(()),
+    /// Password guesses: every `login_failures_per_account` consecutive failures lock the
+    /// account, each lock twice as long as the one before, up to a day.
+    fn login_rule(&self) -> ThrottleRule {
+        ThrottleRule {
+            every: self.limits.login_failures_per_account,
+            first_lock_micros: micros_of(self.limits.lockout_secs),
+            max_lock_micros: micros_of(MAX_LOCK_SECS),
+            hard_limit: None,
         }
     }
 
-    /// Counts a failure of `key` against `limit`; true when this failure locked it.
-    async fn count_failure(&self, key: &str, limit: u32) -> Result<bool> {
+    /// Code guesses: after `otp_failures_per_account` consecutive wrong codes the second step
+    /// stays locked until `authd user unlock`, so over the account's life at most that many
+    /// of the 10^6 codes can be tried.
+    fn otp_rule(&self) -> ThrottleRule {
+        ThrottleRule {
+            every: self.limits.otp_failures_per_account,
+            first_lock_micros: micros_of(self.limits.lockout_secs),
+            max_lock_micros: micros_of(MAX_LOCK_SECS),
+            hard_limit: Some(self.limits.otp_failures_per_account),
+        }
+    }
+
+    /// Reserves one guess of `key` before the work it guards (see `Store::reserve_attempt`).
+    /// `Ok(true)` when this guess, if it fails, is the one that locks the key.
+    async fn reserve(&self, key: &str, rule: &ThrottleRule) -> Result<bool> {
         if !self.limits.enabled {
             return Ok(false);
         }
         let now = Utc::now();
-        let lock_until = now + chrono::Duration::seconds(self.limits.lockout_secs as i64);
-        Ok(self
-            .store
-            .record_failure(key, limit, now, lock_until)
-            .await?
-            .is_some())
+        match self.store.reserve_attempt(key, rule, now).await? {
+            Reservation::Granted { locked, .. } => Ok(locked),
+            Reservation::Locked(until) => Err(Error::RateLimited {
+                retry_after_secs: seconds_until(until),
+            }),
+            Reservation::Frozen => Err(Error::SecondFactorLocked),
+        }
+    }
+
+    /// Refuses while `key` is locked, counting nothing.
+    async fn ensure_not_locked(&self, key: &str, rule: &ThrottleRule) -> Result<()> {
+        if !self.limits.enabled {
+            return Ok(());
+        }
+        match self.store.throttle_state(key, rule, Utc::now()).await? {
+            None | Some(Reservation::Granted { .. }) => Ok(()),
+            Some(Reservation::Locked(until)) => Err(Error::RateLimited {
+                retry_after_secs: seconds_until(until),
+            }),
+            Some(Reservation::Frozen) => Err(Error::SecondFactorLocked),
+        }
     }
 
     async fn clear_failures(&self, key: &str) -> Result<()> {
@@ -278,6 +361,29 @@ impl Auth {
             self.store.clear_failures(key).await?;
         }
         Ok(())
+    }
+
+    /// Takes one code email from the account's quota; 429 once it is used up.
+    async fn take_code_email(&self, user_id: Uuid) -> Result<()> {
+        if !self.limits.enabled {
+            return Ok(());
+        }
+        let now = Utc::now();
+        match self
+            .store
+            .take_quota(
+                &mail_key(user_id),
+                self.code_emails.max_per_account,
+                micros_of(self.code_emails.window_secs),
+                now,
+            )
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(window_end) => Err(Error::RateLimited {
+                retry_after_secs: seconds_until(window_end),
+            }),
+        }
     }
 
     /// Checks the password (against a dummy hash when the account does not exist, so both
@@ -303,34 +409,41 @@ impl Auth {
         client: Client,
     ) -> Result<LoginOutcome> {
         let email = Email::parse(email).ok();
-        if let Some(email) = &email
-            && let Err(err) = self.ensure_not_locked(&login_key(email)).await
-        {
-            self.audit.record(
-                SecurityEvent::new(EventKind::LoginThrottled)
-                    .email(email.as_str())
-                    .client(client.ip),
-            );
-            self.metrics.throttle("account");
-            return Err(err);
+        // The hashing place first: a login refused with 503 counts nothing.
+        let slot = self.hasher.admit()?;
+        let mut locks_if_wrong = false;
+        if let Some(email) = &email {
+            match self.reserve(&login_key(email), &self.login_rule()).await {
+                Ok(locks) => locks_if_wrong = locks,
+                Err(err) => {
+                    self.audit.record(
+                        SecurityEvent::new(EventKind::LoginThrottled)
+                            .email(email.as_str())
+                            .client(client.ip),
+                    );
+                    self.metrics.throttle("account");
+                    return Err(err);
+                }
+            }
         }
         let credentials = match &email {
             Some(email) => self.store.find_credentials(email).await?,
             None => None,
         };
         let stored_hash = credentials.as_ref().map(|c| c.password_hash.as_str());
-        let matched = self.hasher.verify(password, stored_hash).await?;
+        let matched = self
+            .hasher
+            .verify_admitted(slot, password, stored_hash)
+            .await?;
         let user = match credentials {
             Some(c) if matched => c.user,
             _ => {
                 tracing::info!("login refused: invalid credentials");
                 let mut event = SecurityEvent::new(EventKind::LoginFailed).client(client.ip);
+                // Unknown addresses are counted too (by the reservation), so a lock says
+                // nothing about existence.
                 if let Some(email) = &email {
-                    // Unknown addresses are counted too, so a lock says nothing about existence.
-                    if self
-                        .count_failure(&login_key(email), self.limits.login_failures_per_account)
-                        .await?
-                    {
+                    if locks_if_wrong {
                         event = event.detail("account locked");
                     }
                     event = event.email(email.as_str());
@@ -354,13 +467,25 @@ impl Auth {
                 .issue(TokenKind::Access, user.id, Uuid::new_v4())?;
             return Ok(LoginOutcome::Access(token));
         }
-        if let Err(err) = self.ensure_not_locked(&otp_key(user.id)).await {
+        if let Err(err) = self
+            .ensure_not_locked(&otp_key(user.id), &self.otp_rule())
+            .await
+        {
             self.audit.record(
                 SecurityEvent::new(EventKind::CodeThrottled)
                     .user(user.id, &user.email)
                     .client(client.ip),
             );
             self.metrics.throttle("code");
+            return Err(err);
+        }
+        if let Err(err) = self.take_code_email(user.id).await {
+            self.audit.record(
+                SecurityEvent::new(EventKind::CodeEmailLimited)
+                    .user(user.id, &user.email)
+                    .client(client.ip),
+            );
+            self.metrics.throttle("code_email");
             return Err(err);
         }
         let sent = self.start_challenge(&user).await;
@@ -420,11 +545,14 @@ impl Auth {
             event.user_id = Some(claims.sub);
             event
         };
-        if let Err(err) = self.ensure_not_locked(&key).await {
-            self.audit.record(event(EventKind::CodeThrottled));
-            self.metrics.throttle("code");
-            return Err(err);
-        }
+        let locks_if_wrong = match self.reserve(&key, &self.otp_rule()).await {
+            Ok(locks) => locks,
+            Err(err) => {
+                self.audit.record(event(EventKind::CodeThrottled));
+                self.metrics.throttle("code");
+                return Err(err);
+            }
+        };
         let hash = self.codes.hash_otp(claims.jti, otp);
         match self
             .store
@@ -441,21 +569,23 @@ impl Auth {
             }
             Attempt::Rejected { remaining } => {
                 tracing::info!(user_id = %claims.sub, remaining, "wrong code");
-                let locked = self
-                    .count_failure(&key, self.limits.otp_failures_per_account)
-                    .await?;
                 self.metrics.code("rejected");
-                let rejected = event(EventKind::CodeRejected);
-                self.audit.record(if locked {
-                    rejected.detail("second step locked")
-                } else {
-                    rejected
-                });
+                self.audit.record(event(EventKind::CodeRejected));
+                if locks_if_wrong {
+                    tracing::warn!(user_id = %claims.sub, "second step locked until an admin unlocks it");
+                    self.audit.record(event(EventKind::SecondFactorLocked));
+                }
                 Err(Error::InvalidOtp { remaining })
             }
-            Attempt::Dead => Err(Error::InvalidToken(
-                "this login challenge is used, expired or out of attempts: log in again",
-            )),
+            Attempt::Dead => {
+                // Not a guess at a live code: give the reserved attempt back.
+                if self.limits.enabled {
+                    self.store.release_attempt(&key).await?;
+                }
+                Err(Error::InvalidToken(
+                    "this login challenge is used, expired or out of attempts: log in again",
+                ))
+            }
         }
     }
 

@@ -38,7 +38,9 @@ pub enum Error {
     RateLimited { retry_after_secs: u64 },
     /// Too many consecutive wrong codes over the account's life: the second step stays locked
     /// until an admin runs `authd user unlock`.
-    #[error("the second step of this account is locked after too many wrong codes: an administrator must unlock it")]
+    #[error(
+        "the second step of this account is locked after too many wrong codes: an administrator must unlock it"
+    )]
     SecondFactorLocked,
     /// A dependency (database, mail relay) is down or too slow; worth retrying later.
     #[error("{0} is unavailable")]

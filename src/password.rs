@@ -72,15 +72,26 @@ impl PasswordHasher {
         self
     }
 
+    /// Takes a place on the hashing pool for a later [`PasswordHasher::verify_admitted`]:
+    /// 503 at once when the pool is full.
+    pub fn admit(&self) -> Result<Admitted> {
+        self.pool.admit()
+    }
+
     /// Runs one bcrypt on the pool, timing it on its thread (queueing excluded).
     async fn timed<T: Send + 'static>(
         &self,
         operation: &'static str,
+        slot: Option<Admitted>,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T> {
         let metrics = self.metrics.clone();
+        let slot = match slot {
+            Some(slot) => slot,
+            None => self.pool.admit()?,
+        };
         self.pool
-            .run(move || {
+            .run_admitted(slot, move || {
                 let started = Instant::now();
                 let result = work();
                 if let Some(metrics) = metrics {
@@ -114,7 +125,7 @@ impl PasswordHasher {
         let cost = self.cost;
         // `Password` guarantees at most 72 bytes, all of which bcrypt uses. (bcrypt's
         // non-truncating variant would refuse exactly 72 because it counts the NUL terminator.)
-        self.timed("hash", move || {
+        self.timed("hash", None, move || {
             eksblowfish::hash(password.expose().as_bytes(), cost).context("bcrypt hash failed")
         })
         .await
@@ -123,6 +134,17 @@ impl PasswordHasher {
     /// Checks `candidate` against `stored`, or against the dummy hash when there is no user,
     /// so both paths take the same time. Returns false for the dummy.
     pub async fn verify(&self, candidate: &str, stored: Option<&str>) -> Result<bool> {
+        let slot = self.admit()?;
+        self.verify_admitted(slot, candidate, stored).await
+    }
+
+    /// [`PasswordHasher::verify`] in a place taken earlier with [`PasswordHasher::admit`].
+    pub async fn verify_admitted(
+        &self,
+        slot: Admitted,
+        candidate: &str,
+        stored: Option<&str>,
+    ) -> Result<bool> {
         let is_real = stored.is_some();
         let hash: Arc<str> = match stored {
             Some(stored) => Arc::from(stored),
@@ -136,7 +158,7 @@ impl PasswordHasher {
             String::new()
         };
         let matched = self
-            .timed("verify", move || {
+            .timed("verify", Some(slot), move || {
                 Ok(eksblowfish::verify(candidate.as_bytes(), &hash))
             })
             .await?;
@@ -188,12 +210,27 @@ impl HashingPool {
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T> {
+        let slot = self.admit()?;
+        self.run_admitted(slot, work).await
+    }
+
+    /// Takes a place in the pool, or refuses at once when every thread is busy and `max_queue`
+    /// jobs already wait. Taken before anything else is counted, so a refusal costs nothing.
+    fn admit(&self) -> Result<Admitted> {
         if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!("password hashing queue is full: refusing");
             return Err(Error::Unavailable("password hasher"));
         }
-        let slot = Admitted(self.admitted.clone());
+        Ok(Admitted(self.admitted.clone()))
+    }
+
+    /// Runs `work` on a hashing thread in the place `slot` holds.
+    async fn run_admitted<T: Send + 'static>(
+        &self,
+        slot: Admitted,
+        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move || {
             // The request was dropped (client gone, timeout) while it waited: skip the work.
@@ -213,7 +250,13 @@ impl HashingPool {
 }
 
 /// One accepted job's place in the pool; given back when the job is done, skipped or panics.
-struct Admitted(Arc<AtomicUsize>);
+pub struct Admitted(Arc<AtomicUsize>);
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admitted")
+    }
+}
 
 impl Drop for Admitted {
     fn drop(&mut self) {

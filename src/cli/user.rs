@@ -7,7 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::Table;
 
 use super::{EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table};
-use crate::auth::{self, Registration, RegistrationInput};
+use crate::auth::{self, Actor, Registration, RegistrationInput};
 use crate::config::Settings;
 use crate::domain::{Email, Password, User};
 use crate::error::Error;
@@ -29,6 +29,16 @@ pub enum UserCommand {
     /// Switch the emailed one-time code on or off for a user; their next login follows it.
     #[command(name = "set-2fa", after_help = EXIT_CODES)]
     SetTwoFactor(SetTwoFactorArgs),
+    /// Clear an account's password lock and its second-step lock (set after
+    /// rate_limit.otp_failures_per_account consecutive wrong codes, which only this lifts).
+    #[command(after_help = EXIT_CODES)]
+    Unlock(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Email address of the user.
+    email: String,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +99,7 @@ pub async fn run(command: UserCommand, settings: &Settings) -> anyhow::Result<()
         UserCommand::Add(args) => add_user(args, settings).await,
         UserCommand::List(args) => list_users(args, settings).await,
         UserCommand::SetTwoFactor(args) => set_two_factor(args, settings).await,
+        UserCommand::Unlock(args) => unlock(args, settings).await,
     }
 }
 
@@ -228,6 +239,20 @@ async fn set_two_factor(args: SetTwoFactorArgs, settings: &Settings) -> anyhow::
         on_off(user.two_factor_enabled),
         user.email
     );
+    Ok(())
+}
+
+async fn unlock(args: UnlockArgs, settings: &Settings) -> anyhow::Result<()> {
+    let email = Email::parse(&args.email).map_err(|message| Error::validation("email", message))?;
+    let store = Store::open(settings).await?;
+    let cleared = auth::unlock_user(&store, &email, Actor::Cli)
+        .await
+        .with_context(|| format!("cannot unlock {email}"))?;
+    if cleared {
+        println!("unlocked {email}: password and code attempts start from zero");
+    } else {
+        println!("{email} was not locked and had no failed attempts");
+    }
     Ok(())
 }
 

@@ -53,6 +53,109 @@ pub enum Attempt {
     Dead,
 }
 
+/// How a throttle key locks. Failures are consecutive: only a success (or `authd user unlock`)
+/// clears them, never a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleRule {
+    /// Every `every` consecutive failures lock the key.
+    pub every: u32,
+    /// The first lock, in microseconds; each later lock lasts twice the one before...
+    pub first_lock_micros: i64,
+    /// ...up to this many microseconds.
+    pub max_lock_micros: i64,
+    /// After this many consecutive failures the key stays locked until cleared by hand.
+    pub hard_limit: Option<u32>,
+}
+
+impl ThrottleRule {
+    /// Doublings after which a lock has reached `max_lock_micros`; bounds the arithmetic.
+    fn max_doublings(&self) -> i64 {
+        let mut doublings = 0;
+        let mut lock = self.first_lock_micros.max(1);
+        while lock < self.max_lock_micros && doublings < 62 {
+            lock = lock.saturating_mul(2);
+            doublings += 1;
+        }
+        doublings
+    }
+
+    /// The lock the `failures`-th consecutive failure sets, if it sets one (for tests and docs).
+    pub fn lock_after(&self, failures: u32) -> Option<i64> {
+        if self.every == 0 || failures == 0 || !failures.is_multiple_of(self.every) {
+            return None;
+        }
+        let doublings = i64::from(failures / self.every - 1).min(self.max_doublings());
+        Some(
+            self.first_lock_micros
+                .saturating_mul(1 << doublings)
+                .min(self.max_lock_micros),
+        )
+    }
+}
+
+/// The answer to asking for one more attempt under a [`ThrottleRule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Go ahead: the attempt already counts as failure number `failures` until it is cleared.
+    Granted { failures: u32, locked: bool },
+    /// Locked until then; nothing was counted.
+    Locked(DateTime<Utc>),
+    /// At the hard limit: locked until an admin clears it; nothing was counted.
+    Frozen,
+}
+
+/// Reads the refusal that the reservation statement returned no row for.
+fn refusal(
+    row: Option<(i64, Option<DateTime<Utc>>)>,
+    rule: &ThrottleRule,
+    now: DateTime<Utc>,
+) -> Reservation {
+    match row {
+        Some((failures, _))
+            if rule
+                .hard_limit
+                .is_some_and(|hard| failures >= i64::from(hard)) =>
+        {
+            Reservation::Frozen
+        }
+        Some((_, Some(until))) if until > now => Reservation::Locked(until),
+        // The lock ended between the two statements: ask again in a second.
+        _ => Reservation::Locked(now + chrono::Duration::seconds(1)),
+    }
+}
+
+/// Whether a throttle row locks its key now (none: not locked).
+fn state_of(
+    row: Option<(i64, Option<DateTime<Utc>>)>,
+    rule: &ThrottleRule,
+    now: DateTime<Utc>,
+) -> Option<Reservation> {
+    let (failures, until) = row?;
+    if rule
+        .hard_limit
+        .is_some_and(|hard| failures >= i64::from(hard))
+    {
+        return Some(Reservation::Frozen);
+    }
+    until.filter(|until| *until > now).map(Reservation::Locked)
+}
+
+/// When a used-up quota window ends (at least a second from now).
+fn window_end(row: Option<(i64, Option<DateTime<Utc>>)>, now: DateTime<Utc>) -> DateTime<Utc> {
+    row.and_then(|(_, until)| until)
+        .filter(|until| *until > now)
+        .unwrap_or(now + chrono::Duration::seconds(1))
+}
+
+fn granted(failures: i64, rule: &ThrottleRule) -> Reservation {
+    let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+    Reservation::Granted {
+        failures,
+        locked: rule.lock_after(failures).is_some()
+            || rule.hard_limit.is_some_and(|hard| failures >= hard),
+    }
+}
+
 /// Filters for listing users.
 #[derive(Debug, Default, Clone)]
 pub struct UserQuery {
@@ -167,13 +270,20 @@ impl Store {
         /// Counts a wrong code or consumes the challenge, in one statement: parallel guesses
         /// cannot pass `max_attempts` and a right code is accepted at most once.
         pub async fn attempt_challenge(&self, id: Uuid, user_id: Uuid, code_hash: &[u8], max_attempts: u32) -> Result<Attempt>;
-        /// Until when `key` is locked, if it is locked now.
-        pub async fn locked_until(&self, key: &str, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>>;
-        /// Counts one more consecutive failure of `key`. The failure that reaches `limit` locks
-        /// the key until `lock_until` and starts a new count. Returns the lock if one was set.
-        pub async fn record_failure(&self, key: &str, limit: u32, now: DateTime<Utc>, lock_until: DateTime<Utc>) -> Result<Option<DateTime<Utc>>>;
-        /// Forgets the failures of `key` (after a success).
-        pub async fn clear_failures(&self, key: &str) -> Result<()>;
+        /// Reserves one attempt of `key` in one statement, before the work it guards: it is
+        /// counted as a failure at once (a success clears it), and refused while the key is
+        /// locked, so a burst cannot get past the limit between a check and a count. The
+        /// failure that reaches a multiple of `rule.every` sets the next, doubled, lock.
+        pub async fn reserve_attempt(&self, key: &str, rule: &ThrottleRule, now: DateTime<Utc>) -> Result<Reservation>;
+        /// Whether `key` is locked now, without counting anything.
+        pub async fn throttle_state(&self, key: &str, rule: &ThrottleRule, now: DateTime<Utc>) -> Result<Option<Reservation>>;
+        /// Gives back a reserved attempt that turned out not to be a guess (a dead challenge).
+        pub async fn release_attempt(&self, key: &str) -> Result<()>;
+        /// Takes one unit of a windowed quota of `max` per window for `key` (the window starts
+        /// with its first use); `Err(window end)` when it is used up.
+        pub async fn take_quota(&self, key: &str, max: u32, window_micros: i64, now: DateTime<Utc>) -> Result<Result<u32, DateTime<Utc>>>;
+        /// Forgets the failures of `key` (after a success, or `authd user unlock`).
+        pub async fn clear_failures(&self, key: &str) -> Result<bool>;
         /// Appends security events in one transaction.
         pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()>;
         /// Security events, newest first.
@@ -228,6 +338,63 @@ mod tests {
         };
         assert_eq!(like_pattern(&query).unwrap(), r"%a\_b\%c\\%");
         assert_eq!(like_pattern(&UserQuery::default()), None);
+    }
+
+    #[test]
+    fn each_lock_lasts_twice_the_one_before_up_to_the_cap() {
+        let rule = ThrottleRule {
+            every: 10,
+            first_lock_micros: 300_000_000,
+            max_lock_micros: 86_400_000_000,
+            hard_limit: None,
+        };
+        assert_eq!(rule.lock_after(9), None);
+        assert_eq!(rule.lock_after(10), Some(300_000_000));
+        assert_eq!(rule.lock_after(11), None);
+        assert_eq!(rule.lock_after(20), Some(600_000_000));
+        assert_eq!(rule.lock_after(30), Some(1_200_000_000));
+        assert_eq!(rule.lock_after(90), Some(76_800_000_000));
+        assert_eq!(rule.lock_after(100), Some(86_400_000_000));
+        assert_eq!(rule.lock_after(u32::MAX / 10 * 10), Some(86_400_000_000));
+        // Under 100 guesses a day once the locks have grown: 10 per lock of at least 24 h.
+        let day_of_guesses: u32 = (1..)
+            .map(|n| n * 10)
+            .scan(0i64, |elapsed, failures| {
+                *elapsed += rule.lock_after(failures).unwrap();
+                Some(*elapsed)
+            })
+            .take_while(|elapsed| *elapsed < 86_400_000_000)
+            .count() as u32
+            * 10
+            + 10;
+        assert!(day_of_guesses < 100, "{day_of_guesses}");
+    }
+
+    #[test]
+    fn a_reservation_at_the_hard_limit_freezes_the_key() {
+        let rule = ThrottleRule {
+            every: 3,
+            first_lock_micros: 1,
+            max_lock_micros: 2,
+            hard_limit: Some(3),
+        };
+        let now = Utc::now();
+        assert_eq!(
+            granted(3, &rule),
+            Reservation::Granted {
+                failures: 3,
+                locked: true
+            }
+        );
+        assert_eq!(
+            refusal(Some((3, Some(now))), &rule, now),
+            Reservation::Frozen
+        );
+        assert_eq!(state_of(Some((2, None)), &rule, now), None);
+        assert_eq!(
+            state_of(Some((3, None)), &rule, now),
+            Some(Reservation::Frozen)
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{Attempt, Credentials, NewChallenge, NewUser, UserQuery, like_pattern};
+use super::{
+    Attempt, Credentials, NewChallenge, NewUser, Reservation, ThrottleRule, UserQuery, like_pattern,
+};
 use crate::audit::{EventQuery, RecordedEvent, SecurityEvent};
 use crate::config::DatabaseSettings;
 use crate::domain::{Email, User};
@@ -239,51 +241,104 @@ impl PgStore {
         )
     }
 
-    pub async fn locked_until(
+    pub async fn reserve_attempt(
         &self,
         key: &str,
+        rule: &ThrottleRule,
         now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>> {
-        Ok(sqlx::query_scalar(
-            "SELECT locked_until FROM throttles WHERE key = $1 AND locked_until > $2",
-        )
-        .bind(key)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    pub async fn record_failure(
-        &self,
-        key: &str,
-        limit: u32,
-        now: DateTime<Utc>,
-        lock_until: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>> {
-        let row = sqlx::query(
-            "INSERT INTO throttles (key, failures, locked_until, updated_at)
-             VALUES ($1, CASE WHEN 1 >= $2 THEN 0 ELSE 1 END, CASE WHEN 1 >= $2 THEN $4 END, $3)
+    ) -> Result<Reservation> {
+        let failures: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO throttles AS t (key, failures, locked_until, updated_at)
+             VALUES ($1, 1, CASE WHEN $2 = 1 THEN $3 + $4::float8 * interval '1 microsecond' END, $3)
              ON CONFLICT (key) DO UPDATE SET
-                 failures = CASE WHEN throttles.failures + 1 >= $2 THEN 0 ELSE throttles.failures + 1 END,
-                 locked_until = CASE WHEN throttles.failures + 1 >= $2 THEN $4 ELSE throttles.locked_until END,
+                 failures = t.failures + 1,
+                 locked_until = CASE WHEN (t.failures + 1) % $2 = 0
+                     THEN $3 + least($4::float8 * power(2::float8, least((t.failures + 1) / $2 - 1, $6)), $5::float8)
+                              * interval '1 microsecond'
+                     ELSE t.locked_until END,
                  updated_at = $3
-             RETURNING locked_until IS NOT DISTINCT FROM $4 AS just_locked",
+             WHERE (t.locked_until IS NULL OR t.locked_until <= $3)
+               AND ($7::int4 IS NULL OR t.failures < $7)
+             RETURNING failures",
         )
         .bind(key)
-        .bind(limit as i32)
+        .bind(rule.every as i32)
         .bind(now)
-        .bind(lock_until)
-        .fetch_one(&self.pool)
+        .bind(rule.first_lock_micros)
+        .bind(rule.max_lock_micros)
+        .bind(rule.max_doublings() as i32)
+        .bind(rule.hard_limit.map(|h| h as i32))
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(row.try_get::<bool, _>("just_locked")?.then_some(lock_until))
+        match failures {
+            Some(failures) => Ok(super::granted(i64::from(failures), rule)),
+            None => Ok(super::refusal(self.throttle_row(key).await?, rule, now)),
+        }
     }
 
-    pub async fn clear_failures(&self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM throttles WHERE key = $1")
+    async fn throttle_row(&self, key: &str) -> Result<Option<(i64, Option<DateTime<Utc>>)>> {
+        let row: Option<(i32, Option<DateTime<Utc>>)> =
+            sqlx::query_as("SELECT failures, locked_until FROM throttles WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(failures, until)| (i64::from(failures), until)))
+    }
+
+    pub async fn throttle_state(
+        &self,
+        key: &str,
+        rule: &ThrottleRule,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Reservation>> {
+        Ok(super::state_of(self.throttle_row(key).await?, rule, now))
+    }
+
+    pub async fn release_attempt(&self, key: &str) -> Result<()> {
+        sqlx::query("UPDATE throttles SET failures = failures - 1 WHERE key = $1 AND failures > 0")
             .bind(key)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    pub async fn take_quota(
+        &self,
+        key: &str,
+        max: u32,
+        window_micros: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Result<u32, DateTime<Utc>>> {
+        let used: Option<i32> = sqlx::query_scalar(
+            "INSERT INTO throttles AS t (key, failures, locked_until, updated_at)
+             VALUES ($1, 1, $3 + $4::float8 * interval '1 microsecond', $3)
+             ON CONFLICT (key) DO UPDATE SET
+                 failures = CASE WHEN t.locked_until IS NULL OR t.locked_until <= $3
+                                 THEN 1 ELSE t.failures + 1 END,
+                 locked_until = CASE WHEN t.locked_until IS NULL OR t.locked_until <= $3
+                                     THEN EXCLUDED.locked_until ELSE t.locked_until END,
+                 updated_at = $3
+             WHERE t.locked_until IS NULL OR t.locked_until <= $3 OR t.failures < $2
+             RETURNING failures",
+        )
+        .bind(key)
+        .bind(max as i32)
+        .bind(now)
+        .bind(window_micros)
+        .fetch_optional(&self.pool)
+        .await?;
+        match used {
+            Some(used) => Ok(Ok(u32::try_from(used).unwrap_or(0))),
+            None => Ok(Err(super::window_end(self.throttle_row(key).await?, now))),
+        }
+    }
+
+    pub async fn clear_failures(&self, key: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM throttles WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()> {

@@ -13,7 +13,9 @@ use sqlx::sqlite::{
 };
 use uuid::Uuid;
 
-use super::{Attempt, Credentials, NewChallenge, NewUser, UserQuery, like_pattern};
+use super::{
+    Attempt, Credentials, NewChallenge, NewUser, Reservation, ThrottleRule, UserQuery, like_pattern,
+};
 use crate::audit::{EventQuery, RecordedEvent, SecurityEvent};
 use crate::config::DatabaseSettings;
 use crate::domain::{Email, User};
@@ -244,52 +246,107 @@ impl SqliteStore {
         )
     }
 
-    pub async fn locked_until(
+    pub async fn reserve_attempt(
         &self,
         key: &str,
+        rule: &ThrottleRule,
         now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>> {
-        let until: Option<i64> = sqlx::query_scalar(
-            "SELECT locked_until FROM throttles WHERE key = ?1 AND locked_until > ?2",
+    ) -> Result<Reservation> {
+        let failures: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO throttles (key, failures, locked_until, updated_at)
+             VALUES (?1, 1, CASE WHEN ?2 = 1 THEN ?3 + ?4 END, ?3)
+             ON CONFLICT (key) DO UPDATE SET
+                 failures = throttles.failures + 1,
+                 locked_until = CASE WHEN (throttles.failures + 1) % ?2 = 0
+                     THEN ?3 + min(?4 * (1 << min((throttles.failures + 1) / ?2 - 1, ?6)), ?5)
+                     ELSE throttles.locked_until END,
+                 updated_at = ?3
+             WHERE (throttles.locked_until IS NULL OR throttles.locked_until <= ?3)
+               AND (?7 IS NULL OR throttles.failures < ?7)
+             RETURNING failures",
         )
         .bind(key)
+        .bind(i64::from(rule.every))
         .bind(micros(now))
+        .bind(rule.first_lock_micros)
+        .bind(rule.max_lock_micros)
+        .bind(rule.max_doublings())
+        .bind(rule.hard_limit.map(i64::from))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(until.map(from_micros).transpose()?)
+        match failures {
+            Some(failures) => Ok(super::granted(failures, rule)),
+            None => Ok(super::refusal(self.throttle_row(key).await?, rule, now)),
+        }
     }
 
-    pub async fn record_failure(
+    async fn throttle_row(&self, key: &str) -> Result<Option<(i64, Option<DateTime<Utc>>)>> {
+        let row: Option<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT failures, locked_until FROM throttles WHERE key = ?1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row
+            .map(|(failures, until)| {
+                Ok::<_, sqlx::Error>((failures, until.map(from_micros).transpose()?))
+            })
+            .transpose()?)
+    }
+
+    pub async fn throttle_state(
         &self,
         key: &str,
-        limit: u32,
+        rule: &ThrottleRule,
         now: DateTime<Utc>,
-        lock_until: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>> {
-        let just_locked: bool = sqlx::query_scalar(
-            "INSERT INTO throttles (key, failures, locked_until, updated_at)
-             VALUES (?1, CASE WHEN 1 >= ?2 THEN 0 ELSE 1 END, CASE WHEN 1 >= ?2 THEN ?4 END, ?3)
-             ON CONFLICT (key) DO UPDATE SET
-                 failures = CASE WHEN throttles.failures + 1 >= ?2 THEN 0 ELSE throttles.failures + 1 END,
-                 locked_until = CASE WHEN throttles.failures + 1 >= ?2 THEN ?4 ELSE throttles.locked_until END,
-                 updated_at = ?3
-             RETURNING locked_until IS ?4 AS just_locked",
-        )
-        .bind(key)
-        .bind(i64::from(limit))
-        .bind(micros(now))
-        .bind(micros(lock_until))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(just_locked.then_some(lock_until))
+    ) -> Result<Option<Reservation>> {
+        Ok(super::state_of(self.throttle_row(key).await?, rule, now))
     }
 
-    pub async fn clear_failures(&self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM throttles WHERE key = ?1")
+    pub async fn release_attempt(&self, key: &str) -> Result<()> {
+        sqlx::query("UPDATE throttles SET failures = failures - 1 WHERE key = ?1 AND failures > 0")
             .bind(key)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    pub async fn take_quota(
+        &self,
+        key: &str,
+        max: u32,
+        window_micros: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Result<u32, DateTime<Utc>>> {
+        let used: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO throttles (key, failures, locked_until, updated_at)
+             VALUES (?1, 1, ?3 + ?4, ?3)
+             ON CONFLICT (key) DO UPDATE SET
+                 failures = CASE WHEN throttles.locked_until IS NULL OR throttles.locked_until <= ?3
+                                 THEN 1 ELSE throttles.failures + 1 END,
+                 locked_until = CASE WHEN throttles.locked_until IS NULL OR throttles.locked_until <= ?3
+                                     THEN excluded.locked_until ELSE throttles.locked_until END,
+                 updated_at = ?3
+             WHERE throttles.locked_until IS NULL OR throttles.locked_until <= ?3 OR throttles.failures < ?2
+             RETURNING failures",
+        )
+        .bind(key)
+        .bind(i64::from(max))
+        .bind(micros(now))
+        .bind(window_micros)
+        .fetch_optional(&self.pool)
+        .await?;
+        match used {
+            Some(used) => Ok(Ok(u32::try_from(used).unwrap_or(0))),
+            None => Ok(Err(super::window_end(self.throttle_row(key).await?, now))),
+        }
+    }
+
+    pub async fn clear_failures(&self, key: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM throttles WHERE key = ?1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()> {

@@ -294,6 +294,42 @@ impl TestDb {
         }
     }
 
+    /// How many security events of `kind` are stored.
+    pub async fn count_events(&self, kind: &str) -> i64 {
+        match self {
+            TestDb::Postgres(p) => sqlx::query_scalar(
+                "SELECT CAST(count(*) AS BIGINT) FROM security_events WHERE kind = $1",
+            )
+            .bind(kind)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+            TestDb::Sqlite(p) => sqlx::query_scalar(
+                "SELECT CAST(count(*) AS BIGINT) FROM security_events WHERE kind = ?1",
+            )
+            .bind(kind)
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        }
+    }
+
+    /// Waits (bounded) until exactly `count` events of `kind` are stored; fails on more or fewer.
+    pub async fn expect_events(&self, kind: &str, count: i64) {
+        let mut seen = 0;
+        for _ in 0..100 {
+            seen = self.count_events(kind).await;
+            if seen >= count {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Give a straggler the chance to show up before asserting "exactly".
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        seen = seen.max(self.count_events(kind).await);
+        assert_eq!(seen, count, "{kind} events");
+    }
+
     /// Moves every challenge's expiry into the past.
     pub async fn expire_challenges(&self) {
         match self {

@@ -125,41 +125,6 @@ async fn the_lock_ends_after_lockout_secs() {
 }
 
 #[tokio::test]
-async fn wrong_codes_across_challenges_lock_the_second_step() {
-    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
-        s.rate_limit.otp_failures_per_account = 7;
-    })
-    .await;
-    app.register("codes@example.test", true).await;
-    // 5 wrong codes kill the first challenge; a new login does not reset the account count.
-    let (first, code) = app.start_challenge("codes@example.test").await;
-    let wrong = if code == "000000" { "111111" } else { "000000" };
-    for _ in 0..5 {
-        problem(
-            app.submit_code(&first, wrong).await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_otp",
-        )
-        .await;
-    }
-    let (second, code) = app.start_challenge("codes@example.test").await;
-    let wrong = if code == "000000" { "111111" } else { "000000" };
-    for _ in 0..2 {
-        problem(
-            app.submit_code(&second, wrong).await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_otp",
-        )
-        .await;
-    }
-    // Seven in all: the right code is now refused, and no new code is sent.
-    assert_locked(app.submit_code(&second, &code).await).await;
-    let sent = app.mail.messages_to("codes@example.test").len();
-    assert_locked(app.login("codes@example.test", PASSWORD).await).await;
-    assert_eq!(app.mail.messages_to("codes@example.test").len(), sent);
-}
-
-#[tokio::test]
 async fn the_per_address_limit_answers_429_with_retry_after() {
     let app = TestApp::spawn_with(Behaviour::Accept, |s| {
         s.rate_limit.requests_per_ip_per_minute = 5;

@@ -6,6 +6,7 @@ mod smtp_sink;
 mod api;
 mod cli;
 mod limits;
+mod lockout;
 mod observability;
 mod otp_flow;
 mod process;
