@@ -14,7 +14,6 @@ use crate::mail::Mailer;
 use crate::metrics::Metrics;
 use crate::otp::{CodeHasher, generate_code};
 use crate::password::PasswordHasher;
-use crate::policy::check_password;
 use crate::store::{Attempt, NewChallenge, NewUser, Reservation, Store, ThrottleRule, UserQuery};
 use crate::token::{IssuedToken, TokenKeys, TokenKind};
 use std::net::IpAddr;
@@ -60,21 +59,6 @@ impl Registration {
             "last_name",
             PersonName::parse_optional(input.last_name.as_deref()),
         );
-        if let (Some(email), Some(password)) = (&email, &password) {
-            let local_part = email.as_str().split('@').next().unwrap_or_default();
-            let mut inputs = vec![email.as_str(), local_part];
-            let names = [&first_name, &last_name];
-            inputs.extend(
-                names
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(PersonName::as_str),
-            );
-            if let Err(message) = check_password(password, &inputs) {
-                errors.push(FieldError::new("password", message));
-            }
-        }
         match (email, password, first_name, last_name) {
             (Some(email), Some(password), Some(first_name), Some(last_name))
                 if errors.is_empty() =>
@@ -113,12 +97,34 @@ fn field<T>(errors: &mut Vec<FieldError>, name: &str, parsed: Result<T, String>)
         .ok()
 }
 
-/// Creates a user. The one path for `POST /register` and `authd user add`.
+impl Registration {
+    /// What the password must not be made of: the email, its local part and the names.
+    fn personal_words(&self) -> Vec<String> {
+        let email = self.email.as_str();
+        let local_part = email.split('@').next().unwrap_or_default();
+        let mut words = vec![email.to_owned(), local_part.to_owned()];
+        words.extend(
+            [&self.first_name, &self.last_name]
+                .into_iter()
+                .flatten()
+                .map(|name| name.as_str().to_owned()),
+        );
+        words
+    }
+}
+
+/// Creates a user. The one path for `POST /register` and `authd user add`. The password
+/// policy, whose cost grows with the password, runs on the hashing pool like bcrypt: never on
+/// an async worker, and refused with 503 when the pool is full.
 pub async fn register(
     store: &Store,
     hasher: &PasswordHasher,
     registration: Registration,
 ) -> Result<User> {
+    let words = registration.personal_words();
+    if let Err(message) = hasher.check_policy(&registration.password, words).await? {
+        return Err(Error::validation("password", message));
+    }
     let password_hash = hasher.hash(&registration.password).await?;
     let user = store
         .insert_user(NewUser {

@@ -15,6 +15,7 @@ use crate::domain::{PASSWORD_MAX_BYTES, Password};
 use crate::eksblowfish;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::policy::check_password;
 
 /// How much less CPU a hashing thread gets than the async workers when both want it. Nice 10
 /// gives it a CFS weight of 110 against 1024: an idle server still spends every spare cycle
@@ -117,6 +118,23 @@ impl PasswordHasher {
             })
             .await
             .cloned()
+    }
+
+    /// Checks the password policy (`crate::policy`) on a hashing thread: zxcvbn can spend a
+    /// few hundred milliseconds on a 72-byte password, which must not stall an async worker.
+    /// `Ok(Err(why))` when the password is refused.
+    pub async fn check_policy(
+        &self,
+        password: &Password,
+        personal_words: Vec<String>,
+    ) -> Result<Result<(), String>> {
+        let password = password.clone();
+        self.pool
+            .run(move || {
+                let words: Vec<&str> = personal_words.iter().map(String::as_str).collect();
+                Ok(check_password(&password, &words))
+            })
+            .await
     }
 
     /// Hashes a password (already checked to fit bcrypt's 72 bytes).
@@ -327,6 +345,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_policy_runs_on_a_hashing_thread_and_reports_refusals() {
+        let hasher = PasswordHasher::with_queue_limit(4, 32).await.unwrap();
+        let common = Password::parse("p@ssw0rd").unwrap();
+        let refused = hasher.check_policy(&common, Vec::new()).await.unwrap();
+        assert!(refused.unwrap_err().contains("common"));
+        let own = Password::parse("ada.lovelace").unwrap();
+        let refused = hasher
+            .check_policy(&own, vec!["ada.lovelace".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.unwrap_err(),
+            "must not be your email address or name"
+        );
+        let thread = hasher
+            .pool
+            .run(|| Ok(std::thread::current().name().map(str::to_owned)))
+            .await
+            .unwrap();
+        assert!(thread.unwrap().starts_with("authd-bcrypt-"));
+        let fine = Password::parse("correct horse battery").unwrap();
+        assert_eq!(
+            hasher.check_policy(&fine, Vec::new()).await.unwrap(),
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
     async fn verifying_without_a_user_is_always_false() {
         let hasher = PasswordHasher::with_queue_limit(4, 32).await.unwrap();
         assert!(
@@ -363,6 +409,11 @@ mod tests {
         let password = Password::parse("correct horse battery").unwrap();
         assert!(matches!(
             hasher.hash(&password).await,
+            Err(Error::Unavailable("password hasher"))
+        ));
+        // The password policy (zxcvbn) is admitted the same way: it never runs elsewhere.
+        assert!(matches!(
+            hasher.check_policy(&password, Vec::new()).await,
             Err(Error::Unavailable("password hasher"))
         ));
         for _ in 0..threads {
