@@ -31,6 +31,8 @@ pub mod otp;
 pub mod password;
 /// The password policy: refuses the most common passwords.
 pub mod policy;
+/// Pruning of expired rows, in the background and on demand.
+pub mod prune;
 /// Database access.
 pub mod store;
 /// JWT issuing and verification.

@@ -1,4 +1,4 @@
-//! `authd audit`: read the security audit trail.
+//! `authd audit`: read the security audit trail; `authd prune`: delete what has expired.
 
 use anyhow::Context;
 use clap::Args;
@@ -43,6 +43,29 @@ pub async fn run(args: AuditArgs, settings: &Settings) -> anyhow::Result<()> {
         OutputFormat::Table if events.is_empty() => println!("no events"),
         OutputFormat::Table => println!("{}", events_table(&events)),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&events)?),
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Output format: a line, or a JSON object of the counts.
+    #[arg(long, value_enum, default_value_t)]
+    format: OutputFormat,
+}
+
+pub async fn prune(args: PruneArgs, settings: &Settings) -> anyhow::Result<()> {
+    let store = Store::open(settings).await?;
+    let pruned = crate::prune::prune_once(&store, &settings.audit, true)
+        .await
+        .context("cannot prune")?
+        .context("the pruning lock was not granted")?;
+    match args.format {
+        OutputFormat::Table => println!(
+            "removed {} expired challenges, {} idle throttle rows, {} audit events older than {} days",
+            pruned.challenges, pruned.throttles, pruned.events, settings.audit.retention_days
+        ),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&pruned)?),
     }
     Ok(())
 }

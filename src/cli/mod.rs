@@ -65,6 +65,10 @@ pub enum Command {
     /// Read the security audit trail (logins, codes, locks, admin changes), newest first.
     #[command(after_help = EXIT_CODES)]
     Audit(audit::AuditArgs),
+    /// Delete what has expired now (the server also does it every audit.prune_interval_secs):
+    /// expired challenges, idle throttle rows, audit events older than audit.retention_days.
+    #[command(after_help = EXIT_CODES)]
+    Prune(audit::PruneArgs),
 }
 
 /// How a command prints its result.
@@ -150,6 +154,7 @@ pub async fn run(cli: Cli, settings: anyhow::Result<Settings>) -> anyhow::Result
         Command::User(command) => user::run(command, &settings).await,
         Command::Token(command) => token::run(command, &settings),
         Command::Audit(args) => audit::run(args, &settings).await,
+        Command::Prune(args) => audit::prune(args, &settings).await,
         Command::Healthcheck(args) => healthcheck::run(args, &settings).await,
         Command::Openapi => unreachable!("handled above"),
     }

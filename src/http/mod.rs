@@ -426,6 +426,16 @@ pub struct App {
     metrics: Option<(TcpListener, HttpService)>,
     header_timeout: Duration,
     audit_writer: JoinHandle<()>,
+    pruner: AbortOnDrop,
+}
+
+/// A background task that ends with its owner (a test dropping its app included).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl App {
@@ -452,6 +462,10 @@ impl App {
         }
         let secret = load_signing_secret(settings, true)?;
         let (audit, audit_writer) = AuditLog::start(store.clone());
+        let pruner = AbortOnDrop(crate::prune::spawn_pruner(
+            store.clone(),
+            settings.audit.clone(),
+        ));
         let auth = Auth::from_settings(settings, store, &secret, audit, Metrics::new()).await?;
         let state = AppState::new(auth, settings)?;
         let listener = TcpListener::bind(&settings.http.addr)
@@ -474,6 +488,7 @@ impl App {
             metrics,
             header_timeout: Duration::from_secs(settings.http.header_timeout_secs),
             audit_writer,
+            pruner,
         })
     }
 
@@ -510,6 +525,7 @@ impl App {
             metrics,
             header_timeout,
             audit_writer,
+            pruner,
         } = self;
         let (stopped, watch) = tokio::sync::watch::channel(false);
         let stop_signal = |mut watch: tokio::sync::watch::Receiver<bool>| async move {
@@ -538,6 +554,8 @@ impl App {
         {
             tracing::warn!("audit trail not fully written at shutdown");
         }
+        // A pruning pass cut short is rolled back and done again at the next start.
+        drop(pruner);
         tracing::info!("authd stopped");
         Ok(())
     }

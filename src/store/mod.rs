@@ -156,6 +156,24 @@ fn granted(failures: i64, rule: &ThrottleRule) -> Reservation {
     }
 }
 
+/// What one pruning pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Pruned {
+    /// Login challenges past their expiry (dead whether used or not).
+    pub challenges: u64,
+    /// Throttle rows untouched for [`THROTTLE_MEMORY_DAYS`] that lock nothing now.
+    pub throttles: u64,
+    /// Security events older than `audit.retention_days`.
+    pub events: u64,
+}
+
+/// How long an idle password counter (or code-email quota) is remembered once it locks nothing.
+/// Code counters (`otp:`) are never pruned: only a right code or `authd user unlock` clears one.
+pub const THROTTLE_MEMORY_DAYS: i64 = 30;
+
+/// The PostgreSQL advisory lock that lets one instance at a time prune ("authd" in ASCII).
+pub const PRUNE_LOCK: i64 = 0x6175_7468_64;
+
 /// Filters for listing users.
 #[derive(Debug, Default, Clone)]
 pub struct UserQuery {
@@ -284,6 +302,9 @@ impl Store {
         pub async fn take_quota(&self, key: &str, max: u32, window_micros: i64, now: DateTime<Utc>) -> Result<Result<u32, DateTime<Utc>>>;
         /// Forgets the failures of `key` (after a success, or `authd user unlock`).
         pub async fn clear_failures(&self, key: &str) -> Result<bool>;
+        /// Deletes what has expired (see [`Pruned`]), in one transaction. On PostgreSQL one
+        /// instance at a time: `None` when another holds the pruning lock and `wait` is false.
+        pub async fn prune(&self, now: DateTime<Utc>, events_before: DateTime<Utc>, wait: bool) -> Result<Option<Pruned>>;
         /// Appends security events in one transaction.
         pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()>;
         /// Security events, newest first.

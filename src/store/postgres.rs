@@ -10,7 +10,8 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::{
-    Attempt, Credentials, NewChallenge, NewUser, Reservation, ThrottleRule, UserQuery, like_pattern,
+    Attempt, Credentials, NewChallenge, NewUser, PRUNE_LOCK, Pruned, Reservation,
+    THROTTLE_MEMORY_DAYS, ThrottleRule, UserQuery, like_pattern,
 };
 use crate::audit::{EventQuery, RecordedEvent, SecurityEvent};
 use crate::config::DatabaseSettings;
@@ -339,6 +340,55 @@ impl PgStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn prune(
+        &self,
+        now: DateTime<Utc>,
+        events_before: DateTime<Utc>,
+        wait: bool,
+    ) -> Result<Option<Pruned>> {
+        let mut tx = self.pool.begin().await?;
+        if wait {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(PRUNE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(PRUNE_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !got {
+                return Ok(None);
+            }
+        }
+        let challenges = sqlx::query("DELETE FROM otp_challenges WHERE expires_at < $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let throttles = sqlx::query(
+            "DELETE FROM throttles
+             WHERE key NOT LIKE 'otp:%' AND updated_at < $2
+               AND (locked_until IS NULL OR locked_until < $1)",
+        )
+        .bind(now)
+        .bind(now - chrono::Duration::days(THROTTLE_MEMORY_DAYS))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let events = sqlx::query("DELETE FROM security_events WHERE at < $1")
+            .bind(events_before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(Some(Pruned {
+            challenges,
+            throttles,
+            events,
+        }))
     }
 
     pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()> {

@@ -14,7 +14,8 @@ use sqlx::sqlite::{
 use uuid::Uuid;
 
 use super::{
-    Attempt, Credentials, NewChallenge, NewUser, Reservation, ThrottleRule, UserQuery, like_pattern,
+    Attempt, Credentials, NewChallenge, NewUser, Pruned, Reservation, THROTTLE_MEMORY_DAYS,
+    ThrottleRule, UserQuery, like_pattern,
 };
 use crate::audit::{EventQuery, RecordedEvent, SecurityEvent};
 use crate::config::DatabaseSettings;
@@ -347,6 +348,42 @@ impl SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// One file, one instance: no lock to take, so `wait` changes nothing.
+    pub async fn prune(
+        &self,
+        now: DateTime<Utc>,
+        events_before: DateTime<Utc>,
+        _wait: bool,
+    ) -> Result<Option<Pruned>> {
+        let mut tx = self.pool.begin().await?;
+        let challenges = sqlx::query("DELETE FROM otp_challenges WHERE expires_at < ?1")
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let throttles = sqlx::query(
+            "DELETE FROM throttles
+             WHERE key NOT LIKE 'otp:%' AND updated_at < ?2
+               AND (locked_until IS NULL OR locked_until < ?1)",
+        )
+        .bind(micros(now))
+        .bind(micros(now - chrono::Duration::days(THROTTLE_MEMORY_DAYS)))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let events = sqlx::query("DELETE FROM security_events WHERE at < ?1")
+            .bind(micros(events_before))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(Some(Pruned {
+            challenges,
+            throttles,
+            events,
+        }))
     }
 
     pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()> {

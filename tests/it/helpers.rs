@@ -294,6 +294,18 @@ impl TestDb {
         }
     }
 
+    /// Runs a statement, in the spelling of whichever backend this is.
+    pub async fn exec(&self, postgres: &'static str, sqlite: &'static str) {
+        match self {
+            TestDb::Postgres(p) => {
+                sqlx::query(postgres).execute(p).await.unwrap();
+            }
+            TestDb::Sqlite(p) => {
+                sqlx::query(sqlite).execute(p).await.unwrap();
+            }
+        }
+    }
+
     /// How many security events of `kind` are stored.
     pub async fn count_events(&self, kind: &str) -> i64 {
         match self {

@@ -10,4 +10,5 @@ mod lockout;
 mod observability;
 mod otp_flow;
 mod process;
+mod prune;
 mod resilience;

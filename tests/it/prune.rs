@@ -1,0 +1,133 @@
+//! Pruning: expired challenges, idle throttle rows and old audit events leave the database,
+//! by `authd prune` and by the server's own task; code counters stay.
+
+use std::time::Duration;
+
+use authd::store::{PRUNE_LOCK, Store};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{SECRET, TestApp, backend};
+use crate::smtp_sink::Behaviour;
+
+/// Leaves one of each kind of row behind, then ages them: a throttle row for an unknown
+/// address, a code counter, an expired challenge, and audit events from 400 days ago.
+async fn leave_old_rows(app: &TestApp) {
+    assert_eq!(
+        app.login("ghost@example.test", "not the password")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.register("prune@example.test", true).await;
+    let (token, code) = app.start_challenge("prune@example.test").await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_eq!(
+        app.submit_code(&token, wrong).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.db.expect_events("code_rejected", 1).await;
+    app.db.expire_challenges().await;
+    app.db
+        .exec(
+            "UPDATE throttles SET updated_at = updated_at - interval '31 days'",
+            "UPDATE throttles SET updated_at = updated_at - 31 * 86400000000",
+        )
+        .await;
+    app.db
+        .exec(
+            "UPDATE security_events SET at = at - interval '400 days'",
+            "UPDATE security_events SET at = at - 400 * 86400000000",
+        )
+        .await;
+}
+
+async fn rows(app: &TestApp) -> (i64, i64, i64, i64) {
+    (
+        app.db
+            .int("SELECT CAST(count(*) AS BIGINT) FROM otp_challenges")
+            .await,
+        app.db
+            .int("SELECT CAST(count(*) AS BIGINT) FROM throttles WHERE key LIKE 'login:%'")
+            .await,
+        app.db
+            .int("SELECT CAST(count(*) AS BIGINT) FROM throttles WHERE key LIKE 'otp:%'")
+            .await,
+        app.db
+            .int("SELECT CAST(count(*) AS BIGINT) FROM security_events")
+            .await,
+    )
+}
+
+#[tokio::test]
+async fn authd_prune_removes_what_expired_and_keeps_code_counters() {
+    let app = TestApp::spawn().await;
+    leave_old_rows(&app).await;
+    let (challenges, logins, codes, events) = rows(&app).await;
+    assert_eq!((challenges, logins, codes), (1, 1, 1));
+    app.register("recent@example.test", false).await;
+    app.db.expect_events("user_registered", 2).await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_authd"))
+        .env_remove("AUTHD_CONFIG")
+        .env("AUTHD_JWT__SECRET", SECRET)
+        .args(["--database-url", &app.db_url, "prune", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let pruned: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(pruned["challenges"], 1);
+    assert_eq!(pruned["throttles"], 1);
+    assert_eq!(pruned["events"], events);
+    // The code counter stays; so does the event of the recent registration.
+    assert_eq!(rows(&app).await, (0, 0, 1, 1));
+    // A second pass finds nothing, and says so in a line.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_authd"))
+        .env_remove("AUTHD_CONFIG")
+        .env("AUTHD_JWT__SECRET", SECRET)
+        .args(["--database-url", &app.db_url, "prune"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(again.stdout).unwrap(),
+        "removed 0 expired challenges, 0 idle throttle rows, 0 audit events older than 365 days\n"
+    );
+}
+
+#[tokio::test]
+async fn the_server_prunes_by_itself_every_interval() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| s.audit.prune_interval_secs = 1).await;
+    leave_old_rows(&app).await;
+    for _ in 0..50 {
+        if rows(&app).await == (0, 0, 1, 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not pruned: {:?}", rows(&app).await);
+}
+
+#[tokio::test]
+async fn on_postgresql_one_instance_at_a_time_prunes() {
+    if backend() != authd::store::Backend::Postgres {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let store = Store::connect_lazy(&app.settings).unwrap();
+    let crate::helpers::TestDb::Postgres(pool) = &app.db else {
+        unreachable!()
+    };
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(PRUNE_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    assert_eq!(store.prune(now, now, false).await.unwrap(), None);
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(PRUNE_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    assert!(store.prune(now, now, false).await.unwrap().is_some());
+}
