@@ -175,6 +175,18 @@ pub struct SmtpSettings {
 /// Minimum length of the HMAC secret: HS256 with a shorter key is guessable.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// The signing secret docker-compose.yml publishes for development: production refuses it.
+pub const DEVELOPMENT_SECRET: &str = "development-only-jwt-secret-never-use-in-production";
+
+/// Fewest distinct bytes a production signing secret may have. 32 random decimal digits (the
+/// poorest alphabet a generator uses) have 9 or 10 distinct in 97% of draws and fewer than 8 in
+/// about 0.1%; 32 random hex digits have fewer than 8 practically never. Repeated characters
+/// and short cycles ("aaaa...", "abcabc...") fall far below.
+pub const MIN_SECRET_DISTINCT_BYTES: usize = 8;
+
+/// Lowest bcrypt cost production accepts (OWASP's floor for bcrypt).
+pub const MIN_PRODUCTION_BCRYPT_COST: u32 = 10;
+
 /// Largest `password.max_queue`: beyond this a queue only hides an overload for minutes.
 pub const MAX_HASH_QUEUE: usize = 10_000;
 
@@ -306,9 +318,48 @@ impl Settings {
                 self.mail.transport
             );
         }
-        if self.jwt.secret.is_none() {
+        let Some(secret) = &self.jwt.secret else {
             bail!(
                 "refusing to start in production without jwt.secret: a generated key is for development only; set AUTHD_JWT__SECRET (at least {MIN_SECRET_BYTES} bytes)"
+            );
+        };
+        let secret = secret.expose_secret().as_bytes();
+        if secret == DEVELOPMENT_SECRET.as_bytes() {
+            bail!(
+                "refusing to start in production: jwt.secret is the public development secret from docker-compose.yml; generate one (openssl rand -hex 32)"
+            );
+        }
+        let distinct = distinct_bytes(secret);
+        if distinct < MIN_SECRET_DISTINCT_BYTES {
+            bail!(
+                "refusing to start in production: jwt.secret has only {distinct} distinct characters (at least {MIN_SECRET_DISTINCT_BYTES}), it is not random; generate one (openssl rand -hex 32)"
+            );
+        }
+        if !self.rate_limit.enabled {
+            bail!(
+                "refusing to start in production with rate_limit.enabled = false: logins and codes would have no brute-force protection"
+            );
+        }
+        if self.password.bcrypt_cost < MIN_PRODUCTION_BCRYPT_COST {
+            bail!(
+                "refusing to start in production with password.bcrypt_cost = {}: at least {MIN_PRODUCTION_BCRYPT_COST}",
+                self.password.bcrypt_cost
+            );
+        }
+        let smtp = &self.mail.smtp;
+        let has_password = smtp
+            .password
+            .as_ref()
+            .is_some_and(|p| !p.expose_secret().is_empty());
+        if self.mail.transport == MailTransport::Smtp
+            && smtp.tls == SmtpTls::None
+            && has_password
+            && !is_loopback_host(&smtp.host)
+            && !smtp.allow_cleartext
+        {
+            bail!(
+                "refusing to start in production: mail.smtp.tls = \"none\" would send the SMTP password to {} in clear; use starttls or tls (or set mail.smtp.allow_cleartext = true)",
+                smtp.host
             );
         }
         Ok(())
@@ -342,6 +393,28 @@ impl Settings {
     pub fn configured_jwt_secret(&self) -> Option<&SecretString> {
         self.jwt.secret.as_ref()
     }
+}
+
+/// How many different byte values `bytes` holds.
+fn distinct_bytes(bytes: &[u8]) -> usize {
+    let mut seen = [false; 256];
+    for &b in bytes {
+        seen[usize::from(b)] = true;
+    }
+    seen.iter().filter(|&&s| s).count()
+}
+
+/// Whether `host` names this machine: `localhost` or a loopback address (127.0.0.0/8, ::1).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim().trim_end_matches('.');
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 pub(crate) fn check_secret(secret: &SecretString) -> anyhow::Result<()> {
@@ -385,6 +458,70 @@ mod tests {
         let printed = format!("{settings:?}");
         assert!(!printed.contains("a-very-secret-value"));
         assert!(!printed.contains("hunter2"));
+    }
+
+    /// Production settings that pass every check, for each test to spoil one way.
+    fn sound_production() -> Settings {
+        let mut settings = Settings::defaults();
+        settings.env = Environment::Production;
+        settings.mail.transport = MailTransport::Smtp;
+        settings.jwt.secret = Some("0f3a9c1e7b52d8469e0c2b7a5d1f8e3c".into());
+        settings
+    }
+
+    #[test]
+    fn a_sound_production_configuration_passes() {
+        sound_production().check_production().unwrap();
+        let mut relay = sound_production();
+        relay.mail.smtp.password = Some("relay-password".into());
+        for host in ["localhost", "127.0.0.1", "127.0.0.53", "::1", "[::1]"] {
+            relay.mail.smtp.host = host.into();
+            relay.check_production().unwrap();
+        }
+        relay.mail.smtp.host = "smtp.example.test".into();
+        relay.mail.smtp.tls = SmtpTls::Starttls;
+        relay.check_production().unwrap();
+        relay.mail.smtp.tls = SmtpTls::None;
+        relay.mail.smtp.allow_cleartext = true;
+        relay.check_production().unwrap();
+        relay.mail.smtp.allow_cleartext = false;
+        relay.mail.smtp.password = None;
+        relay.check_production().unwrap();
+    }
+
+    #[test]
+    fn production_refuses_each_weak_setting_with_its_name() {
+        type Spoil = fn(&mut Settings);
+        let cases: [(&str, Spoil); 6] = [
+            ("docker-compose.yml", |s| {
+                s.jwt.secret = Some(DEVELOPMENT_SECRET.into())
+            }),
+            ("distinct", |s| s.jwt.secret = Some("x".repeat(32).into())),
+            ("distinct", |s| {
+                s.jwt.secret = Some("abcdefg".repeat(6).into())
+            }),
+            ("rate_limit.enabled", |s| s.rate_limit.enabled = false),
+            ("password.bcrypt_cost", |s| s.password.bcrypt_cost = 9),
+            ("mail.smtp.tls", |s| {
+                s.mail.smtp.host = "smtp.example.test".into();
+                s.mail.smtp.password = Some("relay-password".into());
+            }),
+        ];
+        for (expected, spoil) in cases {
+            let mut settings = sound_production();
+            spoil(&mut settings);
+            let err = settings.check_production().unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+            settings.env = Environment::Development;
+            settings.check_production().unwrap();
+        }
+    }
+
+    #[test]
+    fn the_development_secret_is_the_one_docker_compose_publishes() {
+        let compose = include_str!("../docker-compose.yml");
+        assert!(compose.contains(DEVELOPMENT_SECRET));
     }
 
     #[test]

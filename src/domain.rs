@@ -4,8 +4,10 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use email_address::{EmailAddress, Options};
+use idna::AsciiDenyList;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
 /// A user as every door shows it. There is deliberately no password hash here.
@@ -30,7 +32,9 @@ pub const PASSWORD_MAX_BYTES: usize = 72;
 pub const NAME_MAX_CHARS: usize = 100;
 pub const OTP_DIGITS: usize = 6;
 
-/// A syntactically valid email address, trimmed and lower-cased.
+/// A syntactically valid email address in the one form authd stores, compares and shows:
+/// trimmed, Unicode NFC, lower-cased, and with its domain in ASCII (IDNA punycode), so
+/// `José@Bücher.example` typed precomposed or decomposed is always `josé@xn--bcher-kva.example`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
@@ -39,15 +43,30 @@ impl Email {
         if raw.chars().any(|c| matches!(c, '\r' | '\n' | '\0')) {
             return Err("must not contain line breaks or NUL characters".into());
         }
-        let normalised = raw.trim().to_lowercase();
-        if normalised.is_empty() {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
             return Err("must not be empty".into());
         }
+        if trimmed.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        // NFC before lower-casing so both spellings of a letter lower-case alike, and again
+        // after, because lower-casing may leave a sequence that composes further.
+        let lowered: String = trimmed
+            .nfc()
+            .collect::<String>()
+            .to_lowercase()
+            .nfc()
+            .collect();
+        let Some((local, domain)) = lowered.rsplit_once('@') else {
+            return Err("is not a valid email address".into());
+        };
+        // UTS 46 with the STD3 rules: letters, digits and hyphens once in ASCII, nothing else.
+        let domain = idna::domain_to_ascii_cow(domain.as_bytes(), AsciiDenyList::STD3)
+            .map_err(|_| "has a domain that is not a valid domain name".to_string())?;
+        let normalised = format!("{local}@{domain}");
         if normalised.chars().count() > EMAIL_MAX_CHARS {
             return Err(format!("must be at most {EMAIL_MAX_CHARS} characters"));
-        }
-        if normalised.chars().any(char::is_control) {
-            return Err("must not contain control characters".into());
         }
         let options = Options::default()
             .without_display_text()
@@ -84,8 +103,12 @@ impl Password {
                 "must be at most {PASSWORD_MAX_BYTES} bytes of UTF-8 (bcrypt's limit), this one has {len}"
             ));
         }
-        if raw.contains('\0') {
-            return Err("must not contain NUL characters".into());
+        // bcrypt cycles its key with a NUL after it, so "P\0P" hashes like "P"; the other
+        // control characters cannot be typed reliably and only come from pasted or forged input.
+        if raw.chars().any(char::is_control) {
+            return Err(
+                "must not contain NUL or other control characters (tab, escape, ...)".into(),
+            );
         }
         Ok(Password(raw.into()))
     }
@@ -194,6 +217,54 @@ mod tests {
     }
 
     #[test]
+    fn email_typed_precomposed_or_decomposed_is_one_address_in_nfc() {
+        let nfc = Email::parse("jos\u{e9}@example.test").unwrap();
+        let nfd = Email::parse("jose\u{301}@example.test").unwrap();
+        assert_eq!(nfc, nfd);
+        assert_eq!(nfc.as_str(), "jos\u{e9}@example.test");
+        // Upper-case decomposed lower-cases to the same precomposed letter.
+        assert_eq!(Email::parse("JOSE\u{301}@EXAMPLE.TEST").unwrap(), nfc);
+    }
+
+    #[test]
+    fn email_domain_is_stored_in_its_ascii_form() {
+        let email = Email::parse("User@B\u{fc}cher.Example").unwrap();
+        assert_eq!(email.as_str(), "user@xn--bcher-kva.example");
+        assert_eq!(
+            Email::parse("user@xn--bcher-kva.example").unwrap(),
+            email,
+            "the punycode spelling is the same address"
+        );
+        let nfd = Email::parse("user@bu\u{308}cher.example").unwrap();
+        assert_eq!(nfd, email);
+        for bad in [
+            "a@b\u{fc}cher_x.example",
+            "a@exa mple.test",
+            "a@-bad-.example",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn normalised_email_is_a_fixed_point_of_lower_and_trim() {
+        // The database checks email = lower(btrim(email)); Rust's lower-case output must be
+        // left alone by a second lower-casing.
+        for raw in [
+            "\u{c9}MILE@Example.test",
+            "STRASSE\u{1e9e}@example.test",
+            "\u{130}x@example.test",
+        ] {
+            let email = Email::parse(raw).unwrap();
+            assert_eq!(
+                email.as_str(),
+                email.as_str().to_lowercase().trim(),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
     fn email_longer_than_254_characters_is_refused() {
         let local = "a".repeat(64);
         let domain = format!("{}.test", "b".repeat(60));
@@ -214,6 +285,21 @@ mod tests {
         // 36 two-byte characters are 72 bytes; one more is 74.
         assert!(Password::parse(&"é".repeat(36)).is_ok());
         assert!(Password::parse(&"é".repeat(37)).is_err());
+    }
+
+    #[test]
+    fn password_with_nul_or_another_control_character_is_refused() {
+        for bad in [
+            "P\0Password",
+            "pass\tword1",
+            "pass\u{1b}[2Jword",
+            "password\u{7f}",
+            "pass\u{85}word",
+        ] {
+            let err = Password::parse(bad).unwrap_err();
+            assert!(err.contains("control characters"), "{bad:?}: {err}");
+        }
+        assert!(Password::parse("pass word with spaces").is_ok());
     }
 
     #[test]

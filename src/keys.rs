@@ -85,7 +85,13 @@ fn generate_secret(path: &Path) -> anyhow::Result<SecretString> {
         .context("the operating system's random generator failed")?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
+        // Private like the key (and the SQLite database that may share the directory).
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     }
     let mut options = std::fs::OpenOptions::new();

@@ -168,8 +168,11 @@ impl PasswordHasher {
             Some(stored) => Arc::from(stored),
             None => self.dummy_hash().await?,
         };
-        // Longer inputs can never match a hash authd made; still spend the same time on them.
-        let usable = candidate.len() <= PASSWORD_MAX_BYTES;
+        // Longer inputs can never match a hash authd made, nor can a NUL: bcrypt cycles its key
+        // with a NUL after it, so "P\0P" would match the hash of "P", and authd never hashed a
+        // NUL. Still spend the same time on them. (Other control characters are refused at
+        // registration but still verified, so passwords set before that rule keep working.)
+        let usable = candidate.len() <= PASSWORD_MAX_BYTES && !candidate.contains('\0');
         let candidate = if usable {
             candidate.to_owned()
         } else {

@@ -18,6 +18,10 @@ use crate::error::Error;
 /// The only algorithm authd signs with or accepts.
 pub const ALGORITHM: Algorithm = Algorithm::HS256;
 
+/// How far in the future `iat` may be: another instance's clock may run this much ahead of
+/// ours. A token issued further ahead was not issued by a sane clock, and is refused.
+pub const MAX_IAT_SKEW_SECS: i64 = 60;
+
 /// What a token is for. Each verifier accepts only its own kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,13 +54,16 @@ impl TokenKind {
     }
 }
 
-/// The registered claims authd puts in every token; all are required on the way back in.
+/// The registered claims authd puts in every token; all but `nbf` are required on the way
+/// back in, and `nbf` is honoured when present (authd itself never writes it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
     pub sub: Uuid,
     pub aud: String,
     pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     pub iat: i64,
     pub jti: Uuid,
 }
@@ -80,12 +87,19 @@ pub enum TokenError {
     WrongIssuer,
     #[error("a required claim is missing or malformed")]
     BadClaims,
+    #[error("the header has a crit parameter (extensions authd does not implement)")]
+    CriticalHeader,
+    #[error("not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error("issued in the future (iat more than {}s ahead)", MAX_IAT_SKEW_SECS)]
+    IssuedInFuture,
 }
 
 impl From<TokenError> for Error {
     fn from(err: TokenError) -> Self {
         Error::InvalidToken(match err {
             TokenError::Expired => "the token has expired",
+            TokenError::NotYetValid => "the token is not valid yet",
             TokenError::WrongKind => "this kind of token is not accepted here",
             _ => "the token is not valid",
         })
@@ -190,6 +204,7 @@ impl TokenKeys {
             sub: subject,
             aud: self.audience(kind).to_owned(),
             exp: expires_at.timestamp(),
+            nbf: None,
             iat: now.timestamp(),
             jti,
         };
@@ -203,10 +218,16 @@ impl TokenKeys {
         })
     }
 
-    /// Verifies a token of exactly `kind`: header (HS256 and the kind's `typ`), signature
-    /// (constant-time), and every claim: `exp` in the future (no leeway), our issuer and the
-    /// kind's audience, and `sub`, `iat`, `jti` present and well formed.
+    /// Verifies a token of exactly `kind`: header (HS256, the kind's `typ`, no `crit`),
+    /// signature (constant-time), and every claim: `exp` in the future and `nbf`, if present,
+    /// not (no leeway either way), `iat` at most [`MAX_IAT_SKEW_SECS`] ahead, our issuer and
+    /// the kind's audience, and `sub`, `iat`, `jti` present and well formed.
     pub fn verify(&self, kind: TokenKind, token: &str) -> Result<Claims, TokenError> {
+        self.verify_at(kind, token, Utc::now().timestamp())
+    }
+
+    /// [`TokenKeys::verify`] as of `now` (Unix seconds).
+    fn verify_at(&self, kind: TokenKind, token: &str, now: i64) -> Result<Claims, TokenError> {
         let mut segments = token.split('.');
         let (Some(header), Some(claims), Some(signature), None) = (
             segments.next(),
@@ -234,8 +255,14 @@ impl TokenKeys {
             .decode(claims)
             .map_err(|_| TokenError::NotAJwt)?;
         let claims: Claims = serde_json::from_slice(&claims).map_err(|_| TokenError::BadClaims)?;
-        if claims.exp <= Utc::now().timestamp() {
+        if claims.exp <= now {
             return Err(TokenError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now) {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.iat > now.saturating_add(MAX_IAT_SKEW_SECS) {
+            return Err(TokenError::IssuedInFuture);
         }
         if claims.iss != self.issuer {
             return Err(TokenError::WrongIssuer);
@@ -268,7 +295,9 @@ impl TokenKeys {
                 Ok(sub)
             };
         }
-        let claims = self.verify(TokenKind::Access, token)?;
+        // Only a token that passes every check is remembered; the hit path above then only
+        // needs `exp`, because `nbf` and `iat` once passed stay passed as time goes on.
+        let claims = self.verify_at(TokenKind::Access, token, now)?;
         self.verified.insert(signature, token, &claims, now);
         Ok(claims.sub)
     }
@@ -350,6 +379,11 @@ fn check_header(kind: TokenKind, segment: &str) -> Result<(), TokenError> {
     let typ = header.get("typ").and_then(serde_json::Value::as_str);
     if typ.and_then(TokenKind::from_typ) != Some(kind) {
         return Err(TokenError::WrongKind);
+    }
+    // RFC 7515 §4.1.11: a recipient must refuse extensions it does not understand, and authd
+    // understands none (RFC 8725 §3.1 asks for exactly this).
+    if header.get("crit").is_some() {
+        return Err(TokenError::CriticalHeader);
     }
     Ok(())
 }
@@ -646,6 +680,80 @@ mod tests {
         assert_eq!(
             keys.verify(TokenKind::Access, &other_alg),
             Err(TokenError::WrongAlgorithm)
+        );
+    }
+
+    const HEADER: &str = r#"{"typ":"at+jwt","alg":"HS256"}"#;
+
+    #[test]
+    fn a_crit_header_is_refused_even_when_signed_with_our_key() {
+        let keys = keys(SECRET);
+        let claims = claims_json(&keys, Utc::now().timestamp() + 60);
+        for header in [
+            r#"{"alg":"HS256","typ":"at+jwt","crit":["exp"]}"#,
+            r#"{"alg":"HS256","typ":"at+jwt","crit":[]}"#,
+            r#"{"alg":"HS256","typ":"at+jwt","crit":null}"#,
+        ] {
+            let token = sign(SECRET, header, &claims);
+            assert_eq!(
+                keys.access_subject(&token),
+                Err(TokenError::CriticalHeader),
+                "{header}"
+            );
+        }
+        assert_eq!(keys.verified.len(), 0, "refused tokens are not remembered");
+    }
+
+    #[test]
+    fn nbf_is_honoured_without_leeway() {
+        let keys = keys(SECRET);
+        let now = Utc::now().timestamp();
+        let with_nbf = |nbf: i64| {
+            let mut claims = claims_json(&keys, now + 600);
+            claims["nbf"] = nbf.into();
+            sign(SECRET, HEADER, &claims)
+        };
+        let later = with_nbf(now + 30);
+        assert_eq!(
+            keys.access_subject_at(&later, now),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(keys.verified.len(), 0, "refused tokens are not remembered");
+        // Once its time has come it is accepted, and remembered from then on.
+        assert!(keys.access_subject_at(&later, now + 30).is_ok());
+        assert_eq!(keys.verified.len(), 1);
+        assert!(keys.verify(TokenKind::Access, &with_nbf(now)).is_ok());
+        assert!(keys.verify(TokenKind::Access, &with_nbf(now - 60)).is_ok());
+        let mut malformed = claims_json(&keys, now + 600);
+        malformed["nbf"] = "soon".into();
+        assert_eq!(
+            keys.verify(TokenKind::Access, &sign(SECRET, HEADER, &malformed)),
+            Err(TokenError::BadClaims)
+        );
+    }
+
+    #[test]
+    fn iat_more_than_a_minute_ahead_is_refused() {
+        let keys = keys(SECRET);
+        let now = Utc::now().timestamp();
+        let issued_at = |iat: i64| {
+            let mut claims = claims_json(&keys, now + 600);
+            claims["iat"] = iat.into();
+            sign(SECRET, HEADER, &claims)
+        };
+        assert_eq!(
+            keys.access_subject_at(&issued_at(now + MAX_IAT_SKEW_SECS + 1), now),
+            Err(TokenError::IssuedInFuture)
+        );
+        assert_eq!(
+            keys.access_subject_at(&issued_at(now + 3_600), now),
+            Err(TokenError::IssuedInFuture)
+        );
+        assert_eq!(keys.verified.len(), 0, "refused tokens are not remembered");
+        // A clock a little ahead is tolerated.
+        assert!(
+            keys.access_subject_at(&issued_at(now + MAX_IAT_SKEW_SECS), now)
+                .is_ok()
         );
     }
 

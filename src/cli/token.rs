@@ -120,14 +120,30 @@ fn status_label(inspection: &Inspection) -> String {
 /// The registered claims in the order they are read: who, about whom, for whom, when.
 const CLAIM_ORDER: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
 
+/// The token's own text for a terminal: control characters (ESC, CR, ...) and bidirectional
+/// overrides shown as `\u{1b}` escapes, so a forged claim cannot move the cursor, clear the
+/// screen or reorder what is shown. JSON output needs none of this: serde escapes them.
+fn printable(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
 fn inspection_table(inspection: &Inspection, now: DateTime<Utc>) -> Table {
     let mut table = new_table();
-    table.add_row(["kind".to_owned(), kind_label(inspection)]);
+    table.add_row(["kind".to_owned(), printable(&kind_label(inspection))]);
     let header = inspection
         .header
         .as_ref()
         .map_or_else(|| "(cannot be decoded)".into(), Value::to_string);
-    table.add_row(["header".to_owned(), header]);
+    table.add_row(["header".to_owned(), printable(&header)]);
     match &inspection.claims {
         Some(Value::Object(claims)) => {
             let known = CLAIM_ORDER
@@ -137,11 +153,11 @@ fn inspection_table(inspection: &Inspection, now: DateTime<Utc>) -> Table {
                 .iter()
                 .filter(|(name, _)| !CLAIM_ORDER.contains(&name.as_str()));
             for (name, value) in known.chain(others) {
-                table.add_row([name.clone(), claim_label(name, value, now)]);
+                table.add_row([printable(name), printable(&claim_label(name, value, now))]);
             }
         }
         Some(other) => {
-            table.add_row(["claims".to_owned(), other.to_string()]);
+            table.add_row(["claims".to_owned(), printable(&other.to_string())]);
         }
         None => {
             table.add_row(["claims".to_owned(), "(cannot be decoded)".to_owned()]);
@@ -271,6 +287,17 @@ mod tests {
         );
         assert_eq!(claim_label("iss", &json!("authd"), now), "authd");
         assert_eq!(claim_label("exp", &json!("soon"), now), "soon");
+    }
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_escaped_for_the_terminal() {
+        assert_eq!(printable("ok é 日本"), "ok é 日本");
+        assert_eq!(printable("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(
+            printable("x\r\ny\u{7f}\u{9b}"),
+            "x\\u{d}\\u{a}y\\u{7f}\\u{9b}"
+        );
+        assert_eq!(printable("\u{202e}gnp.exe"), "\\u{202e}gnp.exe");
     }
 
     #[test]

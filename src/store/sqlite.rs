@@ -39,6 +39,72 @@ fn from_micros(v: i64) -> Result<DateTime<Utc>, sqlx::Error> {
         .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {v} out of range").into()))
 }
 
+/// Creates the database file, and the directories above it, readable by this user only
+/// (0600 and 0700 whatever the umask): it holds password hashes. SQLite gives its -wal and
+/// -shm files the database file's mode, so they are private too. An existing file or
+/// directory keeps the mode its owner gave it; a database readable by others is warned about.
+fn create_private_file(path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .and_then(|()| set_mode(dir, 0o700))
+            .with_context(|| format!("cannot create the database directory {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => set_mode(path, 0o600)
+            .with_context(|| format!("cannot make the database {} private", path.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            warn_if_readable_by_others(path);
+            Ok(())
+        }
+        Err(err) => {
+            Err(err).with_context(|| format!("cannot create the database {}", path.display()))
+        }
+    }
+}
+
+/// Sets `path`'s mode exactly (the umask only ever narrows what `open` and `mkdir` give).
+fn set_mode(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
+}
+
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the SQLite database holds password hashes and is readable by other users: chmod 600 it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its directory.
     pub fn connect_lazy(url: &str, settings: &DatabaseSettings) -> anyhow::Result<SqliteStore> {
@@ -51,14 +117,10 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(
                 settings.acquire_timeout_secs.max(1) + 2,
             ));
-        if let Some(dir) = options
-            .get_filename()
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).with_context(|| {
-                format!("cannot create the database directory {}", dir.display())
-            })?;
+        // sqlx names an in-memory database "file:sqlx-in-memory-<n>": nothing to create.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory {
+            create_private_file(options.get_filename())?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections)

@@ -116,16 +116,166 @@ fn production_start_fails(extra: &[(&str, &str)]) -> (Option<i32>, String) {
         .arg("serve")
         .env("AUTHD_ENV", "production")
         .env("AUTHD_HTTP__ADDR", "127.0.0.1:0")
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, v) in extra {
         command.env(k, v);
     }
-    let output = command.output().unwrap();
+    let mut child = command.spawn().unwrap();
+    // A server that starts after all would never exit: give it a while, then stop it.
+    let mut waited = 0;
+    while child.try_wait().unwrap().is_none() && waited < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    }
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// A production configuration that passes every check; each refusal test spoils one setting.
+const SOUND_PRODUCTION: [(&str, &str); 3] = [
+    ("AUTHD_MAIL__TRANSPORT", "smtp"),
+    ("AUTHD_JWT__SECRET", "0f3a9c1e7b52d8469e0c2b7a5d1f8e3c"),
+    ("AUTHD_PASSWORD__BCRYPT_COST", "10"),
+];
+
+/// Starts production with `spoil` on top of the sound configuration; returns the error line.
+fn production_refusal(spoil: &[(&str, &str)]) -> String {
+    let mut env = SOUND_PRODUCTION.to_vec();
+    env.extend_from_slice(spoil);
+    let (code, stderr) = production_start_fails(&env);
+    assert_eq!(code, Some(2), "{spoil:?} was not refused: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.starts_with("error: refusing to start in production"),
+        "{stderr}"
+    );
+    last
+}
+
+#[test]
+fn production_refuses_the_public_development_secret_from_docker_compose() {
+    let compose = include_str!("../../../docker-compose.yml");
+    let secret = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("AUTHD_JWT__SECRET:"))
+        .expect("docker-compose.yml sets a development secret")
+        .trim();
+    let line = production_refusal(&[("AUTHD_JWT__SECRET", secret)]);
+    assert!(line.contains("docker-compose.yml"), "{line}");
+    assert!(!line.contains(secret), "the secret is not printed: {line}");
+}
+
+#[test]
+fn production_refuses_a_secret_of_32_identical_characters() {
+    let secret = "p".repeat(32);
+    let line = production_refusal(&[("AUTHD_JWT__SECRET", &secret)]);
+    assert!(line.contains("distinct characters"), "{line}");
+    assert!(!line.contains(&secret), "the secret is not printed: {line}");
+}
+
+#[test]
+fn production_refuses_rate_limits_switched_off() {
+    let line = production_refusal(&[("AUTHD_RATE_LIMIT__ENABLED", "false")]);
+    assert!(line.contains("rate_limit.enabled = false"), "{line}");
+}
+
+#[test]
+fn production_refuses_a_bcrypt_cost_below_10() {
+    let line = production_refusal(&[("AUTHD_PASSWORD__BCRYPT_COST", "9")]);
+    assert!(line.contains("password.bcrypt_cost = 9"), "{line}");
+}
+
+#[test]
+fn production_refuses_a_cleartext_smtp_password_to_a_relay_off_this_machine() {
+    let relay = [
+        ("AUTHD_MAIL__SMTP__HOST", "smtp.example.test"),
+        ("AUTHD_MAIL__SMTP__USERNAME", "authd"),
+        ("AUTHD_MAIL__SMTP__PASSWORD", "relay-password"),
+        ("AUTHD_MAIL__SMTP__TLS", "none"),
+    ];
+    let line = production_refusal(&relay);
+    assert!(line.contains("mail.smtp.tls"), "{line}");
+    assert!(line.contains("smtp.example.test"), "{line}");
+    assert!(!line.contains("relay-password"), "{line}");
+}
+
+#[tokio::test]
+async fn production_allows_a_cleartext_relay_when_told_to_and_a_sound_configuration_serves() {
+    for extra in [
+        &[][..],
+        &[
+            ("AUTHD_MAIL__SMTP__HOST", "smtp.example.test"),
+            ("AUTHD_MAIL__SMTP__PASSWORD", "relay-password"),
+            ("AUTHD_MAIL__SMTP__ALLOW_CLEARTEXT", "true"),
+        ][..],
+    ] {
+        let dir = empty_dir();
+        let mut command = authd();
+        command.current_dir(&dir).env("AUTHD_ENV", "production");
+        for (k, v) in SOUND_PRODUCTION.iter().chain(extra) {
+            command.env(k, v);
+        }
+        // Healthy on SQLite in the data directory: Server::spawn waits for /healthz 200.
+        let server = Server::spawn(command).await;
+        let (status, log) = server.terminate();
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert!(dir.join("data/authd.db").is_file());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_is_0700_and_the_database_and_its_wal_and_shm_are_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = empty_dir();
+    let mut command = authd();
+    command
+        .current_dir(&dir)
+        .env("AUTHD_PASSWORD__BCRYPT_COST", "4");
+    let server = Server::spawn(command).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/register", server.base))
+        .json(&json!({"email": "modes@example.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    // While the server runs the write-ahead log and its index exist beside the database.
+    let mode = |name: &str| {
+        let path = dir.join("data").join(name);
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        meta.permissions().mode() & 0o777
+    };
+    let modes = [
+        ("data", mode("")),
+        ("authd.db", mode("authd.db")),
+        ("authd.db-wal", mode("authd.db-wal")),
+        ("authd.db-shm", mode("authd.db-shm")),
+        ("jwt-secret", mode("jwt-secret")),
+    ];
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        modes.map(|(name, mode)| format!("{name} {mode:o}")),
+        [
+            "data 700",
+            "authd.db 600",
+            "authd.db-wal 600",
+            "authd.db-shm 600",
+            "jwt-secret 600",
+        ]
+    );
 }
 
 #[test]
