@@ -172,7 +172,7 @@ pub struct Pruned {
 pub const THROTTLE_MEMORY_DAYS: i64 = 30;
 
 /// The PostgreSQL advisory lock that lets one instance at a time prune ("authd" in ASCII).
-pub const PRUNE_LOCK: i64 = 0x6175_7468_64;
+pub const PRUNE_LOCK: i64 = 0x0061_7574_6864;
 
 /// Filters for listing users.
 #[derive(Debug, Default, Clone)]
