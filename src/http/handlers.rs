@@ -16,10 +16,12 @@ use crate::token::IssuedToken;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    #[schema(example = "ada@example.test")]
+    // Optional here so that a missing field is a 422 naming it, not a serde message; the
+    // document says what a valid request has.
+    #[schema(required = true, value_type = String, example = "ada@example.test")]
     pub email: Option<String>,
     /// 8 to 72 bytes of UTF-8.
-    #[schema(example = "correct horse battery staple")]
+    #[schema(required = true, value_type = String, example = "correct horse battery staple")]
     pub password: Option<String>,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
@@ -30,17 +32,19 @@ pub struct RegisterRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
+    /// Required unless `username` is given.
     #[schema(example = "ada@example.test")]
     pub email: Option<String>,
     /// Accepted as an alias of `email` (OAuth2 password-form habit).
     pub username: Option<String>,
+    #[schema(required = true, value_type = String)]
     pub password: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OtpRequest {
     /// The six digits from the email.
-    #[schema(example = "123456")]
+    #[schema(required = true, value_type = String, example = "123456")]
     pub otp: Option<String>,
 }
 
