@@ -16,6 +16,21 @@
 # CONFORMANCE_EXAMPLES (default 300) bounds the test cases per operation and phase;
 # CONFORMANCE_CHECKS replaces the list of checks.
 set -euo pipefail
+
+if [ "$#" -gt 1 ] || [[ "${1:-}" == -* ]]; then
+    echo "usage: $0 [SPEC_FILE]" >&2
+    exit 2
+fi
+spec_file=""
+if [ -n "${1:-}" ]; then
+    if [ ! -f "$1" ]; then
+        echo "error: $1 is not a file" >&2
+        exit 2
+    fi
+    # Absolute, since schemathesis runs from a temporary directory.
+    spec_file="$(realpath "$1")"
+fi
+
 cd "$(dirname "$0")/.."
 
 EXAMPLES="${CONFORMANCE_EXAMPLES:-300}"
@@ -25,16 +40,6 @@ REQUIREMENTS=scripts/conformance-requirements.txt
 # that fits the schema: a wrong password or a common one fits it too. The stateful checks
 # (use_after_free, ...) need links between operations, which the document has none of.
 CHECKS="${CONFORMANCE_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection,missing_required_header,unsupported_method,allow_header_conformance,ignored_auth}"
-
-if [ "$#" -gt 1 ] || [[ "${1:-}" == -* ]]; then
-    echo "usage: $0 [SPEC_FILE]" >&2
-    exit 2
-fi
-spec_file="${1:-}"
-if [ -n "$spec_file" ] && [ ! -f "$spec_file" ]; then
-    echo "error: $spec_file is not a file" >&2
-    exit 2
-fi
 
 echo "--> schemathesis (pinned in $REQUIREMENTS)"
 if ! cmp -s "$REQUIREMENTS" "$VENV/requirements.txt" 2>/dev/null; then
