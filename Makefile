@@ -2,7 +2,7 @@
 CARGO ?= cargo
 AUTHD := target/release/authd
 
-.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench
+.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench conformance
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ lint: ## rustfmt check and clippy with warnings as errors
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
+
+conformance: ## Fuzz a served authd against its OpenAPI document (schemathesis; see README)
+	./scripts/conformance.sh
 
 openapi: ## Regenerate openapi.json from the code
 	$(CARGO) run --locked --quiet -- openapi > openapi.json

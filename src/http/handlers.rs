@@ -16,10 +16,12 @@ use crate::token::IssuedToken;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    #[schema(example = "ada@example.test")]
+    // Optional here so that a missing field is a 422 naming it, not a serde message; the
+    // document says what a valid request has.
+    #[schema(required = true, value_type = String, example = "ada@example.test")]
     pub email: Option<String>,
     /// 8 to 72 bytes of UTF-8.
-    #[schema(example = "correct horse battery staple")]
+    #[schema(required = true, value_type = String, example = "correct horse battery staple")]
     pub password: Option<String>,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
@@ -30,17 +32,19 @@ pub struct RegisterRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
+    /// Required unless `username` is given.
     #[schema(example = "ada@example.test")]
     pub email: Option<String>,
     /// Accepted as an alias of `email` (OAuth2 password-form habit).
     pub username: Option<String>,
+    #[schema(required = true, value_type = String)]
     pub password: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OtpRequest {
     /// The six digits from the email.
-    #[schema(example = "123456")]
+    #[schema(required = true, value_type = String, example = "123456")]
     pub otp: Option<String>,
 }
 
@@ -129,8 +133,8 @@ pub async fn register(
     responses(
         (status = 200, description = "Access token, or challenge token and an emailed code", body = LoginResponse),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Missing fields", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Account locked after repeated failures, or too many requests from this address (`rate_limited`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Missing fields, or fields of the wrong type (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Account locked after repeated failures, or too many requests from this address (`rate_limited`, with `Retry-After`); or the second step of a two-factor account is locked after too many wrong codes (`second_factor_locked`: an administrator must unlock it)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database or mail relay unavailable, or too many passwords already waiting to be checked (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -180,9 +184,9 @@ pub async fn login(
     responses(
         (status = 200, description = "Access token", body = TokenResponse),
         (status = 401, description = "Bad challenge token (`invalid_token`) or wrong code (`invalid_otp`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The code is not six digits", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Second step locked after repeated wrong codes, or too many requests (`rate_limited`, `Retry-After`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The code is missing or not six digits (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Second step locked for a while after repeated wrong codes, or too many requests from this address (`rate_limited`, with `Retry-After`); or locked until an administrator unlocks it (`second_factor_locked`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn login_otp(
@@ -207,7 +211,7 @@ pub async fn login_otp(
     responses(
         (status = 200, description = "The current user", body = User),
         (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn me(
@@ -228,7 +232,7 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.auth.store.ping().await?;

@@ -1,10 +1,10 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
-use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::header::{Header, HeaderBuilder};
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{Content, Ref, RefOr, Type};
+use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::error::Problem;
@@ -63,10 +63,13 @@ impl Modify for BearerSchemes {
     }
 }
 
-/// What every route may answer because of the middleware, not the handler: documented here
-/// once instead of on each handler. Every operation gets 408 (`request_timeout`) and 500
-/// (`internal_error`); one with a body also 413 (`payload_too_large`) and 415
-/// (`unsupported_media_type`); every response gets the `X-Request-Id` header.
+/// What a route may answer because of the middleware and the extractors, not the handler:
+/// documented here once instead of on each handler (a handler's own description of a status
+/// wins). Every operation gets 408 (`request_timeout`) and 500 (`internal_error`). One with a
+/// JSON body also gets 400 (`malformed_request`), 413 (`payload_too_large`), 415
+/// (`unsupported_media_type`) and 422 (`validation_failed`: the JSON has the wrong shape); one
+/// that needs a bearer token gets 401 (`invalid_token`). Every response gets the
+/// `X-Request-Id` header; 401 on a bearer route `WWW-Authenticate`; 429 and 503 `Retry-After`.
 struct CommonResponses;
 
 impl Modify for CommonResponses {
@@ -80,6 +83,11 @@ impl Modify for CommonResponses {
 }
 
 fn add_common_responses(operation: &mut Operation) {
+    let has_body = operation.request_body.is_some();
+    let needs_token = operation
+        .security
+        .as_ref()
+        .is_some_and(|schemes| !schemes.is_empty());
     let mut common = vec![
         (
             "408",
@@ -90,41 +98,100 @@ fn add_common_responses(operation: &mut Operation) {
             "A bug; the body carries no internal text (`internal_error`)",
         ),
     ];
-    if operation.request_body.is_some() {
-        common.push(("413", "Body larger than 64 KiB (`payload_too_large`)"));
+    if has_body {
+        common.extend([
+            (
+                "400",
+                "The body is not valid JSON, or is empty (`malformed_request`)",
+            ),
+            ("413", "Body larger than 64 KiB (`payload_too_large`)"),
+            (
+                "415",
+                "Body is not JSON (`unsupported_media_type`): send `Content-Type: application/json`",
+            ),
+            (
+                "422",
+                "The JSON is not an object of the documented shape, or a field is invalid \
+                 (`validation_failed`, see `errors`)",
+            ),
+        ]);
+    }
+    if needs_token {
         common.push((
-            "415",
-            "Body is not JSON (`unsupported_media_type`): send `Content-Type: application/json`",
+            "401",
+            "Missing, malformed, expired or wrong kind of bearer token (`invalid_token`)",
         ));
     }
     let responses = &mut operation.responses.responses;
     for (status, description) in common {
-        responses.entry(status.to_owned()).or_insert_with(|| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    super::error::PROBLEM_JSON,
-                    Content::new(Some(Ref::from_schema_name("Problem"))),
-                )
-                .into()
-        });
+        responses
+            .entry(status.to_owned())
+            .or_insert_with(|| problem_response(description));
     }
-    let request_id = HeaderBuilder::new()
-        .schema(Some(
-            utoipa::openapi::ObjectBuilder::new().schema_type(Type::String),
-        ))
-        .description(Some(
-            "The request's id: the client's `X-Request-Id` if it is at most 128 printable \
-             characters, otherwise a generated UUID. Every log line of the request carries it.",
-        ))
-        .build();
-    for response in responses.values_mut() {
-        if let RefOr::T(response) = response {
-            response
-                .headers
-                .insert("X-Request-Id".to_owned(), RefOr::T(request_id.clone()));
+    for (status, response) in responses.iter_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        response
+            .headers
+            .insert("X-Request-Id".to_owned(), request_id_header());
+        match status.as_str() {
+            "401" if needs_token => {
+                response
+                    .headers
+                    .insert("WWW-Authenticate".to_owned(), www_authenticate_header());
+            }
+            "429" | "503" => {
+                response
+                    .headers
+                    .insert("Retry-After".to_owned(), retry_after_header());
+            }
+            _ => {}
         }
     }
+}
+
+/// An error response: problem details, `application/problem+json`.
+fn problem_response(description: &str) -> RefOr<Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            super::error::PROBLEM_JSON,
+            Content::new(Some(Ref::from_schema_name("Problem"))),
+        )
+        .into()
+}
+
+fn header(schema_type: Type, description: &str) -> RefOr<Header> {
+    RefOr::T(
+        HeaderBuilder::new()
+            .schema(Some(ObjectBuilder::new().schema_type(schema_type)))
+            .description(Some(description))
+            .build(),
+    )
+}
+
+fn request_id_header() -> RefOr<Header> {
+    header(
+        Type::String,
+        "The request's id: the client's `X-Request-Id` if it is at most 128 printable \
+         characters, otherwise a generated UUID. Every log line of the request carries it.",
+    )
+}
+
+fn www_authenticate_header() -> RefOr<Header> {
+    header(
+        Type::String,
+        "On `invalid_token`: `Bearer realm=\"authd\"`, with `error=\"invalid_token\"` and an \
+         `error_description` when a token was sent (RFC 6750)",
+    )
+}
+
+fn retry_after_header() -> RefOr<Header> {
+    header(
+        Type::Integer,
+        "Seconds to wait before retrying (on `rate_limited` and `unavailable`)",
+    )
 }
 
 /// The document as pretty JSON with a trailing newline: exactly what `openapi.json` holds.
@@ -140,26 +207,75 @@ pub fn openapi_json() -> String {
 mod tests {
     use super::*;
 
+    /// Every operation documents each status that the middleware, the extractors and the
+    /// error mapping can answer for it, errors as problem+json with the headers they carry.
     #[test]
-    fn every_operation_documents_what_the_middleware_can_answer() {
+    fn every_operation_documents_every_status_it_can_answer() {
         let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
                 let responses = operation["responses"].as_object().unwrap();
-                let mut expected = vec!["408", "500"];
-                if operation.get("requestBody").is_some() {
-                    expected.extend(["413", "415"]);
+                let has_body = operation.get("requestBody").is_some();
+                let needs_token = operation
+                    .get("security")
+                    .and_then(|s| s.as_array())
+                    .is_some_and(|s| !s.is_empty());
+                let mut expected = vec!["200", "408", "500"];
+                if path == "/register" {
+                    expected[0] = "201";
+                }
+                if has_body {
+                    // Every body route is behind the per-address limit and may hash a
+                    // password or query the database.
+                    expected.extend(["400", "413", "415", "422", "429", "503"]);
+                }
+                if needs_token {
+                    expected.extend(["401", "503"]);
                 }
                 for status in expected {
                     assert!(responses.contains_key(status), "{method} {path}: {status}");
                 }
                 for (status, response) in responses {
+                    let what = format!("{method} {path} {status}");
+                    let headers = &response["headers"];
                     assert!(
-                        response["headers"].get("X-Request-Id").is_some(),
-                        "{method} {path} {status}: no X-Request-Id"
+                        headers.get("X-Request-Id").is_some(),
+                        "{what}: X-Request-Id"
                     );
+                    let content = response["content"].as_object().unwrap();
+                    if status.starts_with('2') {
+                        assert!(content.contains_key("application/json"), "{what}: JSON");
+                        continue;
+                    }
+                    assert_eq!(
+                        content.keys().collect::<Vec<_>>(),
+                        [super::super::error::PROBLEM_JSON],
+                        "{what}: problem+json only"
+                    );
+                    assert_eq!(
+                        content[super::super::error::PROBLEM_JSON]["schema"]["$ref"],
+                        "#/components/schemas/Problem",
+                        "{what}: a Problem"
+                    );
+                    if status == "429" || status == "503" {
+                        assert!(headers.get("Retry-After").is_some(), "{what}: Retry-After");
+                    }
+                    if status == "401" && needs_token {
+                        assert!(headers.get("WWW-Authenticate").is_some(), "{what}");
+                    }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_password_and_code_routes_document_the_second_factor_lock() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        for path in ["/login", "/login/otp"] {
+            let description = doc["paths"][path]["post"]["responses"]["429"]["description"]
+                .as_str()
+                .unwrap();
+            assert!(description.contains("second_factor_locked"), "{path}");
         }
     }
 }
