@@ -9,6 +9,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use prometheus::IntCounter;
+
 use crate::store::Store;
 
 /// What happened.
@@ -133,48 +135,123 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
-/// Events waiting in memory before the writer gives up on them.
+/// Events waiting in memory for the writer; past this new ones are dropped (and counted), so
+/// an outage costs bounded memory.
 const QUEUE: usize = 65_536;
 /// Events written per transaction at most.
 const BATCH: usize = 512;
+/// Longest wait between two tries to write a batch while the database is down.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// At shutdown, how long the writer keeps trying a database that is down before it gives up
+/// on what is left (inside the 10 s the server gives it).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 /// Hands events to a background writer so requests never wait for the audit insert.
 #[derive(Clone, Debug)]
 pub struct AuditLog {
     tx: mpsc::Sender<SecurityEvent>,
+    dropped: IntCounter,
 }
 
 impl AuditLog {
-    /// Starts the writer. It stops, after writing what is queued, once every `AuditLog` is dropped.
-    pub fn start(store: Store) -> (AuditLog, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let writer = tokio::spawn(write_events(store, rx));
-        (AuditLog { tx }, writer)
+    /// Starts the writer. It stops, after writing what is queued, once every `AuditLog` is
+    /// dropped. Events it could not keep are counted in `dropped`.
+    pub fn start(store: Store, dropped: IntCounter) -> (AuditLog, JoinHandle<()>) {
+        AuditLog::start_with_queue(store, dropped, QUEUE)
+    }
+
+    fn start_with_queue(
+        store: Store,
+        dropped: IntCounter,
+        queue: usize,
+    ) -> (AuditLog, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let writer = tokio::spawn(write_events(store, rx, dropped.clone()));
+        (AuditLog { tx, dropped }, writer)
     }
 
     pub fn record(&self, event: SecurityEvent) {
         if self.tx.try_send(event).is_err() {
+            self.dropped.inc();
             tracing::warn!("audit queue full or closed: a security event was dropped");
         }
     }
 }
 
-async fn write_events(store: Store, mut rx: mpsc::Receiver<SecurityEvent>) {
+/// Writes batches as they come. While the database is down the current batch is retried with
+/// backoff for as long as the server runs (the queue holds what arrives meanwhile); once the
+/// server stops, for at most `SHUTDOWN_GRACE` in all.
+async fn write_events(store: Store, mut rx: mpsc::Receiver<SecurityEvent>, dropped: IntCounter) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut give_up_at: Option<tokio::time::Instant> = None;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=5 {
+        let mut delay = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
             match store.insert_events(&batch).await {
-                Ok(()) => break,
-                Err(err) if attempt == 5 => {
-                    tracing::error!(error = %err, lost = batch.len(), "cannot write security events");
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            events = batch.len(),
+                            failures,
+                            "security events written after the database came back"
+                        );
+                    }
+                    break;
                 }
-                Err(_) => {
+                Err(err) => {
+                    failures += 1;
+                    if rx.is_closed() {
+                        let deadline = *give_up_at
+                            .get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                        if tokio::time::Instant::now() >= deadline {
+                            let lost = batch.len() + rx.len();
+                            dropped.inc_by(lost as u64);
+                            tracing::error!(error = %err, lost, "cannot write security events before shutdown: dropped");
+                            rx.close();
+                            while rx.try_recv().is_ok() {}
+                            return;
+                        }
+                    }
+                    if failures == 1 || failures.is_multiple_of(12) {
+                        tracing::warn!(error = %err, waiting = batch.len() + rx.len(), "cannot write security events yet; retrying");
+                    }
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
             }
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable_store() -> Store {
+        let mut settings = crate::config::Settings::defaults();
+        settings.database.url = "postgres://authd@127.0.0.1:1/none".to_string().into();
+        settings.database.acquire_timeout_secs = 1;
+        Store::connect_lazy(&settings).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_growing() {
+        let dropped = IntCounter::new("dropped", "test").unwrap();
+        let (log, _writer) = AuditLog::start_with_queue(unreachable_store(), dropped.clone(), 4);
+        for _ in 0..20 {
+            log.record(SecurityEvent::new(EventKind::LoginFailed));
+        }
+        // On this single-threaded runtime the writer has not run yet: the queue holds four,
+        // the other sixteen are dropped and counted.
+        assert_eq!(dropped.get(), 16);
+        // The writer now takes the four and keeps retrying them (the database is down), so
+        // there is room for four more, and no more.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..10 {
+            log.record(SecurityEvent::new(EventKind::LoginFailed));
+        }
+        assert_eq!(dropped.get(), 22);
     }
 }

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub codes: IntCounterVec,
     pub throttled: IntCounterVec,
     pub bcrypt_duration: HistogramVec,
+    /// Security events the audit writer could not keep (queue full, or shutdown with the
+    /// database down).
+    pub audit_dropped: IntCounter,
     db_connections: IntGaugeVec,
 }
 
@@ -94,6 +97,11 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
+        let audit_dropped = IntCounter::new(
+            "audit_events_dropped_total",
+            "Security events lost: the audit queue was full, or the database stayed down at shutdown",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -102,6 +110,7 @@ impl Metrics {
             Box::new(throttled.clone()),
             Box::new(bcrypt_duration.clone()),
             Box::new(db_connections.clone()),
+            Box::new(audit_dropped.clone()),
         ] {
             registry
                 .register(collector)
@@ -115,6 +124,7 @@ impl Metrics {
             codes,
             throttled,
             bcrypt_duration,
+            audit_dropped,
             db_connections,
         }
     }

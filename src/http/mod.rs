@@ -461,12 +461,13 @@ impl App {
             tracing::warn!("rate_limit.enabled = false: no brute-force protection");
         }
         let secret = load_signing_secret(settings, true)?;
-        let (audit, audit_writer) = AuditLog::start(store.clone());
+        let metrics = Metrics::new();
+        let (audit, audit_writer) = AuditLog::start(store.clone(), metrics.audit_dropped.clone());
         let pruner = AbortOnDrop(crate::prune::spawn_pruner(
             store.clone(),
             settings.audit.clone(),
         ));
-        let auth = Auth::from_settings(settings, store, &secret, audit, Metrics::new()).await?;
+        let auth = Auth::from_settings(settings, store, &secret, audit, metrics).await?;
         let state = AppState::new(auth, settings)?;
         let listener = TcpListener::bind(&settings.http.addr)
             .await

@@ -256,3 +256,64 @@ async fn with_password_max_queue_0_logins_beyond_the_hashing_threads_get_503_at_
         StatusCode::OK
     );
 }
+
+/// authd on PostgreSQL through a cuttable forwarder: (app, forwarder).
+async fn spawn_behind_cuttable() -> (TestApp, Cuttable) {
+    let db_url = fresh_database().await;
+    let target = {
+        let rest = db_url.split_once('@').map_or(db_url.as_str(), |(_, r)| r);
+        rest.split('/').next().unwrap().to_string()
+    };
+    let proxy = Cuttable::start(target.clone()).await;
+    let proxied_url = db_url.replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1);
+    let mail = MailSink::start(Behaviour::Accept).await;
+    let mut settings = test_settings(&proxied_url, mail.port);
+    settings.database.acquire_timeout_secs = 1;
+    (TestApp::spawn_on(settings, mail, db_url).await, proxy)
+}
+
+/// A login with an address that is not one: refused without the database, yet audited.
+async fn audited_without_the_database(app: &TestApp) {
+    let response = app.login("not an address", "whatever it is").await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn security_events_survive_a_database_outage_of_a_minute() {
+    let (app, proxy) = spawn_behind_cuttable().await;
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    proxy.cut();
+    for _ in 0..3 {
+        audited_without_the_database(&app).await;
+    }
+    tokio::time::sleep(Duration::from_secs(62)).await;
+    proxy.restore();
+    // The writer retries every few seconds (at most MAX_RETRY_DELAY apart).
+    for _ in 0..150 {
+        if app.db.count_events("login_failed").await >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.db.expect_events("login_failed", 3).await;
+}
+
+#[tokio::test]
+async fn security_events_queued_during_an_outage_are_written_at_shutdown_once_it_ends() {
+    let (mut app, proxy) = spawn_behind_cuttable().await;
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    proxy.cut();
+    for _ in 0..3 {
+        audited_without_the_database(&app).await;
+    }
+    let server = app.stop();
+    // The database comes back while the server is stopping: the queue is still written.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the server stops within the shutdown grace")
+        .unwrap()
+        .unwrap();
+    app.db.expect_events("login_failed", 3).await;
+}
