@@ -145,10 +145,14 @@ impl Metrics {
     /// a lock and a label hash; a caller that sees the same labels often keeps them.
     pub fn request_series(&self, route: &str, method: &str, status: &str) -> RequestSeries {
         RequestSeries {
-            count: self
-                .http_requests
-                .with_label_values(&[route, method, status]),
-            duration: self.http_duration.with_label_values(&[route, method]),
+            count: self.http_requests.with_label_values(&[
+                route,
+                method_label(method),
+                status_label(status),
+            ]),
+            duration: self
+                .http_duration
+                .with_label_values(&[route, method_label(method)]),
         }
     }
 
@@ -169,6 +173,27 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding of metrics cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The `method` label: a standard method by name, anything else `other`. A client picks the
+/// method, and each distinct label value is a series kept for the life of the process.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
+/// The `status` label: a three-digit status of the standard range, else `other`, so the
+/// series stay bounded whatever a handler answers.
+pub fn status_label(status: &str) -> &str {
+    match status.parse::<u16>() {
+        Ok(100..=599) if status.len() == 3 => status,
+        _ => "other",
     }
 }
 
@@ -207,6 +232,30 @@ mod tests {
         assert!(
             text.contains(
                 r#"authd_http_requests_total{method="POST",route="/login",status="200"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn made_up_methods_and_statuses_share_one_label() {
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("patch"), "other");
+        assert_eq!(method_label("BREW"), "other");
+        assert_eq!(status_label("404"), "404");
+        assert_eq!(status_label("999"), "other");
+        let metrics = Metrics::new();
+        for method in ["BREW", "WHEN", "X-1"] {
+            metrics.observe_request("other", method, "405", Duration::from_millis(1));
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&metrics.registry.gather(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                r#"authd_http_requests_total{method="other",route="other",status="405"} 3"#
             ),
             "{text}"
         );
