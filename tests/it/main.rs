@@ -5,6 +5,7 @@ mod smtp_sink;
 
 mod api;
 mod cli;
+mod hostile;
 mod limits;
 mod observability;
 mod otp_flow;
