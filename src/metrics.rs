@@ -19,6 +19,7 @@ pub struct Metrics {
     pub logins: IntCounterVec,
     pub codes: IntCounterVec,
     pub throttled: IntCounterVec,
+    connections_refused: IntCounterVec,
     pub bcrypt_duration: HistogramVec,
     db_connections: IntGaugeVec,
 }
@@ -77,6 +78,14 @@ impl Metrics {
             &["limit"],
         )
         .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "connections_refused_total",
+                "Connections closed at accept, by the cap they were past: process, client",
+            ),
+            &["cap"],
+        )
+        .expect("valid metric");
         let bcrypt_duration = HistogramVec::new(
             HistogramOpts::new(
                 "bcrypt_duration_seconds",
@@ -100,6 +109,7 @@ impl Metrics {
             Box::new(logins.clone()),
             Box::new(codes.clone()),
             Box::new(throttled.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(bcrypt_duration.clone()),
             Box::new(db_connections.clone()),
         ] {
@@ -114,6 +124,7 @@ impl Metrics {
             logins,
             codes,
             throttled,
+            connections_refused,
             bcrypt_duration,
             db_connections,
         }
@@ -129,6 +140,11 @@ impl Metrics {
 
     pub fn throttle(&self, limit: &str) {
         self.throttled.with_label_values(&[limit]).inc();
+    }
+
+    /// A connection closed at accept: `cap` is `process` or `client`.
+    pub fn refuse_connection(&self, cap: &str) {
+        self.connections_refused.with_label_values(&[cap]).inc();
     }
 
     pub fn observe_bcrypt(&self, operation: &str, took: Duration) {

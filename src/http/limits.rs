@@ -178,24 +178,43 @@ impl ConnectionCaps {
         })
     }
 
-    /// A slot for a new connection from `peer`, held until the connection ends; `None` past
-    /// a cap.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<ConnectionSlot> {
+    /// A slot for a new connection from `peer`, held until the connection ends; past a cap,
+    /// which one.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionSlot, CapReached> {
         let key = client_key(peer, self.ipv6_prefix_len);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.total >= self.max_total {
-            return None;
+            return Err(CapReached::Process);
         }
         let mine = open.per_client.get(&key).copied().unwrap_or(0);
         if self.max_per_client.is_some_and(|max| mine >= max) {
-            return None;
+            return Err(CapReached::Client);
         }
         open.total += 1;
         open.per_client.insert(key, mine + 1);
-        Some(ConnectionSlot {
+        Ok(ConnectionSlot {
             caps: Arc::clone(self),
             key,
         })
+    }
+}
+
+/// The cap a refused connection was past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapReached {
+    /// `http.max_connections`
+    Process,
+    /// `http.max_connections_per_ip`
+    Client,
+}
+
+impl CapReached {
+    /// Its metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CapReached::Process => "process",
+            CapReached::Client => "client",
+        }
     }
 }
 
@@ -320,15 +339,19 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let a1 = caps.admit(ip("192.0.2.1")).unwrap();
         let _a2 = caps.admit(ip("::ffff:192.0.2.1")).unwrap();
-        assert!(caps.admit(ip("192.0.2.1")).is_none(), "per client");
+        assert_eq!(caps.admit(ip("192.0.2.1")).err(), Some(CapReached::Client));
         let _b = caps.admit(ip("192.0.2.2")).unwrap();
-        assert!(caps.admit(ip("192.0.2.3")).is_none(), "per process");
+        assert_eq!(caps.admit(ip("192.0.2.3")).err(), Some(CapReached::Process));
         drop(a1);
-        assert!(caps.admit(ip("192.0.2.1")).is_some());
+        assert!(caps.admit(ip("192.0.2.1")).is_ok());
         let proxied = ConnectionCaps::from_settings(&http, &settings("x-forwarded-for"));
         let _held: Vec<_> = (0..3)
             .map(|_| proxied.admit(ip("192.0.2.1")).unwrap())
             .collect();
-        assert!(proxied.admit(ip("192.0.2.1")).is_none(), "per process only");
+        assert_eq!(
+            proxied.admit(ip("192.0.2.1")).err(),
+            Some(CapReached::Process),
+            "per process only"
+        );
     }
 }

@@ -652,10 +652,16 @@ async fn serve(
         };
         // Past a cap the connection is closed now, not queued: a queue would only hold the
         // descriptors the cap is there to save.
-        let Some(slot) = rules.caps.admit(peer.ip()) else {
-            tracing::debug!(%peer, "connection refused: too many open connections");
-            drop(stream);
-            continue;
+        let slot = match rules.caps.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(cap) => {
+                tracing::debug!(%peer, cap = cap.label(), "connection refused: too many open");
+                if let Some(metrics) = &service.0.metrics {
+                    metrics.refuse_connection(cap.label());
+                }
+                drop(stream);
+                continue;
+            }
         };
         tokio::spawn(watch_connection(
             stream,

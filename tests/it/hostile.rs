@@ -59,18 +59,24 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<V
     Some(received)
 }
 
-/// `GET /healthz` over a fresh connection from `from`; the status line, or `None` when the
+/// `GET path` over a fresh HTTP/1.1 connection from `from`: the whole answer, empty when the
 /// server closed the connection without answering.
-async fn healthz_from(from: Ipv4Addr, server: SocketAddr) -> Option<String> {
+async fn get_from(from: Ipv4Addr, server: SocketAddr, path: &str) -> String {
     let mut stream = connect_from(from, server).await;
-    let request = b"GET /healthz HTTP/1.1\r\nHost: authd\r\nConnection: close\r\n\r\n";
-    if stream.write_all(request).await.is_err() {
-        return None;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: authd\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
     }
     let answer = read_until_closed(&mut stream, PATIENCE)
         .await
         .expect("an answer or a close in time");
-    let answer = String::from_utf8_lossy(&answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `GET /healthz` over a fresh connection from `from`; the status line, or `None` when the
+/// server closed the connection without answering.
+async fn healthz_from(from: Ipv4Addr, server: SocketAddr) -> Option<String> {
+    let answer = get_from(from, server, "/healthz").await;
     answer.lines().next().map(str::to_owned)
 }
 
@@ -306,6 +312,11 @@ async fn past_the_per_address_cap_a_connection_is_closed_at_once_and_others_are_
     let other = Ipv4Addr::new(127, 0, 0, 2);
     let status = healthz_from(other, server).await.expect("an answer");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let metrics = get_from(other, server, "/metrics").await;
+    assert!(
+        metrics.contains(r#"authd_connections_refused_total{cap="client"} 1"#),
+        "{metrics}"
+    );
     // Closing a connection gives its slot back.
     drop(held.pop());
     assert!(healthz_answers_eventually(client, server).await);
@@ -331,6 +342,11 @@ async fn past_the_process_cap_a_connection_is_closed_at_once_until_one_ends() {
     );
     drop(held.pop());
     assert!(healthz_answers_eventually(Ipv4Addr::new(127, 0, 0, 5), server).await);
+    let metrics = get_from(Ipv4Addr::new(127, 0, 0, 5), server, "/metrics").await;
+    assert!(
+        metrics.contains(r#"authd_connections_refused_total{cap="process"}"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
