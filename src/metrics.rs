@@ -19,6 +19,7 @@ pub struct Metrics {
     pub logins: IntCounterVec,
     pub codes: IntCounterVec,
     pub throttled: IntCounterVec,
+    connections_refused: IntCounterVec,
     pub bcrypt_duration: HistogramVec,
     /// Security events the audit writer could not keep (queue full, or shutdown with the
     /// database down).
@@ -80,6 +81,14 @@ impl Metrics {
             &["limit"],
         )
         .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "connections_refused_total",
+                "Connections closed at accept, by the cap they were past: process, client",
+            ),
+            &["cap"],
+        )
+        .expect("valid metric");
         let bcrypt_duration = HistogramVec::new(
             HistogramOpts::new(
                 "bcrypt_duration_seconds",
@@ -108,6 +117,7 @@ impl Metrics {
             Box::new(logins.clone()),
             Box::new(codes.clone()),
             Box::new(throttled.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(bcrypt_duration.clone()),
             Box::new(db_connections.clone()),
             Box::new(audit_dropped.clone()),
@@ -123,6 +133,7 @@ impl Metrics {
             logins,
             codes,
             throttled,
+            connections_refused,
             bcrypt_duration,
             audit_dropped,
             db_connections,
@@ -141,6 +152,11 @@ impl Metrics {
         self.throttled.with_label_values(&[limit]).inc();
     }
 
+    /// A connection closed at accept: `cap` is `process` or `client`.
+    pub fn refuse_connection(&self, cap: &str) {
+        self.connections_refused.with_label_values(&[cap]).inc();
+    }
+
     pub fn observe_bcrypt(&self, operation: &str, took: Duration) {
         self.bcrypt_duration
             .with_label_values(&[operation])
@@ -155,10 +171,14 @@ impl Metrics {
     /// a lock and a label hash; a caller that sees the same labels often keeps them.
     pub fn request_series(&self, route: &str, method: &str, status: &str) -> RequestSeries {
         RequestSeries {
-            count: self
-                .http_requests
-                .with_label_values(&[route, method, status]),
-            duration: self.http_duration.with_label_values(&[route, method]),
+            count: self.http_requests.with_label_values(&[
+                route,
+                method_label(method),
+                status_label(status),
+            ]),
+            duration: self
+                .http_duration
+                .with_label_values(&[route, method_label(method)]),
         }
     }
 
@@ -179,6 +199,27 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding of metrics cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The `method` label: a standard method by name, anything else `other`. A client picks the
+/// method, and each distinct label value is a series kept for the life of the process.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
+/// The `status` label: a three-digit status of the standard range, else `other`, so the
+/// series stay bounded whatever a handler answers.
+pub fn status_label(status: &str) -> &str {
+    match status.parse::<u16>() {
+        Ok(100..=599) if status.len() == 3 => status,
+        _ => "other",
     }
 }
 
@@ -217,6 +258,30 @@ mod tests {
         assert!(
             text.contains(
                 r#"authd_http_requests_total{method="POST",route="/login",status="200"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn made_up_methods_and_statuses_share_one_label() {
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("patch"), "other");
+        assert_eq!(method_label("BREW"), "other");
+        assert_eq!(status_label("404"), "404");
+        assert_eq!(status_label("999"), "other");
+        let metrics = Metrics::new();
+        for method in ["BREW", "WHEN", "X-1"] {
+            metrics.observe_request("other", method, "405", Duration::from_millis(1));
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&metrics.registry.gather(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                r#"authd_http_requests_total{method="other",route="other",status="405"} 3"#
             ),
             "{text}"
         );

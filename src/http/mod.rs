@@ -23,8 +23,7 @@ use axum::routing::{get, post};
 use futures_util::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use tower_http::timeout::RequestBodyTimeoutLayer;
@@ -34,12 +33,12 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::audit::AuditLog;
 use crate::auth::Auth;
-use crate::config::{HttpSettings, Settings};
+use crate::config::{Environment, HttpSettings, Settings};
 use crate::keys::load_signing_secret;
 use crate::metrics::{Metrics, RequestSeries};
 use crate::store::{Backend, Store};
 use error::{ApiError, InternalCause, PROBLEM_JSON};
-use limits::{ClientAddress, IpLimiter, limit_per_ip};
+use limits::{ClientAddress, ConnectionCaps, ConnectionSlot, IpLimiter, limit_per_ip};
 
 /// Largest request body accepted; bigger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -71,7 +70,7 @@ impl AppState {
             client_address: ClientAddress::from_settings(limits)?,
             ip_limiter: limits
                 .enabled
-                .then(|| IpLimiter::new(limits.requests_per_ip_per_minute)),
+                .then(|| IpLimiter::new(limits.requests_per_ip_per_minute, limits.ipv6_prefix_len)),
         })))
     }
 }
@@ -424,7 +423,7 @@ pub struct App {
     listener: TcpListener,
     router: HttpService,
     metrics: Option<(TcpListener, HttpService)>,
-    header_timeout: Duration,
+    connections: ConnectionRules,
     audit_writer: JoinHandle<()>,
     pruner: AbortOnDrop,
 }
@@ -482,12 +481,22 @@ impl App {
         } else {
             None
         };
-        let serve_metrics_here = settings.metrics.enabled && !separate_metrics;
+        // In production the API port is taken to be public: /metrics (what the server is doing,
+        // which accounts fail) stays off it unless the operator says the port is private.
+        let metrics_on_api_port =
+            settings.env != Environment::Production || settings.metrics.api_port_private;
+        let serve_metrics_here =
+            settings.metrics.enabled && !separate_metrics && metrics_on_api_port;
+        if settings.metrics.enabled && !separate_metrics && !metrics_on_api_port {
+            tracing::warn!(
+                "metrics not served: in production /metrics needs metrics.addr or metrics.api_port_private = true"
+            );
+        }
         Ok(App {
             listener,
             router: router(state, &settings.http, serve_metrics_here),
             metrics,
-            header_timeout: Duration::from_secs(settings.http.header_timeout_secs),
+            connections: ConnectionRules::from_settings(settings),
             audit_writer,
             pruner,
         })
@@ -524,24 +533,16 @@ impl App {
             listener,
             router,
             metrics,
-            header_timeout,
+            connections,
             audit_writer,
             pruner,
         } = self;
         let (stopped, watch) = tokio::sync::watch::channel(false);
-        let stop_signal = |mut watch: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = watch.wait_for(|stopped| *stopped).await;
-        };
         let metrics_server = metrics.map(|(listener, router)| {
             tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
-            tokio::spawn(serve(
-                listener,
-                router,
-                header_timeout,
-                stop_signal(watch.clone()),
-            ))
+            tokio::spawn(serve(listener, router, connections.clone(), watch.clone()))
         });
-        let api = tokio::spawn(serve(listener, router, header_timeout, stop_signal(watch)));
+        let api = tokio::spawn(serve(listener, router, connections, watch));
         stop.await;
         let _ = stopped.send(true);
         let _ = api.await;
@@ -562,22 +563,99 @@ impl App {
     }
 }
 
-/// The accept loop: hyper with a header read timeout (axum::serve has none), the peer address
-/// in each request, and a graceful shutdown that lets in-flight requests finish.
+/// How long a connection may stay open without a request, and how many may be open: shared by
+/// the API and metrics listeners, so the process cap counts both.
+#[derive(Clone)]
+struct ConnectionRules {
+    /// The first request's headers must have arrived this long after the accept, whatever the
+    /// client speaks (nothing, a byte, an HTTP/2 preface...).
+    first_request: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 mostly: HTTP/1
+    /// keep-alive connections also wait for their next headers within `first_request`).
+    idle: Duration,
+    http2_keepalive_interval: Duration,
+    http2_keepalive_timeout: Duration,
+    /// After a graceful close is asked for, how long in-flight requests may still take.
+    drain: Duration,
+    caps: Arc<ConnectionCaps>,
+}
+
+impl ConnectionRules {
+    fn from_settings(settings: &Settings) -> ConnectionRules {
+        let http = &settings.http;
+        let secs = Duration::from_secs;
+        ConnectionRules {
+            first_request: secs(http.header_timeout_secs),
+            idle: secs(http.idle_timeout_secs),
+            http2_keepalive_interval: secs(http.http2_keepalive_interval_secs),
+            http2_keepalive_timeout: secs(http.http2_keepalive_timeout_secs),
+            drain: secs(http.request_timeout_secs + http.header_timeout_secs),
+            caps: ConnectionCaps::from_settings(http, &settings.rate_limit),
+        }
+    }
+}
+
+/// What a connection's requests tell its watcher (see [`watch_connection`]).
+#[derive(Default)]
+struct Activity {
+    requests: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// When the last request ended, in milliseconds since the accept.
+    last_done_ms: std::sync::atomic::AtomicU64,
+    /// Woken when a request ends, to start the idle deadline.
+    ended: tokio::sync::Notify,
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight {
+    activity: Arc<Activity>,
+    accepted: Instant,
+}
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>, accepted: Instant) -> InFlight {
+        use std::sync::atomic::Ordering::Relaxed;
+        activity.requests.fetch_add(1, Relaxed);
+        activity.in_flight.fetch_add(1, Relaxed);
+        InFlight {
+            activity: Arc::clone(activity),
+            accepted,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.last_done_ms.store(now, Relaxed);
+        self.activity.in_flight.fetch_sub(1, Relaxed);
+        self.activity.ended.notify_one();
+    }
+}
+
+/// The accept loop: connection caps, hyper with header, first-request and idle deadlines
+/// (axum::serve has none), HTTP/2 keep-alive, the peer address in each request, and a graceful
+/// shutdown that lets in-flight requests finish.
 async fn serve(
     listener: TcpListener,
     service: HttpService,
-    header_timeout: Duration,
-    stop: impl Future<Output = ()> + Send + 'static,
+    rules: ConnectionRules,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut builder = ConnBuilder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(stop);
+        .header_read_timeout(rules.first_request);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(rules.http2_keepalive_interval)
+        .keep_alive_timeout(rules.http2_keepalive_timeout);
+    let builder = Arc::new(builder);
+    // Every connection task holds a sender: when all are gone, the last connection has ended.
+    let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -589,31 +667,112 @@ async fn serve(
                     continue;
                 }
             },
-            () = &mut stop => break,
+            () = stopped(&mut stop) => break,
         };
-        let service = service.clone();
-        let service = hyper::service::service_fn(
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                let service = service.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        service.handle(request.map(axum::body::Body::new)).await,
-                    )
+        // Past a cap the connection is closed now, not queued: a queue would only hold the
+        // descriptors the cap is there to save.
+        let slot = match rules.caps.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(cap) => {
+                tracing::debug!(%peer, cap = cap.label(), "connection refused: too many open");
+                if let Some(metrics) = &service.0.metrics {
+                    metrics.refuse_connection(cap.label());
                 }
-            },
-        );
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+                drop(stream);
+                continue;
+            }
+        };
+        tokio::spawn(watch_connection(
+            stream,
+            peer,
+            slot,
+            service.clone(),
+            Arc::clone(&builder),
+            rules.clone(),
+            stop.clone(),
+            alive.clone(),
+        ));
     }
     drop(listener);
     drop(service);
-    graceful.shutdown().await;
+    drop(alive);
+    let _ = all_ended.recv().await;
+}
+
+/// Completes once the server is asked to stop (or the asker is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Serves one connection and closes it when it breaks a rule: no first request within
+/// `first_request` (closed at once), nothing in flight for `idle`, or the server stopping
+/// (closed gracefully, in-flight requests get `drain` to finish).
+#[allow(clippy::too_many_arguments)]
+async fn watch_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    _slot: ConnectionSlot,
+    service: HttpService,
+    builder: Arc<ConnBuilder<TokioExecutor>>,
+    rules: ConnectionRules,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    _alive: tokio::sync::mpsc::Sender<()>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let accepted = Instant::now();
+    let activity = Arc::new(Activity::default());
+    let watched = Arc::clone(&activity);
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let service = service.clone();
+            let in_flight = InFlight::start(&watched, accepted);
+            async move {
+                let response = service.handle(request.map(axum::body::Body::new)).await;
+                drop(in_flight);
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    tokio::pin!(connection);
+    let accepted_at = tokio::time::Instant::from_std(accepted);
+    let mut wake = accepted_at + rules.first_request;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = stopped(&mut stop) => break,
+            () = activity.ended.notified() => {
+                if activity.in_flight.load(Relaxed) == 0 {
+                    wake = tokio::time::Instant::now() + rules.idle;
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {
+                if activity.requests.load(Relaxed) == 0 {
+                    tracing::debug!(%peer, "connection closed: no request in time");
+                    return;
+                }
+                let now = tokio::time::Instant::now();
+                if activity.in_flight.load(Relaxed) > 0 {
+                    wake = now + rules.idle;
+                    continue;
+                }
+                let idle_since =
+                    accepted_at + Duration::from_millis(activity.last_done_ms.load(Relaxed));
+                if idle_since + rules.idle <= now {
+                    tracing::debug!(%peer, "connection closed: idle");
+                    break;
+                }
+                wake = idle_since + rules.idle;
+            }
+        }
+    }
+    if activity.requests.load(Relaxed) == 0 {
+        return;
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(rules.drain, connection).await;
 }
 
 async fn shutdown_signal() {

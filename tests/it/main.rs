@@ -5,6 +5,7 @@ mod smtp_sink;
 
 mod api;
 mod cli;
+mod hostile;
 mod input;
 mod limits;
 mod lockout;
