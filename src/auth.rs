@@ -14,7 +14,9 @@ use crate::mail::Mailer;
 use crate::metrics::Metrics;
 use crate::otp::{CodeHasher, generate_code};
 use crate::password::PasswordHasher;
-use crate::store::{Attempt, NewChallenge, NewUser, Reservation, Store, ThrottleRule, UserQuery};
+use crate::store::{
+    Attempt, Credentials, NewChallenge, NewUser, Reservation, Store, ThrottleRule, UserQuery,
+};
 use crate::token::{IssuedToken, TokenKeys, TokenKind};
 use std::net::IpAddr;
 
@@ -442,7 +444,10 @@ impl Auth {
             .verify_admitted(slot, password, stored_hash)
             .await?;
         let user = match credentials {
-            Some(c) if matched => c.user,
+            Some(c) if matched => {
+                self.upgrade_hash(&c, password);
+                c.user
+            }
             _ => {
                 tracing::info!("login refused: invalid credentials");
                 let mut event = SecurityEvent::new(EventKind::LoginFailed).client(client.ip);
@@ -508,6 +513,34 @@ impl Auth {
                 .client(client.ip),
         );
         sent.map(LoginOutcome::Challenge)
+    }
+
+    /// After a successful login with a hash of another cost than `password.bcrypt_cost`, hashes
+    /// the password again at that cost, in the background so the answer does not wait.
+    fn upgrade_hash(&self, credentials: &Credentials, password: &str) {
+        if !self.hasher.needs_rehash(&credentials.password_hash) {
+            return;
+        }
+        let Ok(password) = Password::parse(password) else {
+            return;
+        };
+        let (store, hasher) = (self.store.clone(), self.hasher.clone());
+        let (id, old) = (credentials.user.id, credentials.password_hash.clone());
+        tokio::spawn(async move {
+            let upgraded = match hasher.hash(&password).await {
+                Ok(new) => store.replace_password_hash(id, &old, &new).await,
+                Err(err) => Err(err),
+            };
+            match upgraded {
+                Ok(true) => {
+                    tracing::info!(user_id = %id, cost = hasher.cost(), "password hash upgraded")
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(user_id = %id, error = %err, "password hash not upgraded; next login tries again")
+                }
+            }
+        });
     }
 
     /// Stores a hashed code, emails it, and only then retires older challenges and hands out

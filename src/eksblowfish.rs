@@ -101,6 +101,11 @@ pub fn verify(password: &[u8], stored: &str) -> bool {
     raw_bcrypt(cost, &salt, password).ct_eq(&expected).into()
 }
 
+/// The cost of a well-formed bcrypt hash string.
+pub fn cost_of(stored: &str) -> Option<u32> {
+    parse(stored).map(|(cost, _, _)| cost)
+}
+
 /// `$2?$CC$` + 22 characters of salt + 31 of hash.
 fn parse(stored: &str) -> Option<(u32, [u8; 16], [u8; 23])> {
     let rest = stored

@@ -30,7 +30,8 @@ pub struct PasswordHasher {
     pool: Arc<HashingPool>,
     /// Verified against when the user does not exist, so unknown emails cost the same time.
     /// Computed in the background at start so it does not delay the first `/healthz`.
-    dummy_hash: Arc<OnceCell<Arc<str>>>,
+    /// Its cost follows the stored hashes (see [`PasswordHasher::match_dummy_cost`]).
+    dummy_hash: Arc<std::sync::RwLock<Arc<DummyHash>>>,
     /// Where the time of each bcrypt goes (`authd_bcrypt_duration_seconds`), when served.
     metrics: Option<Metrics>,
 }
@@ -55,7 +56,7 @@ impl PasswordHasher {
         let hasher = PasswordHasher {
             cost,
             pool: Arc::new(HashingPool::start(threads, max_queue)?),
-            dummy_hash: Arc::new(OnceCell::new()),
+            dummy_hash: Arc::new(std::sync::RwLock::new(Arc::new(DummyHash::new(cost)))),
             metrics: None,
         };
         let warm = hasher.clone();
@@ -104,8 +105,10 @@ impl PasswordHasher {
     }
 
     async fn dummy_hash(&self) -> Result<Arc<str>> {
-        let cost = self.cost;
-        self.dummy_hash
+        let dummy = self.current_dummy();
+        let cost = dummy.cost;
+        dummy
+            .hash
             .get_or_try_init(|| async move {
                 let hash = self
                     .pool
@@ -118,6 +121,49 @@ impl PasswordHasher {
             })
             .await
             .cloned()
+    }
+
+    fn current_dummy(&self) -> Arc<DummyHash> {
+        match self.dummy_hash.read() {
+            Ok(dummy) => dummy.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The cost new hashes get (`password.bcrypt_cost`).
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    /// The cost of the hash an unknown email is checked against.
+    pub fn dummy_cost(&self) -> u32 {
+        self.current_dummy().cost
+    }
+
+    /// Makes unknown emails cost what most stored hashes cost, so that after
+    /// `password.bcrypt_cost` changes, login time does not tell accounts (old cost) from
+    /// unknown addresses (new cost) while the stored hashes are being upgraded.
+    pub fn match_dummy_cost(&self, cost: u32) {
+        if !(eksblowfish::MIN_COST..=eksblowfish::MAX_COST).contains(&cost)
+            || cost == self.dummy_cost()
+        {
+            return;
+        }
+        tracing::info!(
+            cost,
+            "unknown emails are now checked at the cost of most stored hashes"
+        );
+        let fresh = Arc::new(DummyHash::new(cost));
+        match self.dummy_hash.write() {
+            Ok(mut dummy) => *dummy = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+    }
+
+    /// Whether a stored hash was made at another cost than the configured one, so a successful
+    /// login should hash the password again.
+    pub fn needs_rehash(&self, stored: &str) -> bool {
+        eksblowfish::cost_of(stored).is_some_and(|cost| cost != self.cost)
     }
 
     /// Checks the password policy (`crate::policy`) on a hashing thread: zxcvbn can spend a
@@ -192,6 +238,21 @@ impl std::fmt::Debug for PasswordHasher {
         f.debug_struct("PasswordHasher")
             .field("cost", &self.cost)
             .finish_non_exhaustive()
+    }
+}
+
+/// The hash unknown emails are verified against, computed once per cost.
+struct DummyHash {
+    cost: u32,
+    hash: OnceCell<Arc<str>>,
+}
+
+impl DummyHash {
+    fn new(cost: u32) -> DummyHash {
+        DummyHash {
+            cost,
+            hash: OnceCell::new(),
+        }
     }
 }
 

@@ -462,11 +462,12 @@ impl App {
         let secret = load_signing_secret(settings, true)?;
         let metrics = Metrics::new();
         let (audit, audit_writer) = AuditLog::start(store.clone(), metrics.audit_dropped.clone());
-        let pruner = AbortOnDrop(crate::prune::spawn_pruner(
-            store.clone(),
-            settings.audit.clone(),
-        ));
         let auth = Auth::from_settings(settings, store, &secret, audit, metrics).await?;
+        let pruner = AbortOnDrop(crate::prune::spawn_pruner(
+            auth.store.clone(),
+            settings.audit.clone(),
+            auth.hasher.clone(),
+        ));
         let state = AppState::new(auth, settings)?;
         let listener = TcpListener::bind(&settings.http.addr)
             .await

@@ -279,6 +279,11 @@ impl Store {
         pub async fn find_user(&self, id: Uuid) -> Result<Option<User>>;
         /// Users in a stable order (created_at, then id), optionally filtered and limited.
         pub async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>>;
+        /// The bcrypt cost most stored password hashes have (none without users).
+        pub async fn most_common_hash_cost(&self) -> Result<Option<u32>>;
+        /// Swaps a user's password hash for one at the configured cost, unless it changed since
+        /// `old` was read. True when it was swapped.
+        pub async fn replace_password_hash(&self, id: Uuid, old: &str, new: &str) -> Result<bool>;
         pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<Option<User>>;
         pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<()>;
         /// Removes a challenge whose code could not be delivered.
@@ -334,6 +339,11 @@ fn like_pattern(query: &UserQuery) -> Option<String> {
     }
     pattern.push('%');
     Some(pattern)
+}
+
+/// The cost in `$2b$CC$...`, as the most-common-cost query returns it.
+fn parse_cost(text: Option<String>) -> Option<u32> {
+    text?.parse().ok()
 }
 
 /// Reads the row returned by the attempt statement: `(accepted, attempts)`, or none if dead.

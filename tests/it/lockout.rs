@@ -324,3 +324,69 @@ async fn concurrent_logins_send_no_more_code_emails_than_the_cap() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(app.mail.messages_to("flood@example.test").len(), 5);
 }
+
+#[tokio::test]
+async fn after_the_bcrypt_cost_changes_a_login_upgrades_the_hash_and_unknown_emails_cost_the_same()
+{
+    let db_url = fresh_database().await;
+    let mail = MailSink::start(Behaviour::Accept).await;
+    let old = TestApp::spawn_on(
+        test_settings(&db_url, mail.port),
+        mail.clone(),
+        db_url.clone(),
+    )
+    .await;
+    old.register("upgrade@example.test", false).await;
+    old.register("stays@example.test", false).await;
+    // `old` stays alive: dropping a TestApp deletes its SQLite directory.
+
+    let mut settings = test_settings(&db_url, mail.port);
+    settings.password.bcrypt_cost = 5;
+    // Until the hashes are upgraded, unknown emails are checked at the cost most of them have.
+    let store = authd::store::Store::connect_lazy(&settings).unwrap();
+    let hasher = authd::password::PasswordHasher::from_settings(&settings.password)
+        .await
+        .unwrap();
+    assert_eq!(hasher.dummy_cost(), 5);
+    authd::prune::calibrate_dummy_hash(&store, &hasher)
+        .await
+        .unwrap();
+    assert_eq!(hasher.dummy_cost(), 4);
+
+    let app = TestApp::spawn_on(settings, mail, db_url).await;
+    assert_eq!(
+        app.login("upgrade@example.test", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    let mut cost = String::new();
+    for _ in 0..100 {
+        cost = app
+            .db
+            .text("SELECT substr(password_hash, 1, 7) FROM users WHERE email = 'upgrade@example.test'")
+            .await;
+        if cost == "$2b$05$" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cost, "$2b$05$");
+    assert_eq!(
+        app.db
+            .text(
+                "SELECT substr(password_hash, 1, 7) FROM users WHERE email = 'stays@example.test'"
+            )
+            .await,
+        "$2b$04$"
+    );
+    // The upgraded hash still takes the same password, and only that one.
+    assert_eq!(
+        app.login("upgrade@example.test", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    problem(
+        app.login("upgrade@example.test", WRONG).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+}
