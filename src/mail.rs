@@ -116,16 +116,29 @@ impl Mailer {
     }
 }
 
-/// Writes the message as `<time>-<id>.eml`, via a temporary name so readers never see half a file.
+/// Writes the message as `<time>-<id>.eml`, via a temporary name so readers never see half a
+/// file. The messages hold live codes: the directory is created 0700 and each file 0600.
 async fn write_eml(dir: &std::path::Path, message: &Message) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(dir).await?;
+    use tokio::io::AsyncWriteExt;
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder.create(dir).await?;
     let name = format!(
         "{}-{}.eml",
         chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
         uuid::Uuid::new_v4().simple()
     );
     let partial = dir.join(format!(".{name}.partial"));
-    tokio::fs::write(&partial, message.formatted()).await?;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&partial).await?;
+    file.write_all(&message.formatted()).await?;
+    file.sync_all().await?;
+    drop(file);
     tokio::fs::rename(&partial, dir.join(name)).await
 }
 

@@ -293,6 +293,11 @@ async fn the_file_mail_transport_writes_one_eml_per_code_that_logs_in() {
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(files[0].extension().unwrap(), "eml");
+    // The messages carry live codes: only authd's user may read them.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&files[0]), 0o600);
     let message = crate::smtp_sink::Received {
         rcpt: vec!["files@example.test".into()],
         data: std::fs::read_to_string(&files[0]).unwrap(),
