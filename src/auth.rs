@@ -448,7 +448,7 @@ impl Auth {
                 self.upgrade_hash(&c, password);
                 c.user
             }
-            _ => {
+            known => {
                 tracing::info!("login refused: invalid credentials");
                 let mut event = SecurityEvent::new(EventKind::LoginFailed).client(client.ip);
                 // Unknown addresses are counted too (by the reservation), so a lock says
@@ -458,6 +458,10 @@ impl Auth {
                         event = event.detail("account locked");
                     }
                     event = event.email(email.as_str());
+                }
+                // The trail (never the client) says which account was tried, when there is one.
+                if let Some(known) = known {
+                    event.user_id = Some(known.user.id);
                 }
                 self.audit.record(event);
                 return Err(Error::InvalidCredentials);

@@ -390,3 +390,63 @@ async fn after_the_bcrypt_cost_changes_a_login_upgrades_the_hash_and_unknown_ema
     )
     .await;
 }
+
+/// Verifications bcrypt has run, from `/metrics`.
+async fn bcrypt_verifications(app: &TestApp) -> f64 {
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(r#"authd_bcrypt_duration_seconds_count{operation="verify"}"#)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_hangs_up_before_the_answer_gets_no_uncounted_guess() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        burst_settings(s);
+        s.rate_limit.login_failures_per_account = 1000;
+    })
+    .await;
+    app.register("hangup@example.test", false).await;
+    let before = bcrypt_verifications(&app).await;
+    let addr = app.base.strip_prefix("http://").unwrap().to_string();
+    let body = r#"{"email":"hangup@example.test","password":"not the password"}"#;
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Twenty clients send a wrong password and vanish at once, without reading anything.
+    let hangups = (0..20).map(|_| {
+        let (addr, request) = (addr.clone(), request.clone());
+        tokio::spawn(async move {
+            let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+            socket.write_all(request.as_bytes()).await.unwrap();
+            drop(socket);
+        })
+    });
+    join_all(hangups).await;
+    // Let whatever the server went on with finish.
+    let mut verified = 0.0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        verified = bcrypt_verifications(&app).await - before;
+    }
+    let counted = app
+        .db
+        .int(
+            "SELECT CAST(COALESCE((SELECT failures FROM throttles
+                                   WHERE key = 'login:hangup@example.test'), 0) AS BIGINT)",
+        )
+        .await;
+    // Every guess bcrypt checked was counted first, whether or not anyone read its answer.
+    assert!(
+        counted as f64 >= verified,
+        "{verified} checked, {counted} counted"
+    );
+}
