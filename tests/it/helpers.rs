@@ -16,6 +16,43 @@ use crate::smtp_sink::{Behaviour, MailSink, extract_code};
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 pub const PASSWORD: &str = "correct horse battery";
 
+/// The longest any one HTTP exchange of a test may take before the test fails instead of
+/// hanging CI. The slowest answer a test waits for on purpose is a login held up by the mail
+/// relay (`mail.smtp.timeout_secs`, 2 s in `test_settings`, 10 s by default) or by a database
+/// outage (`database.acquire_timeout_secs`, 2 s here), plus bcrypt on a busy 2-core machine:
+/// 30 s is three times the largest of those defaults.
+pub const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An HTTP client whose every request fails after [`HTTP_TIMEOUT`] rather than hanging.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .build()
+        .expect("an HTTP client builds")
+}
+
+/// A directory under the system temp dir that is removed when the guard drops, so a failing
+/// (panicking) test leaves nothing behind either.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The server the tests may create databases on.
 pub fn admin_url() -> String {
     std::env::var("DATABASE_URL").expect(
@@ -140,7 +177,7 @@ impl TestApp {
         TestApp {
             base,
             metrics_base,
-            client: reqwest::Client::new(),
+            client: http_client(),
             mail,
             db_url,
             db,
@@ -323,6 +360,26 @@ impl TestDb {
             .fetch_one(p)
             .await
             .unwrap(),
+        }
+    }
+
+    /// The `user_id` of every stored event of `kind` (None where the event names no user).
+    pub async fn event_user_ids(&self, kind: &str) -> Vec<Option<uuid::Uuid>> {
+        match self {
+            TestDb::Postgres(p) => {
+                sqlx::query_scalar("SELECT user_id FROM security_events WHERE kind = $1")
+                    .bind(kind)
+                    .fetch_all(p)
+                    .await
+                    .unwrap()
+            }
+            TestDb::Sqlite(p) => {
+                sqlx::query_scalar("SELECT user_id FROM security_events WHERE kind = ?1")
+                    .bind(kind)
+                    .fetch_all(p)
+                    .await
+                    .unwrap()
+            }
         }
     }
 

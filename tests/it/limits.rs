@@ -397,7 +397,7 @@ async fn a_panicking_handler_gives_a_500_problem_and_the_server_keeps_serving() 
     tokio::spawn(async move {
         axum::serve(listener, axum::ServiceExt::into_make_service(router)).await
     });
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let response = client.get(format!("{base}/boom")).send().await.unwrap();
     let body: Value = {
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
