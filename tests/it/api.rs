@@ -206,7 +206,8 @@ async fn a_password_over_72_bytes_is_refused_never_truncated() {
     problem(login, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_without_two_factor_returns_a_bearer_access_token_that_reads_users_me() {
     let app = TestApp::spawn().await;
     let user = app.register("alan@example.test", false).await;
@@ -294,7 +295,8 @@ async fn login_with_missing_fields_is_422() {
     assert_eq!(body["errors"][0]["field"], "password");
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_me_without_or_with_a_bad_token_is_401_with_www_authenticate() {
     let app = TestApp::spawn().await;
     let response = app.get("/users/me").await;
@@ -326,7 +328,8 @@ async fn users_me_without_or_with_a_bad_token_is_401_with_www_authenticate() {
     problem(basic, StatusCode::UNAUTHORIZED, "invalid_token").await;
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_signed_with_another_key_or_expired_is_refused() {
     use authd::token::{TokenKeys, TokenKind};
     let app = TestApp::spawn().await;

@@ -31,6 +31,24 @@ pub fn http_client() -> reqwest::Client {
         .expect("an HTTP client builds")
 }
 
+/// How long a one-shot `authd` command (migrate, user ..., prune, healthcheck) may run. They
+/// take well under a second; the most any waits for is the database's acquire timeout
+/// (`database.acquire_timeout_secs`, 5 s by default), so 60 s only fails one that hangs.
+pub const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `command` to its end with `stdin` as its input (closed after), off the async workers
+/// (a server in the same test needs them), killing it and failing past [`COMMAND_DEADLINE`].
+pub async fn run_to_end(command: std::process::Command, stdin: &[u8]) -> std::process::Output {
+    let mut command = assert_cmd::Command::from_std(command);
+    command
+        .write_stdin(stdin.to_vec())
+        .timeout(COMMAND_DEADLINE);
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("authd ran to its end within the deadline")
+}
+
 /// A directory under the system temp dir that is removed when the guard drops, so a failing
 /// (panicking) test leaves nothing behind either.
 pub struct TempDir(std::path::PathBuf);

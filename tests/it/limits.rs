@@ -124,7 +124,8 @@ async fn the_lock_ends_after_lockout_secs() {
     );
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_address_limit_answers_429_with_retry_after() {
     let app = TestApp::spawn_with(Behaviour::Accept, |s| {
         s.rate_limit.requests_per_ip_per_minute = 5;
@@ -149,7 +150,8 @@ async fn the_per_address_limit_answers_429_with_retry_after() {
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_proxy_header_separates_clients_and_is_ignored_otherwise() {
     let trusting = TestApp::spawn_with(Behaviour::Accept, |s| {
         s.rate_limit.requests_per_ip_per_minute = 2;

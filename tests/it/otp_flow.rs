@@ -13,7 +13,8 @@ fn wrong(code: &str) -> String {
     format!("{first}{}", &code[1..])
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_factor_login_emails_a_code_that_exchanges_for_an_access_token() {
     let app = TestApp::spawn().await;
     let user = app.register("ada@example.test", true).await;
@@ -176,7 +177,8 @@ async fn a_new_login_retires_the_earlier_challenge() {
     );
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_kinds_cannot_be_confused() {
     let app = TestApp::spawn().await;
     app.register("plain@example.test", false).await;

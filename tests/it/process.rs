@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, SECRET, fresh_database};
+use crate::helpers::{PASSWORD, SECRET, fresh_database, run_to_end};
 
 mod zero_setup;
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
@@ -302,17 +302,15 @@ async fn healthcheck_exits_0_against_a_running_server_and_1_once_it_is_gone() {
     let server = Server::start(&db_url, mail.port, "warn").await;
     let addr = server.base.trim_start_matches("http://").to_string();
     let check = || {
-        authd()
-            .args(["healthcheck", "--addr", &addr])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        let mut command = authd();
+        command.args(["healthcheck", "--addr", &addr]);
+        run_to_end(command, b"")
     };
-    let up = check();
+    let up = check().await;
     assert_eq!(up.status.code(), Some(0), "{up:?}");
     let (status, _) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
-    let down = check();
+    let down = check().await;
     assert_eq!(down.status.code(), Some(1), "{down:?}");
     let stderr = String::from_utf8_lossy(&down.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -345,19 +343,15 @@ async fn audit_command_reads_the_trail_newest_first_filtered_by_user() {
     let (status, _) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
 
-    let output = authd()
-        .args([
-            "audit",
-            "--user",
-            "One@Example.test",
-            "--format",
-            "json",
-            "--database-url",
-            &db_url,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let audit = |args: &[&str]| {
+        let mut command = authd();
+        command
+            .arg("audit")
+            .args(args)
+            .args(["--database-url", &db_url]);
+        run_to_end(command, b"")
+    };
+    let output = audit(&["--user", "One@Example.test", "--format", "json"]).await;
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let events: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
@@ -366,11 +360,7 @@ async fn audit_command_reads_the_trail_newest_first_filtered_by_user() {
     assert_eq!(events[0]["client_ip"], "127.0.0.1");
     assert!(events.iter().all(|e| e["email"] == "one@example.test"));
 
-    let table = authd()
-        .args(["audit", "--limit", "1", "--database-url", &db_url])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let table = audit(&["--limit", "1"]).await;
     assert_eq!(table.status.code(), Some(0));
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -378,36 +368,25 @@ async fn audit_command_reads_the_trail_newest_first_filtered_by_user() {
         "{text}"
     );
 
-    let bad = authd()
-        .args(["audit", "--user", "not-an-email", "--database-url", &db_url])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let bad = audit(&["--user", "not-an-email"]).await;
     assert_eq!(bad.status.code(), Some(1));
 }
 
 #[tokio::test]
 async fn user_add_refuses_a_common_password_like_the_api() {
     let db_url = fresh_database().await;
-    let mut add = authd()
-        .args([
-            "user",
-            "add",
-            "--email",
-            "weak@example.test",
-            "--password-stdin",
-            "--database-url",
-            &db_url,
-        ])
-        .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    add.stdin.take().unwrap().write_all(b"password1\n").unwrap();
-    let output = add.wait_with_output().unwrap();
+    let mut add = authd();
+    add.args([
+        "user",
+        "add",
+        "--email",
+        "weak@example.test",
+        "--password-stdin",
+        "--database-url",
+        &db_url,
+    ])
+    .env("AUTHD_PASSWORD__BCRYPT_COST", "4");
+    let output = run_to_end(add, b"password1\n").await;
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("common passwords"), "{stderr}");
