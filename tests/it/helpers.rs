@@ -118,13 +118,20 @@ pub async fn fresh_database() -> String {
     url
 }
 
+thread_local! {
+    static SQLITE_DIRS: std::cell::RefCell<Vec<TempDir>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Creates an empty database (no tables) of the suite's backend and returns its URL.
 pub async fn create_empty_database() -> String {
     if backend() == Backend::Sqlite {
-        let dir =
-            std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        return format!("sqlite://{}", dir.join("authd.db").display());
+        let dir = TempDir::new("authd-test");
+        let url = format!("sqlite://{}", dir.path().join("authd.db").display());
+        // Kept until the thread that asked for it ends: the test's own thread (libtest runs
+        // each test on one, and `#[tokio::test]` runs its body there too), so the directory
+        // goes when the test does, passed or failed. (Dropping a TestApp removes it earlier.)
+        SQLITE_DIRS.with(|dirs| dirs.borrow_mut().push(dir));
+        return url;
     }
     let admin = admin_url();
     let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
