@@ -5,6 +5,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, TestApp, problem};
 
+mod audit;
+
 #[tokio::test]
 async fn register_returns_201_with_location_and_the_user_without_any_hash() {
     let app = TestApp::spawn().await;
@@ -204,7 +206,8 @@ async fn a_password_over_72_bytes_is_refused_never_truncated() {
     problem(login, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_without_two_factor_returns_a_bearer_access_token_that_reads_users_me() {
     let app = TestApp::spawn().await;
     let user = app.register("alan@example.test", false).await;
@@ -225,6 +228,27 @@ async fn login_without_two_factor_returns_a_bearer_access_token_that_reads_users
     let me: Value = me.json().await.unwrap();
     assert_eq!(me, user);
     assert!(app.mail.messages().is_empty(), "no mail without 2FA");
+}
+
+// Multi-thread: the verified-token cache is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_users_remembered_access_token_is_refused_at_once() {
+    let app = TestApp::spawn().await;
+    app.register("gone@example.test", false).await;
+    let token = app.access_token("gone@example.test").await;
+    // Used once, the token is verified and remembered.
+    assert_eq!(
+        app.get_with_token("/users/me", &token).await.status(),
+        StatusCode::OK
+    );
+    app.db
+        .exec(
+            "DELETE FROM users WHERE email = 'gone@example.test'",
+            "DELETE FROM users WHERE email = 'gone@example.test'",
+        )
+        .await;
+    let response = app.get_with_token("/users/me", &token).await;
+    problem(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
 }
 
 #[tokio::test]
@@ -271,7 +295,8 @@ async fn login_with_missing_fields_is_422() {
     assert_eq!(body["errors"][0]["field"], "password");
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_me_without_or_with_a_bad_token_is_401_with_www_authenticate() {
     let app = TestApp::spawn().await;
     let response = app.get("/users/me").await;
@@ -303,7 +328,8 @@ async fn users_me_without_or_with_a_bad_token_is_401_with_www_authenticate() {
     problem(basic, StatusCode::UNAUTHORIZED, "invalid_token").await;
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_signed_with_another_key_or_expired_is_refused() {
     use authd::token::{TokenKeys, TokenKind};
     let app = TestApp::spawn().await;

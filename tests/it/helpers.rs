@@ -16,6 +16,61 @@ use crate::smtp_sink::{Behaviour, MailSink, extract_code};
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 pub const PASSWORD: &str = "correct horse battery";
 
+/// The longest any one HTTP exchange of a test may take before the test fails instead of
+/// hanging CI. The slowest answer a test waits for on purpose is a login held up by the mail
+/// relay (`mail.smtp.timeout_secs`, 2 s in `test_settings`, 10 s by default) or by a database
+/// outage (`database.acquire_timeout_secs`, 2 s here), plus bcrypt on a busy 2-core machine:
+/// 30 s is three times the largest of those defaults.
+pub const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An HTTP client whose every request fails after [`HTTP_TIMEOUT`] rather than hanging.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .build()
+        .expect("an HTTP client builds")
+}
+
+/// How long a one-shot `authd` command (migrate, user ..., prune, healthcheck) may run. They
+/// take well under a second; the most any waits for is the database's acquire timeout
+/// (`database.acquire_timeout_secs`, 5 s by default), so 60 s only fails one that hangs.
+pub const COMMAND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `command` to its end with `stdin` as its input (closed after), off the async workers
+/// (a server in the same test needs them), killing it and failing past [`COMMAND_DEADLINE`].
+pub async fn run_to_end(command: std::process::Command, stdin: &[u8]) -> std::process::Output {
+    let mut command = assert_cmd::Command::from_std(command);
+    command
+        .write_stdin(stdin.to_vec())
+        .timeout(COMMAND_DEADLINE);
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("authd ran to its end within the deadline")
+}
+
+/// A directory under the system temp dir that is removed when the guard drops, so a failing
+/// (panicking) test leaves nothing behind either.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The server the tests may create databases on.
 pub fn admin_url() -> String {
     std::env::var("DATABASE_URL").expect(
@@ -63,13 +118,20 @@ pub async fn fresh_database() -> String {
     url
 }
 
+thread_local! {
+    static SQLITE_DIRS: std::cell::RefCell<Vec<TempDir>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Creates an empty database (no tables) of the suite's backend and returns its URL.
 pub async fn create_empty_database() -> String {
     if backend() == Backend::Sqlite {
-        let dir =
-            std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        return format!("sqlite://{}", dir.join("authd.db").display());
+        let dir = TempDir::new("authd-test");
+        let url = format!("sqlite://{}", dir.path().join("authd.db").display());
+        // Kept until the thread that asked for it ends: the test's own thread (libtest runs
+        // each test on one, and `#[tokio::test]` runs its body there too), so the directory
+        // goes when the test does, passed or failed. (Dropping a TestApp removes it earlier.)
+        SQLITE_DIRS.with(|dirs| dirs.borrow_mut().push(dir));
+        return url;
     }
     let admin = admin_url();
     let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
@@ -140,7 +202,7 @@ impl TestApp {
         TestApp {
             base,
             metrics_base,
-            client: reqwest::Client::new(),
+            client: http_client(),
             mail,
             db_url,
             db,
@@ -323,6 +385,26 @@ impl TestDb {
             .fetch_one(p)
             .await
             .unwrap(),
+        }
+    }
+
+    /// The `user_id` of every stored event of `kind` (None where the event names no user).
+    pub async fn event_user_ids(&self, kind: &str) -> Vec<Option<uuid::Uuid>> {
+        match self {
+            TestDb::Postgres(p) => {
+                sqlx::query_scalar("SELECT user_id FROM security_events WHERE kind = $1")
+                    .bind(kind)
+                    .fetch_all(p)
+                    .await
+                    .unwrap()
+            }
+            TestDb::Sqlite(p) => {
+                sqlx::query_scalar("SELECT user_id FROM security_events WHERE kind = ?1")
+                    .bind(kind)
+                    .fetch_all(p)
+                    .await
+                    .unwrap()
+            }
         }
     }
 

@@ -290,7 +290,8 @@ async fn an_http2_client_that_does_not_answer_pings_is_disconnected() {
     assert!(frame_types(&received).contains(&FRAME_PING), "{received:?}");
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_per_address_cap_a_connection_is_closed_at_once_and_others_are_served() {
     let app = TestApp::spawn_with(Behaviour::Accept, |s| {
         s.http.header_timeout_secs = 60;
@@ -322,7 +323,8 @@ async fn past_the_per_address_cap_a_connection_is_closed_at_once_and_others_are_
     assert!(healthz_answers_eventually(client, server).await);
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_process_cap_a_connection_is_closed_at_once_until_one_ends() {
     let app = TestApp::spawn_with(Behaviour::Accept, |s| {
         s.http.header_timeout_secs = 60;
@@ -349,7 +351,8 @@ async fn past_the_process_cap_a_connection_is_closed_at_once_until_one_ends() {
     );
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_addresses_of_one_prefix_share_one_request_allowance() {
     let app = TestApp::spawn_with(Behaviour::Accept, |s| {
         s.rate_limit.client_ip_header = "x-forwarded-for".into();

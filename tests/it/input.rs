@@ -157,7 +157,8 @@ fn claims_of(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(segment).unwrap()).unwrap()
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_me_refuses_a_token_with_crit_a_future_nbf_or_an_iat_from_the_future() {
     let app = TestApp::spawn().await;
     app.register("claims@example.test", false).await;

@@ -124,7 +124,8 @@ async fn the_lock_ends_after_lockout_secs() {
     );
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_address_limit_answers_429_with_retry_after() {
     let app = TestApp::spawn_with(Behaviour::Accept, |s| {
         s.rate_limit.requests_per_ip_per_minute = 5;
@@ -149,7 +150,8 @@ async fn the_per_address_limit_answers_429_with_retry_after() {
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_proxy_header_separates_clients_and_is_ignored_otherwise() {
     let trusting = TestApp::spawn_with(Behaviour::Accept, |s| {
         s.rate_limit.requests_per_ip_per_minute = 2;
@@ -397,7 +399,7 @@ async fn a_panicking_handler_gives_a_500_problem_and_the_server_keeps_serving() 
     tokio::spawn(async move {
         axum::serve(listener, axum::ServiceExt::into_make_service(router)).await
     });
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let response = client.get(format!("{base}/boom")).send().await.unwrap();
     let body: Value = {
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);

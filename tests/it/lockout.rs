@@ -204,13 +204,13 @@ async fn wrong_codes_lock_the_second_step_until_an_admin_unlocks_it() {
     assert_eq!(app.mail.messages_to("codes@example.test").len(), sent);
 
     // `authd user unlock` lifts it.
-    let unlocked = std::process::Command::new(env!("CARGO_BIN_EXE_authd"))
+    let mut unlock = std::process::Command::new(env!("CARGO_BIN_EXE_authd"));
+    unlock
         .env_remove("AUTHD_CONFIG")
         .env("AUTHD_JWT__SECRET", crate::helpers::SECRET)
         .args(["--database-url", &app.db_url, "user", "unlock"])
-        .arg("Codes@Example.test")
-        .output()
-        .unwrap();
+        .arg("Codes@Example.test");
+    let unlocked = crate::helpers::run_to_end(unlock, b"").await;
     assert!(unlocked.status.success(), "{unlocked:?}");
     let stdout = String::from_utf8(unlocked.stdout).unwrap();
     assert!(

@@ -161,12 +161,11 @@ async fn metrics_can_move_to_their_own_address_or_be_switched_off() {
 }
 
 /// Starts the binary on SQLite in a fresh directory with JSON logs at `rust_log`.
-async fn json_logging_server(rust_log: &str) -> (super::process::Server, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("authd-log-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+async fn json_logging_server(rust_log: &str) -> (super::process::Server, crate::helpers::TempDir) {
+    let dir = crate::helpers::TempDir::new("authd-log");
     let mut command = super::process::authd();
     command
-        .current_dir(&dir)
+        .current_dir(dir.path())
         .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
         .env("AUTHD_LOG__FORMAT", "json")
         .env("RUST_LOG", rust_log)
@@ -183,8 +182,8 @@ fn parse_json_lines(log: &str) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn json_log_lines_parse_and_carry_the_request_id_route_status_and_latency() {
     // authd::access at debug: successful answers are logged too.
-    let (server, dir) = json_logging_server("info,authd::access=debug").await;
-    let client = reqwest::Client::new();
+    let (server, _dir) = json_logging_server("info,authd::access=debug").await;
+    let client = crate::helpers::http_client();
     let response = client
         .get(format!("{}/users/me", server.base))
         .header("x-request-id", "trace-me-42")
@@ -206,7 +205,7 @@ async fn json_log_lines_parse_and_carry_the_request_id_route_status_and_latency(
         uuid::Uuid::parse_str(&generated_id).is_ok(),
         "{generated_id}"
     );
-    let (status, log) = server.terminate();
+    let (status, log) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
 
     let lines = parse_json_lines(&log);
@@ -226,13 +225,12 @@ async fn json_log_lines_parse_and_carry_the_request_id_route_status_and_latency(
     assert_eq!(line["fields"]["status"], 200);
     assert_eq!(line["level"], "DEBUG");
     assert_eq!(line["target"], "authd::access");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn at_the_default_level_errors_are_logged_and_fast_successes_are_not() {
-    let (server, dir) = json_logging_server("info").await;
-    let client = reqwest::Client::new();
+    let (server, _dir) = json_logging_server("info").await;
+    let client = crate::helpers::http_client();
     for (path, id, expected) in [
         ("/healthz", "quiet-ok", StatusCode::OK),
         ("/users/me", "loud-401", StatusCode::UNAUTHORIZED),
@@ -255,7 +253,7 @@ async fn at_the_default_level_errors_are_logged_and_fast_successes_are_not() {
         .await
         .unwrap();
     assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
-    let (status, log) = server.terminate();
+    let (status, log) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
     let lines = parse_json_lines(&log);
     assert!(
@@ -275,5 +273,4 @@ async fn at_the_default_level_errors_are_logged_and_fast_successes_are_not() {
     let line = logged("loud-404").unwrap_or_else(|| panic!("no line for the 404 in {log}"));
     assert_eq!(line["fields"]["status"], 404);
     assert_eq!(line["span"]["route"], "/no/such/page");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,7 +13,8 @@ fn wrong(code: &str) -> String {
     format!("{first}{}", &code[1..])
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_factor_login_emails_a_code_that_exchanges_for_an_access_token() {
     let app = TestApp::spawn().await;
     let user = app.register("ada@example.test", true).await;
@@ -176,7 +177,8 @@ async fn a_new_login_retires_the_earlier_challenge() {
     );
 }
 
-#[tokio::test]
+// Multi-thread: the state under test is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_kinds_cannot_be_confused() {
     let app = TestApp::spawn().await;
     app.register("plain@example.test", false).await;
@@ -191,18 +193,80 @@ async fn token_kinds_cannot_be_confused() {
     let response = app.submit_code(&access, &code).await;
     problem(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
 
-    // A challenge-shaped token whose typ claims "at+jwt" but whose audience is the challenge one
-    // is refused by both verifiers: audiences differ per kind.
+    // Forgeries signed with the real key that differ from a genuine token in only the header's
+    // `typ` or only the `aud` claim: each verifier must check both, or one of them lets a
+    // token of the other kind through.
     let keys = TokenKeys::new(SECRET.as_bytes(), &app.settings.jwt);
-    assert_ne!(
-        keys.audience(TokenKind::Access),
-        keys.audience(TokenKind::Challenge)
-    );
-    // The challenge itself still works afterwards: confusion attempts did not consume it.
+    let (access_typ, challenge_typ) = (TokenKind::Access.typ(), TokenKind::Challenge.typ());
+    let access_aud = keys.audience(TokenKind::Access).to_owned();
+    let challenge_aud = keys.audience(TokenKind::Challenge).to_owned();
+    // Control: re-signed unchanged, both are accepted, so a refusal below is the edit's doing.
+    let resigned = resign(&access, access_typ, None);
     assert_eq!(
-        app.submit_code(&challenge, &code).await.status(),
+        app.get_with_token("/users/me", &resigned).await.status(),
         StatusCode::OK
     );
+    let forgeries = [
+        (
+            "access token with the challenge typ",
+            resign(&access, challenge_typ, None),
+        ),
+        (
+            "access token with the challenge aud",
+            resign(&access, access_typ, Some(&challenge_aud)),
+        ),
+        (
+            "challenge token with the access typ",
+            resign(&challenge, access_typ, None),
+        ),
+        (
+            "challenge token with the access aud",
+            resign(&challenge, challenge_typ, Some(&access_aud)),
+        ),
+    ];
+    for (what, forged) in &forgeries {
+        let response = app.get_with_token("/users/me", forged).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "/users/me took the {what}"
+        );
+        problem(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
+        let response = app.submit_code(forged, &code).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "/login/otp took the {what}"
+        );
+        problem(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    }
+    // The re-signed challenge, unchanged, is accepted (it is the same challenge; checked last,
+    // since it uses the challenge up).
+    let resigned_challenge = resign(&challenge, challenge_typ, None);
+    // The challenge itself still works afterwards: confusion attempts did not consume it.
+    assert_eq!(
+        app.submit_code(&resigned_challenge, &code).await.status(),
+        StatusCode::OK
+    );
+}
+
+/// `token`'s claims signed again with the test key under header `typ`, with `aud` replaced
+/// when given.
+fn resign(token: &str, typ: &str, aud: Option<&str>) -> String {
+    let mut claims = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
+        .unwrap()
+        .claims;
+    if let Some(aud) = aud {
+        claims["aud"] = json!(aud);
+    }
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.typ = Some(typ.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -272,7 +336,8 @@ async fn switching_two_factor_off_in_the_store_changes_the_next_login() {
 
 #[tokio::test]
 async fn the_file_mail_transport_writes_one_eml_per_code_that_logs_in() {
-    let dir = std::env::temp_dir().join(format!("authd-mail-{}", uuid::Uuid::new_v4().simple()));
+    let guard = crate::helpers::TempDir::new("authd-mail");
+    let dir = guard.path().join("mail");
     let mail_dir = dir.clone();
     let app = TestApp::spawn_with(Behaviour::Accept, move |s| {
         s.mail.transport = authd::config::MailTransport::File;
@@ -309,5 +374,4 @@ async fn the_file_mail_transport_writes_one_eml_per_code_that_logs_in() {
         StatusCode::OK
     );
     assert!(app.mail.messages().is_empty(), "nothing went over SMTP");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,12 +2,13 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, SECRET, fresh_database};
+use crate::helpers::{PASSWORD, SECRET, fresh_database, run_to_end};
 
 mod zero_setup;
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
@@ -15,7 +16,17 @@ use crate::smtp_sink::{Behaviour, MailSink, extract_code};
 pub struct Server {
     child: std::process::Child,
     pub base: String,
+    /// Everything the server wrote to stderr so far, read by a thread while it runs (a full
+    /// pipe would block the server's logging, and with it the server).
+    log: Arc<Mutex<String>>,
+    drain: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How long a stopping server may take to exit. On SIGTERM authd finishes in-flight requests
+/// (bounded by `mail.smtp.timeout_secs`, 10 s by default) and then gives the audit writer up to
+/// 8 s to flush its queue (README, "Audit trail"): 30 s is well past both together, so only a
+/// server that hangs fails here.
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A free loopback port (bound and released; good enough for tests).
 fn free_port() -> u16 {
@@ -34,9 +45,39 @@ pub fn authd() -> Command {
     command
 }
 
+/// Waits for `child` to exit, at most `deadline`; kills it and panics past that. Async, so the
+/// test's own servers (the mail sink) keep running meanwhile.
+pub async fn wait_with_deadline(
+    child: &mut std::process::Child,
+    deadline: Duration,
+) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("authd did not exit within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl Server {
     /// Starts the binary on a free port against `db_url` and the mail sink, waits for /healthz.
     async fn start(db_url: &str, smtp_port: u16, log_level: &str) -> Server {
+        Server::start_with(db_url, smtp_port, log_level, &[]).await
+    }
+
+    /// The same with extra environment variables.
+    async fn start_with(
+        db_url: &str,
+        smtp_port: u16,
+        log_level: &str,
+        extra: &[(&str, &str)],
+    ) -> Server {
         let mut command = authd();
         command
             .env("AUTHD_DATABASE__URL", db_url)
@@ -46,6 +87,9 @@ impl Server {
             .env("AUTHD_MAIL__SMTP__HOST", "127.0.0.1")
             .env("AUTHD_MAIL__SMTP__PORT", smtp_port.to_string())
             .env("RUST_LOG", log_level);
+        for (key, value) in extra {
+            command.env(key, value);
+        }
         Server::spawn(command).await
     }
 
@@ -55,29 +99,44 @@ impl Server {
         let mut child = command
             .arg("serve")
             .env("AUTHD_HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("authd starts");
-        let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        let drain = std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+        let mut server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            drain: Some(drain),
+        };
+        let client = crate::helpers::http_client();
+        // 200 polls 50 ms apart: 10 s for a start that takes milliseconds (README, "Start-up").
         for _ in 0..200 {
             let healthy = client
-                .get(format!("{base}/healthz"))
+                .get(format!("{}/healthz", server.base))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == StatusCode::OK);
             if healthy {
-                return Server { child, base };
+                return server;
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut log = String::new();
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut log)
-                    .unwrap();
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let log = server.finish_log();
                 panic!("authd serve exited with {status}: {log}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -85,19 +144,44 @@ impl Server {
         panic!("authd serve did not become healthy");
     }
 
-    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    /// The whole log, once the process has exited (the drain thread ends at EOF).
+    fn finish_log(&mut self) -> String {
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.join();
+        }
+        self.log.lock().unwrap().clone()
+    }
+
+    fn send_sigterm(&self) {
         let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(killed.success());
-        let status = self.child.wait().unwrap();
-        let mut log = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stdin(Stdio::null())
+            .status()
             .unwrap();
-        (status, log)
+        assert!(killed.success());
+    }
+
+    /// SIGTERM, then the exit status (within [`EXIT_DEADLINE`]) and everything it logged.
+    pub async fn terminate(self) -> (std::process::ExitStatus, String) {
+        self.send_sigterm();
+        self.terminate_signalled().await
+    }
+
+    /// The exit status (within [`EXIT_DEADLINE`]) and the log of a server already sent SIGTERM.
+    pub async fn terminate_signalled(mut self) -> (std::process::ExitStatus, String) {
+        let status = wait_with_deadline(&mut self.child, EXIT_DEADLINE).await;
+        (status, self.finish_log())
+    }
+}
+
+impl Drop for Server {
+    /// A test that panics before `terminate` leaves no server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -106,9 +190,49 @@ async fn sigterm_stops_the_server_with_exit_status_zero() {
     let db_url = fresh_database().await;
     let mail = MailSink::start(Behaviour::Accept).await;
     let server = Server::start(&db_url, mail.port, "info").await;
-    let (status, log) = server.terminate();
+    let (status, log) = server.terminate().await;
     assert_eq!(status.code(), Some(0), "log: {log}");
     assert!(log.contains("stopped"), "log: {log}");
+}
+
+#[tokio::test]
+async fn sigterm_during_a_login_waiting_on_the_mail_relay_still_answers_it_then_exits_zero() {
+    let db_url = fresh_database().await;
+    // The relay greets only after 2 s: the login holds its connection that long, well inside
+    // authd's default `mail.smtp.timeout_secs` (10 s), so SIGTERM finds it in flight.
+    let mail = MailSink::start(Behaviour::Delay(Duration::from_secs(2))).await;
+    let server = Server::start(&db_url, mail.port, "info").await;
+    let client = crate::helpers::http_client();
+    let response = client
+        .post(format!("{}/register", server.base))
+        .json(&json!({"email": "inflight@example.test", "password": PASSWORD, "two_factor_enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    let login = tokio::spawn(
+        client
+            .post(format!("{}/login", server.base))
+            .json(&json!({"email": "inflight@example.test", "password": PASSWORD}))
+            .send(),
+    );
+    // In flight for sure: authd is talking to the relay, which has not greeted yet.
+    mail.wait_for_connections(1).await;
+    assert!(mail.messages().is_empty());
+    server.send_sigterm();
+
+    let response = login
+        .await
+        .unwrap()
+        .expect("the in-flight login is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["otp_required"], true, "{body}");
+    assert!(body["challenge_token"].is_string(), "{body}");
+    assert_eq!(mail.messages_to("inflight@example.test").len(), 1);
+    let (status, log) = server.terminate_signalled().await;
+    assert_eq!(status.code(), Some(0), "log: {log}");
 }
 
 #[tokio::test]
@@ -116,7 +240,7 @@ async fn debug_logs_of_a_whole_two_factor_flow_hold_no_password_code_token_or_se
     let db_url = fresh_database().await;
     let mail = MailSink::start(Behaviour::Accept).await;
     let server = Server::start(&db_url, mail.port, "debug").await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let url = |p: &str| format!("{}{p}", server.base);
     let response = client
         .post(url("/register"))
@@ -155,7 +279,7 @@ async fn debug_logs_of_a_whole_two_factor_flow_hold_no_password_code_token_or_se
         .unwrap();
     assert_eq!(me.status(), StatusCode::OK);
 
-    let (_, log) = server.terminate();
+    let (_, log) = server.terminate().await;
     assert!(
         log.contains("login code sent"),
         "the log is being written: {log}"
@@ -178,17 +302,15 @@ async fn healthcheck_exits_0_against_a_running_server_and_1_once_it_is_gone() {
     let server = Server::start(&db_url, mail.port, "warn").await;
     let addr = server.base.trim_start_matches("http://").to_string();
     let check = || {
-        authd()
-            .args(["healthcheck", "--addr", &addr])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        let mut command = authd();
+        command.args(["healthcheck", "--addr", &addr]);
+        run_to_end(command, b"")
     };
-    let up = check();
+    let up = check().await;
     assert_eq!(up.status.code(), Some(0), "{up:?}");
-    let (status, _) = server.terminate();
+    let (status, _) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
-    let down = check();
+    let down = check().await;
     assert_eq!(down.status.code(), Some(1), "{down:?}");
     let stderr = String::from_utf8_lossy(&down.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -200,7 +322,7 @@ async fn audit_command_reads_the_trail_newest_first_filtered_by_user() {
     let db_url = fresh_database().await;
     let mail = MailSink::start(Behaviour::Accept).await;
     let server = Server::start(&db_url, mail.port, "warn").await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     for email in ["one@example.test", "two@example.test"] {
         let response = client
             .post(format!("{}/register", server.base))
@@ -218,22 +340,18 @@ async fn audit_command_reads_the_trail_newest_first_filtered_by_user() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     // Stopping the server flushes the audit queue.
-    let (status, _) = server.terminate();
+    let (status, _) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
 
-    let output = authd()
-        .args([
-            "audit",
-            "--user",
-            "One@Example.test",
-            "--format",
-            "json",
-            "--database-url",
-            &db_url,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let audit = |args: &[&str]| {
+        let mut command = authd();
+        command
+            .arg("audit")
+            .args(args)
+            .args(["--database-url", &db_url]);
+        run_to_end(command, b"")
+    };
+    let output = audit(&["--user", "One@Example.test", "--format", "json"]).await;
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let events: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
@@ -242,11 +360,7 @@ async fn audit_command_reads_the_trail_newest_first_filtered_by_user() {
     assert_eq!(events[0]["client_ip"], "127.0.0.1");
     assert!(events.iter().all(|e| e["email"] == "one@example.test"));
 
-    let table = authd()
-        .args(["audit", "--limit", "1", "--database-url", &db_url])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let table = audit(&["--limit", "1"]).await;
     assert_eq!(table.status.code(), Some(0));
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -254,36 +368,25 @@ async fn audit_command_reads_the_trail_newest_first_filtered_by_user() {
         "{text}"
     );
 
-    let bad = authd()
-        .args(["audit", "--user", "not-an-email", "--database-url", &db_url])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let bad = audit(&["--user", "not-an-email"]).await;
     assert_eq!(bad.status.code(), Some(1));
 }
 
 #[tokio::test]
 async fn user_add_refuses_a_common_password_like_the_api() {
     let db_url = fresh_database().await;
-    let mut add = authd()
-        .args([
-            "user",
-            "add",
-            "--email",
-            "weak@example.test",
-            "--password-stdin",
-            "--database-url",
-            &db_url,
-        ])
-        .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    add.stdin.take().unwrap().write_all(b"password1\n").unwrap();
-    let output = add.wait_with_output().unwrap();
+    let mut add = authd();
+    add.args([
+        "user",
+        "add",
+        "--email",
+        "weak@example.test",
+        "--password-stdin",
+        "--database-url",
+        &db_url,
+    ])
+    .env("AUTHD_PASSWORD__BCRYPT_COST", "4");
+    let output = run_to_end(add, b"password1\n").await;
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("common passwords"), "{stderr}");
@@ -295,7 +398,7 @@ async fn serve_on_an_empty_database_migrates_sqlite_and_says_to_migrate_postgres
     let mail = MailSink::start(Behaviour::Accept).await;
     let server = Server::start(&db_url, mail.port, "info").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, log) = server.terminate();
+    let (status, log) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
     if crate::helpers::backend() == authd::store::Backend::Postgres {
         assert!(log.contains("run `authd migrate`"), "{log}");

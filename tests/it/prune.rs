@@ -67,12 +67,16 @@ async fn authd_prune_removes_what_expired_and_keeps_code_counters() {
     assert_eq!((challenges, logins, codes), (1, 1, 1));
     app.register("recent@example.test", false).await;
     app.db.expect_events("user_registered", 2).await;
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_authd"))
-        .env_remove("AUTHD_CONFIG")
-        .env("AUTHD_JWT__SECRET", SECRET)
-        .args(["--database-url", &app.db_url, "prune", "--format", "json"])
-        .output()
-        .unwrap();
+    let prune = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_authd"));
+        command
+            .env_remove("AUTHD_CONFIG")
+            .env("AUTHD_JWT__SECRET", SECRET)
+            .args(["--database-url", &app.db_url, "prune"])
+            .args(args);
+        crate::helpers::run_to_end(command, b"")
+    };
+    let output = prune(&["--format", "json"]).await;
     assert!(output.status.success(), "{output:?}");
     let pruned: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(pruned["challenges"], 1);
@@ -81,12 +85,7 @@ async fn authd_prune_removes_what_expired_and_keeps_code_counters() {
     // The code counter stays; so does the event of the recent registration.
     assert_eq!(rows(&app).await, (0, 0, 1, 1));
     // A second pass finds nothing, and says so in a line.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_authd"))
-        .env_remove("AUTHD_CONFIG")
-        .env("AUTHD_JWT__SECRET", SECRET)
-        .args(["--database-url", &app.db_url, "prune"])
-        .output()
-        .unwrap();
+    let again = prune(&[]).await;
     assert_eq!(
         String::from_utf8(again.stdout).unwrap(),
         "removed 0 expired challenges, 0 idle throttle rows, 0 audit events older than 365 days\n"

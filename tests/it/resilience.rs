@@ -14,10 +14,24 @@ async fn count_challenges(app: &TestApp) -> i64 {
         .await
 }
 
+/// How long a request may take to fail on a dead dependency whose timeout the test sets to
+/// `configured_secs` (1 s here). Ten times that leaves a slow CI machine plenty of room, and
+/// stays far below what the libraries do without authd's setting (lettre waits 60 s for a
+/// silent relay; sqlx's pool waits 30 s to acquire a connection), so a request that answers
+/// only because a library default ran out fails the test. A deadline, not a speed measurement.
+fn deadline_for(configured_secs: u64) -> Duration {
+    Duration::from_secs(configured_secs * 10)
+}
+
 async fn login_with_broken_mail_answers_503_and_leaves_no_challenge(behaviour: Behaviour) {
     let app = TestApp::spawn_with(behaviour, |s| s.mail.smtp.timeout_secs = 1).await;
     app.register("mailless@example.test", true).await;
-    let response = app.login("mailless@example.test", PASSWORD).await;
+    let deadline = deadline_for(app.settings.mail.smtp.timeout_secs);
+    let response = tokio::time::timeout(deadline, app.login("mailless@example.test", PASSWORD))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("no answer within {deadline:?} with mail.smtp.timeout_secs = 1")
+        });
     assert!(response.headers().get("retry-after").is_some());
     let body = problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
     assert!(
@@ -101,11 +115,64 @@ async fn with_the_database_down_requests_get_503_with_retry_after_and_readyz_fai
     problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
 }
 
+/// A TCP port that accepts connections and never says a word: a database that hangs.
+async fn silent_listener() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// `request`'s answer, or a failure once `deadline` has passed.
+async fn bounded<T>(deadline: Duration, what: &str, request: impl Future<Output = T>) -> T {
+    tokio::time::timeout(deadline, request)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {deadline:?}"))
+}
+
+#[tokio::test]
+async fn with_a_database_that_never_answers_requests_get_503_within_the_acquire_timeout() {
+    let mail = MailSink::start(Behaviour::Accept).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/authd",
+        silent_listener().await
+    );
+    let mut settings = test_settings(&url, mail.port);
+    settings.database.acquire_timeout_secs = 1;
+    let deadline = deadline_for(settings.database.acquire_timeout_secs);
+    let app = tokio::time::timeout(deadline, TestApp::spawn_on(settings, mail, url))
+        .await
+        .expect("authd starts while the database hangs");
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+
+    let response = bounded(deadline, "login", app.login("a@example.test", PASSWORD)).await;
+    assert!(response.headers().contains_key("retry-after"));
+    problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    let response = bounded(
+        deadline,
+        "register",
+        app.post_json(
+            "/register",
+            &json!({"email": "a@example.test", "password": PASSWORD}),
+        ),
+    )
+    .await;
+    problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    let response = bounded(deadline, "readyz", app.get("/readyz")).await;
+    problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+}
+
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
-    let mut app = TestApp::spawn().await;
-    app.register("slow@example.test", false).await;
-    // A login runs bcrypt; ask the server to stop while it is in flight.
+    // The relay greets after 1 s, inside `mail.smtp.timeout_secs` (2 s in test_settings): a
+    // two-factor login is really in flight while the server is asked to stop.
+    let mut app = TestApp::spawn_with(Behaviour::Delay(Duration::from_secs(1)), |_| {}).await;
+    app.register("slow@example.test", true).await;
     let client = app.client.clone();
     let url = app.url("/login");
     let in_flight = tokio::spawn(async move {
@@ -115,14 +182,22 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
             .send()
             .await
     });
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    app.mail.wait_for_connections(1).await;
+    assert!(app.mail.messages().is_empty(), "the login is still waiting");
     let server = app.stop();
     let response = in_flight
         .await
         .unwrap()
         .expect("in-flight request completed");
     assert_eq!(response.status(), StatusCode::OK);
-    server.await.unwrap().expect("server stopped cleanly");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["otp_required"], true, "{body}");
+    assert!(body["challenge_token"].is_string(), "{body}");
+    tokio::time::timeout(crate::helpers::HTTP_TIMEOUT, server)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .expect("server stopped cleanly");
     assert!(app.client.get(app.url("/healthz")).send().await.is_err());
 }
 

@@ -1,6 +1,8 @@
 //! A small SMTP server for the tests: speaks enough RFC 5321 for lettre and keeps what it receives.
-//! It can also misbehave (refuse, fail the transaction, or say nothing) to test authd's timeouts.
+//! It can also misbehave (refuse, fail the transaction, say nothing, or take its time) to test
+//! authd's timeouts and what happens to requests waiting on it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ pub enum Behaviour {
     FailData,
     /// Accept the TCP connection and never say a word.
     Silent,
+    /// Like `Accept`, but wait this long before the greeting: keeps a login in flight.
+    Delay(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -29,6 +33,7 @@ pub struct Received {
 pub struct MailSink {
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl MailSink {
@@ -37,15 +42,33 @@ impl MailSink {
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let store = received.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let store = store.clone();
                 tokio::spawn(async move {
                     let _ = serve(stream, behaviour, store).await;
                 });
             }
         });
-        MailSink { port, received }
+        MailSink {
+            port,
+            received,
+            connections,
+        }
+    }
+
+    /// Waits (up to 10 s) until authd has opened `count` connections to the sink.
+    pub async fn wait_for_connections(&self, count: usize) {
+        for _ in 0..200 {
+            if self.connections.load(Ordering::SeqCst) >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("authd never opened connection number {count} to the mail sink");
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -113,6 +136,9 @@ async fn serve(
     if behaviour == Behaviour::Silent {
         tokio::time::sleep(Duration::from_secs(120)).await;
         return Ok(());
+    }
+    if let Behaviour::Delay(delay) = behaviour {
+        tokio::time::sleep(delay).await;
     }
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();

@@ -7,12 +7,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::{Server, authd};
-use crate::helpers::PASSWORD;
+use crate::helpers::{PASSWORD, TempDir};
 
-fn empty_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("authd-zero-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// An empty directory that goes away when the test ends, passed or failed.
+fn empty_dir() -> TempDir {
+    TempDir::new("authd-zero")
 }
 
 /// The six-digit code from the last "log" transport message in a log (pretty or JSON lines).
@@ -31,14 +30,15 @@ fn code_from_log(log: &str) -> String {
 
 #[tokio::test]
 async fn serve_with_no_configuration_runs_the_whole_two_factor_flow_on_sqlite() {
-    let dir = empty_dir();
+    let guard = empty_dir();
+    let dir = guard.path();
     let mut command = authd();
     command
-        .current_dir(&dir)
+        .current_dir(dir)
         .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
         .env("RUST_LOG", "info");
     let server = Server::spawn(command).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let url = |p: &str| format!("{}{p}", server.base);
     assert_eq!(
         client.get(url("/readyz")).send().await.unwrap().status(),
@@ -69,7 +69,7 @@ async fn serve_with_no_configuration_runs_the_whole_two_factor_flow_on_sqlite() 
     let challenge = body["challenge_token"].as_str().unwrap().to_string();
 
     // The code only reaches the log once the login answered; stop the server to read it all.
-    let (status, log) = server.terminate();
+    let (status, log) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
     assert!(log.contains("DEVELOPMENT ONLY"), "{log}");
     assert!(log.contains("more than one instance"), "{log}");
@@ -91,7 +91,7 @@ async fn serve_with_no_configuration_runs_the_whole_two_factor_flow_on_sqlite() 
     // A restart reuses the database and the key: the challenge issued before still works.
     let mut command = authd();
     command
-        .current_dir(&dir)
+        .current_dir(dir)
         .env("AUTHD_PASSWORD__BCRYPT_COST", "4");
     let server = Server::spawn(command).await;
     let response = client
@@ -102,17 +102,17 @@ async fn serve_with_no_configuration_runs_the_whole_two_factor_flow_on_sqlite() 
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let (status, _) = server.terminate();
+    let (status, _) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
     assert_eq!(std::fs::read(&key).unwrap(), key_before);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn production_start_fails(extra: &[(&str, &str)]) -> (Option<i32>, String) {
-    let dir = empty_dir();
+    let guard = empty_dir();
+    let dir = guard.path();
     let mut command = authd();
     command
-        .current_dir(&dir)
+        .current_dir(dir)
         .arg("serve")
         .env("AUTHD_ENV", "production")
         .env("AUTHD_HTTP__ADDR", "127.0.0.1:0")
@@ -133,7 +133,6 @@ fn production_start_fails(extra: &[(&str, &str)]) -> (Option<i32>, String) {
         child.kill().unwrap();
     }
     let output = child.wait_with_output().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -218,18 +217,18 @@ async fn production_allows_a_cleartext_relay_when_told_to_and_a_sound_configurat
             ("AUTHD_MAIL__SMTP__ALLOW_CLEARTEXT", "true"),
         ][..],
     ] {
-        let dir = empty_dir();
+        let guard = empty_dir();
+        let dir = guard.path();
         let mut command = authd();
-        command.current_dir(&dir).env("AUTHD_ENV", "production");
+        command.current_dir(dir).env("AUTHD_ENV", "production");
         for (k, v) in SOUND_PRODUCTION.iter().chain(extra) {
             command.env(k, v);
         }
         // Healthy on SQLite in the data directory: Server::spawn waits for /healthz 200.
         let server = Server::spawn(command).await;
-        let (status, log) = server.terminate();
+        let (status, log) = server.terminate().await;
         assert_eq!(status.code(), Some(0), "{log}");
         assert!(dir.join("data/authd.db").is_file());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 
@@ -237,13 +236,14 @@ async fn production_allows_a_cleartext_relay_when_told_to_and_a_sound_configurat
 #[tokio::test]
 async fn the_data_directory_is_0700_and_the_database_and_its_wal_and_shm_are_0600() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = empty_dir();
+    let guard = empty_dir();
+    let dir = guard.path();
     let mut command = authd();
     command
-        .current_dir(&dir)
+        .current_dir(dir)
         .env("AUTHD_PASSWORD__BCRYPT_COST", "4");
     let server = Server::spawn(command).await;
-    let response = reqwest::Client::new()
+    let response = crate::helpers::http_client()
         .post(format!("{}/register", server.base))
         .json(&json!({"email": "modes@example.test", "password": PASSWORD}))
         .send()
@@ -263,9 +263,8 @@ async fn the_data_directory_is_0700_and_the_database_and_its_wal_and_shm_are_060
         ("authd.db-shm", mode("authd.db-shm")),
         ("jwt-secret", mode("jwt-secret")),
     ];
-    let (status, _) = server.terminate();
+    let (status, _) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(
         modes.map(|(name, mode)| format!("{name} {mode:o}")),
         [

@@ -1,0 +1,187 @@
+//! The audit trail: every documented event kind, each produced exactly once, with the user it
+//! names (none where there is no account, as for an unknown address).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{PASSWORD, SECRET, TempDir, TestApp, fresh_database, problem, test_settings};
+use crate::smtp_sink::{Behaviour, MailSink, extract_code};
+
+/// The kinds README's "Audit trail" lists, in its order.
+const DOCUMENTED_KINDS: [&str; 14] = [
+    "user_registered",
+    "user_added_by_admin",
+    "login_succeeded",
+    "login_failed",
+    "login_throttled",
+    "code_sent",
+    "code_send_failed",
+    "code_accepted",
+    "code_rejected",
+    "code_throttled",
+    "second_factor_locked",
+    "code_email_limited",
+    "two_factor_changed",
+    "user_unlocked",
+];
+
+/// Runs the admin command line against `db_url` and returns its stdout; fails unless it exits 0.
+async fn admin(db_url: &str, data_dir: &TempDir, args: &[&str], stdin: &str) -> String {
+    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_authd"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AUTHD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("DATABASE_URL")
+        .env("AUTHD_JWT__SECRET", SECRET)
+        .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
+        .env("AUTHD_DATA_DIR", data_dir.path())
+        .args(["--database-url", db_url])
+        .args(args)
+        .write_stdin(stdin)
+        // An admin command takes well under a second; a hung one fails the test instead.
+        .timeout(Duration::from_secs(60));
+    let output = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("authd runs");
+    assert!(output.status.success(), "authd {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn wrong(code: &str) -> String {
+    let first = (code.as_bytes()[0] - b'0' + 1) % 10;
+    format!("{first}{}", &code[1..])
+}
+
+#[tokio::test]
+async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
+    let db_url = fresh_database().await;
+    let settings = |port| {
+        let mut s = test_settings(&db_url, port);
+        // One wrong password locks an address, one wrong code the second step, two code
+        // emails use up the quota: each event then takes a single request to produce.
+        s.rate_limit.login_failures_per_account = 1;
+        s.rate_limit.otp_failures_per_account = 1;
+        s.mail.max_codes_per_account = 2;
+        s
+    };
+    let good = MailSink::start(Behaviour::Accept).await;
+    let app = TestApp::spawn_on(settings(good.port), good, db_url.clone()).await;
+    // A second instance on the same database whose relay refuses every message.
+    let refused = MailSink::start(Behaviour::Refuse).await;
+    let broken = TestApp::spawn_on(settings(refused.port), refused, db_url.clone()).await;
+    let data_dir = TempDir::new("authd-audit");
+
+    // user_registered, login_succeeded: a user of the API without a second step.
+    let plain = app.register("plain@example.test", false).await;
+    let plain = Uuid::parse_str(plain["id"].as_str().unwrap()).unwrap();
+    app.access_token("plain@example.test").await;
+
+    // user_added_by_admin, two_factor_changed: an account made and switched by the CLI.
+    let added = admin(
+        &db_url,
+        &data_dir,
+        &[
+            "user",
+            "add",
+            "--email",
+            "admin@example.test",
+            "--password-stdin",
+            "--format",
+            "json",
+        ],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    let added: Value = serde_json::from_str(&added).unwrap();
+    let admin_made = Uuid::parse_str(added["id"].as_str().unwrap()).unwrap();
+    admin(
+        &db_url,
+        &data_dir,
+        &["user", "set-2fa", "admin@example.test", "on"],
+        "",
+    )
+    .await;
+
+    // login_failed, login_throttled: an address with no account, so no user id.
+    problem(
+        app.login("ghost@example.test", "not the password").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+    problem(
+        app.login("ghost@example.test", "not the password").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    )
+    .await;
+
+    // code_sent, then code_send_failed on the instance whose relay refuses.
+    let (challenge, code) = app.start_challenge("admin@example.test").await;
+    let response = broken.login("admin@example.test", PASSWORD).await;
+    problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+
+    // code_rejected and second_factor_locked (the one wrong code allowed locks the step), then
+    // code_throttled for the right code submitted while locked.
+    problem(
+        app.submit_code(&challenge, &wrong(&code)).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_otp",
+    )
+    .await;
+    problem(
+        app.submit_code(&challenge, &code).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "second_factor_locked",
+    )
+    .await;
+
+    // user_unlocked, then code_accepted on the same, still live, challenge.
+    admin(
+        &db_url,
+        &data_dir,
+        &["user", "unlock", "admin@example.test"],
+        "",
+    )
+    .await;
+    assert_eq!(
+        app.submit_code(&challenge, &code).await.status(),
+        StatusCode::OK
+    );
+
+    // code_email_limited: the sent and the failed email used up the quota of two.
+    let response = app.login("admin@example.test", PASSWORD).await;
+    problem(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(app.mail.messages_to("admin@example.test").len(), 1);
+    extract_code(&app.mail.messages_to("admin@example.test")[0]);
+
+    let expected_user = |kind: &str| match kind {
+        "user_registered" | "login_succeeded" => Some(plain),
+        "login_failed" | "login_throttled" => None,
+        _ => Some(admin_made),
+    };
+    for kind in DOCUMENTED_KINDS {
+        app.db.expect_events(kind, 1).await;
+        assert_eq!(
+            app.db.event_user_ids(kind).await,
+            [expected_user(kind)],
+            "user id of {kind}"
+        );
+    }
+    let total = app
+        .db
+        .int("SELECT CAST(count(*) AS BIGINT) FROM security_events")
+        .await;
+    assert_eq!(
+        total,
+        DOCUMENTED_KINDS.len() as i64,
+        "no other events were recorded"
+    );
+    drop(broken);
+}
