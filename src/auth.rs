@@ -237,11 +237,18 @@ fn mail_key(user_id: Uuid) -> String {
     format!("mail:{user_id}")
 }
 
+/// A `ThrottleRule::every` that no count reaches.
+const NEVER: u32 = i32::MAX as u32;
+
 /// The longest a password lock lasts, however many came before it.
 const MAX_LOCK_SECS: u64 = 24 * 60 * 60;
 
 fn micros_of(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+}
+
+fn dead_challenge() -> Error {
+    Error::InvalidToken("this login challenge is used, expired or out of attempts: log in again")
 }
 
 /// Who made an administrative change, as the audit trail records it.
@@ -327,7 +334,9 @@ impl Auth {
     /// of the 10^6 codes can be tried.
     fn otp_rule(&self) -> ThrottleRule {
         ThrottleRule {
-            every: self.limits.otp_failures_per_account,
+            // No timed locks for codes, only the hard limit (so giving a reservation back
+            // leaves no lock behind).
+            every: NEVER,
             first_lock_micros: micros_of(self.limits.lockout_secs),
             max_lock_micros: micros_of(MAX_LOCK_SECS),
             hard_limit: Some(self.limits.otp_failures_per_account),
@@ -552,7 +561,9 @@ impl Auth {
     /// token was never issued nothing usable is left behind.
     async fn start_challenge(&self, user: &User) -> Result<IssuedToken> {
         let email = Email::parse(&user.email).map_err(|e| anyhow::anyhow!("stored email: {e}"))?;
-        let id = Uuid::new_v4();
+        // Time-ordered, so a challenge retires only the ones started before it: concurrent logins
+        // of one user cannot retire each other's newest challenge.
+        let id = Uuid::now_v7();
         let code = generate_code();
         let ttl = self.tokens.ttl_secs(TokenKind::Challenge);
         self.store
@@ -588,6 +599,14 @@ impl Auth {
             event.user_id = Some(claims.sub);
             event
         };
+        // A dead challenge is refused before anything is reserved: it is not a guess.
+        if !self
+            .store
+            .challenge_is_open(claims.jti, claims.sub, self.max_attempts, Utc::now())
+            .await?
+        {
+            return Err(dead_challenge());
+        }
         let locks_if_wrong = match self.reserve(&key, &self.otp_rule()).await {
             Ok(locks) => locks,
             Err(err) => {
@@ -621,13 +640,12 @@ impl Auth {
                 Err(Error::InvalidOtp { remaining })
             }
             Attempt::Dead => {
-                // Not a guess at a live code: give the reserved attempt back.
+                // It died since the check above: not a guess at a live code, so the reserved
+                // attempt is given back.
                 if self.limits.enabled {
                     self.store.release_attempt(&key).await?;
                 }
-                Err(Error::InvalidToken(
-                    "this login challenge is used, expired or out of attempts: log in again",
-                ))
+                Err(dead_challenge())
             }
         }
     }

@@ -40,6 +40,11 @@ use crate::store::{Backend, Store};
 use error::{ApiError, InternalCause, PROBLEM_JSON};
 use limits::{ClientAddress, ConnectionCaps, ConnectionSlot, IpLimiter, limit_per_ip};
 
+/// Read buffer per HTTP/1 connection: headers (at most `MAX_HEADER_BYTES`) and body chunks.
+const MAX_READ_BUFFER_BYTES: usize = 32 * 1024;
+/// Largest request head accepted; a bigger one is refused by hyper (431 or a closed stream).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 /// Largest request body accepted; bigger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -648,12 +653,16 @@ async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(rules.first_request);
+        .header_read_timeout(rules.first_request)
+        // hyper's default read buffer (about 400 KiB) lets unfinished headers cost that much
+        // per connection; authd's requests need a fraction of it.
+        .max_buf_size(MAX_READ_BUFFER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(rules.http2_keepalive_interval)
-        .keep_alive_timeout(rules.http2_keepalive_timeout);
+        .keep_alive_timeout(rules.http2_keepalive_timeout)
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     let builder = Arc::new(builder);
     // Every connection task holds a sender: when all are gone, the last connection has ended.
     let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);

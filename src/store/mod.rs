@@ -288,8 +288,11 @@ impl Store {
         pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<()>;
         /// Removes a challenge whose code could not be delivered.
         pub async fn delete_challenge(&self, id: Uuid) -> Result<()>;
-        /// Retires every open challenge of the user except `keep`, and forgets long-dead ones.
+        /// Retires the user's open challenges started before `keep` (ids are time-ordered), and
+        /// forgets long-dead ones.
         pub async fn retire_challenges_except(&self, user_id: Uuid, keep: Uuid) -> Result<()>;
+        /// Whether a challenge can still take a code (not used, retired, expired or out of attempts).
+        pub async fn challenge_is_open(&self, id: Uuid, user_id: Uuid, max_attempts: u32, now: DateTime<Utc>) -> Result<bool>;
         /// Counts a wrong code or consumes the challenge, in one statement: parallel guesses
         /// cannot pass `max_attempts` and a right code is accepted at most once.
         pub async fn attempt_challenge(&self, id: Uuid, user_id: Uuid, code_hash: &[u8], max_attempts: u32) -> Result<Attempt>;

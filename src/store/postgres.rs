@@ -211,7 +211,7 @@ impl PgStore {
     pub async fn retire_challenges_except(&self, user_id: Uuid, keep: Uuid) -> Result<()> {
         sqlx::query(
             "UPDATE otp_challenges SET retired_at = now()
-             WHERE user_id = $1 AND id <> $2 AND consumed_at IS NULL AND retired_at IS NULL",
+             WHERE user_id = $1 AND id < $2 AND consumed_at IS NULL AND retired_at IS NULL",
         )
         .bind(user_id)
         .bind(keep)
@@ -224,6 +224,26 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    pub async fn challenge_is_open(
+        &self,
+        id: Uuid,
+        user_id: Uuid,
+        max_attempts: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM otp_challenges
+                            WHERE id = $1 AND user_id = $2 AND consumed_at IS NULL
+                              AND retired_at IS NULL AND expires_at > $4 AND attempts < $3)",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(max_attempts as i32)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Counts or consumes in one statement. The row lock serialises concurrent submissions, and the

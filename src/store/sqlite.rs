@@ -283,7 +283,7 @@ impl SqliteStore {
         let now = Utc::now();
         sqlx::query(
             "UPDATE otp_challenges SET retired_at = ?3
-             WHERE user_id = ?1 AND id <> ?2 AND consumed_at IS NULL AND retired_at IS NULL",
+             WHERE user_id = ?1 AND id < ?2 AND consumed_at IS NULL AND retired_at IS NULL",
         )
         .bind(user_id)
         .bind(keep)
@@ -296,6 +296,26 @@ impl SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    pub async fn challenge_is_open(
+        &self,
+        id: Uuid,
+        user_id: Uuid,
+        max_attempts: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM otp_challenges
+                            WHERE id = ?1 AND user_id = ?2 AND consumed_at IS NULL
+                              AND retired_at IS NULL AND expires_at > ?4 AND attempts < ?3)",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(i64::from(max_attempts))
+        .bind(micros(now))
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub async fn attempt_challenge(

@@ -450,3 +450,53 @@ async fn a_client_that_hangs_up_before_the_answer_gets_no_uncounted_guess() {
         "{verified} checked, {counted} counted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_at_a_dead_challenge_neither_counts_nor_locks() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        burst_settings(s);
+        s.rate_limit.otp_failures_per_account = 7;
+    })
+    .await;
+    app.register("deadburst@example.test", true).await;
+    let (old, _, wrong) = challenge(&app, "deadburst@example.test").await;
+    for _ in 0..5 {
+        problem(
+            app.submit_code(&old, &wrong).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_otp",
+        )
+        .await;
+    }
+    // `old` is out of attempts now; a new login retires nothing it needs.
+    let (live, code, _) = challenge(&app, "deadburst@example.test").await;
+    let answers = join_all((0..30).map(|_| app.submit_code(&old, &wrong))).await;
+    assert!(
+        answers
+            .iter()
+            .all(|r| r.status() == StatusCode::UNAUTHORIZED),
+        "{answers:?}"
+    );
+    // Five real guesses so far: the account is neither locked for good nor for a while.
+    assert_eq!(app.submit_code(&live, &code).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_logins_of_one_user_always_leave_a_usable_challenge() {
+    let app = TestApp::spawn_with(Behaviour::Accept, burst_settings).await;
+    app.register("doubleclick@example.test", true).await;
+    let answers = join_all((0..12).map(|_| app.login("doubleclick@example.test", PASSWORD))).await;
+    let sent = answers
+        .iter()
+        .filter(|r| r.status() == StatusCode::OK)
+        .count();
+    assert_eq!(sent, 5);
+    let open = app
+        .db
+        .int(
+            "SELECT CAST(count(*) AS BIGINT) FROM otp_challenges
+             WHERE consumed_at IS NULL AND retired_at IS NULL",
+        )
+        .await;
+    assert!(open >= 1, "every challenge was retired");
+}
