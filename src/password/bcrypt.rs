@@ -38,9 +38,12 @@ const KEY_BYTES: usize = 72;
 /// The 24-byte text bcrypt encrypts 64 times with the derived state.
 const MAGIC: &[u8; 24] = b"OrpheanBeholderScryDoubt";
 
-/// The versions of the hash string; for passwords of at most 72 bytes they are the same
-/// algorithm (`$2a$` differs only past 255 bytes in OpenBSD, `$2y$` is crypt_blowfish's name for
-/// the corrected `$2a$`), so they differ only in how the hash is written.
+/// The versions of the hash string. On the first 72 bytes of a password, all bcrypt reads,
+/// they are one algorithm (OpenBSD's `$2a$` differed from `$2b$` only for passwords of 256
+/// bytes or more; `$2y$` is crypt_blowfish's name for its corrected `$2a$`), so they differ only
+/// in how the hash is written. As in the `bcrypt` crate, `$2a$` is OpenBSD's: crypt_blowfish's
+/// `$2a$` differs for a few passwords with bytes past 0x7f (its guard against its old
+/// sign-extension bug), and such a hash does not verify here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Version {
     TwoA,
@@ -379,6 +382,29 @@ mod tests {
             assert!(!verify(&mutated(password, 0, 1), expected), "{expected}");
             // The reference agrees, so the vectors are read as the crate reads them.
             assert!(bcrypt::verify(password, expected).unwrap(), "{expected}");
+        }
+    }
+
+    #[test]
+    fn crypt_blowfish_s_own_2a_values_are_not_openbsd_s_and_do_not_verify() {
+        // The two `$2a$` vectors of Openwall's suite left out of `VECTORS`: their value is
+        // crypt_blowfish's countermeasure; OpenBSD's `$2a$` (the crate's and ours) gives the
+        // `$2b$` value for these passwords.
+        for (password, theirs, openbsd) in [
+            (
+                &b"\xff\xff\xa3"[..],
+                "$2a$05$/OK.fbVrR/bpIqNJ5ianF.nqd1wy.pTMdcvrRWxyiGL2eMz.2a85.",
+                "$2a$05$/OK.fbVrR/bpIqNJ5ianF.CE5elHaaO4EbggVDjb8P19RukzXSM3e",
+            ),
+            (
+                &b"\xff\xa334\xff\xff\xff\xa3345"[..],
+                "$2a$05$/OK.fbVrR/bpIqNJ5ianF.ZC1JEJ8Z4gPfpe1JOr/oyPXTWl9EFd.",
+                "$2a$05$/OK.fbVrR/bpIqNJ5ianF.o./n25XVfn6oAPaUvHe.Csk4zRfsYPi",
+            ),
+        ] {
+            assert!(!verify(password, theirs), "{theirs}");
+            assert!(!bcrypt::verify(password, theirs).unwrap(), "{theirs}");
+            assert!(verify(password, openbsd), "{openbsd}");
         }
     }
 
