@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::eksblowfish;
+use crate::domain::{BCRYPT_MAX_COST, BCRYPT_MIN_COST};
 
 /// The compiled-in defaults: the same file that documents every setting.
 pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
@@ -233,11 +233,9 @@ impl Settings {
 
     /// Rejects values that would make authd insecure or unusable, with the setting's name.
     pub fn check(&self) -> anyhow::Result<()> {
-        if !(eksblowfish::MIN_COST..=eksblowfish::MAX_COST).contains(&self.password.bcrypt_cost) {
+        if !(BCRYPT_MIN_COST..=BCRYPT_MAX_COST).contains(&self.password.bcrypt_cost) {
             bail!(
-                "password.bcrypt_cost must be between {} and {}, got {}",
-                eksblowfish::MIN_COST,
-                eksblowfish::MAX_COST,
+                "password.bcrypt_cost must be between {BCRYPT_MIN_COST} and {BCRYPT_MAX_COST}, got {}",
                 self.password.bcrypt_cost
             );
         }

@@ -29,6 +29,11 @@ pub const EMAIL_MAX_CHARS: usize = 254;
 pub const PASSWORD_MIN_BYTES: usize = 8;
 /// bcrypt ignores everything after 72 bytes; longer passwords are refused, never truncated.
 pub const PASSWORD_MAX_BYTES: usize = 72;
+/// Lowest bcrypt cost (log2 of the key-setup rounds) bcrypt defines: the least
+/// `password.bcrypt_cost` may be, and the least a stored hash may carry.
+pub const BCRYPT_MIN_COST: u32 = 4;
+/// Highest bcrypt cost bcrypt defines.
+pub const BCRYPT_MAX_COST: u32 = 31;
 pub const NAME_MAX_CHARS: usize = 100;
 pub const OTP_DIGITS: usize = 6;
 

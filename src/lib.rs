@@ -13,8 +13,6 @@ pub mod cli;
 pub mod config;
 /// Input newtypes that are valid by construction, and the public `User`.
 pub mod domain;
-/// bcrypt that yields the CPU every few rounds.
-pub mod eksblowfish;
 /// The core error type.
 pub mod error;
 /// The HTTP API: router, handlers, problem+json errors, OpenAPI.
@@ -27,7 +25,7 @@ pub mod mail;
 pub mod metrics;
 /// One-time code generation and keyed hashing.
 pub mod otp;
-/// bcrypt off the async workers.
+/// bcrypt (its own, yielding implementation) on a bounded pool off the async workers.
 pub mod password;
 /// The password policy: refuses the most common passwords.
 pub mod policy;

@@ -1,5 +1,10 @@
 //! bcrypt hashing and verification on a dedicated, bounded pool of low-priority threads, so
 //! async workers never stall and a login flood cannot starve the rest of the API.
+//!
+//! The bcrypt itself is `bcrypt.rs`, private to this module: an implementation that yields the
+//! core between rounds, checked against the `bcrypt` crate and the published test vectors.
+
+mod bcrypt;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -11,8 +16,7 @@ use anyhow::Context;
 use tokio::sync::{OnceCell, oneshot};
 
 use crate::config::PasswordSettings;
-use crate::domain::{PASSWORD_MAX_BYTES, Password};
-use crate::eksblowfish;
+use crate::domain::{BCRYPT_MAX_COST, BCRYPT_MIN_COST, PASSWORD_MAX_BYTES, Password};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::policy::check_password;
@@ -113,7 +117,7 @@ impl PasswordHasher {
                 let hash = self
                     .pool
                     .run(move || {
-                        eksblowfish::hash(b"authd-dummy-password-for-timing", cost)
+                        bcrypt::hash(b"authd-dummy-password-for-timing", cost)
                             .context("cannot compute the dummy bcrypt hash")
                     })
                     .await?;
@@ -144,9 +148,7 @@ impl PasswordHasher {
     /// `password.bcrypt_cost` changes, login time does not tell accounts (old cost) from
     /// unknown addresses (new cost) while the stored hashes are being upgraded.
     pub fn match_dummy_cost(&self, cost: u32) {
-        if !(eksblowfish::MIN_COST..=eksblowfish::MAX_COST).contains(&cost)
-            || cost == self.dummy_cost()
-        {
+        if !(BCRYPT_MIN_COST..=BCRYPT_MAX_COST).contains(&cost) || cost == self.dummy_cost() {
             return;
         }
         tracing::info!(
@@ -163,7 +165,7 @@ impl PasswordHasher {
     /// Whether a stored hash was made at another cost than the configured one, so a successful
     /// login should hash the password again.
     pub fn needs_rehash(&self, stored: &str) -> bool {
-        eksblowfish::cost_of(stored).is_some_and(|cost| cost != self.cost)
+        bcrypt::cost_of(stored).is_some_and(|cost| cost != self.cost)
     }
 
     /// Checks the password policy (`crate::policy`) on a hashing thread: zxcvbn can spend a
@@ -190,7 +192,7 @@ impl PasswordHasher {
         // `Password` guarantees at most 72 bytes, all of which bcrypt uses. (bcrypt's
         // non-truncating variant would refuse exactly 72 because it counts the NUL terminator.)
         self.timed("hash", None, move || {
-            eksblowfish::hash(password.expose().as_bytes(), cost).context("bcrypt hash failed")
+            bcrypt::hash(password.expose().as_bytes(), cost).context("bcrypt hash failed")
         })
         .await
     }
@@ -214,23 +216,28 @@ impl PasswordHasher {
             Some(stored) => Arc::from(stored),
             None => self.dummy_hash().await?,
         };
-        // Longer inputs can never match a hash authd made, nor can a NUL: bcrypt cycles its key
-        // with a NUL after it, so "P\0P" would match the hash of "P", and authd never hashed a
-        // NUL. Still spend the same time on them. (Other control characters are refused at
-        // registration but still verified, so passwords set before that rule keep working.)
-        let usable = candidate.len() <= PASSWORD_MAX_BYTES && !candidate.contains('\0');
-        let candidate = if usable {
-            candidate.to_owned()
-        } else {
-            String::new()
-        };
+        let candidate = candidate.to_owned();
         let matched = self
             .timed("verify", Some(slot), move || {
-                Ok(eksblowfish::verify(candidate.as_bytes(), &hash))
+                Ok(verify_hash(candidate.as_bytes(), &hash))
             })
             .await?;
-        Ok(matched && is_real && usable)
+        Ok(matched && is_real)
     }
+}
+
+/// Whether `candidate` is the password the bcrypt hash `stored` (`$2a$`, `$2b$` or `$2y$`) was
+/// made from: the check a hashing thread runs for every login. It is one bcrypt at the stored
+/// cost, synchronous and CPU-bound, so async code calls it only through
+/// [`PasswordHasher::verify`]. False for anything that is not a well-formed bcrypt hash.
+pub fn verify_hash(candidate: &[u8], stored: &str) -> bool {
+    // Longer inputs can never match a hash authd made, nor can a NUL: bcrypt cycles its key
+    // with a NUL after it, so "P\0P" would match the hash of "P", and authd never hashed a
+    // NUL. Still spend the same time on them. (Other control characters are refused at
+    // registration but still verified, so passwords set before that rule keep working.)
+    let usable = candidate.len() <= PASSWORD_MAX_BYTES && !candidate.contains(&0);
+    let matched = bcrypt::verify(if usable { candidate } else { b"" }, stored);
+    matched && usable
 }
 
 impl std::fmt::Debug for PasswordHasher {
@@ -434,6 +441,21 @@ mod tests {
             hasher.check_policy(&fine, Vec::new()).await.unwrap(),
             Ok(())
         );
+    }
+
+    #[test]
+    fn verify_hash_refuses_what_authd_never_hashed() {
+        let stored = bcrypt::hash(b"password", 4).unwrap();
+        assert!(verify_hash(b"password", &stored));
+        assert!(!verify_hash(b"passwore", &stored));
+        // bcrypt itself takes "P\0P" for "P" (see bcrypt.rs); authd never hashed a NUL.
+        assert!(!verify_hash(b"password\0password", &stored));
+        let longest = [b'x'; PASSWORD_MAX_BYTES];
+        let stored = bcrypt::hash(&longest, 4).unwrap();
+        assert!(verify_hash(&longest, &stored));
+        // bcrypt ignores a 73rd byte; authd never hashed 73 bytes.
+        assert!(!verify_hash(&[b'x'; PASSWORD_MAX_BYTES + 1], &stored));
+        assert!(!verify_hash(b"password", "not a hash"));
     }
 
     #[tokio::test]
