@@ -208,6 +208,9 @@ async fn wrong_codes_lock_the_second_step_until_an_admin_unlocks_it() {
     unlock
         .env_remove("AUTHD_CONFIG")
         .env("AUTHD_JWT__SECRET", crate::helpers::SECRET)
+        // The server writes to the same SQLite file meanwhile: on a loaded machine the
+        // command may wait its turn longer than the default 3 s.
+        .env("AUTHD_DATABASE__ACQUIRE_TIMEOUT_SECS", "20")
         .args(["--database-url", &app.db_url, "user", "unlock"])
         .arg("Codes@Example.test");
     let unlocked = crate::helpers::run_to_end(unlock, b"").await;

@@ -72,6 +72,8 @@ async fn authd_prune_removes_what_expired_and_keeps_code_counters() {
         command
             .env_remove("AUTHD_CONFIG")
             .env("AUTHD_JWT__SECRET", SECRET)
+            // The server shares the SQLite file: let the command wait its turn on a busy machine.
+            .env("AUTHD_DATABASE__ACQUIRE_TIMEOUT_SECS", "20")
             .args(["--database-url", &app.db_url, "prune"])
             .args(args);
         crate::helpers::run_to_end(command, b"")
