@@ -1,8 +1,11 @@
 # authd: the usual targets. `make help` lists them.
 CARGO ?= cargo
 AUTHD := target/release/authd
+PYTHON ?= python3
+# Development tools (pre-commit, commitizen, git-cliff), pinned in scripts/dev-requirements.txt.
+DEV_VENV := .venv-dev
 
-.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench conformance
+.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench conformance setup changelog deny
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +32,22 @@ lint: ## rustfmt check and clippy with warnings as errors
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
+
+setup: $(DEV_VENV)/.installed ## Install the git hooks: fmt and clippy before a commit, a conventional message (.venv-dev/)
+	$(DEV_VENV)/bin/pre-commit install --install-hooks
+
+# The venv is rebuilt when the pinned requirements change.
+$(DEV_VENV)/.installed: scripts/dev-requirements.txt
+	rm -rf $(DEV_VENV)
+	$(PYTHON) -m venv $(DEV_VENV)
+	$(DEV_VENV)/bin/pip install --quiet --disable-pip-version-check --no-input -r scripts/dev-requirements.txt
+	touch $@
+
+changelog: $(DEV_VENV)/.installed ## Regenerate CHANGELOG.md from the conventional commits (git-cliff, cliff.toml)
+	$(DEV_VENV)/bin/git-cliff --config cliff.toml --output CHANGELOG.md
+
+deny: ## cargo deny: licenses, bans and sources of the dependency tree (deny.toml; installs cargo-deny)
+	bash scripts/deny.sh
 
 conformance: ## Fuzz a served authd against its OpenAPI document (schemathesis; see README)
 	./scripts/conformance.sh
