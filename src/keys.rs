@@ -86,19 +86,10 @@ fn generate_secret(path: &Path) -> anyhow::Result<SecretString> {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     if let Some(dir) = path.parent() {
         // Private like the key (and the SQLite database that may share the directory).
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
+        crate::files::create_private_dir(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
+    match crate::files::create_private_file(path) {
         Ok(mut file) => {
             file.write_all(hex.as_bytes())
                 .and_then(|()| file.sync_all())

@@ -15,6 +15,8 @@ pub mod config;
 pub mod domain;
 /// The core error type.
 pub mod error;
+/// Private files and directories (0600/0700) for secrets and data.
+mod files;
 /// The HTTP API: router, handlers, problem+json errors, OpenAPI.
 pub mod http;
 /// The signing secret: configured or generated once.

@@ -241,16 +241,20 @@ impl RequestSeries {
 mod tests {
     use super::*;
 
+    fn text_of(metrics: &Metrics) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&metrics.registry.gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn counters_appear_in_the_text_format_with_the_authd_prefix() {
         let metrics = Metrics::new();
         metrics.login("success");
         metrics.observe_request("/login", "POST", "200", Duration::from_millis(3));
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&metrics.registry.gather(), &mut out)
-            .unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = text_of(&metrics);
         assert!(
             text.contains(r#"authd_logins_total{outcome="success"} 1"#),
             "{text}"
@@ -274,11 +278,7 @@ mod tests {
         for method in ["BREW", "WHEN", "X-1"] {
             metrics.observe_request("other", method, "405", Duration::from_millis(1));
         }
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&metrics.registry.gather(), &mut out)
-            .unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = text_of(&metrics);
         assert!(
             text.contains(
                 r#"authd_http_requests_total{method="other",route="other",status="405"} 3"#

@@ -47,20 +47,11 @@ fn create_private_file(path: &std::path::Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
+        crate::files::create_private_dir(dir)
             .and_then(|()| set_mode(dir, 0o700))
             .with_context(|| format!("cannot create the database directory {}", dir.display()))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
+    match crate::files::create_private_file(path) {
         Ok(_) => set_mode(path, 0o600)
             .with_context(|| format!("cannot make the database {} private", path.display())),
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {

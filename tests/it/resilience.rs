@@ -254,17 +254,7 @@ impl Cuttable {
 
 #[tokio::test]
 async fn after_a_database_outage_authd_recovers_by_itself() {
-    let db_url = fresh_database().await;
-    let target = {
-        let rest = db_url.split_once('@').map_or(db_url.as_str(), |(_, r)| r);
-        rest.split('/').next().unwrap().to_string()
-    };
-    let proxy = Cuttable::start(target.clone()).await;
-    let proxied_url = db_url.replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1);
-    let mail = MailSink::start(Behaviour::Accept).await;
-    let mut settings = test_settings(&proxied_url, mail.port);
-    settings.database.acquire_timeout_secs = 1;
-    let app = TestApp::spawn_on(settings, mail, db_url).await;
+    let (app, proxy) = spawn_behind_cuttable().await;
     app.register("back@example.test", false).await;
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
 
