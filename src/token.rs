@@ -711,6 +711,17 @@ mod tests {
             keys.verify(TokenKind::Access, &other_alg),
             Err(TokenError::WrongAlgorithm)
         );
+        // JSON, HS256 and our kind, but not a header jsonwebtoken reads: the header is refused,
+        // not the claims.
+        let odd_kid = sign(
+            SECRET,
+            r#"{"alg":"HS256","typ":"at+jwt","kid":5}"#,
+            &claims_json(&keys, in_the_future),
+        );
+        assert_eq!(
+            keys.verify(TokenKind::Access, &odd_kid),
+            Err(TokenError::NotAJwt)
+        );
     }
 
     const HEADER: &str = r#"{"typ":"at+jwt","alg":"HS256"}"#;
