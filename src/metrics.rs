@@ -8,8 +8,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::store::Store;
-
 /// Every metric authd exports. Cloning shares the same collectors.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -183,8 +181,9 @@ impl Metrics {
     }
 
     /// The text exposition format, with the pool gauges read now.
-    pub fn render(&self, store: &Store) -> String {
-        let (size, idle, max) = store.pool_usage();
+    /// The text exposition, with the database pool's figures as they are now: `(open, idle,
+    /// maximum)` connections.
+    pub fn render(&self, (size, idle, max): (u32, u32, u32)) -> String {
         self.db_connections
             .with_label_values(&["idle"])
             .set(i64::from(idle));

@@ -241,7 +241,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 
 /// Prometheus metrics in the text exposition format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.auth.metrics.render(&state.auth.store);
+    let body = state.auth.metrics.render(state.auth.store.pool_usage());
     (
         [(
             header::CONTENT_TYPE,

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::audit::{EventQuery, RecordedEvent, SecurityEvent};
 use crate::config::Settings;
 use crate::domain::{Email, User};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -318,6 +318,50 @@ impl Store {
         /// Security events, newest first.
         pub async fn list_events(&self, query: &EventQuery) -> Result<Vec<RecordedEvent>>;
     }
+}
+
+// What a database error means to the core, decided here so the core never sees sqlx.
+
+/// The unique constraint that means "this email is taken". PostgreSQL reports its name;
+/// SQLite reports the column instead ("UNIQUE constraint failed: users.email").
+const EMAIL_UNIQUE_CONSTRAINT: &str = "users_email_key";
+const EMAIL_UNIQUE_COLUMN: &str = "users.email";
+
+fn is_email_taken(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.kind() == sqlx::error::ErrorKind::UniqueViolation
+        && (db.constraint() == Some(EMAIL_UNIQUE_CONSTRAINT)
+            || db.message().contains(EMAIL_UNIQUE_COLUMN))
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if is_email_taken(db.as_ref()) => Error::EmailTaken,
+            // A connection cut mid-handshake surfaces as a protocol error: the server is going away.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => {
+                tracing::warn!(error = %err, "database unavailable");
+                Error::Unavailable("database")
+            }
+            sqlx::Error::Database(db) if is_transient_sqlstate(db.code().as_deref()) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Error::Unavailable("database")
+            }
+            _ => Error::Internal(anyhow::Error::new(err).context("database query failed")),
+        }
+    }
+}
+
+/// Codes that mean the database is going away, overloaded or locked, not that the query is
+/// wrong: PostgreSQL SQLSTATE classes 08, 53, 57P; SQLite BUSY (5) and LOCKED (6).
+fn is_transient_sqlstate(code: Option<&str>) -> bool {
+    code.is_some_and(|c| {
+        c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "5" || c == "6"
+    })
 }
 
 /// "<version> <description>" of the migrations that were not applied before.
