@@ -134,7 +134,7 @@ pub async fn register(
         (status = 200, description = "Access token, or challenge token and an emailed code", body = LoginResponse),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing fields, or fields of the wrong type (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Account locked after repeated failures, or too many requests from this address (`rate_limited`, with `Retry-After`); or the second step of a two-factor account is locked after too many wrong codes (`second_factor_locked`: an administrator must unlock it)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Account locked after repeated failures (each lock twice as long as the last, up to 24 h), the account's code emails used up for now (`mail.max_codes_per_account`), or too many requests from this address (`rate_limited`, with `Retry-After`); or the second step of a two-factor account is locked after too many wrong codes (`second_factor_locked`, no `Retry-After`: an administrator must unlock it)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database or mail relay unavailable, or too many passwords already waiting to be checked (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -185,7 +185,7 @@ pub async fn login(
         (status = 200, description = "Access token", body = TokenResponse),
         (status = 401, description = "Bad challenge token (`invalid_token`) or wrong code (`invalid_otp`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The code is missing or not six digits (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Second step locked for a while after repeated wrong codes, or too many requests from this address (`rate_limited`, with `Retry-After`); or locked until an administrator unlocks it (`second_factor_locked`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this address (`rate_limited`, with `Retry-After`); or the second step is locked after `rate_limit.otp_failures_per_account` consecutive wrong codes until an administrator unlocks it (`second_factor_locked`, no `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -431,3 +431,40 @@ async fn production_keeps_metrics_off_the_api_port_unless_it_is_private() {
     .await;
     assert_eq!(get(&private, "/metrics").await.0, StatusCode::OK);
 }
+
+/// Sends a `GET /healthz` whose head carries `header_bytes` of one header, with
+/// `Connection: close`; returns the status line of the answer.
+async fn status_for_head_of(server: SocketAddr, header_bytes: usize) -> String {
+    let mut stream = connect_from(Ipv4Addr::LOCALHOST, server).await;
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(header_bytes)
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("the server answers and closes");
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_past_32_kib_is_refused_before_it_costs_more_memory() {
+    let app = TestApp::spawn().await;
+    let server = addr(&app);
+    assert_eq!(status_for_head_of(server, 20_000).await, "HTTP/1.1 200 OK");
+    // hyper's default buffer (about 400 KiB) would have taken this one.
+    assert_eq!(
+        status_for_head_of(server, 40_000).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    // Many of them at once leave the server answering.
+    let many = (0..50).map(|_| status_for_head_of(server, 40_000));
+    for status in futures::future::join_all(many).await {
+        assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
+    }
+    assert_eq!(status_for_head_of(server, 100).await, "HTTP/1.1 200 OK");
+}
