@@ -20,7 +20,7 @@ migrate: ## Apply database migrations (database.url / DATABASE_URL)
 	$(CARGO) run --release --locked -- migrate
 
 test: ## All tests, on PostgreSQL (throwaway unless DATABASE_URL is set) and on SQLite
-	./scripts/with-postgres.sh sh -c '$(CARGO) test --locked --all-targets && \
+	./scripts/with-postgres.sh sh -c '$(CARGO) test --workspace --locked --all-targets && \
 	  AUTHD_TEST_BACKEND=sqlite $(CARGO) test --locked --test it -- api:: otp_flow:: cli:: hostile:: input:: limits:: lockout:: process:: prune::'
 
 test-sqlite: ## The backend-neutral integration tests on SQLite only (no PostgreSQL needed)
@@ -28,7 +28,7 @@ test-sqlite: ## The backend-neutral integration tests on SQLite only (no Postgre
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -71,6 +71,5 @@ check-deploy: ## Lint the Dockerfile, validate docker-compose.yml, replay its st
 	bash scripts/check-deploy.sh
 
 bench: ## Load benchmark on a throwaway PostgreSQL (see BENCHMARKS.md; BENCH_ARGS=--help)
-	$(CARGO) build --release --locked --bin authd
-	$(CARGO) build --release --locked --features bench --bin authd-bench
+	$(CARGO) build --release --locked -p authd -p authd-bench
 	./scripts/with-postgres.sh target/release/authd-bench $(BENCH_ARGS)

@@ -1,14 +1,10 @@
 //! Test harness: a fresh database per test, a mail sink, and authd served on a free port.
 
-use std::str::FromStr;
-
 use authd::config::{MailTransport, Settings, SmtpTls};
 use authd::http::App;
 use authd::store::{Backend, Store};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Executor};
 use tokio::sync::oneshot;
 
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
@@ -79,23 +75,6 @@ pub fn admin_url() -> String {
     )
 }
 
-/// `url` with its database name replaced by `name`.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let prefix = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{prefix}/{name}?{q}"),
-        None => format!("{prefix}/{name}"),
-    }
-}
-
 /// The backend this run of the suite targets: `AUTHD_TEST_BACKEND=sqlite` or PostgreSQL (default).
 pub fn backend() -> Backend {
     match std::env::var("AUTHD_TEST_BACKEND").as_deref() {
@@ -133,17 +112,10 @@ pub async fn create_empty_database() -> String {
         SQLITE_DIRS.with(|dirs| dirs.borrow_mut().push(dir));
         return url;
     }
-    let admin = admin_url();
     let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = PgConnectOptions::from_str(&admin)
-        .expect("DATABASE_URL is a valid postgres URL")
-        .connect()
+    testkit::postgres::create_database(&admin_url(), &name)
         .await
-        .expect("the test PostgreSQL server accepts connections");
-    conn.execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-        .await
-        .expect("CREATE DATABASE");
-    with_database(&admin, &name)
+        .expect("the test PostgreSQL server lets the tests create databases")
 }
 
 /// Settings for a test: its database, the mail sink's port, cheap bcrypt, port 0.
@@ -183,7 +155,7 @@ impl TestApp {
 
     pub async fn spawn_with(behaviour: Behaviour, tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let db_url = fresh_database().await;
-        let mail = MailSink::start(behaviour).await;
+        let mail = MailSink::start(behaviour).await.unwrap();
         let mut settings = test_settings(&db_url, mail.port);
         tweak(&mut settings);
         TestApp::spawn_on(settings, mail, db_url).await
@@ -460,14 +432,4 @@ pub async fn problem(response: Response, status: StatusCode, code: &str) -> Valu
         assert!(body[key].is_string(), "problem lacks {key}: {body}");
     }
     body
-}
-
-#[test]
-fn with_database_replaces_only_the_name() {
-    assert_eq!(
-        with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "x"),
-        "postgres://u:p@h:5432/x?sslmode=disable"
-    );
-    assert_eq!(with_database("postgres://h/db", "x"), "postgres://h/x");
-    assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
 }

@@ -90,7 +90,7 @@ async fn unknown_addresses_lock_exactly_like_real_ones() {
 #[tokio::test]
 async fn two_instances_on_one_database_share_the_account_counter() {
     let db_url = fresh_database().await;
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let first = TestApp::spawn_on(
         test_settings(&db_url, mail.port),
         mail.clone(),

@@ -64,7 +64,7 @@ async fn forty_concurrent_wrong_passwords_reach_bcrypt_at_most_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forty_concurrent_wrong_passwords_over_two_instances_reach_bcrypt_at_most_the_limit() {
     let db_url = fresh_database().await;
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let mut settings = test_settings(&db_url, mail.port);
     burst_settings(&mut settings);
     let first = TestApp::spawn_on(settings.clone(), mail.clone(), db_url.clone()).await;
@@ -332,7 +332,7 @@ async fn concurrent_logins_send_no_more_code_emails_than_the_cap() {
 async fn after_the_bcrypt_cost_changes_a_login_upgrades_the_hash_and_unknown_emails_cost_the_same()
 {
     let db_url = fresh_database().await;
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let old = TestApp::spawn_on(
         test_settings(&db_url, mail.port),
         mail.clone(),

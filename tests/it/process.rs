@@ -28,10 +28,8 @@ pub struct Server {
 /// server that hangs fails here.
 pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A free loopback port (bound and released; good enough for tests).
 fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    probe.local_addr().unwrap().port()
+    testkit::free_port().expect("a free loopback port")
 }
 
 /// `authd` with a clean environment: no inherited AUTHD_* or DATABASE_URL.
@@ -188,7 +186,7 @@ impl Drop for Server {
 #[tokio::test]
 async fn sigterm_stops_the_server_with_exit_status_zero() {
     let db_url = fresh_database().await;
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let server = Server::start(&db_url, mail.port, "info").await;
     let (status, log) = server.terminate().await;
     assert_eq!(status.code(), Some(0), "log: {log}");
@@ -200,7 +198,9 @@ async fn sigterm_during_a_login_waiting_on_the_mail_relay_still_answers_it_then_
     let db_url = fresh_database().await;
     // The relay greets only after 2 s: the login holds its connection that long, well inside
     // authd's default `mail.smtp.timeout_secs` (10 s), so SIGTERM finds it in flight.
-    let mail = MailSink::start(Behaviour::Delay(Duration::from_secs(2))).await;
+    let mail = MailSink::start(Behaviour::Delay(Duration::from_secs(2)))
+        .await
+        .unwrap();
     let server = Server::start(&db_url, mail.port, "info").await;
     let client = crate::helpers::http_client();
     let response = client
@@ -238,7 +238,7 @@ async fn sigterm_during_a_login_waiting_on_the_mail_relay_still_answers_it_then_
 #[tokio::test]
 async fn debug_logs_of_a_whole_two_factor_flow_hold_no_password_code_token_or_secret() {
     let db_url = fresh_database().await;
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let server = Server::start(&db_url, mail.port, "debug").await;
     let client = crate::helpers::http_client();
     let url = |p: &str| format!("{}{p}", server.base);
@@ -298,7 +298,7 @@ async fn debug_logs_of_a_whole_two_factor_flow_hold_no_password_code_token_or_se
 #[tokio::test]
 async fn healthcheck_exits_0_against_a_running_server_and_1_once_it_is_gone() {
     let db_url = fresh_database().await;
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let server = Server::start(&db_url, mail.port, "warn").await;
     let addr = server.base.trim_start_matches("http://").to_string();
     let check = || {
@@ -320,7 +320,7 @@ async fn healthcheck_exits_0_against_a_running_server_and_1_once_it_is_gone() {
 #[tokio::test]
 async fn audit_command_reads_the_trail_newest_first_filtered_by_user() {
     let db_url = fresh_database().await;
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let server = Server::start(&db_url, mail.port, "warn").await;
     let client = crate::helpers::http_client();
     for email in ["one@example.test", "two@example.test"] {
@@ -395,7 +395,7 @@ async fn user_add_refuses_a_common_password_like_the_api() {
 #[tokio::test]
 async fn serve_on_an_empty_database_migrates_sqlite_and_says_to_migrate_postgres() {
     let db_url = crate::helpers::create_empty_database().await;
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let server = Server::start(&db_url, mail.port, "info").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, log) = server.terminate().await;

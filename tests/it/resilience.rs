@@ -67,13 +67,13 @@ async fn a_silent_mail_relay_gives_503_within_the_timeout() {
 async fn a_failed_mail_keeps_the_earlier_challenge_alive() {
     // The first login succeeds; the relay then dies; the earlier code must still work.
     let db_url = fresh_database().await;
-    let good = MailSink::start(Behaviour::Accept).await;
+    let good = MailSink::start(Behaviour::Accept).await.unwrap();
     let app = TestApp::spawn_on(test_settings(&db_url, good.port), good, db_url.clone()).await;
     app.register("keep@example.test", true).await;
     let (challenge, code) = app.start_challenge("keep@example.test").await;
     drop(app);
 
-    let bad = MailSink::start(Behaviour::Refuse).await;
+    let bad = MailSink::start(Behaviour::Refuse).await.unwrap();
     let app = TestApp::spawn_on(test_settings(&db_url, bad.port), bad, db_url).await;
     let response = app.login("keep@example.test", PASSWORD).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -85,7 +85,7 @@ async fn a_failed_mail_keeps_the_earlier_challenge_alive() {
 
 #[tokio::test]
 async fn with_the_database_down_requests_get_503_with_retry_after_and_readyz_fails() {
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     // Nothing listens on port 1: every connection attempt is refused.
     let mut settings = test_settings("postgres://postgres@127.0.0.1:1/authd", mail.port);
     settings.database.acquire_timeout_secs = 1;
@@ -137,7 +137,7 @@ async fn bounded<T>(deadline: Duration, what: &str, request: impl Future<Output 
 
 #[tokio::test]
 async fn with_a_database_that_never_answers_requests_get_503_within_the_acquire_timeout() {
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let url = format!(
         "postgres://postgres@127.0.0.1:{}/authd",
         silent_listener().await
@@ -331,7 +331,7 @@ async fn spawn_behind_cuttable() -> (TestApp, Cuttable) {
     };
     let proxy = Cuttable::start(target.clone()).await;
     let proxied_url = db_url.replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1);
-    let mail = MailSink::start(Behaviour::Accept).await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let mut settings = test_settings(&proxied_url, mail.port);
     settings.database.acquire_timeout_secs = 1;
     (TestApp::spawn_on(settings, mail, db_url).await, proxy)

@@ -70,10 +70,10 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
         s.mail.max_codes_per_account = 2;
         s
     };
-    let good = MailSink::start(Behaviour::Accept).await;
+    let good = MailSink::start(Behaviour::Accept).await.unwrap();
     let app = TestApp::spawn_on(settings(good.port), good, db_url.clone()).await;
     // A second instance on the same database whose relay refuses every message.
-    let refused = MailSink::start(Behaviour::Refuse).await;
+    let refused = MailSink::start(Behaviour::Refuse).await.unwrap();
     let broken = TestApp::spawn_on(settings(refused.port), refused, db_url.clone()).await;
     let data_dir = TempDir::new("authd-audit");
 

@@ -1,7 +1,7 @@
 //! `make bench`: starts authd on a throwaway PostgreSQL database and measures, in one run, what
 //! limits a login server (bcrypt) against what it must still do quickly (`/users/me`).
 //!
-//! Built only with `--features bench`, so the server, its tests and its lints never see it.
+//! A crate of its own in the workspace: the server carries none of its code or dependencies.
 //! Everything is loopback, every loop is bounded in count and time, and a watchdog ends the run
 //! (and the processes it started) if it ever outlives `--max-secs`.
 //!
@@ -26,30 +26,24 @@
 //! authd and the ceiling run in sessions of their own, as services do, so the scheduler's
 //! autogroups treat them, PostgreSQL and the load generator as separate programs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Value, json};
 use sqlx::Connection;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
-
-use authd::domain::User;
+use testkit::smtp::{Behaviour, MailSink};
 
 /// The password of every bench account: strong enough for any password policy, under 72 bytes.
 const PASSWORD: &str = "Tangerine-Quasar-81-Lattice-vow";
-/// The `/users/me` statement, character for character as `PgStore::find_user` sends it.
-const FIND_USER_SQL: &str =
-    "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
-             FROM users WHERE id = $1";
 /// Logins sent at once by the burst check: more than authd's hashing threads plus its default
 /// queue limit (`password.max_queue`, default 32) on any machine with fewer than 64 cores.
 const BURST_LOGINS: usize = 96;
@@ -57,9 +51,9 @@ const BURST_LOGINS: usize = 96;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("ceiling-server") {
-        return match ceiling::main(&args[1..]) {
+    let cli = Cli::parse();
+    if let Some(Mode::CeilingServer(args)) = cli.mode {
+        return match ceiling::main(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("ceiling-server: error: {err:#}");
@@ -67,10 +61,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let options = match Options::parse(&args) {
+    let options = match cli.options.checked() {
         Ok(options) => options,
         Err(err) => {
-            eprintln!("error: {err:#}\n\n{USAGE}");
+            eprintln!("error: {err:#}");
             return ExitCode::from(2);
         }
     };
@@ -93,35 +87,78 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: authd-bench [--authd PATH] [--cost N] [--runs N] [--secs N]
-                   [--me-connections N] [--login-connections N] [--flow-connections N]
-                   [--probe-rate R] [--probe-connections N]
-                   [--max-connections N] [--json FILE] [--strict] [--max-secs N]
-                   [--only PHASES]
+/// The load benchmark of authd. Needs DATABASE_URL: an admin URL of a PostgreSQL server on this
+/// machine (`make bench` starts a throwaway one); creates and drops its own database there.
+#[derive(Debug, Parser)]
+#[command(name = "authd-bench", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    options: Flags,
+}
 
-Needs DATABASE_URL: an admin URL of a PostgreSQL server on this machine (make bench starts a
-throwaway one). Creates and drops its own database there.
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Internal: the ceiling route, run by the bench in a process of its own.
+    #[command(hide = true)]
+    CeilingServer(ceiling::Args),
+}
 
-  --authd PATH            authd binary (default: `authd` beside this binary)
-  --cost N                bcrypt cost for authd and the bound (default 12)
-  --runs N                measure N times after one setup and report medians (default 1)
-  --secs N                closed-loop /users/me: N one-second windows on authd and N on
-                          the ceiling, alternating (default 5); the login, paced and 2FA
-                          windows are 2N seconds long
-  --me-connections N      concurrent /users/me connections (default 16)
-  --login-connections N   concurrent /login clients (default 8)
-  --flow-connections N    concurrent two-factor flows (default 8)
-  --probe-rate R          paced /users/me load for the latency comparison, req/s (default 1000)
-  --probe-connections N   connections that share the paced load (default 8)
-  --max-connections N     database pool size of authd and of the ceiling (default 10)
-  --json FILE             also write every run's figures as JSON
-  --strict                exit 1 when a target is missed (default: report it, exit 0;
-                          exit 2 when the run itself fails)
-  --max-secs N            watchdog: give up after this long (default 60 + 40 x secs x runs,
-                          260 s for one run with the default windows)
-  --only PHASES           comma list of bound,me,ceiling,login,probe,mixed,control,burst,flow,
-                          register";
+#[derive(Debug, Clone, clap::Args)]
+struct Flags {
+    /// authd binary (default: `authd` beside this binary)
+    #[arg(long, value_name = "PATH")]
+    authd: Option<PathBuf>,
+    /// bcrypt cost for authd and the bound
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+    cost: u32,
+    /// measure N times after one setup and report medians
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
+    runs: u64,
+    /// closed-loop /users/me: N one-second windows on authd and N on the ceiling, alternating;
+    /// the login, paced and 2FA windows are 2N seconds long
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    secs: u64,
+    /// concurrent /users/me connections
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    me_connections: u64,
+    /// concurrent /login clients
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+    login_connections: u64,
+    /// concurrent two-factor flows
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+    flow_connections: u64,
+    /// paced /users/me load for the latency comparison, requests per second (1..=100000)
+    #[arg(long, default_value_t = 1000.0)]
+    probe_rate: f64,
+    /// connections that share the paced load
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+    probe_connections: u64,
+    /// database pool size of authd and of the ceiling
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_connections: u32,
+    /// also write every run's figures as JSON
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// exit 1 when a target is missed (default: report it, exit 0; exit 2 when the run itself
+    /// fails)
+    #[arg(long)]
+    strict: bool,
+    /// watchdog: give up after this long (default 60 + 40 x secs x runs)
+    #[arg(long, default_value_t = 0)]
+    max_secs: u64,
+    /// comma list of bound,me,ceiling,login,probe,mixed,control,burst,flow,register
+    #[arg(long, value_delimiter = ',', value_parser = PHASES)]
+    only: Option<Vec<String>>,
+}
 
+/// Every phase `--only` can name.
+const PHASES: [&str; 10] = [
+    "bound", "me", "ceiling", "login", "probe", "mixed", "control", "burst", "flow", "register",
+];
+
+/// The options with their defaults resolved, for the run.
 #[derive(Debug, Clone)]
 struct Options {
     authd: PathBuf,
@@ -140,102 +177,44 @@ struct Options {
     only: Option<Vec<String>>,
 }
 
-impl Options {
-    fn parse(args: &[String]) -> Result<Options> {
-        let beside_me = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("authd")))
-            .unwrap_or_else(|| PathBuf::from("target/release/authd"));
-        let mut options = Options {
-            authd: beside_me,
-            cost: 12,
-            runs: 1,
-            secs: 5,
-            me_connections: 16,
-            login_connections: 8,
-            flow_connections: 8,
-            probe_rate: 1000.0,
-            probe_connections: 8,
-            max_connections: 10,
-            json: None,
-            strict: false,
-            max_secs: 0,
-            only: None,
-        };
-        let mut args = args.iter();
-        while let Some(flag) = args.next() {
-            let mut value = || {
-                args.next()
-                    .with_context(|| format!("{flag} needs a value"))
-                    .cloned()
-            };
-            match flag.as_str() {
-                "--authd" => options.authd = PathBuf::from(value()?),
-                "--cost" => options.cost = value()?.parse().context("--cost")?,
-                "--runs" => options.runs = value()?.parse().context("--runs")?,
-                "--secs" => options.secs = value()?.parse().context("--secs")?,
-                "--me-connections" => {
-                    options.me_connections = value()?.parse().context("--me-connections")?;
-                }
-                "--login-connections" => {
-                    options.login_connections = value()?.parse().context("--login-connections")?;
-                }
-                "--flow-connections" => {
-                    options.flow_connections = value()?.parse().context("--flow-connections")?;
-                }
-                "--probe-rate" => options.probe_rate = value()?.parse().context("--probe-rate")?,
-                "--probe-connections" => {
-                    options.probe_connections = value()?.parse().context("--probe-connections")?;
-                }
-                "--max-connections" => {
-                    options.max_connections = value()?.parse().context("--max-connections")?;
-                }
-                "--json" => options.json = Some(PathBuf::from(value()?)),
-                "--strict" => options.strict = true,
-                "--max-secs" => options.max_secs = value()?.parse().context("--max-secs")?,
-                "--only" => {
-                    options.only = Some(value()?.split(',').map(|s| s.trim().to_owned()).collect());
-                }
-                "-h" | "--help" => {
-                    println!("{USAGE}");
-                    std::process::exit(0);
-                }
-                other => bail!("unknown argument {other:?}"),
-            }
-        }
-        ensure!((4..=31).contains(&options.cost), "--cost must be 4..=31");
-        if options.max_secs == 0 {
-            // A run takes about 20 windows of `secs` plus setup: leave it twice that.
-            options.max_secs = 60 + 40 * options.secs * options.runs as u64;
-        }
+impl Flags {
+    fn checked(self) -> Result<Options> {
         ensure!(
-            options.probe_rate >= 1.0 && options.probe_rate <= 100_000.0,
+            (1.0..=100_000.0).contains(&self.probe_rate),
             "--probe-rate must be 1..=100000"
         );
-        ensure!(
-            (1..=64).contains(&options.probe_connections),
-            "--probe-connections must be 1..=64"
-        );
-        ensure!(
-            options.runs >= 1 && options.runs <= 9,
-            "--runs must be 1..=9"
-        );
-        ensure!(
-            options.secs >= 1 && options.secs <= 60,
-            "--secs must be 1..=60"
-        );
-        ensure!(
-            options.me_connections >= 1
-                && options.login_connections >= 1
-                && options.flow_connections >= 1
-                && options.me_connections <= 256
-                && options.login_connections <= 64
-                && options.flow_connections <= 64,
-            "connection counts must be 1..=256 (/users/me) and 1..=64 (logins, flows)"
-        );
-        Ok(options)
+        let authd = self.authd.unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("authd")))
+                .unwrap_or_else(|| PathBuf::from("target/release/authd"))
+        });
+        let max_secs = match self.max_secs {
+            // A run takes about 20 windows of `secs` plus setup: leave it twice that.
+            0 => 60 + 40 * self.secs * self.runs,
+            set => set,
+        };
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(Options {
+            authd,
+            cost: self.cost,
+            runs: count(self.runs),
+            secs: self.secs,
+            me_connections: count(self.me_connections),
+            login_connections: count(self.login_connections),
+            flow_connections: count(self.flow_connections),
+            probe_rate: self.probe_rate,
+            probe_connections: count(self.probe_connections),
+            max_connections: self.max_connections,
+            json: self.json,
+            strict: self.strict,
+            max_secs,
+            only: self.only,
+        })
     }
+}
 
+impl Options {
     fn runs_phase(&self, phase: &str) -> bool {
         self.only
             .as_ref()
@@ -369,7 +348,7 @@ async fn bench_on(
         String::from_utf8_lossy(&status.stderr)
     );
 
-    let sink = MailSink::start().await?;
+    let sink = MailSink::start(Behaviour::Accept).await?;
     let authd = Authd::start(options, database, &sink, work_dir).await?;
     let http = Http::new()?;
 
@@ -1266,7 +1245,7 @@ async fn one_flow(
         Err(err) => return Outcome::Failed(error_kind(&err)),
     };
     // authd answers only after the relay accepted the message, so the code is already here.
-    let Some(code) = sink.code_for(email, Duration::from_secs(5)).await else {
+    let Some(code) = sink.take_code(email, Duration::from_secs(5)).await else {
         return Outcome::Failed("no code mailed".into());
     };
     match client
@@ -1411,7 +1390,7 @@ impl Authd {
         sink: &MailSink,
         work_dir: &Path,
     ) -> Result<Authd> {
-        let port = free_port()?;
+        let port = testkit::free_port()?;
         let log = std::fs::File::create(work_dir.join("authd.log"))?;
         let mut command = Command::new(&options.authd);
         command
@@ -1648,11 +1627,6 @@ mod watchdog {
     }
 }
 
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
 fn random_secret() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
@@ -1673,22 +1647,12 @@ struct Database {
 impl Database {
     async fn create(admin_url: &str) -> Result<Database> {
         let name = format!("authd_bench_{}", std::process::id());
-        let mut admin = sqlx::PgConnection::connect(admin_url)
+        let url = testkit::postgres::create_database(admin_url, &name)
             .await
-            .context("cannot connect to DATABASE_URL")?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name}"
-        )))
-        .execute(&mut admin)
-        .await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .context("cannot create the bench database")?;
-        admin.close().await?;
+            .context("cannot create the bench database on DATABASE_URL")?;
         Ok(Database {
             admin_url: admin_url.to_owned(),
-            url: with_database(admin_url, &name)?,
+            url,
             name,
         })
     }
@@ -1720,154 +1684,8 @@ impl Database {
     }
 
     async fn drop_it(&self) -> Result<()> {
-        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut admin)
-        .await?;
-        admin.close().await?;
-        Ok(())
+        Ok(testkit::postgres::drop_database(&self.admin_url, &self.name).await?)
     }
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> Result<String> {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").context("DATABASE_URL is not a URL")? + 3;
-    let authority_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{name}", &base[..authority_end]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    Ok(out)
-}
-
-// ---------------------------------------------------------------------------------------------
-// A tiny SMTP relay on loopback that keeps the last code sent to each address
-
-#[derive(Clone)]
-struct MailSink {
-    port: u16,
-    codes: Arc<Mutex<HashMap<String, String>>>,
-    arrived: Arc<Notify>,
-}
-
-impl MailSink {
-    async fn start() -> Result<MailSink> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let sink = MailSink {
-            port: listener.local_addr()?.port(),
-            codes: Arc::default(),
-            arrived: Arc::default(),
-        };
-        let serving = sink.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let sink = serving.clone();
-                tokio::spawn(async move {
-                    let _ = sink.session(stream).await;
-                });
-            }
-        });
-        Ok(sink)
-    }
-
-    /// One SMTP session: greeting, EHLO, MAIL, RCPT, DATA, QUIT; everything else is "250".
-    async fn session(&self, stream: tokio::net::TcpStream) -> std::io::Result<()> {
-        let (read, mut write) = stream.into_split();
-        let mut lines = tokio::io::BufReader::new(read).lines();
-        write.write_all(b"220 bench-sink ESMTP\r\n").await?;
-        let mut rcpts: Vec<String> = Vec::new();
-        while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .ok()
-            .and_then(|l| l.ok())
-            .flatten()
-        {
-            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-            match verb.as_str() {
-                "EHLO" | "HELO" => write.write_all(b"250 bench-sink\r\n").await?,
-                "MAIL" => {
-                    rcpts.clear();
-                    write.write_all(b"250 ok\r\n").await?;
-                }
-                "RCPT" => {
-                    if let Some(addr) = line.split('<').nth(1).and_then(|r| r.split('>').next()) {
-                        rcpts.push(addr.to_ascii_lowercase());
-                    }
-                    write.write_all(b"250 ok\r\n").await?;
-                }
-                "DATA" => {
-                    write.write_all(b"354 end with .\r\n").await?;
-                    let mut message = String::new();
-                    loop {
-                        let Some(line) = lines.next_line().await? else {
-                            return Ok(());
-                        };
-                        if line == "." {
-                            break;
-                        }
-                        message.push_str(&line);
-                        message.push('\n');
-                    }
-                    if let Some(code) = code_in(&message) {
-                        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
-                        for rcpt in rcpts.drain(..) {
-                            codes.insert(rcpt, code.clone());
-                        }
-                    }
-                    self.arrived.notify_waiters();
-                    write.write_all(b"250 queued\r\n").await?;
-                }
-                "QUIT" => {
-                    write.write_all(b"221 bye\r\n").await?;
-                    return Ok(());
-                }
-                _ => write.write_all(b"250 ok\r\n").await?,
-            }
-        }
-        Ok(())
-    }
-
-    fn forget(&self, rcpt: &str) {
-        self.codes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&rcpt.to_ascii_lowercase());
-    }
-
-    async fn code_for(&self, rcpt: &str, wait: Duration) -> Option<String> {
-        let deadline = Instant::now() + wait;
-        let rcpt = rcpt.to_ascii_lowercase();
-        loop {
-            let notified = self.arrived.notified();
-            if let Some(code) = self
-                .codes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&rcpt)
-            {
-                return Some(code);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
-        }
-    }
-}
-
-/// The six digits after "Your sign-in code is ".
-fn code_in(message: &str) -> Option<String> {
-    let (_, after) = message.split_once("code is ")?;
-    let code: String = after.chars().take_while(char::is_ascii_digit).collect();
-    (code.len() == 6).then_some(code)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2035,58 +1853,48 @@ impl std::fmt::Display for Machine {
 // The ceiling: the least a server can do to answer /users/me from PostgreSQL
 
 mod ceiling {
-    use std::str::FromStr;
-    use std::time::Duration;
-
     use anyhow::{Context, Result};
     use axum::Router;
     use axum::extract::State;
     use axum::http::StatusCode;
     use axum::routing::get;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-    use sqlx::{PgPool, Row};
     use uuid::Uuid;
 
-    use super::{FIND_USER_SQL, User};
+    use authd::domain::User;
+    use authd::store::Store;
+
+    #[derive(Debug, clap::Args)]
+    pub struct Args {
+        #[arg(long)]
+        database_url: String,
+        #[arg(long)]
+        user_id: Uuid,
+        #[arg(long, default_value_t = 10)]
+        max_connections: u32,
+    }
 
     #[derive(Clone)]
     struct Ceiling {
-        pool: PgPool,
+        store: Store,
         user_id: Uuid,
     }
 
     /// `ceiling-server --database-url URL --user-id UUID --max-connections N`: serves
     /// `GET /users/me` for that user on a free loopback port, printed as "listening on ADDR".
-    /// The same runtime (Tokio's default multi-thread), pool (sqlx, same size and timeout as
-    /// authd's defaults) and statement as authd; no token check, no middleware.
-    pub fn main(args: &[String]) -> Result<()> {
-        let mut url = None;
-        let mut user_id = None;
-        let mut max_connections = 10u32;
-        let mut args = args.iter();
-        while let Some(flag) = args.next() {
-            let value = args
-                .next()
-                .with_context(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--database-url" => url = Some(value.clone()),
-                "--user-id" => user_id = Some(Uuid::parse_str(value)?),
-                "--max-connections" => max_connections = value.parse()?,
-                other => anyhow::bail!("unknown argument {other:?}"),
-            }
-        }
-        let url = url.context("--database-url is required")?;
-        let user_id = user_id.context("--user-id is required")?;
+    /// The same runtime (Tokio's default multi-thread), and authd's own store (pool settings,
+    /// statement, row mapping) as authd; no token check, no middleware.
+    pub fn main(args: &Args) -> Result<()> {
+        let mut settings = authd::Settings::defaults();
+        settings.database.url = args.database_url.clone().into();
+        settings.database.max_connections = args.max_connections;
+        let store = Store::connect_lazy(&settings)?;
+        let state = Ceiling {
+            store,
+            user_id: args.user_id,
+        };
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async move {
-            let options = PgConnectOptions::from_str(&url)?.application_name("authd-ceiling");
-            let pool = PgPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(Duration::from_secs(3))
-                .connect_lazy_with(options);
-            let app = Router::new()
-                .route("/users/me", get(me))
-                .with_state(Ceiling { pool, user_id });
+            let app = Router::new().route("/users/me", get(me)).with_state(state);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             println!("listening on {}", listener.local_addr()?);
             axum::serve(listener, app)
@@ -2103,25 +1911,12 @@ mod ceiling {
     }
 
     async fn me(State(state): State<Ceiling>) -> Result<axum::Json<User>, StatusCode> {
-        let row = sqlx::query(FIND_USER_SQL)
-            .bind(state.user_id)
-            .fetch_optional(&state.pool)
+        state
+            .store
+            .find_user(state.user_id)
             .await
             .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
-            .ok_or(StatusCode::NOT_FOUND)?;
-        user_from_row(&row)
             .map(axum::Json)
-            .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
-    }
-
-    fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
-        Ok(User {
-            id: row.try_get("id")?,
-            email: row.try_get("email")?,
-            first_name: row.try_get("first_name")?,
-            last_name: row.try_get("last_name")?,
-            two_factor_enabled: row.try_get("two_factor_enabled")?,
-            created_at: row.try_get("created_at")?,
-        })
+            .ok_or(StatusCode::NOT_FOUND)
     }
 }
