@@ -136,6 +136,7 @@ pub async fn register(
             first_name: registration.first_name.map(PersonName::into_string),
             last_name: registration.last_name.map(PersonName::into_string),
             two_factor_enabled: registration.two_factor_enabled,
+            created_at: Utc::now(),
         })
         .await?;
     tracing::info!(user_id = %user.id, "user registered");
@@ -566,12 +567,14 @@ impl Auth {
         let id = Uuid::now_v7();
         let code = generate_code();
         let ttl = self.tokens.ttl_secs(TokenKind::Challenge);
+        let now = Utc::now();
         self.store
             .insert_challenge(&NewChallenge {
                 id,
                 user_id: user.id,
                 code_hash: self.codes.hash(id, code.as_str()),
-                expires_at: Utc::now() + chrono::Duration::seconds(ttl as i64),
+                expires_at: now + chrono::Duration::seconds(ttl as i64),
+                created_at: now,
             })
             .await?;
         if let Err(err) = self.mailer.send_code(&email, &code, ttl).await {
@@ -580,7 +583,9 @@ impl Auth {
             }
             return Err(err);
         }
-        self.store.retire_challenges_except(user.id, id).await?;
+        self.store
+            .retire_challenges_except(user.id, id, Utc::now())
+            .await?;
         tracing::info!(user_id = %user.id, "login code sent");
         self.tokens.issue(TokenKind::Challenge, user.id, id)
     }
@@ -618,7 +623,7 @@ impl Auth {
         let hash = self.codes.hash_otp(claims.jti, otp);
         match self
             .store
-            .attempt_challenge(claims.jti, claims.sub, &hash, self.max_attempts)
+            .attempt_challenge(claims.jti, claims.sub, &hash, self.max_attempts, Utc::now())
             .await?
         {
             Attempt::Accepted => {

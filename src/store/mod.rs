@@ -2,6 +2,7 @@
 //! PostgreSQL for production and several instances, SQLite for a single instance.
 
 mod postgres;
+mod shared;
 mod sqlite;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +25,7 @@ pub struct NewUser {
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     pub two_factor_enabled: bool,
+    pub created_at: DateTime<Utc>,
 }
 
 /// What login needs: the public user plus the stored hash, which never leaves the core.
@@ -40,6 +42,7 @@ pub struct NewChallenge {
     pub user_id: Uuid,
     pub code_hash: Vec<u8>,
     pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
 }
 
 /// The result of submitting one code to a challenge, decided atomically in the database.
@@ -290,12 +293,12 @@ impl Store {
         pub async fn delete_challenge(&self, id: Uuid) -> Result<()>;
         /// Retires the user's open challenges started before `keep` (ids are time-ordered), and
         /// forgets long-dead ones.
-        pub async fn retire_challenges_except(&self, user_id: Uuid, keep: Uuid) -> Result<()>;
+        pub async fn retire_challenges_except(&self, user_id: Uuid, keep: Uuid, now: DateTime<Utc>) -> Result<()>;
         /// Whether a challenge can still take a code (not used, retired, expired or out of attempts).
         pub async fn challenge_is_open(&self, id: Uuid, user_id: Uuid, max_attempts: u32, now: DateTime<Utc>) -> Result<bool>;
         /// Counts a wrong code or consumes the challenge, in one statement: parallel guesses
         /// cannot pass `max_attempts` and a right code is accepted at most once.
-        pub async fn attempt_challenge(&self, id: Uuid, user_id: Uuid, code_hash: &[u8], max_attempts: u32) -> Result<Attempt>;
+        pub async fn attempt_challenge(&self, id: Uuid, user_id: Uuid, code_hash: &[u8], max_attempts: u32, now: DateTime<Utc>) -> Result<Attempt>;
         /// Reserves one attempt of `key` in one statement, before the work it guards: it is
         /// counted as a failure at once (a success clears it), and refused while the key is
         /// locked, so a burst cannot get past the limit between a check and a count. The
@@ -362,15 +365,6 @@ fn is_transient_sqlstate(code: Option<&str>) -> bool {
     code.is_some_and(|c| {
         c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "5" || c == "6"
     })
-}
-
-/// "<version> <description>" of the migrations that were not applied before.
-fn newly_applied(migrator: &sqlx::migrate::Migrator, before: &[i64]) -> Vec<String> {
-    migrator
-        .iter()
-        .filter(|m| !before.contains(&m.version))
-        .map(|m| format!("{} {}", m.version, m.description))
-        .collect()
 }
 
 /// The LIKE pattern for a search: lower-cased, wildcards in the text matched literally.

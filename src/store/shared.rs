@@ -1,0 +1,520 @@
+//! What the two stores share: the time type both encode, the row types, and every statement
+//! whose text is the same on PostgreSQL and SQLite (`shared_statements!`). A backend file keeps
+//! only what its database does differently: connecting, time arithmetic in the throttle
+//! statements, the pruning lock, and how it finds the migrations table.
+
+use chrono::{DateTime, Utc};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::{Database, Decode, Encode, Postgres, Sqlite, Type};
+use uuid::Uuid;
+
+use crate::audit::RecordedEvent;
+use crate::domain::User;
+
+/// A point in time as each database keeps it: `timestamptz` in PostgreSQL, integer
+/// microseconds since the Unix epoch in SQLite (so comparisons there are numeric). Every time a
+/// statement compares with comes from Rust as one of these, never from the database's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Time(pub DateTime<Utc>);
+
+impl From<DateTime<Utc>> for Time {
+    fn from(t: DateTime<Utc>) -> Time {
+        Time(t)
+    }
+}
+
+impl Type<Postgres> for Time {
+    fn type_info() -> <Postgres as Database>::TypeInfo {
+        <DateTime<Utc> as Type<Postgres>>::type_info()
+    }
+    fn compatible(ty: &<Postgres as Database>::TypeInfo) -> bool {
+        <DateTime<Utc> as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl Encode<'_, Postgres> for Time {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Postgres as Database>::ArgumentBuffer,
+    ) -> Result<IsNull, BoxDynError> {
+        <DateTime<Utc> as Encode<Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for Time {
+    fn decode(value: <Postgres as Database>::ValueRef<'r>) -> Result<Time, BoxDynError> {
+        Ok(Time(<DateTime<Utc> as Decode<Postgres>>::decode(value)?))
+    }
+}
+
+impl Type<Sqlite> for Time {
+    fn type_info() -> <Sqlite as Database>::TypeInfo {
+        <i64 as Type<Sqlite>>::type_info()
+    }
+    fn compatible(ty: &<Sqlite as Database>::TypeInfo) -> bool {
+        <i64 as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl Encode<'_, Sqlite> for Time {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Sqlite as Database>::ArgumentBuffer,
+    ) -> Result<IsNull, BoxDynError> {
+        <i64 as Encode<Sqlite>>::encode_by_ref(&self.0.timestamp_micros(), buf)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for Time {
+    fn decode(value: <Sqlite as Database>::ValueRef<'r>) -> Result<Time, BoxDynError> {
+        let micros = <i64 as Decode<Sqlite>>::decode(value)?;
+        DateTime::from_timestamp_micros(micros)
+            .map(Time)
+            .ok_or_else(|| format!("timestamp {micros} out of range").into())
+    }
+}
+
+/// The public columns of a user, as every user statement returns them.
+#[derive(Debug, sqlx::FromRow)]
+pub struct UserRow {
+    id: Uuid,
+    email: String,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    two_factor_enabled: bool,
+    created_at: Time,
+}
+
+impl From<UserRow> for User {
+    fn from(row: UserRow) -> User {
+        User {
+            id: row.id,
+            email: row.email,
+            first_name: row.first_name,
+            last_name: row.last_name,
+            two_factor_enabled: row.two_factor_enabled,
+            created_at: row.created_at.0,
+        }
+    }
+}
+
+/// A user with the stored hash, for login.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CredentialsRow {
+    #[sqlx(flatten)]
+    pub user: UserRow,
+    pub password_hash: String,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct EventRow {
+    id: i64,
+    at: Time,
+    kind: String,
+    outcome: String,
+    user_id: Option<Uuid>,
+    email: Option<String>,
+    client_ip: Option<String>,
+    detail: Option<String>,
+}
+
+impl From<EventRow> for RecordedEvent {
+    fn from(row: EventRow) -> RecordedEvent {
+        RecordedEvent {
+            id: row.id,
+            at: row.at.0,
+            kind: row.kind,
+            outcome: row.outcome,
+            user_id: row.user_id,
+            email: row.email,
+            client_ip: row.client_ip,
+            detail: row.detail,
+        }
+    }
+}
+
+/// Counters are `int4` in PostgreSQL and 64-bit in SQLite: statements return them as BIGINT.
+pub type Count = i64;
+
+/// The methods whose statements read the same on both databases, written once and expanded
+/// into `impl PgStore` and `impl SqliteStore` (`$db` is the sqlx database type). Parameters are
+/// `$n` on both; every time is bound as a [`Time`]; a method whose statement would differ lives
+/// in its backend's file instead.
+macro_rules! shared_statements {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            /// Applies pending migrations; returns "<version> <description>" of each one applied.
+            pub async fn migrate(&self) -> Result<Vec<String>> {
+                let before = self.applied_migrations().await?;
+                anyhow::Context::context(MIGRATOR.run(&self.pool).await, "migration failed")?;
+                Ok(MIGRATOR
+                    .iter()
+                    .filter(|m| !before.contains(&m.version))
+                    .map(|m| format!("{} {}", m.version, m.description))
+                    .collect())
+            }
+
+            /// Migrations this binary knows that the database has not applied yet.
+            pub async fn pending_migrations(&self) -> Result<usize> {
+                let applied = self.applied_migrations().await?;
+                Ok(MIGRATOR
+                    .iter()
+                    .filter(|m| !applied.contains(&m.version))
+                    .count())
+            }
+
+            async fn applied_migrations(&self) -> Result<Vec<i64>> {
+                if !self.has_migrations_table().await? {
+                    return Ok(Vec::new());
+                }
+                Ok(
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(&self.pool)
+                        .await?,
+                )
+            }
+
+            /// Pool connections: (open, idle, maximum).
+            pub fn pool_usage(&self) -> (u32, u32, u32) {
+                let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+                (
+                    self.pool.size(),
+                    idle,
+                    self.pool.options().get_max_connections(),
+                )
+            }
+
+            pub async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            pub async fn insert_user(&self, new: NewUser) -> Result<User> {
+                let row: UserRow = sqlx::query_as(
+                    "INSERT INTO users (id, email, password_hash, first_name, last_name,
+                                        two_factor_enabled, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+                )
+                .bind(new.id)
+                .bind(&new.email)
+                .bind(&new.password_hash)
+                .bind(&new.first_name)
+                .bind(&new.last_name)
+                .bind(new.two_factor_enabled)
+                .bind(Time(new.created_at))
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(row.into())
+            }
+
+            pub async fn find_credentials(&self, email: &Email) -> Result<Option<Credentials>> {
+                let row: Option<CredentialsRow> = sqlx::query_as(
+                    "SELECT id, email, first_name, last_name, two_factor_enabled, created_at,
+                            password_hash
+                     FROM users WHERE email = $1",
+                )
+                .bind(email.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|row| Credentials {
+                    user: row.user.into(),
+                    password_hash: row.password_hash,
+                }))
+            }
+
+            pub async fn find_user(&self, id: Uuid) -> Result<Option<User>> {
+                let row: Option<UserRow> = sqlx::query_as(
+                    "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
+                     FROM users WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(User::from))
+            }
+
+            pub async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
+                let rows: Vec<UserRow> = sqlx::query_as(
+                    r"SELECT id, email, first_name, last_name, two_factor_enabled, created_at
+                      FROM users
+                      WHERE $1 IS NULL
+                         OR email LIKE $1 ESCAPE '\'
+                         OR lower(coalesce(first_name, '') || ' ' || coalesce(last_name, ''))
+                            LIKE $1 ESCAPE '\'
+                      ORDER BY created_at, id
+                      LIMIT $2",
+                )
+                .bind(super::like_pattern(query))
+                .bind(query.limit.map_or(i64::MAX, i64::from))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(User::from).collect())
+            }
+
+            pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<Option<User>> {
+                let row: Option<UserRow> = sqlx::query_as(
+                    "UPDATE users SET two_factor_enabled = $2 WHERE email = $1
+                     RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+                )
+                .bind(email.as_str())
+                .bind(enabled)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(User::from))
+            }
+
+            pub async fn most_common_hash_cost(&self) -> Result<Option<u32>> {
+                let cost: Option<String> = sqlx::query_scalar(
+                    "SELECT substr(password_hash, 5, 2) FROM users
+                     GROUP BY substr(password_hash, 5, 2) ORDER BY count(*) DESC, 1 DESC LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(super::parse_cost(cost))
+            }
+
+            pub async fn replace_password_hash(&self, id: Uuid, old: &str, new: &str) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+                )
+                .bind(id)
+                .bind(old)
+                .bind(new)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO otp_challenges (id, user_id, code_hash, expires_at, created_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(challenge.id)
+                .bind(challenge.user_id)
+                .bind(&challenge.code_hash)
+                .bind(Time(challenge.expires_at))
+                .bind(Time(challenge.created_at))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn delete_challenge(&self, id: Uuid) -> Result<()> {
+                sqlx::query("DELETE FROM otp_challenges WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            pub async fn retire_challenges_except(
+                &self,
+                user_id: Uuid,
+                keep: Uuid,
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE otp_challenges SET retired_at = $3
+                     WHERE user_id = $1 AND id < $2 AND consumed_at IS NULL AND retired_at IS NULL",
+                )
+                .bind(user_id)
+                .bind(keep)
+                .bind(Time(now))
+                .execute(&self.pool)
+                .await?;
+                sqlx::query("DELETE FROM otp_challenges WHERE user_id = $1 AND expires_at < $2")
+                    .bind(user_id)
+                    .bind(Time(now - chrono::Duration::days(1)))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            pub async fn challenge_is_open(
+                &self,
+                id: Uuid,
+                user_id: Uuid,
+                max_attempts: u32,
+                now: DateTime<Utc>,
+            ) -> Result<bool> {
+                Ok(sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM otp_challenges
+                                    WHERE id = $1 AND user_id = $2 AND consumed_at IS NULL
+                                      AND retired_at IS NULL AND expires_at > $4 AND attempts < $3)",
+                )
+                .bind(id)
+                .bind(user_id)
+                .bind(i64::from(max_attempts))
+                .bind(Time(now))
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            /// Counts or consumes in one statement. PostgreSQL's row lock and SQLite's single
+            /// writer serialise concurrent submissions, and the re-checked `WHERE` means
+            /// parallel guesses cannot pass `max_attempts` and a right code is accepted at most
+            /// once.
+            pub async fn attempt_challenge(
+                &self,
+                id: Uuid,
+                user_id: Uuid,
+                code_hash: &[u8],
+                max_attempts: u32,
+                now: DateTime<Utc>,
+            ) -> Result<Attempt> {
+                let row: Option<(bool, Count)> = sqlx::query_as(
+                    "UPDATE otp_challenges
+                     SET attempts = attempts + CASE WHEN code_hash = $3 THEN 0 ELSE 1 END,
+                         consumed_at = CASE WHEN code_hash = $3 THEN $5 ELSE NULL END
+                     WHERE id = $1 AND user_id = $2
+                       AND consumed_at IS NULL AND retired_at IS NULL
+                       AND expires_at > $5 AND attempts < $4
+                     RETURNING consumed_at IS NOT NULL AS accepted,
+                               CAST(attempts AS BIGINT) AS attempts",
+                )
+                .bind(id)
+                .bind(user_id)
+                .bind(code_hash)
+                .bind(i64::from(max_attempts))
+                .bind(Time(now))
+                .fetch_optional(&self.pool)
+                .await?;
+                super::attempt_from(row, max_attempts)
+            }
+
+            async fn throttle_row(&self, key: &str) -> Result<Option<(Count, Option<DateTime<Utc>>)>> {
+                let row: Option<(Count, Option<Time>)> = sqlx::query_as(
+                    "SELECT CAST(failures AS BIGINT), locked_until FROM throttles WHERE key = $1",
+                )
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|(failures, until)| (failures, until.map(|t| t.0))))
+            }
+
+            pub async fn throttle_state(
+                &self,
+                key: &str,
+                rule: &ThrottleRule,
+                now: DateTime<Utc>,
+            ) -> Result<Option<Reservation>> {
+                Ok(super::state_of(self.throttle_row(key).await?, rule, now))
+            }
+
+            pub async fn release_attempt(&self, key: &str) -> Result<()> {
+                sqlx::query(
+                    "UPDATE throttles SET failures = failures - 1 WHERE key = $1 AND failures > 0",
+                )
+                .bind(key)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn clear_failures(&self, key: &str) -> Result<bool> {
+                let done = sqlx::query("DELETE FROM throttles WHERE key = $1")
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            /// The deletes of a pruning pass, inside the caller's transaction.
+            async fn delete_expired(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                now: DateTime<Utc>,
+                events_before: DateTime<Utc>,
+            ) -> Result<Pruned> {
+                let challenges = sqlx::query("DELETE FROM otp_challenges WHERE expires_at < $1")
+                    .bind(Time(now))
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                let throttles = sqlx::query(
+                    "DELETE FROM throttles
+                     WHERE key NOT LIKE 'otp:%' AND updated_at < $2
+                       AND (locked_until IS NULL OR locked_until < $1)",
+                )
+                .bind(Time(now))
+                .bind(Time(now - chrono::Duration::days(super::THROTTLE_MEMORY_DAYS)))
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                let events = sqlx::query("DELETE FROM security_events WHERE at < $1")
+                    .bind(Time(events_before))
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                Ok(Pruned {
+                    challenges,
+                    throttles,
+                    events,
+                })
+            }
+
+            pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                for event in events {
+                    sqlx::query(
+                        "INSERT INTO security_events (at, kind, outcome, user_id, email, client_ip, detail)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(Time(event.at))
+                    .bind(event.kind.as_str())
+                    .bind(event.kind.outcome())
+                    .bind(event.user_id)
+                    .bind(&event.email)
+                    .bind(event.client_ip.map(|ip| ip.to_string()))
+                    .bind(&event.detail)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub async fn list_events(&self, query: &EventQuery) -> Result<Vec<RecordedEvent>> {
+                let rows: Vec<EventRow> = sqlx::query_as(
+                    "SELECT id, at, kind, outcome, user_id, email, client_ip, detail
+                     FROM security_events
+                     WHERE $1 IS NULL OR email = $1
+                     ORDER BY at DESC, id DESC
+                     LIMIT $2",
+                )
+                .bind(&query.email)
+                .bind(i64::from(query.limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(RecordedEvent::from).collect())
+            }
+        }
+    };
+}
+
+pub(super) use shared_statements;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_time_is_integer_microseconds_in_sqlite_and_out_of_range_values_are_refused() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let t = DateTime::from_timestamp_micros(1_764_633_600_123_456).unwrap();
+        let (stored, back): (i64, Time) = sqlx::query_as("SELECT $1, $1")
+            .bind(Time(t))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, 1_764_633_600_123_456);
+        assert_eq!(back, Time(t));
+        let refused = sqlx::query_scalar::<_, Time>("SELECT $1")
+            .bind(i64::MAX)
+            .fetch_one(&pool)
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+    }
+}
