@@ -21,10 +21,10 @@ migrate: ## Apply database migrations (database.url / DATABASE_URL)
 
 test: ## All tests, on PostgreSQL (throwaway unless DATABASE_URL is set) and on SQLite
 	./scripts/with-postgres.sh sh -c '$(CARGO) test --workspace --locked --all-targets && \
-	  AUTHD_TEST_BACKEND=sqlite $(CARGO) test --locked --test it -- api:: otp_flow:: cli:: hostile:: input:: limits:: lockout:: process:: prune::'
+	  AUTHD_TEST_BACKEND=sqlite $(CARGO) test --locked --test it -- both::'
 
 test-sqlite: ## The backend-neutral integration tests on SQLite only (no PostgreSQL needed)
-	AUTHD_TEST_BACKEND=sqlite $(CARGO) test --locked --test it -- api:: otp_flow:: cli:: hostile:: input:: limits:: lockout:: process:: prune::
+	AUTHD_TEST_BACKEND=sqlite $(CARGO) test --locked --test it -- both::
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

@@ -1887,13 +1887,11 @@ mod ceiling {
         let mut settings = authd::Settings::defaults();
         settings.database.url = args.database_url.clone().into();
         settings.database.max_connections = args.max_connections;
-        let store = Store::connect_lazy(&settings)?;
-        let state = Ceiling {
-            store,
-            user_id: args.user_id,
-        };
+        let user_id = args.user_id;
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async move {
+            let store = Store::connect_lazy(&settings)?;
+            let state = Ceiling { store, user_id };
             let app = Router::new().route("/users/me", get(me)).with_state(state);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             println!("listening on {}", listener.local_addr()?);

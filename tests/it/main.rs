@@ -1,16 +1,14 @@
-//! The one integration-test binary: real Postgres, real HTTP server, real SMTP conversation.
+//! The one integration-test binary: real PostgreSQL or SQLite, real HTTP server, real SMTP
+//! conversation.
+//!
+//! Where a test runs is declared by the module it is in:
+//! - `both`: the rule holds whatever the database is. `make test` runs these on PostgreSQL and
+//!   again on SQLite (`AUTHD_TEST_BACKEND=sqlite cargo test --test it -- both::`).
+//! - `postgres`: needs PostgreSQL itself (a server to stop and restart, several instances on one
+//!   database, pool figures), so it runs on PostgreSQL only.
 
 mod helpers;
 mod smtp_sink;
 
-mod api;
-mod cli;
-mod hostile;
-mod input;
-mod limits;
-mod lockout;
-mod observability;
-mod otp_flow;
-mod process;
-mod prune;
-mod resilience;
+pub mod both;
+mod postgres;

@@ -161,16 +161,16 @@ async fn metrics_can_move_to_their_own_address_or_be_switched_off() {
 }
 
 /// Starts the binary on SQLite in a fresh directory with JSON logs at `rust_log`.
-async fn json_logging_server(rust_log: &str) -> (super::process::Server, crate::helpers::TempDir) {
+async fn json_logging_server(rust_log: &str) -> (crate::both::process::Server, crate::helpers::TempDir) {
     let dir = crate::helpers::TempDir::new("authd-log");
-    let mut command = super::process::authd();
+    let mut command = crate::both::process::authd();
     command
         .current_dir(dir.path())
         .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
         .env("AUTHD_LOG__FORMAT", "json")
         .env("RUST_LOG", rust_log)
         .stdin(Stdio::null());
-    (super::process::Server::spawn(command).await, dir)
+    (crate::both::process::Server::spawn(command).await, dir)
 }
 
 fn parse_json_lines(log: &str) -> Vec<serde_json::Value> {

@@ -162,7 +162,7 @@ fn production_refusal(spoil: &[(&str, &str)]) -> String {
 
 #[test]
 fn production_refuses_the_public_development_secret_from_docker_compose() {
-    let compose = include_str!("../../../docker-compose.yml");
+    let compose = include_str!("../../../../docker-compose.yml");
     let secret = compose
         .lines()
         .find_map(|l| l.trim().strip_prefix("AUTHD_JWT__SECRET:"))

@@ -1,0 +1,11 @@
+//! Tests of rules that hold on either backend; run on PostgreSQL and on SQLite.
+
+mod api;
+mod cli;
+mod hostile;
+mod input;
+mod limits;
+mod lockout;
+mod otp_flow;
+pub mod process;
+mod prune;

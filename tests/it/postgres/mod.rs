@@ -1,0 +1,4 @@
+//! Tests that need PostgreSQL itself; run on PostgreSQL only.
+
+mod observability;
+mod resilience;
