@@ -19,6 +19,34 @@ use crate::config::DatabaseSettings;
 use crate::domain::{Email, User};
 use crate::error::Result;
 
+/// `reserve_attempt` (see `Store::reserve_attempt`): $1 key, $2 failures per lock, $3 now,
+/// $4 first lock and $5 longest lock in microseconds, $6 most doublings, $7 hard limit.
+/// Differs from the other backend only in its time arithmetic (timestamptz plus a float number of microseconds).
+const RESERVE_ATTEMPT: &str = "INSERT INTO throttles AS t (key, failures, locked_until, updated_at)
+             VALUES ($1, 1, CASE WHEN $2 = 1 THEN $3 + $4::float8 * interval '1 microsecond' END, $3)
+             ON CONFLICT (key) DO UPDATE SET
+                 failures = t.failures + 1,
+                 locked_until = CASE WHEN (t.failures + 1) % $2 = 0
+                     THEN $3 + least($4::float8 * power(2::float8, least((t.failures + 1) / $2 - 1, $6)), $5::float8)
+                              * interval '1 microsecond'
+                     ELSE t.locked_until END,
+                 updated_at = $3
+             WHERE (t.locked_until IS NULL OR t.locked_until <= $3)
+               AND ($7::int8 IS NULL OR t.failures < $7)
+             RETURNING CAST(failures AS BIGINT)";
+
+/// `take_quota`: $1 key, $2 units per window, $3 now, $4 window in microseconds.
+const TAKE_QUOTA: &str = "INSERT INTO throttles AS t (key, failures, locked_until, updated_at)
+             VALUES ($1, 1, $3 + $4::float8 * interval '1 microsecond', $3)
+             ON CONFLICT (key) DO UPDATE SET
+                 failures = CASE WHEN t.locked_until IS NULL OR t.locked_until <= $3
+                                 THEN 1 ELSE t.failures + 1 END,
+                 locked_until = CASE WHEN t.locked_until IS NULL OR t.locked_until <= $3
+                                     THEN EXCLUDED.locked_until ELSE t.locked_until END,
+                 updated_at = $3
+             WHERE t.locked_until IS NULL OR t.locked_until <= $3 OR t.failures < $2
+             RETURNING CAST(failures AS BIGINT)";
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// A pool of connections to one PostgreSQL database.
@@ -48,72 +76,6 @@ impl PgStore {
                 .fetch_one(&self.pool)
                 .await?,
         )
-    }
-
-    pub async fn reserve_attempt(
-        &self,
-        key: &str,
-        rule: &ThrottleRule,
-        now: DateTime<Utc>,
-    ) -> Result<Reservation> {
-        let failures: Option<Count> = sqlx::query_scalar(
-            "INSERT INTO throttles AS t (key, failures, locked_until, updated_at)
-             VALUES ($1, 1, CASE WHEN $2 = 1 THEN $3 + $4::float8 * interval '1 microsecond' END, $3)
-             ON CONFLICT (key) DO UPDATE SET
-                 failures = t.failures + 1,
-                 locked_until = CASE WHEN (t.failures + 1) % $2 = 0
-                     THEN $3 + least($4::float8 * power(2::float8, least((t.failures + 1) / $2 - 1, $6)), $5::float8)
-                              * interval '1 microsecond'
-                     ELSE t.locked_until END,
-                 updated_at = $3
-             WHERE (t.locked_until IS NULL OR t.locked_until <= $3)
-               AND ($7::int8 IS NULL OR t.failures < $7)
-             RETURNING CAST(failures AS BIGINT)",
-        )
-        .bind(key)
-        .bind(i64::from(rule.every))
-        .bind(Time(now))
-        .bind(rule.first_lock_micros)
-        .bind(rule.max_lock_micros)
-        .bind(rule.max_doublings())
-        .bind(rule.hard_limit.map(i64::from))
-        .fetch_optional(&self.pool)
-        .await?;
-        match failures {
-            Some(failures) => Ok(super::granted(failures, rule)),
-            None => Ok(super::refusal(self.throttle_row(key).await?, rule, now)),
-        }
-    }
-
-    pub async fn take_quota(
-        &self,
-        key: &str,
-        max: u32,
-        window_micros: i64,
-        now: DateTime<Utc>,
-    ) -> Result<Result<u32, DateTime<Utc>>> {
-        let used: Option<Count> = sqlx::query_scalar(
-            "INSERT INTO throttles AS t (key, failures, locked_until, updated_at)
-             VALUES ($1, 1, $3 + $4::float8 * interval '1 microsecond', $3)
-             ON CONFLICT (key) DO UPDATE SET
-                 failures = CASE WHEN t.locked_until IS NULL OR t.locked_until <= $3
-                                 THEN 1 ELSE t.failures + 1 END,
-                 locked_until = CASE WHEN t.locked_until IS NULL OR t.locked_until <= $3
-                                     THEN EXCLUDED.locked_until ELSE t.locked_until END,
-                 updated_at = $3
-             WHERE t.locked_until IS NULL OR t.locked_until <= $3 OR t.failures < $2
-             RETURNING CAST(failures AS BIGINT)",
-        )
-        .bind(key)
-        .bind(i64::from(max))
-        .bind(Time(now))
-        .bind(window_micros)
-        .fetch_optional(&self.pool)
-        .await?;
-        match used {
-            Some(used) => Ok(Ok(u32::try_from(used).unwrap_or(0))),
-            None => Ok(Err(super::window_end(self.throttle_row(key).await?, now))),
-        }
     }
 
     pub async fn prune(

@@ -139,8 +139,8 @@ pub type Count = i64;
 
 /// The methods whose statements read the same on both databases, written once and expanded
 /// into `impl PgStore` and `impl SqliteStore` (`$db` is the sqlx database type). Parameters are
-/// `$n` on both; every time is bound as a [`Time`]; a method whose statement would differ lives
-/// in its backend's file instead.
+/// `$n` on both; every time is bound as a [`Time`]. Where the text must differ (time arithmetic)
+/// the backend's module supplies it as a constant: `RESERVE_ATTEMPT`, `TAKE_QUOTA`.
 macro_rules! shared_statements {
     ($store:ty, $db:ty) => {
         impl $store {
@@ -393,6 +393,48 @@ macro_rules! shared_statements {
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(row.map(|(failures, until)| (failures, until.map(|t| t.0))))
+            }
+
+            pub async fn reserve_attempt(
+                &self,
+                key: &str,
+                rule: &ThrottleRule,
+                now: DateTime<Utc>,
+            ) -> Result<Reservation> {
+                let failures: Option<Count> = sqlx::query_scalar(RESERVE_ATTEMPT)
+                    .bind(key)
+                    .bind(i64::from(rule.every))
+                    .bind(Time(now))
+                    .bind(rule.first_lock_micros)
+                    .bind(rule.max_lock_micros)
+                    .bind(rule.max_doublings())
+                    .bind(rule.hard_limit.map(i64::from))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match failures {
+                    Some(failures) => Ok(super::granted(failures, rule)),
+                    None => Ok(super::refusal(self.throttle_row(key).await?, rule, now)),
+                }
+            }
+
+            pub async fn take_quota(
+                &self,
+                key: &str,
+                max: u32,
+                window_micros: i64,
+                now: DateTime<Utc>,
+            ) -> Result<Result<u32, DateTime<Utc>>> {
+                let used: Option<Count> = sqlx::query_scalar(TAKE_QUOTA)
+                    .bind(key)
+                    .bind(i64::from(max))
+                    .bind(Time(now))
+                    .bind(window_micros)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match used {
+                    Some(used) => Ok(Ok(u32::try_from(used).unwrap_or(0))),
+                    None => Ok(Err(super::window_end(self.throttle_row(key).await?, now))),
+                }
             }
 
             pub async fn throttle_state(

@@ -27,30 +27,36 @@ pub fn with_database(url: &str, name: &str) -> String {
 /// `name` must be a plain identifier (letters, digits, `_`): it is not quoted for you.
 pub async fn create_database(admin_url: &str, name: &str) -> Result<String, sqlx::Error> {
     check_name(name)?;
-    let mut admin = PgConnectOptions::from_str(admin_url)?.connect().await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
-        )))
-        .await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-        .await?;
-    admin.close().await?;
+    on_server(
+        admin_url,
+        &[
+            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#),
+            format!(r#"CREATE DATABASE "{name}""#),
+        ],
+    )
+    .await?;
     Ok(with_database(admin_url, name))
 }
 
 /// Drops the database `name`, closing whatever connections are still open to it.
 pub async fn drop_database(admin_url: &str, name: &str) -> Result<(), sqlx::Error> {
     check_name(name)?;
+    on_server(
+        admin_url,
+        &[format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)],
+    )
+    .await
+}
+
+/// Runs `statements` in order on one connection to the admin database.
+async fn on_server(admin_url: &str, statements: &[String]) -> Result<(), sqlx::Error> {
     let mut admin = PgConnectOptions::from_str(admin_url)?.connect().await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
-        )))
-        .await?;
-    admin.close().await?;
-    Ok(())
+    for statement in statements {
+        admin
+            .execute(sqlx::AssertSqlSafe(statement.clone()))
+            .await?;
+    }
+    admin.close().await
 }
 
 fn check_name(name: &str) -> Result<(), sqlx::Error> {
