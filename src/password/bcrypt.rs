@@ -3,9 +3,8 @@
 //! A bcrypt at cost 12 is one uninterrupted quarter second of one core. While both cores hash,
 //! the kernel lets a waking task of another process (PostgreSQL's backend answering a
 //! `/users/me` query, a load balancer's health check) wait for the hashing thread's time slice,
-//! up to a scheduler tick (4 ms here): its process is another scheduling group, so the hashing
-//! thread's lower priority does not make the kernel preempt it. BENCHMARKS.md has the
-//! measurements. This module runs the same algorithm as the `bcrypt` crate (the expensive
+//! up to a scheduler tick: its process is another scheduling group, so the hashing thread's
+//! lower priority does not make the kernel preempt it. BENCHMARKS.md has the measurements. This module runs the same algorithm as the `bcrypt` crate (the expensive
 //! key setup of Provos and Mazières, on the Blowfish primitives RustCrypto's `blowfish` crate
 //! exposes for it) and calls `sched_yield` after every round, so a waiting task gets the core
 //! within a fraction of a millisecond. The output is byte for byte the `bcrypt` crate's
@@ -84,10 +83,9 @@ fn raw_bcrypt(cost: u32, salt: &[u8; 16], password: &[u8]) -> [u8; 23] {
     for _ in 0..(1u64 << cost) {
         state.bc_expand_key(key);
         state.bc_expand_key(salt);
-        // One round at cost 12 takes about 60 µs here, so a waiting task waits about that long
-        // at most; a yield with nothing waiting costs well under a microsecond (about 1 % of a
-        // hash). Yielding every 4 rounds (0.25 ms) left `/users/me` a p99 about twice as high
-        // while logins saturated the CPU (BENCHMARKS.md).
+        // A waiting task waits at most one round; a yield with nothing waiting costs next to
+        // nothing beside a round. Yielding less often (every few rounds) left `/users/me` a
+        // clearly higher p99 while logins saturated the CPU (BENCHMARKS.md).
         std::thread::yield_now();
     }
 

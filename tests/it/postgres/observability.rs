@@ -161,7 +161,9 @@ async fn metrics_can_move_to_their_own_address_or_be_switched_off() {
 }
 
 /// Starts the binary on SQLite in a fresh directory with JSON logs at `rust_log`.
-async fn json_logging_server(rust_log: &str) -> (crate::both::process::Server, crate::helpers::TempDir) {
+async fn json_logging_server(
+    rust_log: &str,
+) -> (crate::both::process::Server, crate::helpers::TempDir) {
     let dir = crate::helpers::TempDir::new("authd-log");
     let mut command = crate::both::process::authd();
     command
