@@ -159,7 +159,8 @@ pub async fn add_user_by_admin(
 }
 
 pub async fn list_users(store: &Store, query: &UserQuery) -> Result<Vec<User>> {
-    store.list_users(query).await
+    let listings = store.list_users(query, Utc::now()).await?;
+    Ok(listings.into_iter().map(|listing| listing.user).collect())
 }
 
 /// Switches the second step on or off; takes effect at the user's next login.

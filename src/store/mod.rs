@@ -33,6 +33,8 @@ pub struct NewUser {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// Disabled by `authd user disable`: the login fails as a wrong password would.
+    pub disabled: bool,
 }
 
 /// A new login challenge: the keyed hash of the emailed code and when it dies.
@@ -43,6 +45,61 @@ pub struct NewChallenge {
     pub code_hash: Vec<u8>,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A session about to be created by a successful login.
+#[derive(Debug)]
+pub struct NewSession {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// Names the session's refresh chain: the first part of each of its refresh tokens.
+    pub family: Vec<u8>,
+    /// SHA-256 of the first refresh secret.
+    pub refresh_hash: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    /// When the refresh token dies unless it is used (`session.refresh_ttl_secs`, sliding).
+    pub expires_at: DateTime<Utc>,
+    /// When the session dies whatever happens (`session.absolute_ttl_secs`).
+    pub absolute_expires_at: DateTime<Utc>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A session as its refresh chain sees it: what a refresh decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionChain {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub generation: i64,
+    pub refresh_hash: Vec<u8>,
+    pub previous_hash: Option<Vec<u8>>,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub absolute_expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub user_disabled: bool,
+}
+
+/// A live session, for `GET /sessions` and `authd session list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A user as `authd user list` shows them.
+#[derive(Debug, Clone)]
+pub struct UserListing {
+    pub user: User,
+    pub disabled: bool,
+    /// Live sessions.
+    pub sessions: i64,
 }
 
 /// The result of submitting one code to a challenge, decided atomically in the database.
@@ -164,6 +221,8 @@ fn granted(failures: i64, rule: &ThrottleRule) -> Reservation {
 pub struct Pruned {
     /// Login challenges past their expiry (dead whether used or not).
     pub challenges: u64,
+    /// Sessions past either expiry, or revoked.
+    pub sessions: u64,
     /// Throttle rows untouched for [`THROTTLE_MEMORY_DAYS`] that lock nothing now.
     pub throttles: u64,
     /// Security events older than `audit.retention_days`.
@@ -280,14 +339,37 @@ impl Store {
         pub async fn insert_user(&self, new: NewUser) -> Result<User>;
         pub async fn find_credentials(&self, email: &Email) -> Result<Option<Credentials>>;
         pub async fn find_user(&self, id: Uuid) -> Result<Option<User>>;
-        /// Users in a stable order (created_at, then id), optionally filtered and limited.
-        pub async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>>;
+        /// Users in a stable order (created_at, then id), optionally filtered and limited, with
+        /// their disabled state and live session count.
+        pub async fn list_users(&self, query: &UserQuery, now: DateTime<Utc>) -> Result<Vec<UserListing>>;
+        /// The user of a live session (not revoked or expired, user not disabled), in one query:
+        /// what every request with an access token reads.
+        pub async fn find_session_user(&self, user_id: Uuid, session_id: Uuid, now: DateTime<Utc>) -> Result<Option<User>>;
+        /// Disables or enables a user; disabling revokes every session of theirs in the same
+        /// transaction. None when there is no such user.
+        pub async fn set_disabled(&self, email: &Email, disabled: bool, now: DateTime<Utc>) -> Result<Option<User>>;
+        /// Deletes a user with their sessions and challenges (audit events stay).
+        pub async fn delete_user(&self, email: &Email) -> Result<Option<User>>;
+        pub async fn insert_session(&self, session: &NewSession) -> Result<()>;
+        pub async fn find_session_chain(&self, family: &[u8]) -> Result<Option<SessionChain>>;
+        /// Moves a session's chain one step on, if it is still at `generation` with
+        /// `presented` as its current hash and alive: one statement, so of parallel refreshes
+        /// of one token exactly one rotates. The new expiry is `expires_at`, capped by the
+        /// session's absolute expiry. False when another refresh (or a revocation) came first.
+        pub async fn rotate_session(&self, id: Uuid, generation: i64, presented: &[u8], next: &[u8], now: DateTime<Utc>, expires_at: DateTime<Utc>) -> Result<bool>;
+        /// Revokes one live session, of `user_id` when given. True when it was live.
+        pub async fn revoke_session(&self, id: Uuid, user_id: Option<Uuid>, now: DateTime<Utc>) -> Result<bool>;
+        /// Revokes every live session of a user except `keep`; returns how many.
+        pub async fn revoke_user_sessions(&self, user_id: Uuid, keep: Option<Uuid>, now: DateTime<Utc>) -> Result<u64>;
+        /// Live sessions, of one user or of everyone, newest first.
+        pub async fn list_sessions(&self, user_id: Option<Uuid>, now: DateTime<Utc>, limit: u32) -> Result<Vec<SessionInfo>>;
         /// The bcrypt cost most stored password hashes have (none without users).
         pub async fn most_common_hash_cost(&self) -> Result<Option<u32>>;
         /// Swaps a user's password hash for one at the configured cost, unless it changed since
         /// `old` was read. True when it was swapped.
         pub async fn replace_password_hash(&self, id: Uuid, old: &str, new: &str) -> Result<bool>;
         pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<Option<User>>;
+        pub async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>>;
         pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<()>;
         /// Removes a challenge whose code could not be delivered.
         pub async fn delete_challenge(&self, id: Uuid) -> Result<()>;

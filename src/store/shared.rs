@@ -78,7 +78,7 @@ impl<'r> Decode<'r, Sqlite> for Time {
 /// The public columns of a user, as every user statement returns them.
 #[derive(Debug, sqlx::FromRow)]
 pub struct UserRow {
-    id: Uuid,
+    pub(super) id: Uuid,
     email: String,
     first_name: Option<String>,
     last_name: Option<String>,
@@ -105,6 +105,84 @@ pub struct CredentialsRow {
     #[sqlx(flatten)]
     pub user: UserRow,
     pub password_hash: String,
+    pub disabled: bool,
+}
+
+/// A user row as `authd user list` reads it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct UserListingRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    disabled: bool,
+    sessions: i64,
+}
+
+impl From<UserListingRow> for super::UserListing {
+    fn from(row: UserListingRow) -> super::UserListing {
+        super::UserListing {
+            user: row.user.into(),
+            disabled: row.disabled,
+            sessions: row.sessions,
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct SessionChainRow {
+    id: Uuid,
+    user_id: Uuid,
+    generation: i64,
+    refresh_hash: Vec<u8>,
+    previous_hash: Option<Vec<u8>>,
+    rotated_at: Option<Time>,
+    expires_at: Time,
+    absolute_expires_at: Time,
+    revoked_at: Option<Time>,
+    user_disabled: bool,
+}
+
+impl From<SessionChainRow> for super::SessionChain {
+    fn from(row: SessionChainRow) -> super::SessionChain {
+        super::SessionChain {
+            id: row.id,
+            user_id: row.user_id,
+            generation: row.generation,
+            refresh_hash: row.refresh_hash,
+            previous_hash: row.previous_hash,
+            rotated_at: row.rotated_at.map(|t| t.0),
+            expires_at: row.expires_at.0,
+            absolute_expires_at: row.absolute_expires_at.0,
+            revoked_at: row.revoked_at.map(|t| t.0),
+            user_disabled: row.user_disabled,
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct SessionInfoRow {
+    id: Uuid,
+    user_id: Uuid,
+    email: String,
+    created_at: Time,
+    last_used_at: Time,
+    expires_at: Time,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+}
+
+impl From<SessionInfoRow> for super::SessionInfo {
+    fn from(row: SessionInfoRow) -> super::SessionInfo {
+        super::SessionInfo {
+            id: row.id,
+            user_id: row.user_id,
+            email: row.email,
+            created_at: row.created_at.0,
+            last_used_at: row.last_used_at.0,
+            expires_at: row.expires_at.0,
+            client_ip: row.client_ip,
+            user_agent: row.user_agent,
+        }
+    }
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -212,7 +290,7 @@ macro_rules! shared_statements {
             pub async fn find_credentials(&self, email: &Email) -> Result<Option<Credentials>> {
                 let row: Option<CredentialsRow> = sqlx::query_as(
                     "SELECT id, email, first_name, last_name, two_factor_enabled, created_at,
-                            password_hash
+                            password_hash, disabled_at IS NOT NULL AS disabled
                      FROM users WHERE email = $1",
                 )
                 .bind(email.as_str())
@@ -221,6 +299,7 @@ macro_rules! shared_statements {
                 Ok(row.map(|row| Credentials {
                     user: row.user.into(),
                     password_hash: row.password_hash,
+                    disabled: row.disabled,
                 }))
             }
 
@@ -235,22 +314,233 @@ macro_rules! shared_statements {
                 Ok(row.map(User::from))
             }
 
-            pub async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
-                let rows: Vec<UserRow> = sqlx::query_as(
-                    r"SELECT id, email, first_name, last_name, two_factor_enabled, created_at
-                      FROM users
+            pub async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>> {
+                let row: Option<UserRow> = sqlx::query_as(
+                    "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
+                     FROM users WHERE email = $1",
+                )
+                .bind(email.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(User::from))
+            }
+
+            pub async fn list_users(
+                &self,
+                query: &UserQuery,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<super::UserListing>> {
+                let rows: Vec<super::shared::UserListingRow> = sqlx::query_as(
+                    r"SELECT u.id, u.email, u.first_name, u.last_name, u.two_factor_enabled,
+                             u.created_at, u.disabled_at IS NOT NULL AS disabled,
+                             (SELECT count(*) FROM sessions s
+                              WHERE s.user_id = u.id AND s.revoked_at IS NULL
+                                AND s.expires_at > $3) AS sessions
+                      FROM users u
                       WHERE $1 IS NULL
-                         OR email LIKE $1 ESCAPE '\'
-                         OR lower(coalesce(first_name, '') || ' ' || coalesce(last_name, ''))
+                         OR u.email LIKE $1 ESCAPE '\'
+                         OR lower(coalesce(u.first_name, '') || ' ' || coalesce(u.last_name, ''))
                             LIKE $1 ESCAPE '\'
-                      ORDER BY created_at, id
+                      ORDER BY u.created_at, u.id
                       LIMIT $2",
                 )
                 .bind(super::like_pattern(query))
                 .bind(query.limit.map_or(i64::MAX, i64::from))
+                .bind(Time(now))
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows.into_iter().map(User::from).collect())
+                Ok(rows.into_iter().map(super::UserListing::from).collect())
+            }
+
+            pub async fn find_session_user(
+                &self,
+                user_id: Uuid,
+                session_id: Uuid,
+                now: DateTime<Utc>,
+            ) -> Result<Option<User>> {
+                let row: Option<UserRow> = sqlx::query_as(
+                    "SELECT u.id, u.email, u.first_name, u.last_name, u.two_factor_enabled,
+                            u.created_at
+                     FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL
+                       AND s.expires_at > $3 AND u.disabled_at IS NULL",
+                )
+                .bind(session_id)
+                .bind(user_id)
+                .bind(Time(now))
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(User::from))
+            }
+
+            pub async fn set_disabled(
+                &self,
+                email: &Email,
+                disabled: bool,
+                now: DateTime<Utc>,
+            ) -> Result<Option<User>> {
+                let mut tx = self.pool.begin().await?;
+                let row: Option<UserRow> = sqlx::query_as(
+                    "UPDATE users
+                     SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, $3) ELSE NULL END
+                     WHERE email = $1
+                     RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+                )
+                .bind(email.as_str())
+                .bind(disabled)
+                .bind(Time(now))
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let (Some(user), true) = (&row, disabled) {
+                    sqlx::query(
+                        "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(user.id)
+                    .bind(Time(now))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(row.map(User::from))
+            }
+
+            pub async fn delete_user(&self, email: &Email) -> Result<Option<User>> {
+                let row: Option<UserRow> = sqlx::query_as(
+                    "DELETE FROM users WHERE email = $1
+                     RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+                )
+                .bind(email.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(User::from))
+            }
+
+            pub async fn insert_session(&self, session: &super::NewSession) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO sessions (id, user_id, family, refresh_hash, created_at,
+                                           last_used_at, expires_at, absolute_expires_at,
+                                           client_ip, user_agent)
+                     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9)",
+                )
+                .bind(session.id)
+                .bind(session.user_id)
+                .bind(&session.family)
+                .bind(&session.refresh_hash)
+                .bind(Time(session.created_at))
+                .bind(Time(session.expires_at.min(session.absolute_expires_at)))
+                .bind(Time(session.absolute_expires_at))
+                .bind(&session.client_ip)
+                .bind(&session.user_agent)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn find_session_chain(
+                &self,
+                family: &[u8],
+            ) -> Result<Option<super::SessionChain>> {
+                let row: Option<super::shared::SessionChainRow> = sqlx::query_as(
+                    "SELECT s.id, s.user_id, s.generation, s.refresh_hash, s.previous_hash,
+                            s.rotated_at, s.expires_at, s.absolute_expires_at, s.revoked_at,
+                            u.disabled_at IS NOT NULL AS user_disabled
+                     FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.family = $1",
+                )
+                .bind(family)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(super::SessionChain::from))
+            }
+
+            pub async fn rotate_session(
+                &self,
+                id: Uuid,
+                generation: i64,
+                presented: &[u8],
+                next: &[u8],
+                now: DateTime<Utc>,
+                expires_at: DateTime<Utc>,
+            ) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE sessions
+                     SET previous_hash = refresh_hash, refresh_hash = $4,
+                         generation = generation + 1, rotated_at = $5, last_used_at = $5,
+                         expires_at = CASE WHEN $6 < absolute_expires_at THEN $6
+                                           ELSE absolute_expires_at END
+                     WHERE id = $1 AND generation = $2 AND refresh_hash = $3
+                       AND revoked_at IS NULL AND expires_at > $5",
+                )
+                .bind(id)
+                .bind(generation)
+                .bind(presented)
+                .bind(next)
+                .bind(Time(now))
+                .bind(Time(expires_at))
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub async fn revoke_session(
+                &self,
+                id: Uuid,
+                user_id: Option<Uuid>,
+                now: DateTime<Utc>,
+            ) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $3
+                     WHERE id = $1 AND ($2 IS NULL OR user_id = $2)
+                       AND revoked_at IS NULL AND expires_at > $3",
+                )
+                .bind(id)
+                .bind(user_id)
+                .bind(Time(now))
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            pub async fn revoke_user_sessions(
+                &self,
+                user_id: Uuid,
+                keep: Option<Uuid>,
+                now: DateTime<Utc>,
+            ) -> Result<u64> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $3
+                     WHERE user_id = $1 AND ($2 IS NULL OR id <> $2)
+                       AND revoked_at IS NULL AND expires_at > $3",
+                )
+                .bind(user_id)
+                .bind(keep)
+                .bind(Time(now))
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            pub async fn list_sessions(
+                &self,
+                user_id: Option<Uuid>,
+                now: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<Vec<super::SessionInfo>> {
+                let rows: Vec<super::shared::SessionInfoRow> = sqlx::query_as(
+                    "SELECT s.id, s.user_id, u.email, s.created_at, s.last_used_at, s.expires_at,
+                            s.client_ip, s.user_agent
+                     FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE ($1 IS NULL OR s.user_id = $1) AND s.revoked_at IS NULL
+                       AND s.expires_at > $2
+                     ORDER BY s.created_at DESC, s.id DESC
+                     LIMIT $3",
+                )
+                .bind(user_id)
+                .bind(Time(now))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(super::SessionInfo::from).collect())
             }
 
             pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<Option<User>> {
@@ -475,6 +765,14 @@ macro_rules! shared_statements {
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
+                // A session's sliding expiry is never later than its absolute one.
+                let sessions = sqlx::query(
+                    "DELETE FROM sessions WHERE expires_at < $1 OR revoked_at IS NOT NULL",
+                )
+                .bind(Time(now))
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
                 let throttles = sqlx::query(
                     "DELETE FROM throttles
                      WHERE key NOT LIKE 'otp:%' AND updated_at < $2
@@ -492,6 +790,7 @@ macro_rules! shared_statements {
                     .rows_affected();
                 Ok(Pruned {
                     challenges,
+                    sessions,
                     throttles,
                     events,
                 })
