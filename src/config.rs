@@ -26,7 +26,25 @@ pub struct Settings {
     pub log: LogSettings,
     pub mail: MailSettings,
     pub audit: AuditSettings,
+    pub session: SessionSettings,
 }
+
+/// Sessions and their refresh tokens.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionSettings {
+    /// A refresh token dies this long after its session was last refreshed (sliding).
+    pub refresh_ttl_secs: u64,
+    /// A session dies this long after its login, however often it is refreshed.
+    pub absolute_ttl_secs: u64,
+    /// How long the refresh token just rotated still answers (with the session's current
+    /// tokens) instead of counting as reuse.
+    pub reuse_grace_secs: u64,
+    /// Live sessions a user may have; a login past it revokes their oldest.
+    pub max_per_user: u32,
+}
+
+/// The longest session authd accepts: keeps every expiry inside what both databases store.
+pub const MAX_SESSION_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// The audit trail and the pruning of expired rows.
 #[derive(Debug, Clone, Deserialize)]
@@ -291,6 +309,27 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be at least 1");
+        }
+        let session = &self.session;
+        if session.refresh_ttl_secs == 0 || session.absolute_ttl_secs == 0 || session.max_per_user == 0 {
+            bail!(
+                "session.refresh_ttl_secs, session.absolute_ttl_secs and session.max_per_user must be positive"
+            );
+        }
+        if session.refresh_ttl_secs > session.absolute_ttl_secs {
+            bail!(
+                "session.refresh_ttl_secs ({}) must not exceed session.absolute_ttl_secs ({})",
+                session.refresh_ttl_secs,
+                session.absolute_ttl_secs
+            );
+        }
+        if session.absolute_ttl_secs > MAX_SESSION_SECS {
+            bail!("session.absolute_ttl_secs must be at most {MAX_SESSION_SECS} (ten years)");
+        }
+        if session.reuse_grace_secs > 300 {
+            bail!(
+                "session.reuse_grace_secs must be at most 300: a rotated refresh token that still works longer is a second valid token"
+            );
         }
         if let Some(secret) = &self.jwt.secret {
             check_secret(secret)?;

@@ -33,6 +33,8 @@ pub mod password;
 pub mod policy;
 /// Pruning of expired rows, in the background and on demand.
 pub mod prune;
+/// Refresh tokens: their format, derivation and hashing.
+pub mod session;
 /// Database access.
 pub mod store;
 /// JWT issuing and verification.

@@ -350,7 +350,9 @@ impl Store {
         pub async fn set_disabled(&self, email: &Email, disabled: bool, now: DateTime<Utc>) -> Result<Option<User>>;
         /// Deletes a user with their sessions and challenges (audit events stay).
         pub async fn delete_user(&self, email: &Email) -> Result<Option<User>>;
-        pub async fn insert_session(&self, session: &NewSession) -> Result<()>;
+        /// Creates a session; past `max_per_user` live ones, revokes the user's oldest (how many
+        /// is returned).
+        pub async fn insert_session(&self, session: &NewSession, max_per_user: u32) -> Result<u64>;
         pub async fn find_session_chain(&self, family: &[u8]) -> Result<Option<SessionChain>>;
         /// Moves a session's chain one step on, if it is still at `generation` with
         /// `presented` as its current hash and alive: one statement, so of parallel refreshes

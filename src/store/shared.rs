@@ -415,7 +415,12 @@ macro_rules! shared_statements {
                 Ok(row.map(User::from))
             }
 
-            pub async fn insert_session(&self, session: &super::NewSession) -> Result<()> {
+            pub async fn insert_session(
+                &self,
+                session: &super::NewSession,
+                max_per_user: u32,
+            ) -> Result<u64> {
+                let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO sessions (id, user_id, family, refresh_hash, created_at,
                                            last_used_at, expires_at, absolute_expires_at,
@@ -431,9 +436,24 @@ macro_rules! shared_statements {
                 .bind(Time(session.absolute_expires_at))
                 .bind(&session.client_ip)
                 .bind(&session.user_agent)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
-                Ok(())
+                // Past the cap, the oldest live sessions go (ids are time-ordered).
+                let trimmed = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $3
+                     WHERE id IN (SELECT id FROM sessions
+                                  WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $3
+                                  ORDER BY id DESC LIMIT $4 OFFSET $2)",
+                )
+                .bind(session.user_id)
+                .bind(i64::from(max_per_user))
+                .bind(Time(session.created_at))
+                .bind(i64::MAX)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(trimmed)
             }
 
             pub async fn find_session_chain(
