@@ -660,7 +660,7 @@ impl Auth {
     pub async fn current_user(&self, access_token: &str) -> Result<User> {
         let subject = self.tokens.access_subject(access_token)?;
         self.store
-            .find_user(subject)
+            .find_user(subject.user)
             .await?
             .ok_or(Error::InvalidToken("the account no longer exists"))
     }

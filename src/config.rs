@@ -311,7 +311,10 @@ impl Settings {
             bail!("database.max_connections must be at least 1");
         }
         let session = &self.session;
-        if session.refresh_ttl_secs == 0 || session.absolute_ttl_secs == 0 || session.max_per_user == 0 {
+        if session.refresh_ttl_secs == 0
+            || session.absolute_ttl_secs == 0
+            || session.max_per_user == 0
+        {
             bail!(
                 "session.refresh_ttl_secs, session.absolute_ttl_secs and session.max_per_user must be positive"
             );

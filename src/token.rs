@@ -65,6 +65,16 @@ pub struct Claims {
     pub nbf: Option<i64>,
     pub iat: i64,
     pub jti: Uuid,
+    /// The session an access token belongs to (none in challenge tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
+}
+
+/// Who an access token speaks for: the user and the session it was issued in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subject {
+    pub user: Uuid,
+    pub session: Option<Uuid>,
 }
 
 /// Why a token was refused, precise enough for `authd token inspect`.
@@ -179,12 +189,34 @@ impl TokenKeys {
         self.issue_at(kind, subject, jti, Utc::now())
     }
 
+    /// An access token of `session`, issued now with a fresh `jti`.
+    pub fn issue_access(&self, subject: Uuid, session: Uuid) -> Result<IssuedToken, Error> {
+        self.sign(
+            TokenKind::Access,
+            subject,
+            Uuid::new_v4(),
+            Some(session),
+            Utc::now(),
+        )
+    }
+
     /// Signs a token as if it were issued at `now` (tests use a past `now` for expired tokens).
     pub fn issue_at(
         &self,
         kind: TokenKind,
         subject: Uuid,
         jti: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, Error> {
+        self.sign(kind, subject, jti, None, now)
+    }
+
+    fn sign(
+        &self,
+        kind: TokenKind,
+        subject: Uuid,
+        jti: Uuid,
+        sid: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<IssuedToken, Error> {
         let ttl = self.ttl_secs(kind);
@@ -197,6 +229,7 @@ impl TokenKeys {
             nbf: None,
             iat: now.timestamp(),
             jti,
+            sid,
         };
         let token = jsonwebtoken::encode(&header(kind), &claims, &self.encoding)
             .map_err(|e| Error::Internal(anyhow::Error::new(e).context("cannot sign token")))?;
@@ -280,23 +313,26 @@ impl TokenKeys {
     /// remembered (the whole token is the key), and the same token seen again only has its
     /// expiry checked. A token that differs in any byte from a remembered one is verified in
     /// full.
-    pub fn access_subject(&self, token: &str) -> Result<Uuid, TokenError> {
+    pub fn access_subject(&self, token: &str) -> Result<Subject, TokenError> {
         self.access_subject_at(token, Utc::now().timestamp())
     }
 
-    fn access_subject_at(&self, token: &str, now: i64) -> Result<Uuid, TokenError> {
+    fn access_subject_at(&self, token: &str, now: i64) -> Result<Subject, TokenError> {
         if let Some(known) = self.verified.get(token) {
             return if known.exp <= now {
                 Err(TokenError::Expired)
             } else {
-                Ok(known.sub)
+                Ok(known.subject)
             };
         }
         // Only a token that passes every check is remembered; the hit path above then only
         // needs `exp`, because `nbf` and `iat` once passed stay passed as time goes on.
         let claims = self.verify_at(TokenKind::Access, token, now)?;
         self.verified.insert(token, &claims);
-        Ok(claims.sub)
+        Ok(Subject {
+            user: claims.sub,
+            session: claims.sid,
+        })
     }
 }
 
@@ -308,7 +344,7 @@ const MAX_VERIFIED_TOKENS: u64 = 10_000;
 /// What the cache keeps of a verified access token besides the token itself.
 #[derive(Debug, Clone, Copy)]
 struct VerifiedToken {
-    sub: Uuid,
+    subject: Subject,
     exp: i64,
 }
 
@@ -369,7 +405,10 @@ impl VerifiedTokens {
 
     fn insert(&self, token: &str, claims: &Claims) {
         let known = VerifiedToken {
-            sub: claims.sub,
+            subject: Subject {
+                user: claims.sub,
+                session: claims.sid,
+            },
             exp: claims.exp,
         };
         self.tokens.insert(token.into(), known);
@@ -491,6 +530,27 @@ fn decode_segment(segment: &str) -> Option<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_access_token_names_its_session_and_the_cache_remembers_it() {
+        let keys = keys(SECRET);
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let issued = keys.issue_access(user, session).unwrap();
+        let claims = keys.verify(TokenKind::Access, &issued.token).unwrap();
+        assert_eq!(claims.sid, Some(session));
+        let expected = Subject {
+            user,
+            session: Some(session),
+        };
+        assert_eq!(keys.access_subject(&issued.token), Ok(expected));
+        // Second time from the cache: the same answer.
+        assert_eq!(keys.access_subject(&issued.token), Ok(expected));
+        let challenge = keys
+            .issue(TokenKind::Challenge, user, Uuid::new_v4())
+            .unwrap();
+        let claims = keys.verify(TokenKind::Challenge, &challenge.token).unwrap();
+        assert_eq!(claims.sid, None);
+    }
     use crate::config::Settings;
     use hmac::{Hmac, Mac};
     use sha2::Sha256;
@@ -511,13 +571,20 @@ mod tests {
         let keys = keys(SECRET);
         let sub = Uuid::new_v4();
         let issued = keys.issue(TokenKind::Access, sub, Uuid::new_v4()).unwrap();
-        assert_eq!(keys.access_subject(&issued.token), Ok(sub));
+        assert_eq!(keys.access_subject(&issued.token).map(|s| s.user), Ok(sub));
         assert_eq!(keys.verified.len(), 1);
         // The second time comes from the remembered set, shared with clones.
-        assert_eq!(keys.clone().access_subject(&issued.token), Ok(sub));
+        assert_eq!(
+            keys.clone().access_subject(&issued.token).map(|s| s.user),
+            Ok(sub)
+        );
         assert_eq!(keys.verified.len(), 1);
         let exp = issued.expires_at.timestamp();
-        assert_eq!(keys.access_subject_at(&issued.token, exp - 1), Ok(sub));
+        assert_eq!(
+            keys.access_subject_at(&issued.token, exp - 1)
+                .map(|s| s.user),
+            Ok(sub)
+        );
         assert_eq!(
             keys.access_subject_at(&issued.token, exp),
             Err(TokenError::Expired)
