@@ -158,7 +158,7 @@ mod tests {
         let secret = mac.finalize().into_bytes();
         let (token, hash) = keys.token(&family, 42);
         let decoded = URL_SAFE_NO_PAD.decode(token).unwrap();
-        assert_eq!(&decoded[FAMILY_BYTES..], secret.as_slice());
+        assert_eq!(&decoded[FAMILY_BYTES..], &secret[..]);
         assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(secret)));
     }
 }
