@@ -433,3 +433,35 @@ pub async fn problem(response: Response, status: StatusCode, code: &str) -> Valu
     }
     body
 }
+
+/// Runs the admin command line against `db_url` (beside a running server, if any) and returns
+/// what it did; it is killed and the test fails past [`COMMAND_DEADLINE`].
+pub async fn admin_output(
+    db_url: &str,
+    data_dir: &TempDir,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_authd"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AUTHD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("DATABASE_URL")
+        .env("AUTHD_JWT__SECRET", SECRET)
+        .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
+        .env("AUTHD_DATA_DIR", data_dir.path())
+        // On SQLite a server beside the command may hold the write lock for a moment.
+        .env("AUTHD_DATABASE__ACQUIRE_TIMEOUT_SECS", "20")
+        .args(["--database-url", db_url])
+        .args(args);
+    run_to_end(cmd, stdin.as_bytes()).await
+}
+
+/// [`admin_output`] that must exit 0; returns its stdout.
+pub async fn admin(db_url: &str, data_dir: &TempDir, args: &[&str], stdin: &str) -> String {
+    let output = admin_output(db_url, data_dir, args, stdin).await;
+    assert!(output.status.success(), "authd {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}

@@ -9,3 +9,4 @@ mod lockout;
 mod otp_flow;
 pub mod process;
 mod prune;
+mod sessions;

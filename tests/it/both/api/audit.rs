@@ -1,13 +1,11 @@
 //! The audit trail: every documented event kind, each produced exactly once, with the user it
 //! names (none where there is no account, as for an unknown address).
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{PASSWORD, SECRET, TempDir, TestApp, fresh_database, problem, test_settings};
+use crate::helpers::{PASSWORD, TempDir, TestApp, admin, fresh_database, problem, test_settings};
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
 
 /// The kinds README's "Audit trail" lists, in its order.
@@ -27,31 +25,6 @@ const DOCUMENTED_KINDS: [&str; 14] = [
     "two_factor_changed",
     "user_unlocked",
 ];
-
-/// Runs the admin command line against `db_url` and returns its stdout; fails unless it exits 0.
-async fn admin(db_url: &str, data_dir: &TempDir, args: &[&str], stdin: &str) -> String {
-    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_authd"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("AUTHD_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env_remove("DATABASE_URL")
-        .env("AUTHD_JWT__SECRET", SECRET)
-        .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
-        .env("AUTHD_DATA_DIR", data_dir.path())
-        .args(["--database-url", db_url])
-        .args(args)
-        .write_stdin(stdin)
-        // An admin command takes well under a second; a hung one fails the test instead.
-        .timeout(Duration::from_secs(60));
-    let output = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .expect("authd runs");
-    assert!(output.status.success(), "authd {args:?}: {output:?}");
-    String::from_utf8(output.stdout).unwrap()
-}
 
 fn wrong(code: &str) -> String {
     let first = (code.as_bytes()[0] - b'0' + 1) % 10;

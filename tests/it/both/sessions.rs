@@ -1,0 +1,556 @@
+//! Sessions: refresh tokens with rotation and reuse detection, logout, the session list, and
+//! revocation (by the user, by an admin, by disabling or deleting the account) that cuts a live
+//! access token at its next use.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TempDir, TestApp, admin, admin_output, problem};
+use crate::smtp_sink::Behaviour;
+
+/// The tokens one login or refresh answer carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tokens {
+    access: String,
+    refresh: String,
+}
+
+impl Tokens {
+    async fn from(response: reqwest::Response) -> Tokens {
+        assert_eq!(response.status(), StatusCode::OK, "a token answer");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["token_type"], "Bearer");
+        assert!(body["expires_in"].as_u64().unwrap() > 0);
+        assert!(body["refresh_expires_in"].as_u64().unwrap() > 0, "{body}");
+        Tokens {
+            access: body["access_token"].as_str().unwrap().to_owned(),
+            refresh: body["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+async fn login(app: &TestApp, email: &str) -> Tokens {
+    Tokens::from(app.login(email, PASSWORD).await).await
+}
+
+async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
+    app.post_json("/token/refresh", &json!({ "refresh_token": token }))
+        .await
+}
+
+async fn me_status(app: &TestApp, access: &str) -> StatusCode {
+    app.get_with_token("/users/me", access).await.status()
+}
+
+async fn sessions(app: &TestApp, access: &str) -> Vec<Value> {
+    let response = app.get_with_token("/sessions", access).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    body["sessions"].as_array().unwrap().clone()
+}
+
+async fn logout(app: &TestApp, access: &str, scope: Option<&str>) -> reqwest::Response {
+    let request = app.client.post(app.url("/logout")).bearer_auth(access);
+    let request = match scope {
+        Some(scope) => request.json(&json!({ "scope": scope })),
+        None => request,
+    };
+    request.send().await.unwrap()
+}
+
+async fn delete_session(app: &TestApp, access: &str, id: &str) -> reqwest::Response {
+    app.client
+        .delete(app.url(&format!("/sessions/{id}")))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn live_sessions(app: &TestApp) -> i64 {
+    app.db
+        .int("SELECT CAST(count(*) AS BIGINT) FROM sessions WHERE revoked_at IS NULL")
+        .await
+}
+
+#[tokio::test]
+async fn a_login_opens_a_session_whose_refresh_token_rotates_at_each_use() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    let first = login(&app, "ada@example.test").await;
+    assert_eq!(first.refresh.len(), 64, "48 bytes, base64url");
+    let body: Value = app
+        .login("ada@example.test", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["refresh_expires_in"], 2_592_000);
+
+    let second = Tokens::from(refresh(&app, &first.refresh).await).await;
+    assert_ne!(second.refresh, first.refresh);
+    assert_ne!(second.access, first.access);
+    assert_eq!(me_status(&app, &second.access).await, StatusCode::OK);
+    let third = Tokens::from(refresh(&app, &second.refresh).await).await;
+    assert_ne!(third.refresh, second.refresh);
+    assert_eq!(me_status(&app, &third.access).await, StatusCode::OK);
+    // Two logins, two sessions; the refreshes made none.
+    assert_eq!(live_sessions(&app).await, 2);
+    assert_eq!(
+        app.db
+            .int("SELECT CAST(max(generation) AS BIGINT) FROM sessions")
+            .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_token_used_after_the_grace_period_revokes_the_whole_session() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| s.session.reuse_grace_secs = 0).await;
+    app.register("ada@example.test", false).await;
+    let first = login(&app, "ada@example.test").await;
+    let second = Tokens::from(refresh(&app, &first.refresh).await).await;
+    // The thief (or the victim) replays the first token: the family is revoked...
+    problem(
+        refresh(&app, &first.refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    // ...every token descended from it with it, the live access token included.
+    assert_eq!(me_status(&app, &second.access).await, StatusCode::UNAUTHORIZED);
+    problem(
+        refresh(&app, &second.refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    app.db.expect_events("refresh_token_reused", 1).await;
+    assert_eq!(live_sessions(&app).await, 0);
+}
+
+#[tokio::test]
+async fn within_the_grace_period_the_rotated_token_gets_the_current_tokens_again() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    let first = login(&app, "ada@example.test").await;
+    let second = Tokens::from(refresh(&app, &first.refresh).await).await;
+    // The first answer was lost: the client sends the old token again.
+    let again = Tokens::from(refresh(&app, &first.refresh).await).await;
+    assert_eq!(again.refresh, second.refresh, "the session's current token");
+    assert_eq!(me_status(&app, &again.access).await, StatusCode::OK);
+    let third = Tokens::from(refresh(&app, &second.refresh).await).await;
+    assert_eq!(me_status(&app, &third.access).await, StatusCode::OK);
+    app.db.expect_events("refresh_token_reused", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twelve_parallel_refreshes_of_one_token_keep_the_user_in_and_make_one_chain() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    let first = login(&app, "ada@example.test").await;
+    let answers = futures::future::join_all((0..12).map(|_| refresh(&app, &first.refresh))).await;
+    let mut refreshed = Vec::new();
+    for answer in answers {
+        refreshed.push(Tokens::from(answer).await);
+    }
+    // Every answer carries the same next token: one chain, not twelve.
+    let next = refreshed[0].refresh.clone();
+    assert!(refreshed.iter().all(|t| t.refresh == next), "{refreshed:?}");
+    for tokens in &refreshed {
+        assert_eq!(me_status(&app, &tokens.access).await, StatusCode::OK);
+    }
+    assert_eq!(live_sessions(&app).await, 1);
+    assert_eq!(
+        app.db
+            .int("SELECT CAST(generation AS BIGINT) FROM sessions")
+            .await,
+        1
+    );
+    let after = Tokens::from(refresh(&app, &next).await).await;
+    assert_eq!(me_status(&app, &after.access).await, StatusCode::OK);
+    app.db.expect_events("refresh_token_reused", 0).await;
+}
+
+#[tokio::test]
+async fn refresh_refuses_what_is_not_a_live_refresh_token() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        s.session.refresh_ttl_secs = 1;
+        s.session.absolute_ttl_secs = 1;
+    })
+    .await;
+    app.register("ada@example.test", false).await;
+    let tokens = login(&app, "ada@example.test").await;
+    for bad in [
+        "".to_owned(),
+        "not a token".to_owned(),
+        "A".repeat(64),
+        tokens.access.clone(),
+    ] {
+        problem(
+            refresh(&app, &bad).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        )
+        .await;
+    }
+    problem(
+        app.post_json("/token/refresh", &json!({})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    // Waits out the one-second session: the token and the session's access token die with it.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    problem(
+        refresh(&app, &tokens.refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_refresh_never_outlives_the_absolute_session_lifetime() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        s.session.refresh_ttl_secs = 2;
+        s.session.absolute_ttl_secs = 3;
+    })
+    .await;
+    app.register("ada@example.test", false).await;
+    let mut tokens = login(&app, "ada@example.test").await;
+    // Refreshing every second keeps the sliding expiry ahead, but not past the third second.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        tokens = Tokens::from(refresh(&app, &tokens.refresh).await).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    problem(
+        refresh(&app, &tokens.refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn logout_ends_the_current_session_others_or_all() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    let [a, b, c] = [
+        login(&app, "ada@example.test").await,
+        login(&app, "ada@example.test").await,
+        login(&app, "ada@example.test").await,
+    ];
+    assert_eq!(
+        logout(&app, &a.access, Some("others")).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(me_status(&app, &a.access).await, StatusCode::OK);
+    assert_eq!(me_status(&app, &b.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_status(&app, &c.access).await, StatusCode::UNAUTHORIZED);
+    problem(
+        refresh(&app, &b.refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    // No body means the current session.
+    assert_eq!(
+        logout(&app, &a.access, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(me_status(&app, &a.access).await, StatusCode::UNAUTHORIZED);
+    problem(
+        logout(&app, &a.access, None).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+
+    let [d, e] = [
+        login(&app, "ada@example.test").await,
+        login(&app, "ada@example.test").await,
+    ];
+    problem(
+        logout(&app, &d.access, Some("everyone")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(me_status(&app, &d.access).await, StatusCode::OK);
+    assert_eq!(
+        logout(&app, &d.access, Some("all")).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(me_status(&app, &d.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_status(&app, &e.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(live_sessions(&app).await, 0);
+    app.db.expect_events("logout", 3).await;
+}
+
+#[tokio::test]
+async fn the_session_list_shows_the_callers_own_sessions_and_each_can_be_revoked() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    app.register("bob@example.test", false).await;
+    let first = login(&app, "ada@example.test").await;
+    let second = app
+        .client
+        .post(app.url("/login"))
+        .header("user-agent", "phone/1.0")
+        .json(&json!({"email": "ada@example.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let second = Tokens::from(second).await;
+    let bob = login(&app, "bob@example.test").await;
+
+    let listed = sessions(&app, &first.access).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let current: Vec<&Value> = listed.iter().filter(|s| s["current"] == true).collect();
+    assert_eq!(current.len(), 1);
+    for session in &listed {
+        for key in ["id", "created_at", "last_used_at", "client_ip", "user_agent"] {
+            assert!(session.get(key).is_some(), "{key} in {session}");
+        }
+        assert_eq!(session["client_ip"], "127.0.0.1");
+    }
+    let phone = listed
+        .iter()
+        .find(|s| s["user_agent"] == "phone/1.0")
+        .expect("the second login's user agent");
+    assert_eq!(phone["current"], false);
+    let phone_id = phone["id"].as_str().unwrap().to_owned();
+
+    // Bob cannot see or end Ada's session: it is not his.
+    assert_eq!(sessions(&app, &bob.access).await.len(), 1);
+    problem(
+        delete_session(&app, &bob.access, &phone_id).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    )
+    .await;
+    problem(
+        delete_session(&app, &bob.access, "not-a-session").await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    )
+    .await;
+    assert_eq!(me_status(&app, &second.access).await, StatusCode::OK);
+
+    assert_eq!(
+        delete_session(&app, &first.access, &phone_id)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(me_status(&app, &second.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_status(&app, &first.access).await, StatusCode::OK);
+    assert_eq!(sessions(&app, &first.access).await.len(), 1);
+    problem(
+        delete_session(&app, &first.access, &phone_id).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    )
+    .await;
+    app.db.expect_events("session_revoked", 1).await;
+}
+
+#[tokio::test]
+async fn past_the_per_user_cap_a_login_ends_the_oldest_session() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| s.session.max_per_user = 2).await;
+    app.register("ada@example.test", false).await;
+    let oldest = login(&app, "ada@example.test").await;
+    let middle = login(&app, "ada@example.test").await;
+    let newest = login(&app, "ada@example.test").await;
+    assert_eq!(me_status(&app, &oldest.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(me_status(&app, &middle.access).await, StatusCode::OK);
+    assert_eq!(me_status(&app, &newest.access).await, StatusCode::OK);
+    assert_eq!(live_sessions(&app).await, 2);
+}
+
+#[tokio::test]
+async fn the_two_factor_login_opens_a_session_too() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", true).await;
+    let (challenge, code) = app.start_challenge("ada@example.test").await;
+    let tokens = Tokens::from(app.submit_code(&challenge, &code).await).await;
+    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::OK);
+    let next = Tokens::from(refresh(&app, &tokens.refresh).await).await;
+    assert_eq!(me_status(&app, &next.access).await, StatusCode::OK);
+    // The challenge token is no access token and opens no session list.
+    problem(
+        app.get_with_token("/sessions", &challenge).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn disabling_a_user_cuts_their_live_token_at_once_and_enabling_lets_them_back() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    let tokens = login(&app, "ada@example.test").await;
+    let data_dir = TempDir::new("authd-sessions");
+    let out = admin(&app.db_url, &data_dir, &["user", "disable", "ada@example.test"], "").await;
+    assert!(out.contains("disabled"), "{out}");
+    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+    problem(
+        refresh(&app, &tokens.refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    // The same answer as a wrong password: nothing says the account exists.
+    problem(
+        app.login("ada@example.test", PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+    let listed = admin(
+        &app.db_url,
+        &data_dir,
+        &["user", "list", "--format", "json"],
+        "",
+    )
+    .await;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["disabled"], true);
+    assert_eq!(listed[0]["sessions"], 0);
+
+    admin(&app.db_url, &data_dir, &["user", "enable", "ada@example.test"], "").await;
+    let back = login(&app, "ada@example.test").await;
+    assert_eq!(me_status(&app, &back.access).await, StatusCode::OK);
+    // The old session stays revoked.
+    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+    app.db.expect_events("user_disabled", 1).await;
+    app.db.expect_events("user_enabled", 1).await;
+}
+
+#[tokio::test]
+async fn deleting_a_user_needs_yes_without_a_terminal_and_cuts_their_token_at_once() {
+    let app = TestApp::spawn().await;
+    let ada = app.register("ada@example.test", false).await;
+    let tokens = login(&app, "ada@example.test").await;
+    let data_dir = TempDir::new("authd-sessions");
+    let refused = admin_output(&app.db_url, &data_dir, &["user", "delete", "ada@example.test"], "")
+        .await;
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--yes"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::OK);
+
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["user", "delete", "ada@example.test", "--yes"],
+        "",
+    )
+    .await;
+    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.db
+            .int("SELECT CAST(count(*) AS BIGINT) FROM sessions")
+            .await,
+        0
+    );
+    // The audit trail keeps what happened to the account.
+    app.db.expect_events("user_deleted", 1).await;
+    assert_eq!(
+        app.db.event_user_ids("user_deleted").await,
+        [Some(ada["id"].as_str().unwrap().parse().unwrap())]
+    );
+    let again = admin_output(
+        &app.db_url,
+        &data_dir,
+        &["user", "delete", "ada@example.test", "--yes"],
+        "",
+    )
+    .await;
+    assert_eq!(again.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn session_list_and_revoke_from_the_command_line() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    app.register("bob@example.test", false).await;
+    let ada = [
+        login(&app, "ada@example.test").await,
+        login(&app, "ada@example.test").await,
+    ];
+    let bob = login(&app, "bob@example.test").await;
+    let data_dir = TempDir::new("authd-sessions");
+
+    let all: Value = serde_json::from_str(
+        &admin(&app.db_url, &data_dir, &["session", "list", "--format", "json"], "").await,
+    )
+    .unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let table = admin(
+        &app.db_url,
+        &data_dir,
+        &["session", "list", "--user", "ada@example.test"],
+        "",
+    )
+    .await;
+    assert_eq!(table.matches("ada@example.test").count(), 2, "{table}");
+    assert!(!table.contains("bob@example.test"), "{table}");
+
+    let bobs: Value = serde_json::from_str(
+        &admin(
+            &app.db_url,
+            &data_dir,
+            &["session", "list", "--user", "bob@example.test", "--format", "json"],
+            "",
+        )
+        .await,
+    )
+    .unwrap();
+    let bob_session = bobs[0]["id"].as_str().unwrap().to_owned();
+    admin(&app.db_url, &data_dir, &["session", "revoke", &bob_session], "").await;
+    assert_eq!(me_status(&app, &bob.access).await, StatusCode::UNAUTHORIZED);
+    // Revoking it again, or a session that never was, is an error that changes nothing.
+    let again = admin_output(&app.db_url, &data_dir, &["session", "revoke", &bob_session], "").await;
+    assert_eq!(again.status.code(), Some(1));
+    let garbage = admin_output(&app.db_url, &data_dir, &["session", "revoke", "x"], "").await;
+    assert_eq!(garbage.status.code(), Some(1));
+    let neither = admin_output(&app.db_url, &data_dir, &["session", "revoke"], "").await;
+    assert_eq!(neither.status.code(), Some(1));
+
+    let out = admin(
+        &app.db_url,
+        &data_dir,
+        &["session", "revoke", "--user", "ada@example.test"],
+        "",
+    )
+    .await;
+    assert!(out.contains('2'), "{out}");
+    for tokens in &ada {
+        assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+    }
+    app.db.expect_events("session_revoked", 3).await;
+}
+
+#[tokio::test]
+async fn switching_the_second_step_ends_the_users_sessions() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    let tokens = login(&app, "ada@example.test").await;
+    let data_dir = TempDir::new("authd-sessions");
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["user", "set-2fa", "ada@example.test", "on"],
+        "",
+    )
+    .await;
+    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+}
