@@ -2,8 +2,8 @@
 
 use std::str::FromStr;
 
+use authd::app::App;
 use authd::config::{MailTransport, Settings, SmtpTls};
-use authd::http::App;
 use authd::store::{Backend, Store};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
