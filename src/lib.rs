@@ -3,6 +3,8 @@
 //! One core, three doors: the HTTP API (`http`), the admin command line (`cli`) and the tests
 //! all call the same use cases in `auth`.
 
+/// The composition root: builds the core and runs the server around it.
+pub mod app;
 /// The security audit trail, written in the background.
 pub mod audit;
 /// The use cases: register, log in, exchange a code, manage users.
@@ -17,7 +19,7 @@ pub mod domain;
 pub mod error;
 /// Private files and directories (0600/0700) for secrets and data.
 mod files;
-/// The HTTP API: router, handlers, problem+json errors, OpenAPI.
+/// The HTTP API: routes, handlers, the request envelope, the server, problem+json, OpenAPI.
 pub mod http;
 /// The signing secret: configured or generated once.
 pub mod keys;

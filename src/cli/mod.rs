@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::app::App;
 use crate::config::Settings;
 use crate::error::Error;
-use crate::http::App;
 use crate::store::Store;
 
 const EXIT_CODES: &str = "Exit codes:

@@ -6,9 +6,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{BearerToken, Json};
+use super::routes::AppState;
 use crate::auth::{Client, LoginOutcome, Registration, RegistrationInput};
 use crate::domain::{Otp, User};
 use crate::error::{Error, FieldError};

@@ -1,22 +1,18 @@
-//! Who the client is (peer address or a trusted proxy header), the per-address request limit
-//! and the caps on open connections.
+//! The per-address request limit and the caps on open connections.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use super::AppState;
 use super::error::ApiError;
-use crate::auth::Client;
+use super::routes::AppState;
 use crate::config::{HttpSettings, RateLimitSettings};
 
 /// The key every per-address limit counts a client under: an IPv4 address as it is (an
@@ -34,61 +30,6 @@ pub fn client_key(ip: IpAddr, ipv6_prefix_len: u8) -> IpAddr {
                 IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
             }
         },
-    }
-}
-
-/// How the client address is found: the TCP peer, or a header set by a trusted proxy.
-#[derive(Debug, Clone)]
-pub struct ClientAddress {
-    header: Option<HeaderName>,
-}
-
-impl ClientAddress {
-    pub fn from_settings(settings: &RateLimitSettings) -> anyhow::Result<ClientAddress> {
-        let name = settings.client_ip_header.trim();
-        let header = if name.is_empty() {
-            None
-        } else {
-            Some(
-                HeaderName::try_from(name.to_ascii_lowercase()).map_err(|_| {
-                    anyhow::anyhow!("rate_limit.client_ip_header {name:?} is not a header name")
-                })?,
-            )
-        };
-        Ok(ClientAddress { header })
-    }
-
-    /// The client's address: from the trusted header when configured and well-formed (the last
-    /// entry of a list, which is the one the proxy itself appended), else the peer address.
-    pub fn resolve(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
-        let from_header = self.header.as_ref().and_then(|name| {
-            let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
-            let last = value.rsplit(',').next()?.trim();
-            last.parse::<IpAddr>()
-                .ok()
-                .or_else(|| last.parse::<SocketAddr>().ok().map(|s| s.ip()))
-        });
-        from_header.or(peer)
-    }
-}
-
-fn peer(parts: &Parts) -> Option<IpAddr> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-}
-
-impl FromRequestParts<AppState> for Client {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Client {
-            ip: state.client_address.resolve(&parts.headers, peer(parts)),
-        })
     }
 }
 
@@ -134,7 +75,7 @@ impl IpLimiter {
 pub async fn limit_per_ip(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(limiter) = &state.ip_limiter {
         let (parts, body) = request.into_parts();
-        let ip = state.client_address.resolve(&parts.headers, peer(&parts));
+        let ip = state.client_address.of_request(&parts);
         if let Some(ip) = ip
             && let Err(retry_after_secs) = limiter.check(ip)
         {
@@ -237,17 +178,6 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// A 500 problem for a handler that panicked; the panic message stays in the log.
-pub fn problem_for_panic(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let message = err
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| err.downcast_ref::<&str>().copied())
-        .unwrap_or("(no message)");
-    tracing::error!(panic = message, "a request handler panicked");
-    ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR).into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,32 +186,6 @@ mod tests {
         let mut s = crate::config::Settings::defaults().rate_limit;
         s.client_ip_header = header.into();
         s
-    }
-
-    #[test]
-    fn without_a_trusted_header_the_peer_is_the_client() {
-        let address = ClientAddress::from_settings(&settings("")).unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
-        let peer: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(address.resolve(&headers, Some(peer)), Some(peer));
-    }
-
-    #[test]
-    fn a_trusted_forwarded_for_header_gives_its_last_entry() {
-        let address = ClientAddress::from_settings(&settings("X-Forwarded-For")).unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            "198.51.100.1, 203.0.113.9".parse().unwrap(),
-        );
-        let peer: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(
-            address.resolve(&headers, Some(peer)),
-            Some("203.0.113.9".parse().unwrap())
-        );
-        headers.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(address.resolve(&headers, Some(peer)), Some(peer));
     }
 
     #[tokio::test]

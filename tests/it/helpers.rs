@@ -1,7 +1,7 @@
 //! Test harness: a fresh database per test, a mail sink, and authd served on a free port.
 
+use authd::app::App;
 use authd::config::{MailTransport, Settings, SmtpTls};
-use authd::http::App;
 use authd::store::{Backend, Store};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};

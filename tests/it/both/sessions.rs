@@ -120,7 +120,10 @@ async fn a_rotated_token_used_after_the_grace_period_revokes_the_whole_session()
     )
     .await;
     // ...every token descended from it with it, the live access token included.
-    assert_eq!(me_status(&app, &second.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&app, &second.access).await,
+        StatusCode::UNAUTHORIZED
+    );
     problem(
         refresh(&app, &second.refresh).await,
         StatusCode::UNAUTHORIZED,
@@ -210,7 +213,10 @@ async fn refresh_refuses_what_is_not_a_live_refresh_token() {
         "invalid_token",
     )
     .await;
-    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&app, &tokens.access).await,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -314,7 +320,13 @@ async fn the_session_list_shows_the_callers_own_sessions_and_each_can_be_revoked
     let current: Vec<&Value> = listed.iter().filter(|s| s["current"] == true).collect();
     assert_eq!(current.len(), 1);
     for session in &listed {
-        for key in ["id", "created_at", "last_used_at", "client_ip", "user_agent"] {
+        for key in [
+            "id",
+            "created_at",
+            "last_used_at",
+            "client_ip",
+            "user_agent",
+        ] {
             assert!(session.get(key).is_some(), "{key} in {session}");
         }
         assert_eq!(session["client_ip"], "127.0.0.1");
@@ -348,7 +360,10 @@ async fn the_session_list_shows_the_callers_own_sessions_and_each_can_be_revoked
             .status(),
         StatusCode::NO_CONTENT
     );
-    assert_eq!(me_status(&app, &second.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&app, &second.access).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(me_status(&app, &first.access).await, StatusCode::OK);
     assert_eq!(sessions(&app, &first.access).await.len(), 1);
     problem(
@@ -367,7 +382,10 @@ async fn past_the_per_user_cap_a_login_ends_the_oldest_session() {
     let oldest = login(&app, "ada@example.test").await;
     let middle = login(&app, "ada@example.test").await;
     let newest = login(&app, "ada@example.test").await;
-    assert_eq!(me_status(&app, &oldest.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&app, &oldest.access).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(me_status(&app, &middle.access).await, StatusCode::OK);
     assert_eq!(me_status(&app, &newest.access).await, StatusCode::OK);
     assert_eq!(live_sessions(&app).await, 2);
@@ -397,9 +415,18 @@ async fn disabling_a_user_cuts_their_live_token_at_once_and_enabling_lets_them_b
     app.register("ada@example.test", false).await;
     let tokens = login(&app, "ada@example.test").await;
     let data_dir = TempDir::new("authd-sessions");
-    let out = admin(&app.db_url, &data_dir, &["user", "disable", "ada@example.test"], "").await;
+    let out = admin(
+        &app.db_url,
+        &data_dir,
+        &["user", "disable", "ada@example.test"],
+        "",
+    )
+    .await;
     assert!(out.contains("disabled"), "{out}");
-    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&app, &tokens.access).await,
+        StatusCode::UNAUTHORIZED
+    );
     problem(
         refresh(&app, &tokens.refresh).await,
         StatusCode::UNAUTHORIZED,
@@ -424,11 +451,20 @@ async fn disabling_a_user_cuts_their_live_token_at_once_and_enabling_lets_them_b
     assert_eq!(listed[0]["disabled"], true);
     assert_eq!(listed[0]["sessions"], 0);
 
-    admin(&app.db_url, &data_dir, &["user", "enable", "ada@example.test"], "").await;
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["user", "enable", "ada@example.test"],
+        "",
+    )
+    .await;
     let back = login(&app, "ada@example.test").await;
     assert_eq!(me_status(&app, &back.access).await, StatusCode::OK);
     // The old session stays revoked.
-    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&app, &tokens.access).await,
+        StatusCode::UNAUTHORIZED
+    );
     app.db.expect_events("user_disabled", 1).await;
     app.db.expect_events("user_enabled", 1).await;
 }
@@ -439,8 +475,13 @@ async fn deleting_a_user_needs_yes_without_a_terminal_and_cuts_their_token_at_on
     let ada = app.register("ada@example.test", false).await;
     let tokens = login(&app, "ada@example.test").await;
     let data_dir = TempDir::new("authd-sessions");
-    let refused = admin_output(&app.db_url, &data_dir, &["user", "delete", "ada@example.test"], "")
-        .await;
+    let refused = admin_output(
+        &app.db_url,
+        &data_dir,
+        &["user", "delete", "ada@example.test"],
+        "",
+    )
+    .await;
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--yes"), "{stderr}");
@@ -454,7 +495,10 @@ async fn deleting_a_user_needs_yes_without_a_terminal_and_cuts_their_token_at_on
         "",
     )
     .await;
-    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&app, &tokens.access).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(
         app.db
             .int("SELECT CAST(count(*) AS BIGINT) FROM sessions")
@@ -490,7 +534,13 @@ async fn session_list_and_revoke_from_the_command_line() {
     let data_dir = TempDir::new("authd-sessions");
 
     let all: Value = serde_json::from_str(
-        &admin(&app.db_url, &data_dir, &["session", "list", "--format", "json"], "").await,
+        &admin(
+            &app.db_url,
+            &data_dir,
+            &["session", "list", "--format", "json"],
+            "",
+        )
+        .await,
     )
     .unwrap();
     assert_eq!(all.as_array().unwrap().len(), 3);
@@ -508,17 +558,36 @@ async fn session_list_and_revoke_from_the_command_line() {
         &admin(
             &app.db_url,
             &data_dir,
-            &["session", "list", "--user", "bob@example.test", "--format", "json"],
+            &[
+                "session",
+                "list",
+                "--user",
+                "bob@example.test",
+                "--format",
+                "json",
+            ],
             "",
         )
         .await,
     )
     .unwrap();
     let bob_session = bobs[0]["id"].as_str().unwrap().to_owned();
-    admin(&app.db_url, &data_dir, &["session", "revoke", &bob_session], "").await;
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["session", "revoke", &bob_session],
+        "",
+    )
+    .await;
     assert_eq!(me_status(&app, &bob.access).await, StatusCode::UNAUTHORIZED);
     // Revoking it again, or a session that never was, is an error that changes nothing.
-    let again = admin_output(&app.db_url, &data_dir, &["session", "revoke", &bob_session], "").await;
+    let again = admin_output(
+        &app.db_url,
+        &data_dir,
+        &["session", "revoke", &bob_session],
+        "",
+    )
+    .await;
     assert_eq!(again.status.code(), Some(1));
     let garbage = admin_output(&app.db_url, &data_dir, &["session", "revoke", "x"], "").await;
     assert_eq!(garbage.status.code(), Some(1));
@@ -534,7 +603,10 @@ async fn session_list_and_revoke_from_the_command_line() {
     .await;
     assert!(out.contains('2'), "{out}");
     for tokens in &ada {
-        assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            me_status(&app, &tokens.access).await,
+            StatusCode::UNAUTHORIZED
+        );
     }
     app.db.expect_events("session_revoked", 3).await;
 }
@@ -552,5 +624,8 @@ async fn switching_the_second_step_ends_the_users_sessions() {
         "",
     )
     .await;
-    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        me_status(&app, &tokens.access).await,
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -1,0 +1,170 @@
+//! The composition root: builds the store, the signing key, the mailer, the audit writer, the
+//! metrics and the password hasher into one `Auth`, and runs the listeners around it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::audit::AuditLog;
+use crate::auth::Auth;
+use crate::config::{Environment, Settings};
+use crate::http::server::{self, ConnectionRules};
+use crate::http::{AppState, HttpService, metrics_router, router};
+use crate::keys::load_signing_secret;
+use crate::metrics::Metrics;
+use crate::store::{Backend, Store};
+
+/// A built server: bound to its port, ready to run.
+pub struct App {
+    listener: TcpListener,
+    router: HttpService,
+    metrics: Option<(TcpListener, HttpService)>,
+    connections: ConnectionRules,
+    audit_writer: JoinHandle<()>,
+    pruner: AbortOnDrop,
+}
+
+/// A background task that ends with its owner (a test dropping its app included).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl App {
+    /// Connects the pieces and binds the listener (port 0 picks a free port).
+    pub async fn build(settings: &Settings) -> anyhow::Result<App> {
+        settings.check_production()?;
+        // SQLite gets its schema here (zero setup); PostgreSQL needs `authd migrate`.
+        let store = Store::open(settings)
+            .await
+            .context("cannot prepare the database")?;
+        if store.backend() == Backend::Sqlite {
+            tracing::info!(
+                "using SQLite: fine for a single instance; run more than one instance on PostgreSQL"
+            );
+        }
+        if settings.mail.transport.is_development_only() {
+            tracing::warn!(
+                transport = ?settings.mail.transport,
+                "development-only mail transport: codes are not emailed"
+            );
+        }
+        if !settings.rate_limit.enabled {
+            tracing::warn!("rate_limit.enabled = false: no brute-force protection");
+        }
+        let secret = load_signing_secret(settings, true)?;
+        let metrics = Metrics::new();
+        let (audit, audit_writer) = AuditLog::start(store.clone(), metrics.audit_dropped.clone());
+        let auth = Auth::from_settings(settings, store, &secret, audit, metrics).await?;
+        let pruner = AbortOnDrop(crate::prune::spawn_pruner(
+            auth.store.clone(),
+            settings.audit.clone(),
+            auth.hasher.clone(),
+        ));
+        let state = AppState::new(auth, settings)?;
+        let listener = TcpListener::bind(&settings.http.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
+        let separate_metrics = settings.metrics.enabled && !settings.metrics.addr.trim().is_empty();
+        let metrics = if separate_metrics {
+            let addr = settings.metrics.addr.trim();
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on metrics.addr {addr}"))?;
+            Some((listener, metrics_router(state.clone(), &settings.http)))
+        } else {
+            None
+        };
+        // In production the API port is taken to be public: /metrics (what the server is doing,
+        // which accounts fail) stays off it unless the operator says the port is private.
+        let metrics_on_api_port =
+            settings.env != Environment::Production || settings.metrics.api_port_private;
+        let serve_metrics_here =
+            settings.metrics.enabled && !separate_metrics && metrics_on_api_port;
+        if settings.metrics.enabled && !separate_metrics && !metrics_on_api_port {
+            tracing::warn!(
+                "metrics not served: in production /metrics needs metrics.addr or metrics.api_port_private = true"
+            );
+        }
+        Ok(App {
+            listener,
+            router: router(state, &settings.http, serve_metrics_here),
+            metrics,
+            connections: ConnectionRules::from_settings(settings),
+            audit_writer,
+            pruner,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Where `/metrics` is served when it has its own listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// Serves until SIGINT or SIGTERM, then finishes in-flight requests and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(server::shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes, then stops accepting, drains in-flight requests and
+    /// flushes the audit trail.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "authd listening");
+        let App {
+            listener,
+            router,
+            metrics,
+            connections,
+            audit_writer,
+            pruner,
+        } = self;
+        let (stopped, watch) = tokio::sync::watch::channel(false);
+        let metrics_server = metrics.map(|(listener, router)| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
+            tokio::spawn(server::serve(
+                listener,
+                router,
+                connections.clone(),
+                watch.clone(),
+            ))
+        });
+        let api = tokio::spawn(server::serve(listener, router, connections, watch));
+        stop.await;
+        let _ = stopped.send(true);
+        let _ = api.await;
+        if let Some(server) = metrics_server {
+            let _ = server.await;
+        }
+        // The router held the last handle on the audit queue: the writer now drains and ends.
+        if tokio::time::timeout(Duration::from_secs(10), audit_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("audit trail not fully written at shutdown");
+        }
+        // A pruning pass cut short is rolled back and done again at the next start.
+        drop(pruner);
+        tracing::info!("authd stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! The route table: which path runs which handler behind which per-route layers, and the
+//! state the handlers share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::response::Response;
+use axum::routing::{get, post};
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::client::ClientAddress;
+use super::envelope::{HandlerLogs, HttpService, with_common_layers};
+use super::limits::{IpLimiter, limit_per_ip};
+use super::{handlers, openapi};
+use crate::auth::Auth;
+use crate::config::{HttpSettings, Settings};
+
+/// Largest request body accepted; bigger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Shared state of the HTTP door: built once; each request clones one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<AppParts>);
+
+/// What [`AppState`] shares.
+pub struct AppParts {
+    pub auth: Auth,
+    pub client_address: ClientAddress,
+    pub ip_limiter: Option<Arc<IpLimiter>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(auth: Auth, settings: &Settings) -> anyhow::Result<AppState> {
+        let limits = &settings.rate_limit;
+        Ok(AppState(Arc::new(AppParts {
+            auth,
+            client_address: ClientAddress::from_settings(limits)?,
+            ip_limiter: limits
+                .enabled
+                .then(|| IpLimiter::new(limits.requests_per_ip_per_minute, limits.ipv6_prefix_len)),
+        })))
+    }
+}
+
+/// Every route of the API, with its middleware.
+pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) -> HttpService {
+    // The per-address limit guards the routes that take a password or a code.
+    let limited = [
+        ("/register", post(handlers::register)),
+        ("/login", post(handlers::login)),
+        ("/login/otp", post(handlers::login_otp)),
+    ];
+    let mut open = vec![
+        ("/users/me", get(handlers::me)),
+        ("/healthz", get(handlers::healthz)),
+        ("/readyz", get(handlers::readyz)),
+    ];
+    if serve_metrics_here {
+        open.push(("/metrics", get(handlers::metrics)));
+    }
+    // The metrics label each of these paths by name; only the handlers behind the per-address
+    // limit write log lines of their own (see `Envelope`).
+    let routes: Vec<(&'static str, HandlerLogs)> = limited
+        .iter()
+        .map(|(path, _)| (*path, HandlerLogs::Yes))
+        .chain(open.iter().map(|(path, _)| (*path, HandlerLogs::No)))
+        .collect();
+    let limited = limited
+        .into_iter()
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
+        })
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit_per_ip))
+        // Only these routes read a body: its size limit and read timeout are theirs alone,
+        // which keeps the read routes free of per-request layers.
+        .route_layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
+            http.body_timeout_secs,
+        )));
+    let api = open.into_iter().fold(limited, |router, (path, handler)| {
+        router.route(path, handler)
+    });
+    let metrics = state.auth.metrics.clone();
+    let docs = Router::new()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .layer(middleware::map_response(|mut response: Response| async {
+            response.extensions_mut().insert(DocsPage);
+            response
+        }));
+    let router = api.with_state(state).merge(docs);
+    with_common_layers(router, http, Some(metrics), &routes)
+}
+
+/// A router with only `GET /metrics`, for `metrics.addr`.
+pub fn metrics_router(state: AppState, http: &HttpSettings) -> HttpService {
+    let metrics = state.auth.metrics.clone();
+    let router = Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .with_state(state);
+    with_common_layers(
+        router,
+        http,
+        Some(metrics),
+        &[("/metrics", HandlerLogs::No)],
+    )
+}
+
+/// Marks a response of the documentation pages, which need scripts and styles: the
+/// envelope leaves out the API's restrictive content security policy there.
+#[derive(Clone, Copy)]
+pub(super) struct DocsPage;
