@@ -148,14 +148,20 @@ struct Flags {
     /// watchdog: give up after this long (default 60 + 40 x secs x runs)
     #[arg(long, default_value_t = 0)]
     max_secs: u64,
-    /// comma list of bound,me,ceiling,login,probe,mixed,control,burst,flow,register
+    /// comma list of bound,me,ceiling,login,probe,mixed,control,burst,flow,register,refresh,
+    /// logout
     #[arg(long, value_delimiter = ',', value_parser = PHASES)]
     only: Option<Vec<String>>,
+    /// before measuring, add this many users with one live session each (COPY-free:
+    /// generate_series in PostgreSQL), to measure on a populated database
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=5_000_000))]
+    seed_users: u64,
 }
 
 /// Every phase `--only` can name.
-const PHASES: [&str; 10] = [
+const PHASES: [&str; 12] = [
     "bound", "me", "ceiling", "login", "probe", "mixed", "control", "burst", "flow", "register",
+    "refresh", "logout",
 ];
 
 /// The options with their defaults resolved, for the run.
@@ -175,6 +181,7 @@ struct Options {
     strict: bool,
     max_secs: u64,
     only: Option<Vec<String>>,
+    seed_users: u64,
 }
 
 impl Flags {
@@ -210,6 +217,7 @@ impl Flags {
             strict: self.strict,
             max_secs,
             only: self.only,
+            seed_users: self.seed_users,
         })
     }
 }
@@ -250,6 +258,12 @@ struct Figures {
     probe_register_p99_ms: f64,
     registrations_per_sec: f64,
     flows_per_sec: f64,
+    refreshes_per_sec: f64,
+    refresh_p50_ms: f64,
+    refresh_p99_ms: f64,
+    logouts: u64,
+    logout_p50_ms: f64,
+    logout_p99_ms: f64,
     /// CPU per `/users/me` answer, microseconds: [server, PostgreSQL, this load generator].
     me_cpu_us: [f64; 3],
     ceiling_cpu_us: [f64; 3],
@@ -378,13 +392,24 @@ async fn bench_on(
     let (token, me_body) = login_for_token(&http, &authd.base, &me_email).await?;
     let me: Value = serde_json::from_slice(&me_body).context("/users/me body")?;
     let user_id = me["id"].as_str().context("/users/me has no id")?.to_owned();
+    let session_id = http.current_session(&authd.base, &token).await?;
     println!(
         "setup: {} accounts registered in {:.1} s",
         accounts.len(),
         setup.elapsed().as_secs_f64()
     );
 
-    let ceiling = Ceiling::start(options, database, &user_id, work_dir)?;
+    if options.seed_users > 0 {
+        let seeding = Instant::now();
+        database.seed(options.seed_users, &me_email).await?;
+        println!(
+            "setup: {} more users with a live session each, seeded in {:.1} s",
+            options.seed_users,
+            seeding.elapsed().as_secs_f64()
+        );
+    }
+
+    let ceiling = Ceiling::start(options, database, &user_id, &session_id, work_dir)?;
     let ceiling_body = http.get_me(&ceiling.base, &token).await?;
     ensure!(
         ceiling_body == me_body,
@@ -565,6 +590,18 @@ fn print_table(f: &Figures, o: &Options, final_table: bool) -> bool {
             f.flows_per_sec
         );
     }
+    if ran(&["refresh"]) {
+        println!(
+            " 8  refreshes/s (POST /token/refresh)      {:.0} /s, p50 {:.2} ms, p99 {:.2} ms",
+            f.refreshes_per_sec, f.refresh_p50_ms, f.refresh_p99_ms
+        );
+    }
+    if ran(&["logout"]) {
+        println!(
+            " 9  POST /logout latency ({} answers)      p50 {:.2} ms, p99 {:.2} ms",
+            f.logouts, f.logout_p50_ms, f.logout_p99_ms
+        );
+    }
     if f.burst_ok + f.burst_refused > 0 {
         println!(
             "    burst of {BURST_LOGINS} logins at once: {} answered, {} refused with 503 (median refusal {:.1} ms)",
@@ -616,6 +653,12 @@ fn median_figures(runs: &[Figures]) -> Figures {
         probe_register_p99_ms: m(|f| f.probe_register_p99_ms),
         registrations_per_sec: m(|f| f.registrations_per_sec),
         flows_per_sec: m(|f| f.flows_per_sec),
+        refreshes_per_sec: m(|f| f.refreshes_per_sec),
+        refresh_p50_ms: m(|f| f.refresh_p50_ms),
+        refresh_p99_ms: m(|f| f.refresh_p99_ms),
+        logouts: runs.iter().map(|f| f.logouts).sum(),
+        logout_p50_ms: m(|f| f.logout_p50_ms),
+        logout_p99_ms: m(|f| f.logout_p99_ms),
         other_load: m(|f| f.other_load),
         control_idle_p99_ms: m(|f| f.control_idle_p99_ms),
         control_mixed_p99_ms: m(|f| f.control_mixed_p99_ms),
@@ -960,6 +1003,27 @@ impl Workload {
             f.flows_per_sec = flows.per_sec(&window);
             note("2FA flow", &flows);
         }
+        // Refresh-token rotation: one session per login client, refreshed in a closed loop.
+        if o.runs_phase("refresh") {
+            let window = Window::after(warm, secs * 2);
+            let (mut refreshes, cpu) =
+                tokio::join!(self.refreshes(window), self.cpu.during(window));
+            others.push(cpu.other);
+            f.refreshes_per_sec = refreshes.per_sec(&window);
+            f.refresh_p50_ms = refreshes.percentile_ms(0.50);
+            f.refresh_p99_ms = refreshes.percentile_ms(0.99);
+            note("refresh", &refreshes);
+        }
+        // Logout: each client logs in (not timed) and logs that session out (timed).
+        if o.runs_phase("logout") {
+            let window = Window::after(warm, secs * 2);
+            let (mut logouts, cpu) = tokio::join!(self.logouts(window), self.cpu.during(window));
+            others.push(cpu.other);
+            f.logouts = logouts.ok;
+            f.logout_p50_ms = logouts.percentile_ms(0.50);
+            f.logout_p99_ms = logouts.percentile_ms(0.99);
+            note("logout", &logouts);
+        }
         f.errors = errors;
         f.other_load = others.into_iter().fold(0.0, f64::max);
         Ok(f)
@@ -1147,6 +1211,90 @@ impl Workload {
         join_tallies(workers).await
     }
 
+    /// `POST /token/refresh` in a closed loop: each client logs in once, then always presents
+    /// the refresh token of the answer before.
+    async fn refreshes(&self, window: Window) -> Tally {
+        let login: reqwest::Url = format!("{}/login", self.authd).parse().expect("URL");
+        let url: reqwest::Url = format!("{}/token/refresh", self.authd)
+            .parse()
+            .expect("URL");
+        let workers = self.login_emails.iter().map(|email| {
+            let (login, url) = (login.clone(), url.clone());
+            let body = json!({"email": email, "password": PASSWORD});
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let Ok(client) = client() else {
+                    return tally;
+                };
+                let Some(mut token) = token_field(&client, &login, &body, "refresh_token").await
+                else {
+                    tally.errors.insert("login for a refresh token".into(), 1);
+                    return tally;
+                };
+                while window.is_open() {
+                    let began = Instant::now();
+                    let body = json!({ "refresh_token": token });
+                    let outcome = match client.post(url.clone()).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                            Ok(v) => match v["refresh_token"].as_str() {
+                                Some(next) => {
+                                    token = next.to_owned();
+                                    Outcome::Ok
+                                }
+                                None => Outcome::Failed("refresh body".into()),
+                            },
+                            Err(_) => Outcome::Failed("refresh body".into()),
+                        },
+                        Ok(r) => status_outcome(r.status()),
+                        Err(err) => Outcome::Failed(error_kind(&err)),
+                    };
+                    let failed = !matches!(outcome, Outcome::Ok);
+                    window.record(&mut tally, began, outcome);
+                    if failed {
+                        break;
+                    }
+                }
+                tally
+            })
+        });
+        join_tallies(workers).await
+    }
+
+    /// Each client in a loop: `POST /login` (not timed), then `POST /logout` of that session.
+    async fn logouts(&self, window: Window) -> Tally {
+        let login: reqwest::Url = format!("{}/login", self.authd).parse().expect("URL");
+        let url: reqwest::Url = format!("{}/logout", self.authd).parse().expect("URL");
+        let workers = self.login_emails.iter().map(|email| {
+            let (login, url) = (login.clone(), url.clone());
+            let body = json!({"email": email, "password": PASSWORD});
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let Ok(client) = client() else {
+                    return tally;
+                };
+                while window.is_open() {
+                    let Some(access) = token_field(&client, &login, &body, "access_token").await
+                    else {
+                        *tally
+                            .errors
+                            .entry("login before logout".into())
+                            .or_insert(0) += 1;
+                        continue;
+                    };
+                    let began = Instant::now();
+                    let outcome = match client.post(url.clone()).bearer_auth(access).send().await {
+                        Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => Outcome::Ok,
+                        Ok(r) => status_outcome(r.status()),
+                        Err(err) => Outcome::Failed(error_kind(&err)),
+                    };
+                    window.record(&mut tally, began, outcome);
+                }
+                tally
+            })
+        });
+        join_tallies(workers).await
+    }
+
     /// Registrations of new accounts with the passwords the policy check is slowest on
     /// (72 bytes of l33t spellings), one closed loop per login client. A refusal by the policy
     /// (422) counts as an answer: the check ran either way.
@@ -1313,6 +1461,29 @@ impl Http {
         Ok(Http { client: client()? })
     }
 
+    /// The id of the session an access token belongs to, from `GET /sessions`.
+    async fn current_session(&self, base: &str, token: &str) -> Result<String> {
+        let response = self
+            .client
+            .get(format!("{base}/sessions"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .with_context(|| format!("GET {base}/sessions"))?;
+        ensure!(
+            response.status().is_success(),
+            "GET {base}/sessions answered {}",
+            response.status()
+        );
+        let body: Value = response.json().await?;
+        body["sessions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["current"] == true))
+            .and_then(|s| s["id"].as_str())
+            .map(str::to_owned)
+            .context("GET /sessions lists no current session")
+    }
+
     async fn get_me(&self, base: &str, token: &str) -> Result<Vec<u8>> {
         let response = self
             .client
@@ -1349,6 +1520,21 @@ async fn register(
         response.text().await.unwrap_or_default()
     );
     Ok(())
+}
+
+/// Logs in and returns one string field of the answer (`access_token`, `refresh_token`).
+async fn token_field(
+    client: &reqwest::Client,
+    login: &reqwest::Url,
+    body: &Value,
+    field: &str,
+) -> Option<String> {
+    let response = client.post(login.clone()).json(body).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let answer: Value = response.json().await.ok()?;
+    answer[field].as_str().map(str::to_owned)
 }
 
 /// Logs in the /users/me account; returns its access token and its `/users/me` body.
@@ -1476,6 +1662,7 @@ impl Ceiling {
         options: &Options,
         database: &Database,
         user_id: &str,
+        session_id: &str,
         work_dir: &Path,
     ) -> Result<Ceiling> {
         let log = std::fs::File::create(work_dir.join("ceiling.log"))?;
@@ -1495,6 +1682,8 @@ impl Ceiling {
                 &database.url,
                 "--user-id",
                 user_id,
+                "--session-id",
+                session_id,
                 "--max-connections",
                 &options.max_connections.to_string(),
             ])
@@ -1667,6 +1856,39 @@ impl Database {
             .context("cannot read the stored hash")?;
         conn.close().await?;
         Ok(hash)
+    }
+
+    /// Adds `count` users, each with one live session, in two set-based statements; every
+    /// seeded user has the password hash of `like` (so at authd's cost). Then ANALYZE, so the
+    /// planner sees the tables as they now are.
+    async fn seed(&self, count: u64, like: &str) -> Result<()> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let count = i64::try_from(count)?;
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, two_factor_enabled, created_at)
+             SELECT gen_random_uuid(), 'seed' || i || '@seed.test',
+                    (SELECT password_hash FROM users WHERE email = $2), false, now()
+             FROM generate_series(1, $1) AS i",
+        )
+        .bind(count)
+        .bind(like)
+        .execute(&mut conn)
+        .await
+        .context("cannot seed users")?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, family, refresh_hash, created_at, last_used_at,
+                                   expires_at, absolute_expires_at, client_ip, user_agent)
+             SELECT gen_random_uuid(), id, decode(md5(id::text), 'hex'),
+                    sha256(convert_to(id::text, 'UTF8')), now(), now(),
+                    now() + interval '30 days', now() + interval '90 days', '127.0.0.1', 'seed'
+             FROM users WHERE email LIKE 'seed%@seed.test'",
+        )
+        .execute(&mut conn)
+        .await
+        .context("cannot seed sessions")?;
+        sqlx::query("ANALYZE").execute(&mut conn).await?;
+        conn.close().await?;
+        Ok(())
     }
 
     /// The PostgreSQL server process whose children serve our connections.
@@ -1869,6 +2091,8 @@ mod ceiling {
         database_url: String,
         #[arg(long)]
         user_id: Uuid,
+        #[arg(long)]
+        session_id: Uuid,
         #[arg(long, default_value_t = 10)]
         max_connections: u32,
     }
@@ -1877,21 +2101,27 @@ mod ceiling {
     struct Ceiling {
         store: Store,
         user_id: Uuid,
+        session_id: Uuid,
     }
 
-    /// `ceiling-server --database-url URL --user-id UUID --max-connections N`: serves
-    /// `GET /users/me` for that user on a free loopback port, printed as "listening on ADDR".
+    /// `ceiling-server --database-url URL --user-id UUID --session-id UUID --max-connections N`:
+    /// serves `GET /users/me` for that user and session on a free loopback port, printed as
+    /// "listening on ADDR".
     /// The same runtime (Tokio's default multi-thread), and authd's own store (pool settings,
     /// statement, row mapping) as authd; no token check, no middleware.
     pub fn main(args: &Args) -> Result<()> {
         let mut settings = authd::Settings::defaults();
         settings.database.url = args.database_url.clone().into();
         settings.database.max_connections = args.max_connections;
-        let user_id = args.user_id;
+        let (user_id, session_id) = (args.user_id, args.session_id);
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async move {
             let store = Store::connect_lazy(&settings)?;
-            let state = Ceiling { store, user_id };
+            let state = Ceiling {
+                store,
+                user_id,
+                session_id,
+            };
             let app = Router::new().route("/users/me", get(me)).with_state(state);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             println!("listening on {}", listener.local_addr()?);
@@ -1911,7 +2141,7 @@ mod ceiling {
     async fn me(State(state): State<Ceiling>) -> Result<axum::Json<User>, StatusCode> {
         state
             .store
-            .find_user(state.user_id)
+            .find_session_user(state.user_id, state.session_id, chrono::Utc::now())
             .await
             .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
             .map(axum::Json)
