@@ -1,10 +1,11 @@
-//! The use cases: register, log in, exchange a code, read and manage users. Every door calls these.
+//! The use cases: register, log in, exchange a code, read and manage users, prune. Every door
+//! calls these methods of one `Auth`, built by `crate::app`.
 
 use anyhow::Context;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::audit::{AuditLog, EventKind, SecurityEvent};
+use crate::audit::{AuditLog, EventKind, EventQuery, RecordedEvent, SecurityEvent};
 use crate::config::RateLimitSettings;
 use crate::config::Settings;
 use crate::domain::{Email, Otp, Password, PersonName, User};
@@ -15,7 +16,8 @@ use crate::metrics::Metrics;
 use crate::otp::{CodeHasher, generate_code};
 use crate::password::PasswordHasher;
 use crate::store::{
-    Attempt, Credentials, NewChallenge, NewUser, Reservation, Store, ThrottleRule, UserQuery,
+    Attempt, Credentials, NewChallenge, NewUser, Pruned, Reservation, Store, ThrottleRule,
+    UserQuery,
 };
 use crate::token::{IssuedToken, TokenKeys, TokenKind};
 use std::net::IpAddr;
@@ -115,53 +117,9 @@ impl Registration {
     }
 }
 
-/// Creates a user. The one path for `POST /register` and `authd user add`. The password
-/// policy, whose cost grows with the password, runs on the hashing pool like bcrypt: never on
-/// an async worker, and refused with 503 when the pool is full.
-pub async fn register(
-    store: &Store,
-    hasher: &PasswordHasher,
-    registration: Registration,
-) -> Result<User> {
-    let words = registration.personal_words();
-    if let Err(message) = hasher.check_policy(&registration.password, words).await? {
-        return Err(Error::validation("password", message));
-    }
-    let password_hash = hasher.hash(&registration.password).await?;
-    let user = store
-        .insert_user(NewUser {
-            id: Uuid::now_v7(),
-            email: registration.email.as_str().to_owned(),
-            password_hash,
-            first_name: registration.first_name.map(PersonName::into_string),
-            last_name: registration.last_name.map(PersonName::into_string),
-            two_factor_enabled: registration.two_factor_enabled,
-        })
-        .await?;
-    tracing::info!(user_id = %user.id, "user registered");
-    Ok(user)
-}
-
-/// Creates a user from the admin command line and records it in the audit trail.
-pub async fn add_user_by_admin(
-    store: &Store,
-    hasher: &PasswordHasher,
-    registration: Registration,
-) -> Result<User> {
-    let user = register(store, hasher, registration).await?;
-    store
-        .insert_events(
-            &[SecurityEvent::new(EventKind::UserAddedByAdmin).user(user.id, &user.email)],
-        )
-        .await?;
-    Ok(user)
-}
-
-pub async fn list_users(store: &Store, query: &UserQuery) -> Result<Vec<User>> {
-    store.list_users(query).await
-}
-
-/// Switches the second step on or off; takes effect at the user's next login.
+/// Switches the second step on or off; takes effect at the user's next login. The doors call
+/// [`Auth::set_two_factor`]; this is its store-level step, public for the integration tests
+/// that switch a user with no `Auth` at hand.
 pub async fn set_two_factor(store: &Store, email: &Email, enabled: bool) -> Result<User> {
     let user = store
         .set_two_factor(email, enabled)
@@ -176,25 +134,6 @@ pub async fn set_two_factor(store: &Store, email: &Email, enabled: bool) -> Resu
     Ok(user)
 }
 
-/// Clears the password and code locks of an account (`authd user unlock`) and records who
-/// did it. True when there was anything to clear.
-pub async fn unlock_user(store: &Store, email: &Email, actor: Actor) -> Result<bool> {
-    let user = store
-        .find_credentials(email)
-        .await?
-        .ok_or(Error::UserNotFound)?
-        .user;
-    let login = store.clear_failures(&login_key(email)).await?;
-    let otp = store.clear_failures(&otp_key(user.id)).await?;
-    store
-        .insert_events(&[SecurityEvent::new(EventKind::UserUnlocked)
-            .user(user.id, &user.email)
-            .detail(actor.as_str())])
-        .await?;
-    tracing::info!(user_id = %user.id, "account unlocked");
-    Ok(login || otp)
-}
-
 /// What a correct password leads to.
 #[derive(Debug)]
 pub enum LoginOutcome {
@@ -204,19 +143,31 @@ pub enum LoginOutcome {
     Challenge(IssuedToken),
 }
 
-/// Everything the HTTP API needs, built once at start-up and shared.
+/// The one entry into the core for every door: built once (see `crate::app`) and shared.
+/// Its parts are private so that a door can only do what a method allows.
 #[derive(Debug, Clone)]
 pub struct Auth {
-    pub store: Store,
-    pub hasher: PasswordHasher,
-    pub tokens: TokenKeys,
-    pub codes: CodeHasher,
-    pub mailer: Mailer,
-    pub max_attempts: u32,
-    pub limits: RateLimitSettings,
-    pub code_emails: CodeEmailQuota,
-    pub audit: AuditLog,
-    pub metrics: Metrics,
+    store: Store,
+    hasher: PasswordHasher,
+    /// What logging someone in takes besides the store; absent in an `Auth` built with
+    /// [`Auth::for_admin`].
+    sign_in: Option<SignIn>,
+    max_attempts: u32,
+    limits: RateLimitSettings,
+    code_emails: CodeEmailQuota,
+    /// Security events older than this many days are pruned.
+    retention_days: u32,
+    audit: AuditLog,
+    metrics: Metrics,
+}
+
+/// The signing keys, the code hasher and the mailer: needed to log someone in, by no
+/// administrative use case.
+#[derive(Debug, Clone)]
+struct SignIn {
+    tokens: TokenKeys,
+    codes: CodeHasher,
+    mailer: Mailer,
 }
 
 /// Who is asking, as far as the door knows.
@@ -280,6 +231,7 @@ fn seconds_until(until: chrono::DateTime<Utc>) -> u64 {
 }
 
 impl Auth {
+    /// The core of the server: every use case, logging in included.
     pub async fn from_settings(
         settings: &Settings,
         store: Store,
@@ -287,35 +239,196 @@ impl Auth {
         audit: AuditLog,
         metrics: Metrics,
     ) -> anyhow::Result<Auth> {
+        let hasher = Auth::build_hasher(settings, &metrics).await?;
         let secret = secret.bytes();
-        let hasher = PasswordHasher::from_settings(&settings.password)
+        let sign_in = SignIn {
+            tokens: TokenKeys::new(secret, &settings.jwt),
+            codes: CodeHasher::from_secret(secret),
+            mailer: Mailer::from_settings(settings).context("invalid mail settings")?,
+        };
+        Ok(Auth::new(
+            settings,
+            store,
+            hasher,
+            Some(sign_in),
+            audit,
+            metrics,
+        ))
+    }
+
+    /// The core of the admin commands: every use case but logging in. They issue no tokens and
+    /// send no mail, so they run without the signing key and with any mail settings.
+    pub async fn for_admin(
+        settings: &Settings,
+        store: Store,
+        audit: AuditLog,
+        metrics: Metrics,
+    ) -> anyhow::Result<Auth> {
+        let hasher = Auth::build_hasher(settings, &metrics).await?;
+        Ok(Auth::new(settings, store, hasher, None, audit, metrics))
+    }
+
+    async fn build_hasher(
+        settings: &Settings,
+        metrics: &Metrics,
+    ) -> anyhow::Result<PasswordHasher> {
+        Ok(PasswordHasher::from_settings(&settings.password)
             .await?
-            .with_metrics(metrics.clone());
-        Ok(Auth {
+            .with_metrics(metrics.clone()))
+    }
+
+    fn new(
+        settings: &Settings,
+        store: Store,
+        hasher: PasswordHasher,
+        sign_in: Option<SignIn>,
+        audit: AuditLog,
+        metrics: Metrics,
+    ) -> Auth {
+        Auth {
             limits: settings.rate_limit.clone(),
             code_emails: CodeEmailQuota {
                 max_per_account: settings.mail.max_codes_per_account,
                 window_secs: settings.mail.codes_window_secs,
             },
+            retention_days: settings.audit.retention_days,
             audit,
             metrics,
             store,
             hasher,
-            tokens: TokenKeys::new(secret, &settings.jwt),
-            codes: CodeHasher::from_secret(secret),
-            mailer: Mailer::from_settings(settings).context("invalid mail settings")?,
+            sign_in,
             max_attempts: settings.otp.max_attempts,
+        }
+    }
+
+    /// The parts a login needs; an `Auth` for the admin commands has none.
+    fn sign_in(&self) -> Result<&SignIn> {
+        self.sign_in.as_ref().ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!(
+                "this Auth was built for the admin commands: it logs no one in"
+            ))
         })
     }
 
+    /// Where the use cases count what they do; the HTTP door adds its request figures.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics in the Prometheus text format, with the database pool's figures.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(self.store.pool_usage())
+    }
+
+    /// `Ok` when the database answers.
+    pub async fn ready(&self) -> Result<()> {
+        self.store.ping().await
+    }
+
+    /// Creates a user (`POST /register`) and records it in the audit trail.
     pub async fn register(&self, registration: Registration, client: Client) -> Result<User> {
-        let user = register(&self.store, &self.hasher, registration).await?;
+        let user = self.create_user(registration).await?;
         self.audit.record(
             SecurityEvent::new(EventKind::UserRegistered)
                 .user(user.id, &user.email)
                 .client(client.ip),
         );
         Ok(user)
+    }
+
+    /// Creates a user for an administrator (`authd user add`), with the same rules as
+    /// [`Auth::register`], and records it in the audit trail.
+    pub async fn add_user(&self, registration: Registration) -> Result<User> {
+        let user = self.create_user(registration).await?;
+        self.record_admin_change(
+            SecurityEvent::new(EventKind::UserAddedByAdmin).user(user.id, &user.email),
+        )
+        .await?;
+        Ok(user)
+    }
+
+    /// The one path to a new user, whichever door asks. The password policy, whose cost grows
+    /// with the password, runs on the hashing pool like bcrypt: never on an async worker, and
+    /// refused with 503 when the pool is full.
+    async fn create_user(&self, registration: Registration) -> Result<User> {
+        let words = registration.personal_words();
+        if let Err(message) = self
+            .hasher
+            .check_policy(&registration.password, words)
+            .await?
+        {
+            return Err(Error::validation("password", message));
+        }
+        let password_hash = self.hasher.hash(&registration.password).await?;
+        let user = self
+            .store
+            .insert_user(NewUser {
+                id: Uuid::now_v7(),
+                email: registration.email.as_str().to_owned(),
+                password_hash,
+                first_name: registration.first_name.map(PersonName::into_string),
+                last_name: registration.last_name.map(PersonName::into_string),
+                two_factor_enabled: registration.two_factor_enabled,
+            })
+            .await?;
+        tracing::info!(user_id = %user.id, "user registered");
+        Ok(user)
+    }
+
+    /// Records an administrative change before the use case answers, unlike the events of the
+    /// request path, which are queued: the administrator learns it if the trail misses one.
+    async fn record_admin_change(&self, event: SecurityEvent) -> Result<()> {
+        self.store.insert_events(&[event]).await
+    }
+
+    /// Users, oldest first, filtered as `query` says.
+    pub async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>> {
+        self.store.list_users(query).await
+    }
+
+    /// Switches the second step on or off; takes effect at the user's next login.
+    pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<User> {
+        set_two_factor(&self.store, email, enabled).await
+    }
+
+    /// Clears the password and code locks of an account and records who did it. True when
+    /// there was anything to clear.
+    pub async fn unlock_user(&self, email: &Email, actor: Actor) -> Result<bool> {
+        let user = self
+            .store
+            .find_credentials(email)
+            .await?
+            .ok_or(Error::UserNotFound)?
+            .user;
+        let login = self.store.clear_failures(&login_key(email)).await?;
+        let otp = self.store.clear_failures(&otp_key(user.id)).await?;
+        self.record_admin_change(
+            SecurityEvent::new(EventKind::UserUnlocked)
+                .user(user.id, &user.email)
+                .detail(actor.as_str()),
+        )
+        .await?;
+        tracing::info!(user_id = %user.id, "account unlocked");
+        Ok(login || otp)
+    }
+
+    /// The audit trail, newest first.
+    pub async fn list_events(&self, query: &EventQuery) -> Result<Vec<RecordedEvent>> {
+        self.store.list_events(query).await
+    }
+
+    /// One pruning pass: expired challenges, idle throttle rows, events past
+    /// `audit.retention_days`. `wait`: on PostgreSQL, wait for another instance's pass to end
+    /// instead of skipping (`None`) this one.
+    pub async fn prune(&self, wait: bool) -> Result<Option<Pruned>> {
+        let now = Utc::now();
+        let events_before = now - chrono::Duration::days(i64::from(self.retention_days));
+        self.store.prune(now, events_before, wait).await
+    }
+
+    /// Points the dummy hash (checked for unknown emails) at the cost most stored hashes have.
+    pub async fn calibrate_dummy_hash(&self) -> Result<()> {
+        crate::prune::calibrate_dummy_hash(&self.store, &self.hasher).await
     }
 
     /// Password guesses: every `login_failures_per_account` consecutive failures lock the
@@ -425,6 +538,7 @@ impl Auth {
         password: &str,
         client: Client,
     ) -> Result<LoginOutcome> {
+        let sign_in = self.sign_in()?;
         let email = Email::parse(email).ok();
         // The hashing place first: a login refused with 503 counts nothing.
         let slot = self.hasher.admit()?;
@@ -486,7 +600,7 @@ impl Auth {
                     .user(user.id, &user.email)
                     .client(client.ip),
             );
-            let token = self
+            let token = sign_in
                 .tokens
                 .issue(TokenKind::Access, user.id, Uuid::new_v4())?;
             return Ok(LoginOutcome::Access(token));
@@ -512,7 +626,7 @@ impl Auth {
             self.metrics.throttle("code_email");
             return Err(err);
         }
-        let sent = self.start_challenge(&user).await;
+        let sent = self.start_challenge(sign_in, &user).await;
         let kind = if sent.is_ok() {
             self.metrics.code("sent");
             EventKind::CodeSent
@@ -559,22 +673,22 @@ impl Auth {
     /// Stores a hashed code, emails it, and only then retires older challenges and hands out
     /// the challenge token. If the mail fails the new challenge is deleted, and since its
     /// token was never issued nothing usable is left behind.
-    async fn start_challenge(&self, user: &User) -> Result<IssuedToken> {
+    async fn start_challenge(&self, sign_in: &SignIn, user: &User) -> Result<IssuedToken> {
         let email = Email::parse(&user.email).map_err(|e| anyhow::anyhow!("stored email: {e}"))?;
         // Time-ordered, so a challenge retires only the ones started before it: concurrent logins
         // of one user cannot retire each other's newest challenge.
         let id = Uuid::now_v7();
         let code = generate_code();
-        let ttl = self.tokens.ttl_secs(TokenKind::Challenge);
+        let ttl = sign_in.tokens.ttl_secs(TokenKind::Challenge);
         self.store
             .insert_challenge(&NewChallenge {
                 id,
                 user_id: user.id,
-                code_hash: self.codes.hash(id, code.as_str()),
+                code_hash: sign_in.codes.hash(id, code.as_str()),
                 expires_at: Utc::now() + chrono::Duration::seconds(ttl as i64),
             })
             .await?;
-        if let Err(err) = self.mailer.send_code(&email, &code, ttl).await {
+        if let Err(err) = sign_in.mailer.send_code(&email, &code, ttl).await {
             if let Err(cleanup) = self.store.delete_challenge(id).await {
                 tracing::warn!(error = %cleanup, "could not delete undelivered challenge");
             }
@@ -582,7 +696,7 @@ impl Auth {
         }
         self.store.retire_challenges_except(user.id, id).await?;
         tracing::info!(user_id = %user.id, "login code sent");
-        self.tokens.issue(TokenKind::Challenge, user.id, id)
+        sign_in.tokens.issue(TokenKind::Challenge, user.id, id)
     }
 
     /// Exchanges a challenge token and the emailed code for an access token, at most once.
@@ -592,7 +706,10 @@ impl Auth {
         otp: &Otp,
         client: Client,
     ) -> Result<IssuedToken> {
-        let claims = self.tokens.verify(TokenKind::Challenge, challenge_token)?;
+        let sign_in = self.sign_in()?;
+        let claims = sign_in
+            .tokens
+            .verify(TokenKind::Challenge, challenge_token)?;
         let key = otp_key(claims.sub);
         let event = |kind| {
             let mut event = SecurityEvent::new(kind).client(client.ip);
@@ -615,7 +732,7 @@ impl Auth {
                 return Err(err);
             }
         };
-        let hash = self.codes.hash_otp(claims.jti, otp);
+        let hash = sign_in.codes.hash_otp(claims.jti, otp);
         match self
             .store
             .attempt_challenge(claims.jti, claims.sub, &hash, self.max_attempts)
@@ -626,7 +743,8 @@ impl Auth {
                 self.clear_failures(&key).await?;
                 self.audit.record(event(EventKind::CodeAccepted));
                 self.metrics.code("accepted");
-                self.tokens
+                sign_in
+                    .tokens
                     .issue(TokenKind::Access, claims.sub, Uuid::new_v4())
             }
             Attempt::Rejected { remaining } => {
@@ -652,7 +770,7 @@ impl Auth {
 
     /// The user an access token belongs to.
     pub async fn current_user(&self, access_token: &str) -> Result<User> {
-        let subject = self.tokens.access_subject(access_token)?;
+        let subject = self.sign_in()?.tokens.access_subject(access_token)?;
         self.store
             .find_user(subject)
             .await?

@@ -9,13 +9,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::app::App;
+use crate::app::{self, App, Door};
+use crate::auth::Auth;
 use crate::config::Settings;
 use crate::error::Error;
-use crate::store::Store;
 
 const EXIT_CODES: &str = "Exit codes:
   0  success
@@ -165,12 +164,20 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     app.run_until_stopped().await
 }
 
+/// Runs `work` on the core built for the admin commands, then waits for its audit writer, so
+/// that everything recorded is stored before the process exits.
+async fn with_auth<T>(
+    settings: &Settings,
+    work: impl AsyncFnOnce(&Auth) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let core = app::build_core(settings, Door::Cli).await?;
+    let result = work(&core.auth).await;
+    core.close().await;
+    result
+}
+
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let store = Store::connect_lazy(settings)?;
-    let applied = store
-        .migrate()
-        .await
-        .context("cannot migrate the database")?;
+    let applied = app::migrate(settings).await?;
     if applied.is_empty() {
         println!("database is up to date: no pending migrations");
     } else {

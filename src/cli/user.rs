@@ -6,13 +6,14 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::Table;
 
-use super::{EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table};
-use crate::auth::{self, Actor, Registration, RegistrationInput};
+use super::{
+    EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table, with_auth,
+};
+use crate::auth::{Actor, Registration, RegistrationInput};
 use crate::config::Settings;
 use crate::domain::{Email, Password, User};
 use crate::error::Error;
-use crate::password::PasswordHasher;
-use crate::store::{Store, UserQuery};
+use crate::store::UserQuery;
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -110,12 +111,13 @@ async fn add_user(args: AddArgs, settings: &Settings) -> anyhow::Result<()> {
         .await
         .context("input task failed")??;
     let registration = Registration::parse(input)?;
-    let store = Store::open(settings).await?;
-    let hasher = PasswordHasher::from_settings(&settings.password).await?;
     let email = registration.email.clone();
-    let user = auth::add_user_by_admin(&store, &hasher, registration)
-        .await
-        .with_context(|| format!("cannot add {email}"))?;
+    let user = with_auth(settings, async |auth| {
+        auth.add_user(registration)
+            .await
+            .with_context(|| format!("cannot add {email}"))
+    })
+    .await?;
     match format {
         OutputFormat::Table => {
             println!("created user {}", user.email);
@@ -206,14 +208,14 @@ fn read_password_line(input: &mut impl BufRead) -> anyhow::Result<String> {
 }
 
 async fn list_users(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
-    let store = Store::open(settings).await?;
     let query = UserQuery {
         search: args.search,
         limit: args.limit,
     };
-    let users = auth::list_users(&store, &query)
-        .await
-        .context("cannot list users")?;
+    let users = with_auth(settings, async |auth| {
+        auth.list_users(&query).await.context("cannot list users")
+    })
+    .await?;
     match args.format {
         OutputFormat::Table if users.is_empty() => println!("no users"),
         OutputFormat::Table => println!("{}", users_table(&users)),
@@ -225,10 +227,12 @@ async fn list_users(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
 async fn set_two_factor(args: SetTwoFactorArgs, settings: &Settings) -> anyhow::Result<()> {
     let email = Email::parse(&args.email).map_err(|message| Error::validation("email", message))?;
     let enabled = args.state == Switch::On;
-    let store = Store::open(settings).await?;
-    let user = auth::set_two_factor(&store, &email, enabled)
-        .await
-        .with_context(|| format!("cannot change two-factor login for {email}"))?;
+    let user = with_auth(settings, async |auth| {
+        auth.set_two_factor(&email, enabled)
+            .await
+            .with_context(|| format!("cannot change two-factor login for {email}"))
+    })
+    .await?;
     let next_login = if enabled {
         "password, then a code sent by email"
     } else {
@@ -244,10 +248,12 @@ async fn set_two_factor(args: SetTwoFactorArgs, settings: &Settings) -> anyhow::
 
 async fn unlock(args: UnlockArgs, settings: &Settings) -> anyhow::Result<()> {
     let email = Email::parse(&args.email).map_err(|message| Error::validation("email", message))?;
-    let store = Store::open(settings).await?;
-    let cleared = auth::unlock_user(&store, &email, Actor::Cli)
-        .await
-        .with_context(|| format!("cannot unlock {email}"))?;
+    let cleared = with_auth(settings, async |auth| {
+        auth.unlock_user(&email, Actor::Cli)
+            .await
+            .with_context(|| format!("cannot unlock {email}"))
+    })
+    .await?;
     if cleared {
         println!("unlocked {email}: password and code attempts start from zero");
     } else {

@@ -235,13 +235,13 @@ pub async fn healthz() -> Json<Health> {
         (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    state.auth.store.ping().await?;
+    state.auth.ready().await?;
     Ok(Json(Health { status: "ready" }))
 }
 
 /// Prometheus metrics in the text exposition format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.auth.metrics.render(state.auth.store.pool_usage());
+    let body = state.auth.render_metrics();
     (
         [(
             header::CONTENT_TYPE,

@@ -93,7 +93,7 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
     let api = open.into_iter().fold(limited, |router, (path, handler)| {
         router.route(path, handler)
     });
-    let metrics = state.auth.metrics.clone();
+    let metrics = state.auth.metrics().clone();
     let docs = Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .layer(middleware::map_response(|mut response: Response| async {
@@ -106,7 +106,7 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
 
 /// A router with only `GET /metrics`, for `metrics.addr`.
 pub fn metrics_router(state: AppState, http: &HttpSettings) -> HttpService {
-    let metrics = state.auth.metrics.clone();
+    let metrics = state.auth.metrics().clone();
     let router = Router::new()
         .route("/metrics", get(handlers::metrics))
         .with_state(state);
