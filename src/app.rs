@@ -1,5 +1,6 @@
 //! The composition root: builds the store, the signing key, the mailer, the audit writer, the
-//! metrics and the password hasher into one `Auth`, and runs the listeners around it.
+//! metrics and the password hasher into one `Auth` for either door, and runs the listeners
+//! around the server's.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +18,88 @@ use crate::http::{AppState, HttpService, metrics_router, router};
 use crate::keys::load_signing_secret;
 use crate::metrics::Metrics;
 use crate::store::{Backend, Store};
+
+/// Which door a core is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// `authd serve`: every use case, logging in included.
+    Server,
+    /// The admin commands: no signing key and no mailer (see [`Auth::for_admin`]).
+    Cli,
+}
+
+/// A built `Auth` and the task writing its audit trail.
+pub struct Core {
+    pub auth: Auth,
+    audit_writer: JoinHandle<()>,
+}
+
+impl Core {
+    /// Lets go of the `Auth` and waits until the audit trail has what was recorded through it.
+    pub async fn close(self) {
+        drop(self.auth);
+        flush_audit(self.audit_writer).await;
+    }
+}
+
+/// Builds the core for `door`: the one place that knows how an `Auth` is made. No mail relay is
+/// contacted (SMTP connects at the first mail) and PostgreSQL only at the first query.
+pub async fn build_core(settings: &Settings, door: Door) -> anyhow::Result<Core> {
+    // SQLite gets its schema here (zero setup); PostgreSQL needs `authd migrate`.
+    let opened = Store::open(settings).await;
+    let store = match door {
+        Door::Server => opened.context("cannot prepare the database")?,
+        Door::Cli => opened?,
+    };
+    if door == Door::Server {
+        warn_about_serving_with(settings, &store);
+    }
+    let secret = match door {
+        Door::Server => Some(load_signing_secret(settings, true)?),
+        Door::Cli => None,
+    };
+    let metrics = Metrics::new();
+    let (audit, audit_writer) = AuditLog::start(store.clone(), metrics.audit_dropped.clone());
+    let auth = match &secret {
+        Some(secret) => Auth::from_settings(settings, store, secret, audit, metrics).await?,
+        None => Auth::for_admin(settings, store, audit, metrics).await?,
+    };
+    Ok(Core { auth, audit_writer })
+}
+
+/// What an operator starting a server should know about its settings.
+fn warn_about_serving_with(settings: &Settings, store: &Store) {
+    if store.backend() == Backend::Sqlite {
+        tracing::info!(
+            "using SQLite: fine for a single instance; run more than one instance on PostgreSQL"
+        );
+    }
+    if settings.mail.transport.is_development_only() {
+        tracing::warn!(
+            transport = ?settings.mail.transport,
+            "development-only mail transport: codes are not emailed"
+        );
+    }
+    if !settings.rate_limit.enabled {
+        tracing::warn!("rate_limit.enabled = false: no brute-force protection");
+    }
+}
+
+/// Waits for the audit writer, which ends once every handle on its queue is gone.
+async fn flush_audit(audit_writer: JoinHandle<()>) {
+    if tokio::time::timeout(Duration::from_secs(10), audit_writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("audit trail not fully written at shutdown");
+    }
+}
+
+/// Applies the pending migrations (`authd migrate`) and names them.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let store = Store::connect_lazy(settings)?;
+    store.migrate().await.context("cannot migrate the database")
+}
 
 /// A built server: bound to its port, ready to run.
 pub struct App {
@@ -41,32 +124,10 @@ impl App {
     /// Connects the pieces and binds the listener (port 0 picks a free port).
     pub async fn build(settings: &Settings) -> anyhow::Result<App> {
         settings.check_production()?;
-        // SQLite gets its schema here (zero setup); PostgreSQL needs `authd migrate`.
-        let store = Store::open(settings)
-            .await
-            .context("cannot prepare the database")?;
-        if store.backend() == Backend::Sqlite {
-            tracing::info!(
-                "using SQLite: fine for a single instance; run more than one instance on PostgreSQL"
-            );
-        }
-        if settings.mail.transport.is_development_only() {
-            tracing::warn!(
-                transport = ?settings.mail.transport,
-                "development-only mail transport: codes are not emailed"
-            );
-        }
-        if !settings.rate_limit.enabled {
-            tracing::warn!("rate_limit.enabled = false: no brute-force protection");
-        }
-        let secret = load_signing_secret(settings, true)?;
-        let metrics = Metrics::new();
-        let (audit, audit_writer) = AuditLog::start(store.clone(), metrics.audit_dropped.clone());
-        let auth = Auth::from_settings(settings, store, &secret, audit, metrics).await?;
+        let Core { auth, audit_writer } = build_core(settings, Door::Server).await?;
         let pruner = AbortOnDrop(crate::prune::spawn_pruner(
-            auth.store.clone(),
-            settings.audit.clone(),
-            auth.hasher.clone(),
+            auth.clone(),
+            Duration::from_secs(settings.audit.prune_interval_secs),
         ));
         let state = AppState::new(auth, settings)?;
         let listener = TcpListener::bind(&settings.http.addr)
@@ -155,15 +216,11 @@ impl App {
         if let Some(server) = metrics_server {
             let _ = server.await;
         }
-        // The router held the last handle on the audit queue: the writer now drains and ends.
-        if tokio::time::timeout(Duration::from_secs(10), audit_writer)
-            .await
-            .is_err()
-        {
-            tracing::warn!("audit trail not fully written at shutdown");
-        }
-        // A pruning pass cut short is rolled back and done again at the next start.
+        // A pruning pass cut short is rolled back and done again at the next start. The pruner
+        // goes first: its `Auth` holds a handle on the audit queue.
         drop(pruner);
+        // The routers held the other handles: the writer now drains and ends.
+        flush_audit(audit_writer).await;
         tracing::info!("authd stopped");
         Ok(())
     }

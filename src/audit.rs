@@ -33,6 +33,16 @@ pub enum EventKind {
     CodeEmailLimited,
     TwoFactorChanged,
     UserUnlocked,
+    /// `POST /logout`; the detail says the scope and how many sessions ended.
+    Logout,
+    /// One session ended by its user (`DELETE /sessions/{id}`) or by `authd session revoke`.
+    SessionRevoked,
+    /// A refresh token presented after it was rotated (past the grace period): the session
+    /// was revoked.
+    RefreshTokenReused,
+    UserDisabled,
+    UserEnabled,
+    UserDeleted,
 }
 
 impl EventKind {
@@ -52,15 +62,22 @@ impl EventKind {
             EventKind::CodeEmailLimited => "code_email_limited",
             EventKind::TwoFactorChanged => "two_factor_changed",
             EventKind::UserUnlocked => "user_unlocked",
+            EventKind::Logout => "logout",
+            EventKind::SessionRevoked => "session_revoked",
+            EventKind::RefreshTokenReused => "refresh_token_reused",
+            EventKind::UserDisabled => "user_disabled",
+            EventKind::UserEnabled => "user_enabled",
+            EventKind::UserDeleted => "user_deleted",
         }
     }
 
     /// The outcome column: success, failure or throttled.
     pub fn outcome(self) -> &'static str {
         match self {
-            EventKind::LoginFailed | EventKind::CodeSendFailed | EventKind::CodeRejected => {
-                "failure"
-            }
+            EventKind::LoginFailed
+            | EventKind::CodeSendFailed
+            | EventKind::CodeRejected
+            | EventKind::RefreshTokenReused => "failure",
             EventKind::LoginThrottled
             | EventKind::CodeThrottled
             | EventKind::SecondFactorLocked

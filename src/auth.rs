@@ -1,12 +1,12 @@
-//! The use cases: register, log in, exchange a code, read and manage users. Every door calls these.
+//! The use cases: register, log in, exchange a code, read and manage users, prune. Every door
+//! calls these methods of one `Auth`, built by `crate::app`.
 
 use anyhow::Context;
 use chrono::Utc;
 use uuid::Uuid;
 
-use crate::audit::{AuditLog, EventKind, SecurityEvent};
-use crate::config::RateLimitSettings;
-use crate::config::Settings;
+use crate::audit::{AuditLog, EventKind, EventQuery, RecordedEvent, SecurityEvent};
+use crate::config::{RateLimitSettings, SessionSettings, Settings};
 use crate::domain::{Email, Otp, Password, PersonName, User};
 use crate::error::{Error, FieldError, Result};
 use crate::keys::SigningSecret;
@@ -14,10 +14,12 @@ use crate::mail::Mailer;
 use crate::metrics::Metrics;
 use crate::otp::{CodeHasher, generate_code};
 use crate::password::PasswordHasher;
+use crate::session::{Presented, RefreshKeys, new_family};
 use crate::store::{
-    Attempt, Credentials, NewChallenge, NewUser, Reservation, Store, ThrottleRule, UserQuery,
+    Attempt, Credentials, NewChallenge, NewSession, NewUser, Pruned, Reservation, SessionInfo,
+    Store, ThrottleRule, UserListing, UserQuery,
 };
-use crate::token::{IssuedToken, TokenKeys, TokenKind};
+use crate::token::{IssuedToken, Subject, TokenKeys, TokenKind};
 use std::net::IpAddr;
 
 /// Raw registration input as it arrives from any door, before parsing.
@@ -115,116 +117,106 @@ impl Registration {
     }
 }
 
-/// Creates a user. The one path for `POST /register` and `authd user add`. The password
-/// policy, whose cost grows with the password, runs on the hashing pool like bcrypt: never on
-/// an async worker, and refused with 503 when the pool is full.
-pub async fn register(
-    store: &Store,
-    hasher: &PasswordHasher,
-    registration: Registration,
-) -> Result<User> {
-    let words = registration.personal_words();
-    if let Err(message) = hasher.check_policy(&registration.password, words).await? {
-        return Err(Error::validation("password", message));
-    }
-    let password_hash = hasher.hash(&registration.password).await?;
-    let user = store
-        .insert_user(NewUser {
-            id: Uuid::now_v7(),
-            email: registration.email.as_str().to_owned(),
-            password_hash,
-            first_name: registration.first_name.map(PersonName::into_string),
-            last_name: registration.last_name.map(PersonName::into_string),
-            two_factor_enabled: registration.two_factor_enabled,
-            created_at: Utc::now(),
-        })
-        .await?;
-    tracing::info!(user_id = %user.id, "user registered");
-    Ok(user)
-}
-
-/// Creates a user from the admin command line and records it in the audit trail.
-pub async fn add_user_by_admin(
-    store: &Store,
-    hasher: &PasswordHasher,
-    registration: Registration,
-) -> Result<User> {
-    let user = register(store, hasher, registration).await?;
-    store
-        .insert_events(
-            &[SecurityEvent::new(EventKind::UserAddedByAdmin).user(user.id, &user.email)],
-        )
-        .await?;
-    Ok(user)
-}
-
-pub async fn list_users(store: &Store, query: &UserQuery) -> Result<Vec<User>> {
-    let listings = store.list_users(query, Utc::now()).await?;
-    Ok(listings.into_iter().map(|listing| listing.user).collect())
-}
-
-/// Switches the second step on or off; takes effect at the user's next login.
-pub async fn set_two_factor(store: &Store, email: &Email, enabled: bool) -> Result<User> {
-    let user = store
-        .set_two_factor(email, enabled)
-        .await?
-        .ok_or(Error::UserNotFound)?;
-    tracing::info!(user_id = %user.id, enabled, "two-factor setting changed");
-    store
-        .insert_events(&[SecurityEvent::new(EventKind::TwoFactorChanged)
-            .user(user.id, &user.email)
-            .detail(if enabled { "on" } else { "off" })])
-        .await?;
-    Ok(user)
-}
-
-/// Clears the password and code locks of an account (`authd user unlock`) and records who
-/// did it. True when there was anything to clear.
-pub async fn unlock_user(store: &Store, email: &Email, actor: Actor) -> Result<bool> {
-    let user = store
-        .find_credentials(email)
-        .await?
-        .ok_or(Error::UserNotFound)?
-        .user;
-    let login = store.clear_failures(&login_key(email)).await?;
-    let otp = store.clear_failures(&otp_key(user.id)).await?;
-    store
-        .insert_events(&[SecurityEvent::new(EventKind::UserUnlocked)
-            .user(user.id, &user.email)
-            .detail(actor.as_str())])
-        .await?;
-    tracing::info!(user_id = %user.id, "account unlocked");
-    Ok(login || otp)
-}
-
 /// What a correct password leads to.
 #[derive(Debug)]
 pub enum LoginOutcome {
-    /// No second step: here is the access token.
-    Access(IssuedToken),
+    /// No second step: a session is open, here are its tokens.
+    Access(SessionTokens),
     /// A code was emailed; this token lets the client submit it.
     Challenge(IssuedToken),
 }
 
-/// Everything the HTTP API needs, built once at start-up and shared.
+/// What a login or a refresh hands out: an access token of the session and its refresh token.
+#[derive(Debug)]
+pub struct SessionTokens {
+    pub access: IssuedToken,
+    pub refresh_token: String,
+    /// Seconds until the refresh token dies unless used (never past the session's end).
+    pub refresh_expires_in: u64,
+}
+
+/// Which sessions `POST /logout` ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogoutScope {
+    /// The session of the access token.
+    #[default]
+    Current,
+    /// Every other session of the user.
+    Others,
+    /// Every session of the user.
+    All,
+}
+
+impl LogoutScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogoutScope::Current => "current",
+            LogoutScope::Others => "others",
+            LogoutScope::All => "all",
+        }
+    }
+}
+
+/// A session as its own user sees it in `GET /sessions`.
+#[derive(Debug, Clone)]
+pub struct OwnSession {
+    pub session: SessionInfo,
+    /// The session of the access token that asked.
+    pub current: bool,
+}
+
+/// The one entry into the core for every door: built once (see `crate::app`) and shared.
+/// Its parts are private so that a door can only do what a method allows.
 #[derive(Debug, Clone)]
 pub struct Auth {
-    pub store: Store,
-    pub hasher: PasswordHasher,
-    pub tokens: TokenKeys,
-    pub codes: CodeHasher,
-    pub mailer: Mailer,
-    pub max_attempts: u32,
-    pub limits: RateLimitSettings,
-    pub code_emails: CodeEmailQuota,
-    pub audit: AuditLog,
-    pub metrics: Metrics,
+    store: Store,
+    hasher: PasswordHasher,
+    /// What logging someone in takes besides the store; absent in an `Auth` built with
+    /// [`Auth::for_admin`].
+    sign_in: Option<SignIn>,
+    max_attempts: u32,
+    limits: RateLimitSettings,
+    code_emails: CodeEmailQuota,
+    /// Security events older than this many days are pruned.
+    retention_days: u32,
+    sessions: SessionSettings,
+    audit: AuditLog,
+    metrics: Metrics,
+}
+
+/// The signing keys, the code hasher and the mailer: needed to log someone in, by no
+/// administrative use case.
+#[derive(Debug, Clone)]
+struct SignIn {
+    tokens: TokenKeys,
+    codes: CodeHasher,
+    refresh: RefreshKeys,
+    mailer: Mailer,
 }
 
 /// Who is asking, as far as the door knows.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Client {
     pub ip: Option<IpAddr>,
+    /// The `User-Agent` the client sent, as `Client::user_agent` cleans it.
+    pub user_agent: Option<String>,
+}
+
+/// Most characters of a user agent a session keeps.
+pub const MAX_USER_AGENT_CHARS: usize = 256;
+
+impl Client {
+    /// A user agent as a session keeps it: control characters dropped, at most
+    /// [`MAX_USER_AGENT_CHARS`], none when nothing is left.
+    pub fn user_agent(raw: &str) -> Option<String> {
+        let cleaned: String = raw
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_USER_AGENT_CHARS)
+            .collect();
+        let cleaned = cleaned.trim();
+        (!cleaned.is_empty()).then(|| cleaned.to_owned())
+    }
 }
 
 fn login_key(email: &Email) -> String {
@@ -247,6 +239,16 @@ const MAX_LOCK_SECS: u64 = 24 * 60 * 60;
 
 fn micros_of(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+}
+
+fn invalid_refresh() -> Error {
+    Error::InvalidToken(
+        "this refresh token is unknown, expired, revoked or already used: log in again",
+    )
+}
+
+fn dead_session() -> Error {
+    Error::InvalidToken("this access token's session has ended: log in again")
 }
 
 fn dead_challenge() -> Error {
@@ -282,6 +284,7 @@ fn seconds_until(until: chrono::DateTime<Utc>) -> u64 {
 }
 
 impl Auth {
+    /// The core of the server: every use case, logging in included.
     pub async fn from_settings(
         settings: &Settings,
         store: Store,
@@ -289,35 +292,311 @@ impl Auth {
         audit: AuditLog,
         metrics: Metrics,
     ) -> anyhow::Result<Auth> {
+        let hasher = Auth::build_hasher(settings, &metrics).await?;
         let secret = secret.bytes();
-        let hasher = PasswordHasher::from_settings(&settings.password)
+        let sign_in = SignIn {
+            tokens: TokenKeys::new(secret, &settings.jwt),
+            codes: CodeHasher::from_secret(secret),
+            refresh: RefreshKeys::from_secret(secret),
+            mailer: Mailer::from_settings(settings).context("invalid mail settings")?,
+        };
+        Ok(Auth::new(
+            settings,
+            store,
+            hasher,
+            Some(sign_in),
+            audit,
+            metrics,
+        ))
+    }
+
+    /// The core of the admin commands: every use case but logging in. They issue no tokens and
+    /// send no mail, so they run without the signing key and with any mail settings.
+    pub async fn for_admin(
+        settings: &Settings,
+        store: Store,
+        audit: AuditLog,
+        metrics: Metrics,
+    ) -> anyhow::Result<Auth> {
+        let hasher = Auth::build_hasher(settings, &metrics).await?;
+        Ok(Auth::new(settings, store, hasher, None, audit, metrics))
+    }
+
+    async fn build_hasher(
+        settings: &Settings,
+        metrics: &Metrics,
+    ) -> anyhow::Result<PasswordHasher> {
+        Ok(PasswordHasher::from_settings(&settings.password)
             .await?
-            .with_metrics(metrics.clone());
-        Ok(Auth {
+            .with_metrics(metrics.clone()))
+    }
+
+    fn new(
+        settings: &Settings,
+        store: Store,
+        hasher: PasswordHasher,
+        sign_in: Option<SignIn>,
+        audit: AuditLog,
+        metrics: Metrics,
+    ) -> Auth {
+        Auth {
             limits: settings.rate_limit.clone(),
             code_emails: CodeEmailQuota {
                 max_per_account: settings.mail.max_codes_per_account,
                 window_secs: settings.mail.codes_window_secs,
             },
+            retention_days: settings.audit.retention_days,
+            sessions: settings.session.clone(),
             audit,
             metrics,
             store,
             hasher,
-            tokens: TokenKeys::new(secret, &settings.jwt),
-            codes: CodeHasher::from_secret(secret),
-            mailer: Mailer::from_settings(settings).context("invalid mail settings")?,
+            sign_in,
             max_attempts: settings.otp.max_attempts,
+        }
+    }
+
+    /// The parts a login needs; an `Auth` for the admin commands has none.
+    fn sign_in(&self) -> Result<&SignIn> {
+        self.sign_in.as_ref().ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!(
+                "this Auth was built for the admin commands: it logs no one in"
+            ))
         })
     }
 
+    /// Where the use cases count what they do; the HTTP door adds its request figures.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics in the Prometheus text format, with the database pool's figures.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(self.store.pool_usage())
+    }
+
+    /// `Ok` when the database answers.
+    pub async fn ready(&self) -> Result<()> {
+        self.store.ping().await
+    }
+
+    /// Creates a user (`POST /register`) and records it in the audit trail.
     pub async fn register(&self, registration: Registration, client: Client) -> Result<User> {
-        let user = register(&self.store, &self.hasher, registration).await?;
+        let user = self.create_user(registration).await?;
         self.audit.record(
             SecurityEvent::new(EventKind::UserRegistered)
                 .user(user.id, &user.email)
                 .client(client.ip),
         );
         Ok(user)
+    }
+
+    /// Creates a user for an administrator (`authd user add`), with the same rules as
+    /// [`Auth::register`], and records it in the audit trail.
+    pub async fn add_user(&self, registration: Registration) -> Result<User> {
+        let user = self.create_user(registration).await?;
+        self.record_admin_change(
+            SecurityEvent::new(EventKind::UserAddedByAdmin).user(user.id, &user.email),
+        )
+        .await?;
+        Ok(user)
+    }
+
+    /// The one path to a new user, whichever door asks. The password policy, whose cost grows
+    /// with the password, runs on the hashing pool like bcrypt: never on an async worker, and
+    /// refused with 503 when the pool is full.
+    async fn create_user(&self, registration: Registration) -> Result<User> {
+        let words = registration.personal_words();
+        if let Err(message) = self
+            .hasher
+            .check_policy(&registration.password, words)
+            .await?
+        {
+            return Err(Error::validation("password", message));
+        }
+        let password_hash = self.hasher.hash(&registration.password).await?;
+        let user = self
+            .store
+            .insert_user(NewUser {
+                id: Uuid::now_v7(),
+                email: registration.email.as_str().to_owned(),
+                password_hash,
+                first_name: registration.first_name.map(PersonName::into_string),
+                last_name: registration.last_name.map(PersonName::into_string),
+                two_factor_enabled: registration.two_factor_enabled,
+                created_at: Utc::now(),
+            })
+            .await?;
+        tracing::info!(user_id = %user.id, "user registered");
+        Ok(user)
+    }
+
+    /// Records an administrative change before the use case answers, unlike the events of the
+    /// request path, which are queued: the administrator learns it if the trail misses one.
+    async fn record_admin_change(&self, event: SecurityEvent) -> Result<()> {
+        self.store.insert_events(&[event]).await
+    }
+
+    /// Users, oldest first, filtered as `query` says, with their state and live sessions.
+    pub async fn list_users(&self, query: &UserQuery) -> Result<Vec<UserListing>> {
+        self.store.list_users(query, Utc::now()).await
+    }
+
+    /// Switches the second step on or off; takes effect at the user's next login, and ends
+    /// every session the user has (they were opened under the other rule).
+    pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<User> {
+        let user = self
+            .store
+            .set_two_factor(email, enabled)
+            .await?
+            .ok_or(Error::UserNotFound)?;
+        let ended = self
+            .store
+            .revoke_user_sessions(user.id, None, Utc::now())
+            .await?;
+        tracing::info!(user_id = %user.id, enabled, ended, "two-factor setting changed");
+        self.record_admin_change(
+            SecurityEvent::new(EventKind::TwoFactorChanged)
+                .user(user.id, &user.email)
+                .detail(if enabled { "on" } else { "off" }),
+        )
+        .await?;
+        Ok(user)
+    }
+
+    /// Disables a user (`authd user disable`): every session ends at once, and a login fails
+    /// as a wrong password would.
+    pub async fn disable_user(&self, email: &Email, actor: Actor) -> Result<User> {
+        let user = self
+            .store
+            .set_disabled(email, true, Utc::now())
+            .await?
+            .ok_or(Error::UserNotFound)?;
+        tracing::info!(user_id = %user.id, "user disabled");
+        self.record_admin_change(
+            SecurityEvent::new(EventKind::UserDisabled)
+                .user(user.id, &user.email)
+                .detail(actor.as_str()),
+        )
+        .await?;
+        Ok(user)
+    }
+
+    /// Lets a disabled user log in again; their ended sessions stay ended.
+    pub async fn enable_user(&self, email: &Email, actor: Actor) -> Result<User> {
+        let user = self
+            .store
+            .set_disabled(email, false, Utc::now())
+            .await?
+            .ok_or(Error::UserNotFound)?;
+        tracing::info!(user_id = %user.id, "user enabled");
+        self.record_admin_change(
+            SecurityEvent::new(EventKind::UserEnabled)
+                .user(user.id, &user.email)
+                .detail(actor.as_str()),
+        )
+        .await?;
+        Ok(user)
+    }
+
+    /// Deletes a user with their sessions and challenges; the audit trail keeps their events.
+    pub async fn delete_user(&self, email: &Email, actor: Actor) -> Result<User> {
+        let user = self
+            .store
+            .delete_user(email)
+            .await?
+            .ok_or(Error::UserNotFound)?;
+        tracing::info!(user_id = %user.id, "user deleted");
+        self.record_admin_change(
+            SecurityEvent::new(EventKind::UserDeleted)
+                .user(user.id, &user.email)
+                .detail(actor.as_str()),
+        )
+        .await?;
+        Ok(user)
+    }
+
+    /// The user an email address names (for the admin commands).
+    pub async fn find_user(&self, email: &Email) -> Result<User> {
+        self.store
+            .find_user_by_email(email)
+            .await?
+            .ok_or(Error::UserNotFound)
+    }
+
+    /// Live sessions, of one user or of everyone, newest first, at most `limit`.
+    pub async fn list_sessions(&self, user: Option<&User>, limit: u32) -> Result<Vec<SessionInfo>> {
+        self.store
+            .list_sessions(user.map(|u| u.id), Utc::now(), limit)
+            .await
+    }
+
+    /// Ends one live session (`authd session revoke ID`).
+    pub async fn revoke_session(&self, id: Uuid, actor: Actor) -> Result<()> {
+        let user_id = self
+            .store
+            .revoke_session(id, None, Utc::now())
+            .await?
+            .ok_or(Error::SessionNotFound)?;
+        let mut event = SecurityEvent::new(EventKind::SessionRevoked).detail(actor.as_str());
+        event.user_id = Some(user_id);
+        self.record_admin_change(event).await
+    }
+
+    /// Ends every live session of a user (`authd session revoke --user EMAIL`); how many.
+    pub async fn revoke_user_sessions(&self, email: &Email, actor: Actor) -> Result<u64> {
+        let user = self.find_user(email).await?;
+        let ended = self
+            .store
+            .revoke_user_sessions(user.id, None, Utc::now())
+            .await?;
+        self.record_admin_change(
+            SecurityEvent::new(EventKind::SessionRevoked)
+                .user(user.id, &user.email)
+                .detail(format!("{} ({ended} sessions)", actor.as_str())),
+        )
+        .await?;
+        Ok(ended)
+    }
+
+    /// Clears the password and code locks of an account and records who did it. True when
+    /// there was anything to clear.
+    pub async fn unlock_user(&self, email: &Email, actor: Actor) -> Result<bool> {
+        let user = self
+            .store
+            .find_credentials(email)
+            .await?
+            .ok_or(Error::UserNotFound)?
+            .user;
+        let login = self.store.clear_failures(&login_key(email)).await?;
+        let otp = self.store.clear_failures(&otp_key(user.id)).await?;
+        self.record_admin_change(
+            SecurityEvent::new(EventKind::UserUnlocked)
+                .user(user.id, &user.email)
+                .detail(actor.as_str()),
+        )
+        .await?;
+        tracing::info!(user_id = %user.id, "account unlocked");
+        Ok(login || otp)
+    }
+
+    /// The audit trail, newest first.
+    pub async fn list_events(&self, query: &EventQuery) -> Result<Vec<RecordedEvent>> {
+        self.store.list_events(query).await
+    }
+
+    /// One pruning pass: expired challenges, idle throttle rows, events past
+    /// `audit.retention_days`. `wait`: on PostgreSQL, wait for another instance's pass to end
+    /// instead of skipping (`None`) this one.
+    pub async fn prune(&self, wait: bool) -> Result<Option<Pruned>> {
+        let now = Utc::now();
+        let events_before = now - chrono::Duration::days(i64::from(self.retention_days));
+        self.store.prune(now, events_before, wait).await
+    }
+
+    /// Points the dummy hash (checked for unknown emails) at the cost most stored hashes have.
+    pub async fn calibrate_dummy_hash(&self) -> Result<()> {
+        crate::prune::calibrate_dummy_hash(&self.store, &self.hasher).await
     }
 
     /// Password guesses: every `login_failures_per_account` consecutive failures lock the
@@ -427,6 +706,7 @@ impl Auth {
         password: &str,
         client: Client,
     ) -> Result<LoginOutcome> {
+        let sign_in = self.sign_in()?;
         let email = Email::parse(email).ok();
         // The hashing place first: a login refused with 503 counts nothing.
         let slot = self.hasher.admit()?;
@@ -455,13 +735,16 @@ impl Auth {
             .verify_admitted(slot, password, stored_hash)
             .await?;
         let user = match credentials {
-            Some(c) if matched => {
+            Some(c) if matched && !c.disabled => {
                 self.upgrade_hash(&c, password);
                 c.user
             }
             known => {
                 tracing::info!("login refused: invalid credentials");
                 let mut event = SecurityEvent::new(EventKind::LoginFailed).client(client.ip);
+                if known.as_ref().is_some_and(|c| c.disabled) {
+                    event = event.detail("account disabled");
+                }
                 // Unknown addresses are counted too (by the reservation), so a lock says
                 // nothing about existence.
                 if let Some(email) = &email {
@@ -488,10 +771,8 @@ impl Auth {
                     .user(user.id, &user.email)
                     .client(client.ip),
             );
-            let token = self
-                .tokens
-                .issue(TokenKind::Access, user.id, Uuid::new_v4())?;
-            return Ok(LoginOutcome::Access(token));
+            let tokens = self.open_session(sign_in, user.id, &client).await?;
+            return Ok(LoginOutcome::Access(tokens));
         }
         if let Err(err) = self
             .ensure_not_locked(&otp_key(user.id), &self.otp_rule())
@@ -514,7 +795,7 @@ impl Auth {
             self.metrics.throttle("code_email");
             return Err(err);
         }
-        let sent = self.start_challenge(&user).await;
+        let sent = self.start_challenge(sign_in, &user).await;
         let kind = if sent.is_ok() {
             self.metrics.code("sent");
             EventKind::CodeSent
@@ -561,24 +842,24 @@ impl Auth {
     /// Stores a hashed code, emails it, and only then retires older challenges and hands out
     /// the challenge token. If the mail fails the new challenge is deleted, and since its
     /// token was never issued nothing usable is left behind.
-    async fn start_challenge(&self, user: &User) -> Result<IssuedToken> {
+    async fn start_challenge(&self, sign_in: &SignIn, user: &User) -> Result<IssuedToken> {
         let email = Email::parse(&user.email).map_err(|e| anyhow::anyhow!("stored email: {e}"))?;
         // Time-ordered, so a challenge retires only the ones started before it: concurrent logins
         // of one user cannot retire each other's newest challenge.
         let id = Uuid::now_v7();
         let code = generate_code();
-        let ttl = self.tokens.ttl_secs(TokenKind::Challenge);
+        let ttl = sign_in.tokens.ttl_secs(TokenKind::Challenge);
         let now = Utc::now();
         self.store
             .insert_challenge(&NewChallenge {
                 id,
                 user_id: user.id,
-                code_hash: self.codes.hash(id, code.as_str()),
+                code_hash: sign_in.codes.hash(id, code.as_str()),
                 expires_at: now + chrono::Duration::seconds(ttl as i64),
                 created_at: now,
             })
             .await?;
-        if let Err(err) = self.mailer.send_code(&email, &code, ttl).await {
+        if let Err(err) = sign_in.mailer.send_code(&email, &code, ttl).await {
             if let Err(cleanup) = self.store.delete_challenge(id).await {
                 tracing::warn!(error = %cleanup, "could not delete undelivered challenge");
             }
@@ -588,7 +869,7 @@ impl Auth {
             .retire_challenges_except(user.id, id, Utc::now())
             .await?;
         tracing::info!(user_id = %user.id, "login code sent");
-        self.tokens.issue(TokenKind::Challenge, user.id, id)
+        sign_in.tokens.issue(TokenKind::Challenge, user.id, id)
     }
 
     /// Exchanges a challenge token and the emailed code for an access token, at most once.
@@ -597,8 +878,11 @@ impl Auth {
         challenge_token: &str,
         otp: &Otp,
         client: Client,
-    ) -> Result<IssuedToken> {
-        let claims = self.tokens.verify(TokenKind::Challenge, challenge_token)?;
+    ) -> Result<SessionTokens> {
+        let sign_in = self.sign_in()?;
+        let claims = sign_in
+            .tokens
+            .verify(TokenKind::Challenge, challenge_token)?;
         let key = otp_key(claims.sub);
         let event = |kind| {
             let mut event = SecurityEvent::new(kind).client(client.ip);
@@ -621,7 +905,7 @@ impl Auth {
                 return Err(err);
             }
         };
-        let hash = self.codes.hash_otp(claims.jti, otp);
+        let hash = sign_in.codes.hash_otp(claims.jti, otp);
         match self
             .store
             .attempt_challenge(claims.jti, claims.sub, &hash, self.max_attempts, Utc::now())
@@ -632,8 +916,7 @@ impl Auth {
                 self.clear_failures(&key).await?;
                 self.audit.record(event(EventKind::CodeAccepted));
                 self.metrics.code("accepted");
-                self.tokens
-                    .issue(TokenKind::Access, claims.sub, Uuid::new_v4())
+                self.open_session(sign_in, claims.sub, &client).await
             }
             Attempt::Rejected { remaining } => {
                 tracing::info!(user_id = %claims.sub, remaining, "wrong code");
@@ -657,13 +940,232 @@ impl Auth {
     }
 
     /// The user an access token belongs to.
+    /// The user of a valid access token whose session is live, in one query of the user and
+    /// the session: a revoked or expired session, or a disabled or deleted user, is refused at
+    /// the token's next use on every instance.
     pub async fn current_user(&self, access_token: &str) -> Result<User> {
-        let subject = self.tokens.access_subject(access_token)?;
-        self.store
-            .find_user(subject.user)
-            .await?
-            .ok_or(Error::InvalidToken("the account no longer exists"))
+        Ok(self.authenticate(access_token).await?.0)
     }
+
+    async fn authenticate(&self, access_token: &str) -> Result<(User, Uuid)> {
+        let Subject { user, session } = self.sign_in()?.tokens.access_subject(access_token)?;
+        // Tokens issued before sessions existed carry no `sid`: they belong to no session.
+        let session = session.ok_or_else(dead_session)?;
+        let user = self
+            .store
+            .find_session_user(user, session, Utc::now())
+            .await?
+            .ok_or_else(dead_session)?;
+        Ok((user, session))
+    }
+
+    /// Opens a session for a user who just proved who they are, and hands out its tokens.
+    async fn open_session(
+        &self,
+        sign_in: &SignIn,
+        user_id: Uuid,
+        client: &Client,
+    ) -> Result<SessionTokens> {
+        let now = Utc::now();
+        let id = Uuid::now_v7();
+        let family = new_family();
+        let (refresh_token, refresh_hash) = sign_in.refresh.token(&family, 0);
+        let expires_at = now + seconds(self.sessions.refresh_ttl_secs);
+        let absolute_expires_at = now + seconds(self.sessions.absolute_ttl_secs);
+        let ended = self
+            .store
+            .insert_session(
+                &NewSession {
+                    id,
+                    user_id,
+                    family: family.to_vec(),
+                    refresh_hash: refresh_hash.to_vec(),
+                    created_at: now,
+                    expires_at,
+                    absolute_expires_at,
+                    client_ip: client.ip.map(|ip| ip.to_string()),
+                    user_agent: client.user_agent.clone(),
+                },
+                self.sessions.max_per_user,
+            )
+            .await?;
+        if ended > 0 {
+            tracing::info!(%user_id, ended, "oldest sessions ended: session.max_per_user reached");
+        }
+        Ok(SessionTokens {
+            access: sign_in.tokens.issue_access(user_id, id)?,
+            refresh_token,
+            refresh_expires_in: seconds_between(now, expires_at.min(absolute_expires_at)),
+        })
+    }
+
+    /// Exchanges a refresh token for a new access token and the chain's next refresh token
+    /// (`POST /token/refresh`). Of parallel refreshes of one token exactly one rotates; the
+    /// others, and a client that lost the answer, get the session's current tokens while the
+    /// rotation is younger than `session.reuse_grace_secs`. A rotated token presented later is
+    /// reuse: the session is revoked, every token descended from it with it.
+    pub async fn refresh(&self, refresh_token: &str, client: Client) -> Result<SessionTokens> {
+        let sign_in = self.sign_in()?;
+        let presented = Presented::parse(refresh_token).ok_or_else(invalid_refresh)?;
+        // A lost race means another refresh rotated first; the next look sees its result, so
+        // two looks decide every case but a third rotation in between.
+        for _ in 0..3 {
+            let chain = self
+                .store
+                .find_session_chain(&presented.family)
+                .await?
+                .ok_or_else(invalid_refresh)?;
+            let now = Utc::now();
+            if chain.revoked_at.is_some() || chain.expires_at <= now || chain.user_disabled {
+                return Err(invalid_refresh());
+            }
+            if presented.matches(&chain.refresh_hash) {
+                let (next, next_hash) = sign_in
+                    .refresh
+                    .token(&presented.family, chain.generation + 1);
+                let expires_at = now + seconds(self.sessions.refresh_ttl_secs);
+                let rotated = self
+                    .store
+                    .rotate_session(
+                        chain.id,
+                        chain.generation,
+                        &presented.hash,
+                        &next_hash,
+                        now,
+                        expires_at,
+                    )
+                    .await?;
+                if !rotated {
+                    continue;
+                }
+                self.metrics.refresh("rotated");
+                return Ok(SessionTokens {
+                    access: sign_in.tokens.issue_access(chain.user_id, chain.id)?,
+                    refresh_token: next,
+                    refresh_expires_in: seconds_between(
+                        now,
+                        expires_at.min(chain.absolute_expires_at),
+                    ),
+                });
+            }
+            let just_rotated = chain
+                .previous_hash
+                .as_deref()
+                .is_some_and(|p| presented.matches(p))
+                && chain
+                    .rotated_at
+                    .is_some_and(|at| now < at + seconds(self.sessions.reuse_grace_secs));
+            if just_rotated {
+                let (current, current_hash) =
+                    sign_in.refresh.token(&presented.family, chain.generation);
+                // Only a changed server secret makes these differ; then nothing can be replayed.
+                if current_hash.as_slice() != chain.refresh_hash.as_slice() {
+                    return Err(invalid_refresh());
+                }
+                self.metrics.refresh("replayed");
+                return Ok(SessionTokens {
+                    access: sign_in.tokens.issue_access(chain.user_id, chain.id)?,
+                    refresh_token: current,
+                    refresh_expires_in: seconds_between(now, chain.expires_at),
+                });
+            }
+            // An older token of this chain: someone kept a copy. End the session.
+            let revoked = self.store.revoke_session(chain.id, None, now).await?;
+            self.metrics.refresh("reused");
+            tracing::warn!(user_id = %chain.user_id, session = %chain.id, "refresh token reused: session revoked");
+            if revoked.is_some() {
+                let mut event = SecurityEvent::new(EventKind::RefreshTokenReused)
+                    .client(client.ip)
+                    .detail(format!("session {} revoked", chain.id));
+                event.user_id = Some(chain.user_id);
+                self.audit.record(event);
+            }
+            return Err(invalid_refresh());
+        }
+        Err(Error::Unavailable("session store"))
+    }
+
+    /// Ends the session of an access token, the user's other sessions, or all of them
+    /// (`POST /logout`).
+    pub async fn logout(
+        &self,
+        access_token: &str,
+        scope: LogoutScope,
+        client: Client,
+    ) -> Result<()> {
+        let (user, session) = self.authenticate(access_token).await?;
+        let now = Utc::now();
+        let ended = match scope {
+            LogoutScope::Current => u64::from(
+                self.store
+                    .revoke_session(session, Some(user.id), now)
+                    .await?
+                    .is_some(),
+            ),
+            LogoutScope::Others => {
+                self.store
+                    .revoke_user_sessions(user.id, Some(session), now)
+                    .await?
+            }
+            LogoutScope::All => self.store.revoke_user_sessions(user.id, None, now).await?,
+        };
+        self.audit.record(
+            SecurityEvent::new(EventKind::Logout)
+                .user(user.id, &user.email)
+                .client(client.ip)
+                .detail(format!("{} ({ended} sessions)", scope.as_str())),
+        );
+        Ok(())
+    }
+
+    /// The live sessions of the access token's user, newest first (`GET /sessions`).
+    pub async fn own_sessions(&self, access_token: &str) -> Result<Vec<OwnSession>> {
+        let (user, current) = self.authenticate(access_token).await?;
+        let sessions = self
+            .store
+            .list_sessions(Some(user.id), Utc::now(), self.sessions.max_per_user)
+            .await?;
+        Ok(sessions
+            .into_iter()
+            .map(|session| OwnSession {
+                current: session.id == current,
+                session,
+            })
+            .collect())
+    }
+
+    /// Ends one of the access token's user's own sessions (`DELETE /sessions/{id}`); anyone
+    /// else's, or one already ended, is not found.
+    pub async fn revoke_own_session(
+        &self,
+        access_token: &str,
+        id: Uuid,
+        client: Client,
+    ) -> Result<()> {
+        let (user, _) = self.authenticate(access_token).await?;
+        self.store
+            .revoke_session(id, Some(user.id), Utc::now())
+            .await?
+            .ok_or(Error::SessionNotFound)?;
+        self.audit.record(
+            SecurityEvent::new(EventKind::SessionRevoked)
+                .user(user.id, &user.email)
+                .client(client.ip)
+                .detail(format!("by user: session {id}")),
+        );
+        Ok(())
+    }
+}
+
+fn seconds(secs: u64) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+/// Seconds from `from` to `to`, rounded up (none when `to` has passed).
+fn seconds_between(from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>) -> u64 {
+    u64::try_from((to - from).num_milliseconds())
+        .unwrap_or(0)
+        .div_ceil(1000)
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ pub enum Error {
     InvalidOtp { remaining: u32 },
     #[error("no user with this email address")]
     UserNotFound,
+    /// No live session with this id belongs to the caller (or, for an admin, exists).
+    #[error("no such session")]
+    SessionNotFound,
     #[error("invalid input: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
     Validation(Vec<FieldError>),
     /// Too many failures or requests: try again after `retry_after_secs`.

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub logins: IntCounterVec,
     pub codes: IntCounterVec,
+    pub refreshes: IntCounterVec,
     pub throttled: IntCounterVec,
     connections_refused: IntCounterVec,
     pub bcrypt_duration: HistogramVec,
@@ -71,6 +72,14 @@ impl Metrics {
             &["event"],
         )
         .expect("valid metric");
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "refreshes_total",
+                "Refresh-token uses by outcome: rotated, replayed (within the grace period), reused (session revoked)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let throttled = IntCounterVec::new(
             Opts::new(
                 "throttled_total",
@@ -114,6 +123,7 @@ impl Metrics {
             Box::new(http_duration.clone()),
             Box::new(logins.clone()),
             Box::new(codes.clone()),
+            Box::new(refreshes.clone()),
             Box::new(throttled.clone()),
             Box::new(connections_refused.clone()),
             Box::new(bcrypt_duration.clone()),
@@ -130,6 +140,7 @@ impl Metrics {
             http_duration,
             logins,
             codes,
+            refreshes,
             throttled,
             connections_refused,
             bcrypt_duration,
@@ -144,6 +155,10 @@ impl Metrics {
 
     pub fn code(&self, event: &str) {
         self.codes.with_label_values(&[event]).inc();
+    }
+
+    pub fn refresh(&self, outcome: &str) {
+        self.refreshes.with_label_values(&[outcome]).inc();
     }
 
     pub fn throttle(&self, limit: &str) {

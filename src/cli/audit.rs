@@ -3,12 +3,11 @@
 use anyhow::Context;
 use clap::Args;
 
-use super::{OutputFormat, format_utc, new_table};
+use super::{OutputFormat, format_utc, new_table, with_auth};
 use crate::audit::{EventQuery, RecordedEvent};
 use crate::config::Settings;
 use crate::domain::Email;
 use crate::error::Error;
-use crate::store::Store;
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -31,14 +30,16 @@ pub async fn run(args: AuditArgs, settings: &Settings) -> anyhow::Result<()> {
         .map(Email::parse)
         .transpose()
         .map_err(|message| Error::validation("user", message))?;
-    let store = Store::open(settings).await?;
-    let events = store
-        .list_events(&EventQuery {
-            email: email.map(|e| e.as_str().to_owned()),
-            limit: args.limit,
-        })
-        .await
-        .context("cannot read the audit trail")?;
+    let query = EventQuery {
+        email: email.map(|e| e.as_str().to_owned()),
+        limit: args.limit,
+    };
+    let events = with_auth(settings, async |auth| {
+        auth.list_events(&query)
+            .await
+            .context("cannot read the audit trail")
+    })
+    .await?;
     match args.format {
         OutputFormat::Table if events.is_empty() => println!("no events"),
         OutputFormat::Table => println!("{}", events_table(&events)),
@@ -55,11 +56,13 @@ pub struct PruneArgs {
 }
 
 pub async fn prune(args: PruneArgs, settings: &Settings) -> anyhow::Result<()> {
-    let store = Store::open(settings).await?;
-    let pruned = crate::prune::prune_once(&store, &settings.audit, true)
-        .await
-        .context("cannot prune")?
-        .context("the pruning lock was not granted")?;
+    let pruned = with_auth(settings, async |auth| {
+        auth.prune(true)
+            .await
+            .context("cannot prune")?
+            .context("the pruning lock was not granted")
+    })
+    .await?;
     match args.format {
         OutputFormat::Table => println!(
             "removed {} expired challenges, {} idle throttle rows, {} audit events older than {} days",

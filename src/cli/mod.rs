@@ -2,25 +2,25 @@
 
 mod audit;
 mod healthcheck;
-mod token;
+mod session;
+pub(crate) mod token;
 mod user;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::app::App;
+use crate::app::{self, App, Door};
+use crate::auth::Auth;
 use crate::config::Settings;
 use crate::error::Error;
-use crate::store::Store;
 
 const EXIT_CODES: &str = "Exit codes:
   0  success
-  1  the input is wrong or was refused (bad arguments, invalid email, duplicate, unknown user,
-     invalid token)
+  1  the input is wrong or was refused (bad arguments, invalid email, duplicate, unknown user
+     or session, invalid token, a deletion not confirmed)
   2  the system failed (database unreachable, bad configuration)";
 
 /// authd: a small, self-hosted login server with emailed one-time codes.
@@ -56,6 +56,9 @@ pub enum Command {
     /// Manage users directly in the database.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// List and end sessions (logins) directly in the database.
+    #[command(subcommand)]
+    Session(session::SessionCommand),
     /// Inspect tokens (works without a database).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -152,6 +155,7 @@ pub async fn run(cli: Cli, settings: anyhow::Result<Settings>) -> anyhow::Result
         Command::Serve => serve(&settings).await,
         Command::Migrate => migrate(&settings).await,
         Command::User(command) => user::run(command, &settings).await,
+        Command::Session(command) => session::run(command, &settings).await,
         Command::Token(command) => token::run(command, &settings),
         Command::Audit(args) => audit::run(args, &settings).await,
         Command::Prune(args) => audit::prune(args, &settings).await,
@@ -165,12 +169,20 @@ async fn serve(settings: &Settings) -> anyhow::Result<()> {
     app.run_until_stopped().await
 }
 
+/// Runs `work` on the core built for the admin commands, then waits for its audit writer, so
+/// that everything recorded is stored before the process exits.
+async fn with_auth<T>(
+    settings: &Settings,
+    work: impl AsyncFnOnce(&Auth) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let core = app::build_core(settings, Door::Cli).await?;
+    let result = work(&core.auth).await;
+    core.close().await;
+    result
+}
+
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let store = Store::connect_lazy(settings)?;
-    let applied = store
-        .migrate()
-        .await
-        .context("cannot migrate the database")?;
+    let applied = app::migrate(settings).await?;
     if applied.is_empty() {
         println!("database is up to date: no pending migrations");
     } else {

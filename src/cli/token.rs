@@ -123,7 +123,7 @@ const CLAIM_ORDER: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"]
 /// The token's own text for a terminal: control characters (ESC, CR, ...) and bidirectional
 /// overrides shown as `\u{1b}` escapes, so a forged claim cannot move the cursor, clear the
 /// screen or reorder what is shown. JSON output needs none of this: serde escapes them.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let mut shown = String::with_capacity(text.len());
     for c in text.chars() {
         let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');

@@ -1,4 +1,5 @@
-//! `authd user ...`: add, list and switch two-factor login, through the same use cases as the API.
+//! `authd user ...`: add, list, switch two-factor login, unlock, disable, enable and delete,
+//! through the same use cases as the API.
 
 use std::io::BufRead;
 
@@ -6,13 +7,14 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::Table;
 
-use super::{EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table};
-use crate::auth::{self, Actor, Registration, RegistrationInput};
+use super::{
+    EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table, with_auth,
+};
+use crate::auth::{Actor, Registration, RegistrationInput};
 use crate::config::Settings;
 use crate::domain::{Email, Password, User};
 use crate::error::Error;
-use crate::password::PasswordHasher;
-use crate::store::{Store, UserQuery};
+use crate::store::{UserListing, UserQuery};
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -33,6 +35,26 @@ pub enum UserCommand {
     /// rate_limit.otp_failures_per_account consecutive wrong codes, which only this lifts).
     #[command(after_help = EXIT_CODES)]
     Unlock(UnlockArgs),
+    /// Stop a user from logging in: every session ends at once (their access tokens are
+    /// refused at the next request), and a login fails as a wrong password would.
+    #[command(after_help = EXIT_CODES)]
+    Disable(UnlockArgs),
+    /// Let a disabled user log in again (their ended sessions stay ended).
+    #[command(after_help = EXIT_CODES)]
+    Enable(UnlockArgs),
+    /// Delete a user with their sessions and pending logins; the audit trail keeps their
+    /// events. Asks for confirmation on a terminal; without one, needs --yes.
+    #[command(after_help = EXIT_CODES)]
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Email address of the user.
+    email: String,
+    /// Delete without asking.
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -65,7 +87,8 @@ pub struct AddArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Output format: a table, or a JSON array of the User objects the API returns.
+    /// Output format: a table, or a JSON array of the User objects the API returns, each with
+    /// `disabled` and `sessions` (live sessions) added.
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
     /// Show at most N users.
@@ -100,7 +123,69 @@ pub async fn run(command: UserCommand, settings: &Settings) -> anyhow::Result<()
         UserCommand::List(args) => list_users(args, settings).await,
         UserCommand::SetTwoFactor(args) => set_two_factor(args, settings).await,
         UserCommand::Unlock(args) => unlock(args, settings).await,
+        UserCommand::Disable(args) => switch_access(&args.email, false, settings).await,
+        UserCommand::Enable(args) => switch_access(&args.email, true, settings).await,
+        UserCommand::Delete(args) => delete(args, settings).await,
     }
+}
+
+fn parse_email(raw: &str) -> Result<Email, Error> {
+    Email::parse(raw).map_err(|message| Error::validation("email", message))
+}
+
+async fn switch_access(raw: &str, enable: bool, settings: &Settings) -> anyhow::Result<()> {
+    let email = parse_email(raw)?;
+    let user = with_auth(settings, async |auth| {
+        let changed = if enable {
+            auth.enable_user(&email, Actor::Cli).await
+        } else {
+            auth.disable_user(&email, Actor::Cli).await
+        };
+        changed.with_context(|| format!("cannot change {email}"))
+    })
+    .await?;
+    if enable {
+        println!("{} is enabled: they can log in again", user.email);
+    } else {
+        println!(
+            "{} is disabled: their sessions ended and they cannot log in",
+            user.email
+        );
+    }
+    Ok(())
+}
+
+async fn delete(args: DeleteArgs, settings: &Settings) -> anyhow::Result<()> {
+    let email = parse_email(&args.email)?;
+    if !args.yes {
+        if !is_interactive() {
+            return Err(UserError(format!(
+                "deleting {email} needs confirmation: run on a terminal, or pass --yes"
+            ))
+            .into());
+        }
+        let prompt = format!("Delete {email} with their sessions? This cannot be undone");
+        let confirmed = tokio::task::spawn_blocking(move || {
+            dialoguer::Confirm::new()
+                .with_prompt(prompt)
+                .default(false)
+                .interact()
+        })
+        .await
+        .context("input task failed")?
+        .context("cannot read the answer from the terminal")?;
+        if !confirmed {
+            return Err(UserError(format!("{email} was not deleted")).into());
+        }
+    }
+    let user = with_auth(settings, async |auth| {
+        auth.delete_user(&email, Actor::Cli)
+            .await
+            .with_context(|| format!("cannot delete {email}"))
+    })
+    .await?;
+    println!("deleted {} ({})", user.email, user.id);
+    Ok(())
 }
 
 async fn add_user(args: AddArgs, settings: &Settings) -> anyhow::Result<()> {
@@ -110,12 +195,13 @@ async fn add_user(args: AddArgs, settings: &Settings) -> anyhow::Result<()> {
         .await
         .context("input task failed")??;
     let registration = Registration::parse(input)?;
-    let store = Store::open(settings).await?;
-    let hasher = PasswordHasher::from_settings(&settings.password).await?;
     let email = registration.email.clone();
-    let user = auth::add_user_by_admin(&store, &hasher, registration)
-        .await
-        .with_context(|| format!("cannot add {email}"))?;
+    let user = with_auth(settings, async |auth| {
+        auth.add_user(registration)
+            .await
+            .with_context(|| format!("cannot add {email}"))
+    })
+    .await?;
     match format {
         OutputFormat::Table => {
             println!("created user {}", user.email);
@@ -206,14 +292,14 @@ fn read_password_line(input: &mut impl BufRead) -> anyhow::Result<String> {
 }
 
 async fn list_users(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
-    let store = Store::open(settings).await?;
     let query = UserQuery {
         search: args.search,
         limit: args.limit,
     };
-    let users = auth::list_users(&store, &query)
-        .await
-        .context("cannot list users")?;
+    let users = with_auth(settings, async |auth| {
+        auth.list_users(&query).await.context("cannot list users")
+    })
+    .await?;
     match args.format {
         OutputFormat::Table if users.is_empty() => println!("no users"),
         OutputFormat::Table => println!("{}", users_table(&users)),
@@ -225,10 +311,12 @@ async fn list_users(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
 async fn set_two_factor(args: SetTwoFactorArgs, settings: &Settings) -> anyhow::Result<()> {
     let email = Email::parse(&args.email).map_err(|message| Error::validation("email", message))?;
     let enabled = args.state == Switch::On;
-    let store = Store::open(settings).await?;
-    let user = auth::set_two_factor(&store, &email, enabled)
-        .await
-        .with_context(|| format!("cannot change two-factor login for {email}"))?;
+    let user = with_auth(settings, async |auth| {
+        auth.set_two_factor(&email, enabled)
+            .await
+            .with_context(|| format!("cannot change two-factor login for {email}"))
+    })
+    .await?;
     let next_login = if enabled {
         "password, then a code sent by email"
     } else {
@@ -244,10 +332,12 @@ async fn set_two_factor(args: SetTwoFactorArgs, settings: &Settings) -> anyhow::
 
 async fn unlock(args: UnlockArgs, settings: &Settings) -> anyhow::Result<()> {
     let email = Email::parse(&args.email).map_err(|message| Error::validation("email", message))?;
-    let store = Store::open(settings).await?;
-    let cleared = auth::unlock_user(&store, &email, Actor::Cli)
-        .await
-        .with_context(|| format!("cannot unlock {email}"))?;
+    let cleared = with_auth(settings, async |auth| {
+        auth.unlock_user(&email, Actor::Cli)
+            .await
+            .with_context(|| format!("cannot unlock {email}"))
+    })
+    .await?;
     if cleared {
         println!("unlocked {email}: password and code attempts start from zero");
     } else {
@@ -256,15 +346,23 @@ async fn unlock(args: UnlockArgs, settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn users_table(users: &[User]) -> Table {
+fn users_table(users: &[UserListing]) -> Table {
     let mut table = new_table();
-    table.set_header(["email", "name", "2FA", "created"]);
-    for user in users {
+    table.set_header(["email", "name", "2FA", "created", "state", "sessions"]);
+    for listing in users {
+        let user = &listing.user;
         table.add_row([
             user.email.clone(),
             full_name(user),
             on_off(user.two_factor_enabled).to_owned(),
             format_utc(user.created_at),
+            if listing.disabled {
+                "disabled"
+            } else {
+                "enabled"
+            }
+            .to_owned(),
+            listing.sessions.to_string(),
         ]);
     }
     table

@@ -67,6 +67,11 @@ impl FromRequestParts<AppState> for Client {
     ) -> Result<Self, Self::Rejection> {
         Ok(Client {
             ip: state.client_address.of_request(parts),
+            user_agent: parts
+                .headers
+                .get(axum::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Client::user_agent),
         })
     }
 }

@@ -51,6 +51,17 @@ struct KnownRoute {
 }
 
 impl KnownRoute {
+    /// Whether a request path is this route's: exactly, or for a path ending in `{id}`, the
+    /// same prefix and one more segment.
+    fn matches(&self, path: &str) -> bool {
+        match self.path.strip_suffix("{id}") {
+            Some(prefix) => path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')),
+            None => self.path == path,
+        }
+    }
+
     fn ok_series(&self, method: &Method, status: StatusCode) -> Option<&OnceLock<RequestSeries>> {
         match (status, method) {
             (StatusCode::OK, &Method::GET) => Some(&self.ok[0]),
@@ -162,7 +173,7 @@ impl Envelope {
         let known = self
             .routes
             .iter()
-            .find(|route| route.path == request.uri().path());
+            .find(|route| route.matches(request.uri().path()));
         let (route, handler_logs) = known.map_or(("other", HandlerLogs::No), |r| (r.path, r.logs));
         let path: std::borrow::Cow<'static, str> = match known {
             Some(known) => known.path.into(),

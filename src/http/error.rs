@@ -1,6 +1,6 @@
 //! `ApiError`: the core error in HTTP terms, rendered as RFC 9457 problem details.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -143,6 +143,9 @@ impl From<Error> for ApiError {
             Error::UserNotFound => {
                 ApiError::new(StatusCode::NOT_FOUND, "user_not_found", err.to_string())
             }
+            Error::SessionNotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "session_not_found", err.to_string())
+            }
             Error::Validation(errors) => {
                 let mut api = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -204,8 +207,18 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if body_timed_out(&rejection) {
+            ApiError::from_status(StatusCode::REQUEST_TIMEOUT)
+        } else {
+            ApiError::from_status(rejection.status())
+        }
+    }
+}
+
 /// Whether reading the body failed because the client was too slow (the body timeout layer).
-fn body_timed_out(rejection: &JsonRejection) -> bool {
+fn body_timed_out(rejection: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
     while let Some(err) = cause {
         if err.is::<tower_http::timeout::TimeoutError>() {

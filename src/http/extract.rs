@@ -1,6 +1,7 @@
 //! Request extractors whose failures come back as problem+json.
 
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +16,31 @@ pub struct Json<T>(pub T);
 impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+/// A JSON body that may be left out: an empty body is `None`; anything else must be JSON, with
+/// [`Json`]'s rules and errors.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let headers = parts.headers.clone();
+        let bytes = Bytes::from_request(Request::from_parts(parts, body), state).await?;
+        if bytes.is_empty() {
+            return Ok(OptionalJson(None));
+        }
+        let mut request = Request::new(axum::body::Body::from(bytes));
+        *request.headers_mut() = headers;
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(OptionalJson(Some(value)))
     }
 }
 

@@ -1,18 +1,19 @@
 //! Route handlers: translate HTTP to use-case calls and back; no business rules here.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, Problem};
-use super::extract::{BearerToken, Json};
+use super::extract::{BearerToken, Json, OptionalJson};
 use super::routes::AppState;
-use crate::auth::{Client, LoginOutcome, Registration, RegistrationInput};
+use crate::auth::{
+    Client, LoginOutcome, LogoutScope, OwnSession, Registration, RegistrationInput, SessionTokens,
+};
 use crate::domain::{Otp, User};
 use crate::error::{Error, FieldError};
-use crate::token::IssuedToken;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
@@ -48,6 +49,29 @@ pub struct OtpRequest {
     pub otp: Option<String>,
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    /// The refresh token of the last login or refresh answer.
+    #[schema(required = true, value_type = String)]
+    pub refresh_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LogoutRequest {
+    /// Which sessions to end: the access token's (`current`, the default), every other one of
+    /// the user (`others`), or all of them (`all`).
+    #[serde(default)]
+    pub scope: Option<LogoutScopeName>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogoutScopeName {
+    Current,
+    Others,
+    All,
+}
+
 /// Result of `POST /login`: an access token, or a challenge token when a code was emailed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LoginResponse {
@@ -60,14 +84,75 @@ pub struct LoginResponse {
     pub token_type: &'static str,
     /// Seconds until the token expires.
     pub expires_in: u64,
+    /// With the access token: the session's refresh token, for `POST /token/refresh`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// With the access token: seconds until the refresh token dies unless used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_expires_in: Option<u64>,
 }
 
+/// An access token and its session's refresh token.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     #[schema(example = "Bearer")]
     pub token_type: &'static str,
+    /// Seconds until the access token expires.
     pub expires_in: u64,
+    /// Opaque; present it once to `POST /token/refresh`, which answers with the next one.
+    pub refresh_token: String,
+    /// Seconds until the refresh token dies unless used (never past the session's end).
+    pub refresh_expires_in: u64,
+}
+
+impl From<SessionTokens> for TokenResponse {
+    fn from(tokens: SessionTokens) -> TokenResponse {
+        TokenResponse {
+            access_token: tokens.access.token,
+            token_type: "Bearer",
+            expires_in: tokens.access.expires_in,
+            refresh_token: tokens.refresh_token,
+            refresh_expires_in: tokens.refresh_expires_in,
+        }
+    }
+}
+
+/// One live session of the caller.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: uuid::Uuid,
+    /// RFC 3339: when its login happened.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// RFC 3339: its login or its last refresh.
+    pub last_used_at: chrono::DateTime<chrono::Utc>,
+    /// RFC 3339: when its refresh token dies unless used.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The session of the access token that asked.
+    pub current: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Newest first.
+    pub sessions: Vec<SessionView>,
+}
+
+impl From<OwnSession> for SessionView {
+    fn from(own: OwnSession) -> SessionView {
+        let s = own.session;
+        SessionView {
+            id: s.id,
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            expires_at: s.expires_at,
+            client_ip: s.client_ip,
+            user_agent: s.user_agent,
+            current: own.current,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -159,12 +244,14 @@ pub async fn login(
     };
     let outcome = state.auth.login(&email, &password, client).await?;
     Ok(no_store(match outcome {
-        LoginOutcome::Access(token) => LoginResponse {
+        LoginOutcome::Access(tokens) => LoginResponse {
             otp_required: false,
-            access_token: Some(token.token),
+            access_token: Some(tokens.access.token),
             challenge_token: None,
             token_type: "Bearer",
-            expires_in: token.expires_in,
+            expires_in: tokens.access.expires_in,
+            refresh_token: Some(tokens.refresh_token),
+            refresh_expires_in: Some(tokens.refresh_expires_in),
         },
         LoginOutcome::Challenge(token) => LoginResponse {
             otp_required: true,
@@ -172,6 +259,8 @@ pub async fn login(
             challenge_token: Some(token.token),
             token_type: "Bearer",
             expires_in: token.expires_in,
+            refresh_token: None,
+            refresh_expires_in: None,
         },
     }))
 }
@@ -196,12 +285,112 @@ pub async fn login_otp(
     Json(body): Json<OtpRequest>,
 ) -> Result<Response, ApiError> {
     let otp = Otp::parse(&require("otp", body.otp)?).map_err(|m| Error::validation("otp", m))?;
-    let token: IssuedToken = state.auth.verify_otp(&token, &otp, client).await?;
-    Ok(no_store(TokenResponse {
-        access_token: token.token,
-        token_type: "Bearer",
-        expires_in: token.expires_in,
+    let tokens = state.auth.verify_otp(&token, &otp, client).await?;
+    Ok(no_store(TokenResponse::from(tokens)))
+}
+
+/// Exchange a refresh token for a new access token and the next refresh token.
+///
+/// Each refresh token works once: the answer carries the next one, and the one presented
+/// stops working. Presented again within `session.reuse_grace_secs` (two refreshes at once, a
+/// lost answer), it gets the session's current tokens again; later, it counts as stolen and
+/// the whole session is revoked.
+#[utoipa::path(
+    post, path = "/token/refresh", tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new access token and the next refresh token", body = TokenResponse),
+        (status = 401, description = "Unknown, expired, revoked or already used refresh token (`invalid_token`); a used one also revokes its session", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`"))),
+        (status = 422, description = "`refresh_token` missing or not a string (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this address (`rate_limited`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn refresh(
+    State(state): State<AppState>,
+    client: Client,
+    Json(body): Json<RefreshRequest>,
+) -> Result<Response, ApiError> {
+    let token = require("refresh_token", body.refresh_token)?;
+    let tokens = state.auth.refresh(&token, client).await?;
+    Ok(no_store(TokenResponse::from(tokens)))
+}
+
+/// End the current session, the user's other sessions, or all of them.
+#[utoipa::path(
+    post, path = "/logout", tag = "auth",
+    request_body(content = Option<LogoutRequest>, description = "Optional; without a body the current session ends"),
+    security(("access_token" = [])),
+    responses(
+        (status = 204, description = "The sessions ended; their access and refresh tokens are refused from now on"),
+        (status = 400, description = "The body is not valid JSON (`malformed_request`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired access token, or its session already ended (`invalid_token`)", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`"))),
+        (status = 422, description = "`scope` is not current, others or all (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this address (`rate_limited`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn logout(
+    State(state): State<AppState>,
+    client: Client,
+    BearerToken(token): BearerToken,
+    OptionalJson(body): OptionalJson<LogoutRequest>,
+) -> Result<StatusCode, ApiError> {
+    let scope = match body.and_then(|b| b.scope) {
+        None | Some(LogoutScopeName::Current) => LogoutScope::Current,
+        Some(LogoutScopeName::Others) => LogoutScope::Others,
+        Some(LogoutScopeName::All) => LogoutScope::All,
+    };
+    state.auth.logout(&token, scope, client).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's live sessions.
+#[utoipa::path(
+    get, path = "/sessions", tag = "users",
+    security(("access_token" = [])),
+    responses(
+        (status = 200, description = "The caller's live sessions, newest first", body = SessionList),
+        (status = 401, description = "Missing, invalid or expired access token, or its session ended (`invalid_token`)", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`"))),
+        (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn sessions(
+    State(state): State<AppState>,
+    BearerToken(token): BearerToken,
+) -> Result<Json<SessionList>, ApiError> {
+    let sessions = state.auth.own_sessions(&token).await?;
+    Ok(Json(SessionList {
+        sessions: sessions.into_iter().map(SessionView::from).collect(),
     }))
+}
+
+/// End one of the caller's sessions.
+#[utoipa::path(
+    delete, path = "/sessions/{id}", tag = "users",
+    params(("id" = String, Path, description = "A session id from `GET /sessions`")),
+    security(("access_token" = [])),
+    responses(
+        (status = 204, description = "The session ended"),
+        (status = 401, description = "Missing, invalid or expired access token, or its session ended (`invalid_token`)", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`"))),
+        (status = 404, description = "No live session of the caller has this id (`session_not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_session(
+    State(state): State<AppState>,
+    client: Client,
+    BearerToken(token): BearerToken,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    // An id that is not a UUID names no session of the caller either.
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| Error::SessionNotFound)?;
+    state.auth.revoke_own_session(&token, id, client).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The user the access token belongs to.
@@ -235,13 +424,13 @@ pub async fn healthz() -> Json<Health> {
         (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    state.auth.store.ping().await?;
+    state.auth.ready().await?;
     Ok(Json(Health { status: "ready" }))
 }
 
 /// Prometheus metrics in the text exposition format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.auth.metrics.render(state.auth.store.pool_usage());
+    let body = state.auth.render_metrics();
     (
         [(
             header::CONTENT_TYPE,

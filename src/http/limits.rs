@@ -80,7 +80,7 @@ pub async fn limit_per_ip(State(state): State<AppState>, request: Request, next:
             && let Err(retry_after_secs) = limiter.check(ip)
         {
             tracing::info!(%ip, "per-address request limit reached");
-            state.auth.metrics.throttle("address");
+            state.auth.metrics().throttle("address");
             return ApiError::from(crate::error::Error::RateLimited { retry_after_secs })
                 .into_response();
         }

@@ -23,15 +23,19 @@ use crate::error::FieldError;
         handlers::register,
         handlers::login,
         handlers::login_otp,
+        handlers::refresh,
+        handlers::logout,
         handlers::me,
+        handlers::sessions,
+        handlers::delete_session,
         handlers::healthz,
         handlers::readyz,
     ),
     components(schemas(User, Problem, FieldError)),
     modifiers(&BearerSchemes, &CommonResponses),
     tags(
-        (name = "auth", description = "Registration and login"),
-        (name = "users", description = "The signed-in user"),
+        (name = "auth", description = "Registration, login, refresh and logout"),
+        (name = "users", description = "The signed-in user and their sessions"),
         (name = "operations", description = "Health checks"),
     )
 )]
@@ -75,7 +79,10 @@ struct CommonResponses;
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for item in openapi.paths.paths.values_mut() {
-            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for operation in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
                 add_common_responses(operation);
             }
         }
@@ -224,6 +231,9 @@ mod tests {
                 if path == "/register" {
                     expected[0] = "201";
                 }
+                if path == "/logout" || method == "delete" {
+                    expected[0] = "204";
+                }
                 if has_body {
                     // Every body route is behind the per-address limit and may hash a
                     // password or query the database.
@@ -242,6 +252,10 @@ mod tests {
                         headers.get("X-Request-Id").is_some(),
                         "{what}: X-Request-Id"
                     );
+                    if status == "204" {
+                        assert!(response.get("content").is_none(), "{what}: no body");
+                        continue;
+                    }
                     let content = response["content"].as_object().unwrap();
                     if status.starts_with('2') {
                         assert!(content.contains_key("application/json"), "{what}: JSON");

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -62,9 +62,13 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
         ("/register", post(handlers::register)),
         ("/login", post(handlers::login)),
         ("/login/otp", post(handlers::login_otp)),
+        ("/token/refresh", post(handlers::refresh)),
+        ("/logout", post(handlers::logout)),
     ];
     let mut open = vec![
         ("/users/me", get(handlers::me)),
+        ("/sessions", get(handlers::sessions)),
+        ("/sessions/{id}", delete(handlers::delete_session)),
         ("/healthz", get(handlers::healthz)),
         ("/readyz", get(handlers::readyz)),
     ];
@@ -93,7 +97,7 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
     let api = open.into_iter().fold(limited, |router, (path, handler)| {
         router.route(path, handler)
     });
-    let metrics = state.auth.metrics.clone();
+    let metrics = state.auth.metrics().clone();
     let docs = Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .layer(middleware::map_response(|mut response: Response| async {
@@ -106,7 +110,7 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
 
 /// A router with only `GET /metrics`, for `metrics.addr`.
 pub fn metrics_router(state: AppState, http: &HttpSettings) -> HttpService {
-    let metrics = state.auth.metrics.clone();
+    let metrics = state.auth.metrics().clone();
     let router = Router::new()
         .route("/metrics", get(handlers::metrics))
         .with_state(state);

@@ -93,9 +93,10 @@ pub struct SessionInfo {
     pub user_agent: Option<String>,
 }
 
-/// A user as `authd user list` shows them.
-#[derive(Debug, Clone)]
+/// A user as `authd user list` shows them: the API's User with two more fields.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct UserListing {
+    #[serde(flatten)]
     pub user: User,
     pub disabled: bool,
     /// Live sessions.
@@ -359,8 +360,9 @@ impl Store {
         /// of one token exactly one rotates. The new expiry is `expires_at`, capped by the
         /// session's absolute expiry. False when another refresh (or a revocation) came first.
         pub async fn rotate_session(&self, id: Uuid, generation: i64, presented: &[u8], next: &[u8], now: DateTime<Utc>, expires_at: DateTime<Utc>) -> Result<bool>;
-        /// Revokes one live session, of `user_id` when given. True when it was live.
-        pub async fn revoke_session(&self, id: Uuid, user_id: Option<Uuid>, now: DateTime<Utc>) -> Result<bool>;
+        /// Revokes one live session, of `user_id` when given; the user it belonged to, if it was
+        /// live.
+        pub async fn revoke_session(&self, id: Uuid, user_id: Option<Uuid>, now: DateTime<Utc>) -> Result<Option<Uuid>>;
         /// Revokes every live session of a user except `keep`; returns how many.
         pub async fn revoke_user_sessions(&self, user_id: Uuid, keep: Option<Uuid>, now: DateTime<Utc>) -> Result<u64>;
         /// Live sessions, of one user or of everyone, newest first.

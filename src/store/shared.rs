@@ -392,8 +392,17 @@ macro_rules! shared_statements {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if let (Some(user), true) = (&row, disabled) {
+                    // Every session ends, and so does a login waiting for its code.
                     sqlx::query(
                         "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(user.id)
+                    .bind(Time(now))
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "UPDATE otp_challenges SET retired_at = $2
+                         WHERE user_id = $1 AND consumed_at IS NULL AND retired_at IS NULL",
                     )
                     .bind(user.id)
                     .bind(Time(now))
@@ -507,18 +516,18 @@ macro_rules! shared_statements {
                 id: Uuid,
                 user_id: Option<Uuid>,
                 now: DateTime<Utc>,
-            ) -> Result<bool> {
-                let done = sqlx::query(
+            ) -> Result<Option<Uuid>> {
+                Ok(sqlx::query_scalar(
                     "UPDATE sessions SET revoked_at = $3
                      WHERE id = $1 AND ($2 IS NULL OR user_id = $2)
-                       AND revoked_at IS NULL AND expires_at > $3",
+                       AND revoked_at IS NULL AND expires_at > $3
+                     RETURNING user_id",
                 )
                 .bind(id)
                 .bind(user_id)
                 .bind(Time(now))
-                .execute(&self.pool)
-                .await?;
-                Ok(done.rows_affected() == 1)
+                .fetch_optional(&self.pool)
+                .await?)
             }
 
             pub async fn revoke_user_sessions(

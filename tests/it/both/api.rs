@@ -355,10 +355,18 @@ async fn a_token_signed_with_another_key_or_expired_is_refused() {
     let body = problem(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
     assert!(body["detail"].as_str().unwrap().contains("expired"));
 
-    let valid = ours
+    // Our key and in date, but naming no session: no login made it, so it opens nothing.
+    let sessionless = ours
         .issue(TokenKind::Access, sub, uuid::Uuid::new_v4())
         .unwrap();
-    let response = app.get_with_token("/users/me", &valid.token).await;
+    let response = app.get_with_token("/users/me", &sessionless.token).await;
+    problem(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    let forged_session = ours.issue_access(sub, uuid::Uuid::now_v7()).unwrap();
+    let response = app.get_with_token("/users/me", &forged_session.token).await;
+    problem(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
+
+    let valid = app.access_token("tok@example.test").await;
+    let response = app.get_with_token("/users/me", &valid).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 

@@ -334,6 +334,14 @@ async fn user_list_json_is_the_api_user_shape_in_creation_order() {
     let grace = add_user(&db_url, "grace@example.test", &["--two-factor"]).await;
     let linus = add_user(&db_url, "linus@example.test", &[]).await;
 
+    // The API's User, with the account's state and its live sessions.
+    let listing = |user: &Value| {
+        let mut listed = user.clone();
+        listed["disabled"] = Value::Bool(false);
+        listed["sessions"] = Value::from(0);
+        listed
+    };
+    let (ada, grace, linus) = (listing(&ada), listing(&grace), listing(&linus));
     let listed = run(authd_on(&db_url, &["user", "list", "--format", "json"])).await;
     assert_eq!(listed.code, Some(0), "{listed:?}");
     assert_eq!(
@@ -469,13 +477,25 @@ async fn bad_arguments_exit_1_because_the_input_is_wrong() {
 async fn help_documents_every_command_and_the_exit_codes() {
     let help = run(authd(&["--help"])).await;
     assert_eq!(help.code, Some(0), "{help:?}");
-    for text in ["user", "token", "migrate", "Exit codes:", "0  success"] {
+    for text in [
+        "user",
+        "session",
+        "token",
+        "migrate",
+        "Exit codes:",
+        "0  success",
+    ] {
         assert!(help.stdout.contains(text), "no {text}: {}", help.stdout);
     }
     for command in [
         &["user", "add", "--help"][..],
         &["user", "list", "--help"],
         &["user", "set-2fa", "--help"],
+        &["user", "disable", "--help"],
+        &["user", "enable", "--help"],
+        &["user", "delete", "--help"],
+        &["session", "list", "--help"],
+        &["session", "revoke", "--help"],
         &["token", "inspect", "--help"],
     ] {
         let help = run(authd(command)).await;

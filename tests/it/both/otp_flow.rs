@@ -316,14 +316,17 @@ async fn an_expired_challenge_is_refused_even_with_the_right_code() {
 }
 
 #[tokio::test]
-async fn switching_two_factor_off_in_the_store_changes_the_next_login() {
+async fn switching_two_factor_off_changes_the_next_login() {
     let app = TestApp::spawn().await;
     app.register("switch@example.test", true).await;
-    let email = authd::domain::Email::parse("switch@example.test").unwrap();
-    let store = authd::store::Store::connect_lazy(&app.settings).unwrap();
-    authd::auth::set_two_factor(&store, &email, false)
-        .await
-        .unwrap();
+    let data_dir = crate::helpers::TempDir::new("authd-switch");
+    crate::helpers::admin(
+        &app.db_url,
+        &data_dir,
+        &["user", "set-2fa", "switch@example.test", "off"],
+        "",
+    )
+    .await;
     let body: Value = app
         .login("switch@example.test", PASSWORD)
         .await

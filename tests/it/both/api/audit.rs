@@ -9,7 +9,7 @@ use crate::helpers::{PASSWORD, TempDir, TestApp, admin, fresh_database, problem,
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
 
 /// The kinds README's "Audit trail" lists, in its order.
-const DOCUMENTED_KINDS: [&str; 14] = [
+const DOCUMENTED_KINDS: [&str; 20] = [
     "user_registered",
     "user_added_by_admin",
     "login_succeeded",
@@ -24,6 +24,12 @@ const DOCUMENTED_KINDS: [&str; 14] = [
     "code_email_limited",
     "two_factor_changed",
     "user_unlocked",
+    "logout",
+    "session_revoked",
+    "refresh_token_reused",
+    "user_disabled",
+    "user_enabled",
+    "user_deleted",
 ];
 
 fn wrong(code: &str) -> String {
@@ -41,6 +47,8 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
         s.rate_limit.login_failures_per_account = 1;
         s.rate_limit.otp_failures_per_account = 1;
         s.mail.max_codes_per_account = 2;
+        // A rotated refresh token counts as reuse at once.
+        s.session.reuse_grace_secs = 0;
         s
     };
     let good = MailSink::start(Behaviour::Accept).await.unwrap();
@@ -53,7 +61,13 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     // user_registered, login_succeeded: a user of the API without a second step.
     let plain = app.register("plain@example.test", false).await;
     let plain = Uuid::parse_str(plain["id"].as_str().unwrap()).unwrap();
-    app.access_token("plain@example.test").await;
+    let plain_login: Value = app
+        .login("plain@example.test", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let plain_refresh = plain_login["refresh_token"].as_str().unwrap().to_owned();
 
     // user_added_by_admin, two_factor_changed: an account made and switched by the CLI.
     let added = admin(
@@ -123,10 +137,12 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
         "",
     )
     .await;
-    assert_eq!(
-        app.submit_code(&challenge, &code).await.status(),
-        StatusCode::OK
-    );
+    let accepted = app.submit_code(&challenge, &code).await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let admin_access = accepted.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // code_email_limited: the sent and the failed email used up the quota of two.
     let response = app.login("admin@example.test", PASSWORD).await;
@@ -134,8 +150,50 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     assert_eq!(app.mail.messages_to("admin@example.test").len(), 1);
     extract_code(&app.mail.messages_to("admin@example.test")[0]);
 
+    // refresh_token_reused: the plain user's first refresh token, presented again after it
+    // was rotated.
+    let refresh = |token: String| {
+        let app = &app;
+        async move {
+            app.post_json(
+                "/token/refresh",
+                &serde_json::json!({ "refresh_token": token }),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        refresh(plain_refresh.clone()).await.status(),
+        StatusCode::OK
+    );
+    problem(
+        refresh(plain_refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+
+    // logout: the admin-made user's session from the code above; then session_revoked,
+    // user_disabled, user_enabled and user_deleted from the command line.
+    let logout = app
+        .client
+        .post(app.url("/logout"))
+        .bearer_auth(&admin_access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    for args in [
+        &["session", "revoke", "--user", "admin@example.test"][..],
+        &["user", "disable", "admin@example.test"],
+        &["user", "enable", "admin@example.test"],
+        &["user", "delete", "admin@example.test", "--yes"],
+    ] {
+        admin(&db_url, &data_dir, args, "").await;
+    }
+
     let expected_user = |kind: &str| match kind {
-        "user_registered" | "login_succeeded" => Some(plain),
+        "user_registered" | "login_succeeded" | "refresh_token_reused" => Some(plain),
         "login_failed" | "login_throttled" => None,
         _ => Some(admin_made),
     };
