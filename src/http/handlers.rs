@@ -60,12 +60,15 @@ pub struct RefreshRequest {
 pub struct LogoutRequest {
     /// Which sessions to end: the access token's (`current`, the default), every other one of
     /// the user (`others`), or all of them (`all`).
+    // A string here, read below, so that any wrong value is a 422 naming the field.
     #[serde(default)]
-    pub scope: Option<LogoutScopeName>,
+    #[schema(value_type = Option<LogoutScopeName>)]
+    pub scope: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
+/// The scopes of `POST /logout`.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum LogoutScopeName {
     Current,
     Others,
@@ -339,9 +342,15 @@ pub async fn logout(
     OptionalJson(body): OptionalJson<LogoutRequest>,
 ) -> Result<StatusCode, ApiError> {
     let scope = match body.and_then(|b| b.scope) {
-        None | Some(LogoutScopeName::Current) => LogoutScope::Current,
-        Some(LogoutScopeName::Others) => LogoutScope::Others,
-        Some(LogoutScopeName::All) => LogoutScope::All,
+        None | Some(serde_json::Value::Null) => LogoutScope::Current,
+        Some(serde_json::Value::String(name)) if name == "current" => LogoutScope::Current,
+        Some(serde_json::Value::String(name)) if name == "others" => LogoutScope::Others,
+        Some(serde_json::Value::String(name)) if name == "all" => LogoutScope::All,
+        Some(_) => {
+            return Err(
+                Error::validation("scope", "must be \"current\", \"others\" or \"all\"").into(),
+            );
+        }
     };
     state.auth.logout(&token, scope, client).await?;
     Ok(StatusCode::NO_CONTENT)

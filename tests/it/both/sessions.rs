@@ -630,3 +630,64 @@ async fn switching_the_second_step_ends_the_users_sessions() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn odd_logout_bodies_and_user_agents_are_handled_without_harm() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    let long_agent = format!("agent/\t{}", "x".repeat(8_000));
+    let response = app
+        .client
+        .post(app.url("/login"))
+        .header("user-agent", long_agent)
+        .json(&json!({"email": "ada@example.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let tokens = Tokens::from(response).await;
+    let listed = sessions(&app, &tokens.access).await;
+    let agent = listed[0]["user_agent"].as_str().unwrap();
+    assert_eq!(agent.chars().count(), 256, "kept at 256 characters");
+    assert!(agent.chars().all(|c| !c.is_control()));
+
+    let send = |body: &'static str, content_type: &'static str| {
+        app.client
+            .post(app.url("/logout"))
+            .bearer_auth(&tokens.access)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    problem(
+        send("{not json", "application/json").await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "malformed_request",
+    )
+    .await;
+    problem(
+        send(r#"{"scope": "all"}"#, "text/plain").await.unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    problem(
+        send(r#"{"scope": 7}"#, "application/json").await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    // None of those ended anything.
+    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::OK);
+    // `{}` and a null scope mean the current session.
+    assert_eq!(
+        send(r#"{"scope": null}"#, "application/json")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        me_status(&app, &tokens.access).await,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -1,4 +1,5 @@
 //! Tests that need PostgreSQL itself; run on PostgreSQL only.
 
+mod instances;
 mod observability;
 mod resilience;
