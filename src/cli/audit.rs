@@ -65,8 +65,12 @@ pub async fn prune(args: PruneArgs, settings: &Settings) -> anyhow::Result<()> {
     .await?;
     match args.format {
         OutputFormat::Table => println!(
-            "removed {} expired challenges, {} idle throttle rows, {} audit events older than {} days",
-            pruned.challenges, pruned.throttles, pruned.events, settings.audit.retention_days
+            "removed {} expired challenges, {} ended sessions, {} idle throttle rows, {} audit events older than {} days",
+            pruned.challenges,
+            pruned.sessions,
+            pruned.throttles,
+            pruned.events,
+            settings.audit.retention_days
         ),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&pruned)?),
     }

@@ -118,7 +118,7 @@ fn status_label(inspection: &Inspection) -> String {
 }
 
 /// The registered claims in the order they are read: who, about whom, for whom, when.
-const CLAIM_ORDER: [&str; 7] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"];
+const CLAIM_ORDER: [&str; 8] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "sid"];
 
 /// The token's own text for a terminal: control characters (ESC, CR, ...) and bidirectional
 /// overrides shown as `\u{1b}` escapes, so a forged claim cannot move the cursor, clear the

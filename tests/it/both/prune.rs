@@ -59,6 +59,19 @@ async fn rows(app: &TestApp) -> (i64, i64, i64, i64) {
     )
 }
 
+/// `authd prune ARGS` beside the running server.
+async fn run_prune(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_authd"));
+    command
+        .env_remove("AUTHD_CONFIG")
+        .env("AUTHD_JWT__SECRET", SECRET)
+        // The server shares the SQLite file: let the command wait its turn on a busy machine.
+        .env("AUTHD_DATABASE__ACQUIRE_TIMEOUT_SECS", "20")
+        .args(["--database-url", &app.db_url, "prune"])
+        .args(args);
+    crate::helpers::run_to_end(command, b"").await
+}
+
 #[tokio::test]
 async fn authd_prune_removes_what_expired_and_keeps_code_counters() {
     let app = TestApp::spawn().await;
@@ -67,17 +80,7 @@ async fn authd_prune_removes_what_expired_and_keeps_code_counters() {
     assert_eq!((challenges, logins, codes), (1, 1, 1));
     app.register("recent@example.test", false).await;
     app.db.expect_events("user_registered", 2).await;
-    let prune = |args: &[&str]| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_authd"));
-        command
-            .env_remove("AUTHD_CONFIG")
-            .env("AUTHD_JWT__SECRET", SECRET)
-            // The server shares the SQLite file: let the command wait its turn on a busy machine.
-            .env("AUTHD_DATABASE__ACQUIRE_TIMEOUT_SECS", "20")
-            .args(["--database-url", &app.db_url, "prune"])
-            .args(args);
-        crate::helpers::run_to_end(command, b"")
-    };
+    let prune = |args: &'static [&'static str]| run_prune(&app, args);
     let output = prune(&["--format", "json"]).await;
     assert!(output.status.success(), "{output:?}");
     let pruned: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -90,7 +93,7 @@ async fn authd_prune_removes_what_expired_and_keeps_code_counters() {
     let again = prune(&[]).await;
     assert_eq!(
         String::from_utf8(again.stdout).unwrap(),
-        "removed 0 expired challenges, 0 idle throttle rows, 0 audit events older than 365 days\n"
+        "removed 0 expired challenges, 0 ended sessions, 0 idle throttle rows, 0 audit events older than 365 days\n"
     );
 }
 
@@ -131,4 +134,45 @@ async fn on_postgresql_one_instance_at_a_time_prunes() {
         .await
         .unwrap();
     assert!(store.prune(now, now, false).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn ended_and_expired_sessions_are_pruned_and_live_ones_stay() {
+    let app = TestApp::spawn().await;
+    app.register("sessions@example.test", false).await;
+    let mut access = Vec::new();
+    for _ in 0..3 {
+        access.push(app.access_token("sessions@example.test").await);
+    }
+    // One logs out, one expires; the third lives on.
+    let out = app
+        .client
+        .post(app.url("/logout"))
+        .bearer_auth(&access[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    app.db
+        .exec(
+            "UPDATE sessions SET expires_at = now() - interval '1 second'
+             WHERE id = (SELECT id FROM sessions ORDER BY id DESC LIMIT 1)",
+            "UPDATE sessions SET expires_at = expires_at - 40 * 86400000000
+             WHERE id = (SELECT id FROM sessions ORDER BY id DESC LIMIT 1)",
+        )
+        .await;
+    let output = run_prune(&app, &["--format", "json"]).await;
+    assert!(output.status.success(), "{output:?}");
+    let pruned: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(pruned["sessions"], 2, "{pruned}");
+    assert_eq!(
+        app.db
+            .int("SELECT CAST(count(*) AS BIGINT) FROM sessions")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.get_with_token("/users/me", &access[1]).await.status(),
+        StatusCode::OK
+    );
 }
