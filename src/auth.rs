@@ -467,48 +467,36 @@ impl Auth {
     /// Disables a user (`authd user disable`): every session ends at once, and a login fails
     /// as a wrong password would.
     pub async fn disable_user(&self, email: &Email, actor: Actor) -> Result<User> {
-        let user = self
-            .store
-            .set_disabled(email, true, Utc::now())
-            .await?
-            .ok_or(Error::UserNotFound)?;
-        tracing::info!(user_id = %user.id, "user disabled");
-        self.record_admin_change(
-            SecurityEvent::new(EventKind::UserDisabled)
-                .user(user.id, &user.email)
-                .detail(actor.as_str()),
-        )
-        .await?;
-        Ok(user)
+        let changed = self.store.set_disabled(email, true, Utc::now()).await;
+        self.admin_change(changed, EventKind::UserDisabled, actor)
+            .await
     }
 
     /// Lets a disabled user log in again; their ended sessions stay ended.
     pub async fn enable_user(&self, email: &Email, actor: Actor) -> Result<User> {
-        let user = self
-            .store
-            .set_disabled(email, false, Utc::now())
-            .await?
-            .ok_or(Error::UserNotFound)?;
-        tracing::info!(user_id = %user.id, "user enabled");
-        self.record_admin_change(
-            SecurityEvent::new(EventKind::UserEnabled)
-                .user(user.id, &user.email)
-                .detail(actor.as_str()),
-        )
-        .await?;
-        Ok(user)
+        let changed = self.store.set_disabled(email, false, Utc::now()).await;
+        self.admin_change(changed, EventKind::UserEnabled, actor)
+            .await
     }
 
     /// Deletes a user with their sessions and challenges; the audit trail keeps their events.
     pub async fn delete_user(&self, email: &Email, actor: Actor) -> Result<User> {
-        let user = self
-            .store
-            .delete_user(email)
-            .await?
-            .ok_or(Error::UserNotFound)?;
-        tracing::info!(user_id = %user.id, "user deleted");
+        let changed = self.store.delete_user(email).await;
+        self.admin_change(changed, EventKind::UserDeleted, actor)
+            .await
+    }
+
+    /// The account an administrative change reached (none: no such user), recorded as `kind`.
+    async fn admin_change(
+        &self,
+        changed: Result<Option<User>>,
+        kind: EventKind,
+        actor: Actor,
+    ) -> Result<User> {
+        let user = changed?.ok_or(Error::UserNotFound)?;
+        tracing::info!(user_id = %user.id, change = kind.as_str(), "account changed");
         self.record_admin_change(
-            SecurityEvent::new(EventKind::UserDeleted)
+            SecurityEvent::new(kind)
                 .user(user.id, &user.email)
                 .detail(actor.as_str()),
         )
