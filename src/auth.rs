@@ -455,10 +455,14 @@ impl Auth {
             .revoke_user_sessions(user.id, None, Utc::now())
             .await?;
         tracing::info!(user_id = %user.id, enabled, ended, "two-factor setting changed");
+        let state = if enabled { "on" } else { "off" };
         self.record_admin_change(
             SecurityEvent::new(EventKind::TwoFactorChanged)
                 .user(user.id, &user.email)
-                .detail(if enabled { "on" } else { "off" }),
+                .detail(format!(
+                    "{state} {} ({ended} sessions ended)",
+                    Actor::Cli.as_str()
+                )),
         )
         .await?;
         Ok(user)
@@ -481,7 +485,10 @@ impl Auth {
 
     /// Deletes a user with their sessions and challenges; the audit trail keeps their events.
     pub async fn delete_user(&self, email: &Email, actor: Actor) -> Result<User> {
-        let changed = self.store.delete_user(email).await;
+        // Its counters go with the account, so an address registered again starts clean.
+        let user = self.find_user(email).await?;
+        let counters = [login_key(email), otp_key(user.id), mail_key(user.id)];
+        let changed = self.store.delete_user(email, &counters).await;
         self.admin_change(changed, EventKind::UserDeleted, actor)
             .await
     }
@@ -526,8 +533,12 @@ impl Auth {
             .revoke_session(id, None, Utc::now())
             .await?
             .ok_or(Error::SessionNotFound)?;
-        let mut event = SecurityEvent::new(EventKind::SessionRevoked).detail(actor.as_str());
-        event.user_id = Some(user_id);
+        let mut event = SecurityEvent::new(EventKind::SessionRevoked)
+            .detail(format!("{}: session {id}", actor.as_str()));
+        match self.store.find_user(user_id).await? {
+            Some(user) => event = event.user(user.id, &user.email),
+            None => event.user_id = Some(user_id),
+        }
         self.record_admin_change(event).await
     }
 
@@ -759,7 +770,11 @@ impl Auth {
                     .user(user.id, &user.email)
                     .client(client.ip),
             );
-            let tokens = self.open_session(sign_in, user.id, &client).await?;
+            let tokens = self
+                .open_session(sign_in, user.id, &client, false, || {
+                    Error::InvalidCredentials
+                })
+                .await?;
             return Ok(LoginOutcome::Access(tokens));
         }
         if let Err(err) = self
@@ -904,7 +919,8 @@ impl Auth {
                 self.clear_failures(&key).await?;
                 self.audit.record(event(EventKind::CodeAccepted));
                 self.metrics.code("accepted");
-                self.open_session(sign_in, claims.sub, &client).await
+                self.open_session(sign_in, claims.sub, &client, true, dead_challenge)
+                    .await
             }
             Attempt::Rejected { remaining } => {
                 tracing::info!(user_id = %claims.sub, remaining, "wrong code");
@@ -948,11 +964,15 @@ impl Auth {
     }
 
     /// Opens a session for a user who just proved who they are, and hands out its tokens.
+    /// `refused` is the answer when the user may no longer have one (disabled, deleted, or
+    /// switched to two steps while a password-only login was on its way).
     async fn open_session(
         &self,
         sign_in: &SignIn,
         user_id: Uuid,
         client: &Client,
+        after_second_step: bool,
+        refused: fn() -> Error,
     ) -> Result<SessionTokens> {
         let now = Utc::now();
         let id = Uuid::now_v7();
@@ -973,10 +993,12 @@ impl Auth {
                     absolute_expires_at,
                     client_ip: client.ip.map(|ip| ip.to_string()),
                     user_agent: client.user_agent.clone(),
+                    after_second_step,
                 },
                 self.sessions.max_per_user,
             )
-            .await?;
+            .await?
+            .ok_or_else(refused)?;
         if ended > 0 {
             tracing::info!(%user_id, ended, "oldest sessions ended: session.max_per_user reached");
         }
@@ -989,12 +1011,17 @@ impl Auth {
 
     /// Exchanges a refresh token for a new access token and the chain's next refresh token
     /// (`POST /token/refresh`). Of parallel refreshes of one token exactly one rotates; the
-    /// others, and a client that lost the answer, get the session's current tokens while the
-    /// rotation is younger than `session.reuse_grace_secs`. A rotated token presented later is
-    /// reuse: the session is revoked, every token descended from it with it.
+    /// others, and a client that lost the answer, get the session's current tokens while their
+    /// token's rotation is younger than `session.reuse_grace_secs` (the last two rotations are
+    /// remembered). An older token of the chain is reuse: the session is revoked, every token
+    /// descended from it with it. A token this server did not issue changes nothing.
     pub async fn refresh(&self, refresh_token: &str, client: Client) -> Result<SessionTokens> {
         let sign_in = self.sign_in()?;
         let presented = Presented::parse(refresh_token).ok_or_else(invalid_refresh)?;
+        let presented_hash = sign_in
+            .refresh
+            .check(&presented)
+            .ok_or_else(invalid_refresh)?;
         // A lost race means another refresh rotated first; the next look sees its result, so
         // two looks decide every case but a third rotation in between.
         for _ in 0..3 {
@@ -1007,7 +1034,8 @@ impl Auth {
             if chain.revoked_at.is_some() || chain.expires_at <= now || chain.user_disabled {
                 return Err(invalid_refresh());
             }
-            if presented.matches(&chain.refresh_hash) {
+            let behind = chain.generation - presented.generation;
+            if behind == 0 {
                 let (next, next_hash) = sign_in
                     .refresh
                     .token(&presented.family, chain.generation + 1);
@@ -1017,7 +1045,7 @@ impl Auth {
                     .rotate_session(
                         chain.id,
                         chain.generation,
-                        &presented.hash,
+                        &presented_hash,
                         &next_hash,
                         now,
                         expires_at,
@@ -1036,14 +1064,17 @@ impl Auth {
                     ),
                 });
             }
-            let just_rotated = chain
-                .previous_hash
-                .as_deref()
-                .is_some_and(|p| presented.matches(p))
-                && chain
-                    .rotated_at
-                    .is_some_and(|at| now < at + seconds(self.sessions.reuse_grace_secs));
-            if just_rotated {
+            // A token from the chain's future is none this server issued for it.
+            if behind < 0 {
+                return Err(invalid_refresh());
+            }
+            let rotated_at = match behind {
+                1 => chain.rotated_at,
+                2 => chain.earlier_rotated_at,
+                _ => None,
+            };
+            let grace = seconds(self.sessions.reuse_grace_secs);
+            if rotated_at.is_some_and(|at| now < at + grace) {
                 let (current, current_hash) =
                     sign_in.refresh.token(&presented.family, chain.generation);
                 // Only a changed server secret makes these differ; then nothing can be replayed.
@@ -1057,16 +1088,20 @@ impl Auth {
                     refresh_expires_in: seconds_between(now, chain.expires_at),
                 });
             }
-            // An older token of this chain: someone kept a copy. End the session.
+            // An older token of this chain, genuinely issued: someone kept a copy. End it all.
             let revoked = self.store.revoke_session(chain.id, None, now).await?;
             self.metrics.refresh("reused");
             tracing::warn!(user_id = %chain.user_id, session = %chain.id, "refresh token reused: session revoked");
             if revoked.is_some() {
-                let mut event = SecurityEvent::new(EventKind::RefreshTokenReused)
-                    .client(client.ip)
-                    .detail(format!("session {} revoked", chain.id));
-                event.user_id = Some(chain.user_id);
-                self.audit.record(event);
+                self.audit.record(
+                    SecurityEvent::new(EventKind::RefreshTokenReused)
+                        .user(chain.user_id, &chain.email)
+                        .client(client.ip)
+                        .detail(format!(
+                            "session {} revoked (token {behind} rotations old)",
+                            chain.id
+                        )),
+                );
             }
             return Err(invalid_refresh());
         }
@@ -1127,10 +1162,12 @@ impl Auth {
     pub async fn revoke_own_session(
         &self,
         access_token: &str,
-        id: Uuid,
+        id: Option<Uuid>,
         client: Client,
     ) -> Result<()> {
         let (user, _) = self.authenticate(access_token).await?;
+        // An id that is not a session id names none of the caller's sessions either.
+        let id = id.ok_or(Error::SessionNotFound)?;
         self.store
             .revoke_session(id, Some(user.id), Utc::now())
             .await?

@@ -1,16 +1,18 @@
 //! Refresh tokens: what one is made of, how its secret is derived and how it is stored.
 //!
-//! A refresh token is `base64url(family ‖ secret)`: the `family` (16 bytes from the operating
-//! system's CSPRNG, drawn once per session) names the session's chain, and the secret of the
-//! chain's n-th token is HMAC-SHA256 under a server key of the family and n. The database keeps
-//! only SHA-256 of the current and the previous secret.
+//! A refresh token is `base64url(family ‖ generation ‖ secret)`: the `family` (16 bytes from the
+//! operating system's CSPRNG, drawn once per session) names the session's chain, `generation`
+//! (8 bytes, big-endian) is the token's place in it, and the secret is HMAC-SHA256 under a
+//! server key of the family and the generation. The database keeps only SHA-256 of the current
+//! secret.
 //!
 //! Why derived and not drawn afresh at each rotation: a client that sent two refreshes at once,
-//! or lost the answer to one, presents the token that was just rotated; within
+//! or lost the answer to one, presents a token that was just rotated; within
 //! `session.reuse_grace_secs` it must get the session's *current* token back, the same one the
 //! first answer carried, or the chain would fork. Deriving lets any instance recompute that
-//! token without the database ever holding it. Knowing a family alone gives nothing: the secret
-//! needs the server key.
+//! token without the database ever holding it. And because the secret authenticates the family
+//! and generation, a token is either one this server issued for that place in the chain, or
+//! nothing: knowing a family alone (from a log line, say) cannot make authd count a reuse.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,16 +25,20 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Bytes of the family: 128 bits of CSPRNG output.
 pub const FAMILY_BYTES: usize = 16;
+/// Bytes of the generation.
+const GENERATION_BYTES: usize = 8;
 /// Bytes of the secret: one HMAC-SHA256 output.
 const SECRET_BYTES: usize = 32;
-/// Characters of an encoded refresh token.
-pub const TOKEN_CHARS: usize = (FAMILY_BYTES + SECRET_BYTES) * 4 / 3;
+const TOKEN_BYTES: usize = FAMILY_BYTES + GENERATION_BYTES + SECRET_BYTES;
+/// Characters of an encoded refresh token (unpadded base64url).
+pub const TOKEN_CHARS: usize = (TOKEN_BYTES * 4).div_ceil(3);
 
-/// A refresh token as presented: its family and the SHA-256 of its secret.
+/// A refresh token as presented, split into its parts (not yet checked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presented {
     pub family: [u8; FAMILY_BYTES],
-    pub hash: [u8; 32],
+    pub generation: i64,
+    secret: [u8; SECRET_BYTES],
 }
 
 impl Presented {
@@ -42,16 +48,15 @@ impl Presented {
             return None;
         }
         let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
-        let (family, secret) = bytes.split_at_checked(FAMILY_BYTES)?;
+        let (family, rest) = bytes.split_at_checked(FAMILY_BYTES)?;
+        let (generation, secret) = rest.split_at_checked(GENERATION_BYTES)?;
+        let generation = i64::from_be_bytes(generation.try_into().ok()?);
+        (generation >= 0).then_some(())?;
         Some(Presented {
             family: family.try_into().ok()?,
-            hash: hash_secret(secret),
+            generation,
+            secret: secret.try_into().ok()?,
         })
-    }
-
-    /// Whether this token's secret is the one `stored` is the hash of (in constant time).
-    pub fn matches(&self, stored: &[u8]) -> bool {
-        bool::from(self.hash.as_slice().ct_eq(stored))
     }
 }
 
@@ -81,17 +86,29 @@ impl RefreshKeys {
         }
     }
 
-    /// The `generation`-th token of the chain `family`, and the hash the database keeps of it.
-    pub fn token(&self, family: &[u8; FAMILY_BYTES], generation: i64) -> (String, [u8; 32]) {
+    fn secret(&self, family: &[u8; FAMILY_BYTES], generation: i64) -> [u8; SECRET_BYTES] {
         let mut mac =
             HmacSha256::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
         mac.update(family);
         mac.update(&generation.to_be_bytes());
-        let secret = mac.finalize().into_bytes();
-        let mut bytes = Vec::with_capacity(FAMILY_BYTES + SECRET_BYTES);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The `generation`-th token of the chain `family`, and the hash the database keeps of it.
+    pub fn token(&self, family: &[u8; FAMILY_BYTES], generation: i64) -> (String, [u8; 32]) {
+        let secret = self.secret(family, generation);
+        let mut bytes = Vec::with_capacity(TOKEN_BYTES);
         bytes.extend_from_slice(family);
+        bytes.extend_from_slice(&generation.to_be_bytes());
         bytes.extend_from_slice(&secret);
         (URL_SAFE_NO_PAD.encode(bytes), hash_secret(&secret))
+    }
+
+    /// The hash of a presented token's secret when it is the one this key derives for its
+    /// family and generation (compared in constant time); None for anything forged.
+    pub fn check(&self, presented: &Presented) -> Option<[u8; 32]> {
+        let expected = self.secret(&presented.family, presented.generation);
+        bool::from(expected.ct_eq(&presented.secret)).then(|| hash_secret(&presented.secret))
     }
 }
 
@@ -110,21 +127,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_token_reads_back_as_its_family_and_hash_and_each_generation_differs() {
+    fn a_token_reads_back_as_its_place_in_the_chain_and_each_generation_differs() {
         let keys = RefreshKeys::from_secret(b"a server secret of enough length!!");
         let family = new_family();
         let (first, first_hash) = keys.token(&family, 0);
         let (second, second_hash) = keys.token(&family, 1);
         assert_eq!(first.len(), TOKEN_CHARS);
         assert_ne!(first, second);
+        assert_ne!(first_hash, second_hash);
         let presented = Presented::parse(&first).unwrap();
-        assert_eq!(presented.family, family);
-        assert!(presented.matches(&first_hash));
-        assert!(!presented.matches(&second_hash));
+        assert_eq!((presented.family, presented.generation), (family, 0));
+        assert_eq!(keys.check(&presented), Some(first_hash));
         // The same inputs give the same token: what lets any instance replay the current one.
         assert_eq!(keys.token(&family, 1).0, second);
         let other = RefreshKeys::from_secret(b"another server secret, also long!!");
-        assert_ne!(other.token(&family, 0).0, first);
+        assert_eq!(other.check(&presented), None);
+    }
+
+    #[test]
+    fn a_forged_secret_or_a_moved_generation_does_not_check() {
+        let keys = RefreshKeys::from_secret(b"k");
+        let family = new_family();
+        let (token, _) = keys.token(&family, 5);
+        let mut forged = Presented::parse(&token).unwrap();
+        forged.secret = [0; SECRET_BYTES];
+        assert_eq!(keys.check(&forged), None);
+        let mut moved = Presented::parse(&token).unwrap();
+        moved.generation = 4;
+        assert_eq!(keys.check(&moved), None);
     }
 
     #[test]
@@ -132,12 +162,18 @@ mod tests {
         assert_ne!(new_family(), new_family());
         let keys = RefreshKeys::from_secret(b"k");
         let (token, _) = keys.token(&new_family(), 3);
+        let negative = {
+            let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+            bytes[FAMILY_BYTES] = 0x80;
+            URL_SAFE_NO_PAD.encode(bytes)
+        };
         for bad in [
             String::new(),
             token[1..].to_owned(),
             format!("{token}A"),
             token.replace(|c: char| c.is_ascii_alphanumeric(), "+"),
-            "é".repeat(TOKEN_CHARS / 2),
+            "é".repeat(TOKEN_CHARS),
+            negative,
         ] {
             assert_eq!(Presented::parse(&bad), None, "{bad:?}");
         }
@@ -145,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_derivation_is_hmac_sha256_of_family_and_generation() {
-        // Differential check against the `hmac` crate used directly, on the documented inputs.
+        // Against the `hmac` crate used directly, on the documented inputs.
         let server = b"differential secret";
         let keys = RefreshKeys::from_secret(server);
         let family = [7u8; FAMILY_BYTES];
@@ -158,7 +194,12 @@ mod tests {
         let secret = mac.finalize().into_bytes();
         let (token, hash) = keys.token(&family, 42);
         let decoded = URL_SAFE_NO_PAD.decode(token).unwrap();
-        assert_eq!(&decoded[FAMILY_BYTES..], &secret[..]);
+        assert_eq!(&decoded[..FAMILY_BYTES], &family[..]);
+        assert_eq!(
+            &decoded[FAMILY_BYTES..FAMILY_BYTES + 8],
+            &42i64.to_be_bytes()[..]
+        );
+        assert_eq!(&decoded[FAMILY_BYTES + 8..], &secret[..]);
         assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(secret)));
     }
 }

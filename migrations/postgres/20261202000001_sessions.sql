@@ -1,6 +1,7 @@
 -- Sessions (issue 14): one row per login, with the refresh token chain it hands out.
--- The refresh token is the session's `family` (random, names the chain) and a secret; only
--- SHA-256 hashes of the current and the previous secret are kept.
+-- A refresh token is the session's `family` (random, names the chain), its generation and a
+-- secret derived from both; only the SHA-256 of the current secret is kept. `rotated_at` and
+-- `earlier_rotated_at` are when the last two rotations happened (the grace period's clock).
 ALTER TABLE users ADD COLUMN disabled_at timestamptz;
 
 CREATE TABLE sessions (
@@ -8,9 +9,9 @@ CREATE TABLE sessions (
     user_id             uuid        NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     family              bytea       NOT NULL,
     refresh_hash        bytea       NOT NULL,
-    previous_hash       bytea,
     generation          bigint      NOT NULL DEFAULT 0,
     rotated_at          timestamptz,
+    earlier_rotated_at  timestamptz,
     created_at          timestamptz NOT NULL,
     last_used_at        timestamptz NOT NULL,
     expires_at          timestamptz NOT NULL,

@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
+use crate::error::Error;
 
 /// `axum::Json` with rejections in the problem+json shape.
 #[derive(Debug, FromRequest)]
@@ -39,8 +40,16 @@ where
         }
         let mut request = Request::new(axum::body::Body::from(bytes));
         *request.headers_mut() = headers;
-        let Json(value) = Json::<T>::from_request(request, state).await?;
-        Ok(OptionalJson(Some(value)))
+        // Read as any JSON first: `null` means no body too, and only an object is a body (serde
+        // would read a struct from an array).
+        let Json(value) = Json::<serde_json::Value>::from_request(request, state).await?;
+        match value {
+            serde_json::Value::Null => Ok(OptionalJson(None)),
+            serde_json::Value::Object(_) => serde_json::from_value(value)
+                .map(|parsed| OptionalJson(Some(parsed)))
+                .map_err(|err| Error::validation("body", err.to_string()).into()),
+            _ => Err(Error::validation("body", "must be a JSON object, or left out").into()),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Route handlers: translate HTTP to use-case calls and back; no business rules here.
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -323,15 +324,14 @@ pub async fn refresh(
 /// End the current session, the user's other sessions, or all of them.
 #[utoipa::path(
     post, path = "/logout", tag = "auth",
-    request_body(content = Option<LogoutRequest>, description = "Optional; without a body the current session ends"),
+    request_body(content = Option<LogoutRequest>, description = "Optional; without a body (or with `null`) the current session ends. Not behind the per-address limit, so that password guessing from a shared address cannot stop anyone there from logging out."),
     security(("access_token" = [])),
     responses(
         (status = 204, description = "The sessions ended; their access and refresh tokens are refused from now on"),
         (status = 400, description = "The body is not valid JSON (`malformed_request`)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired access token, or its session already ended (`invalid_token`)", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "`Bearer error=\"invalid_token\"`"))),
-        (status = 422, description = "`scope` is not current, others or all (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many requests from this address (`rate_limited`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The body is not an object (or `null`), or `scope` is not current, others or all (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -394,10 +394,10 @@ pub async fn delete_session(
     State(state): State<AppState>,
     client: Client,
     BearerToken(token): BearerToken,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    // An id that is not a UUID names no session of the caller either.
-    let id = uuid::Uuid::parse_str(&id).map_err(|_| Error::SessionNotFound)?;
+    // Whatever the path holds is checked after the token: a bad id is "not found".
+    let id = id.ok().and_then(|Path(id)| uuid::Uuid::parse_str(&id).ok());
     state.auth.revoke_own_session(&token, id, client).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -63,8 +63,10 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
         ("/login", post(handlers::login)),
         ("/login/otp", post(handlers::login_otp)),
         ("/token/refresh", post(handlers::refresh)),
-        ("/logout", post(handlers::logout)),
     ];
+    // Bodies, but no per-address limit: password guessing from a shared address must not stop
+    // the people behind it from logging out.
+    let unlimited_bodies = [("/logout", post(handlers::logout))];
     let mut open = vec![
         ("/users/me", get(handlers::me)),
         ("/sessions", get(handlers::sessions)),
@@ -79,6 +81,7 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
     // limit write log lines of their own (see `Envelope`).
     let routes: Vec<(&'static str, HandlerLogs)> = limited
         .iter()
+        .chain(unlimited_bodies.iter())
         .map(|(path, _)| (*path, HandlerLogs::Yes))
         .chain(open.iter().map(|(path, _)| (*path, HandlerLogs::No)))
         .collect();
@@ -87,14 +90,19 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
         .fold(Router::new(), |router, (path, handler)| {
             router.route(path, handler)
         })
-        .route_layer(middleware::from_fn_with_state(state.clone(), limit_per_ip))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit_per_ip));
+    let bodies = unlimited_bodies
+        .into_iter()
+        .fold(limited, |router, (path, handler)| {
+            router.route(path, handler)
+        })
         // Only these routes read a body: its size limit and read timeout are theirs alone,
         // which keeps the read routes free of per-request layers.
         .route_layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
             http.body_timeout_secs,
         )));
-    let api = open.into_iter().fold(limited, |router, (path, handler)| {
+    let api = open.into_iter().fold(bodies, |router, (path, handler)| {
         router.route(path, handler)
     });
     let metrics = state.auth.metrics().clone();

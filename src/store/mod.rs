@@ -63,6 +63,9 @@ pub struct NewSession {
     pub absolute_expires_at: DateTime<Utc>,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// Whether the login passed the second step; a password-only login opens no session for a
+    /// user whose second step was switched on meanwhile.
+    pub after_second_step: bool,
 }
 
 /// A session as its refresh chain sees it: what a refresh decides on.
@@ -70,10 +73,13 @@ pub struct NewSession {
 pub struct SessionChain {
     pub id: Uuid,
     pub user_id: Uuid,
+    pub email: String,
     pub generation: i64,
     pub refresh_hash: Vec<u8>,
-    pub previous_hash: Option<Vec<u8>>,
+    /// When generation − 1 was rotated out.
     pub rotated_at: Option<DateTime<Utc>>,
+    /// When generation − 2 was rotated out.
+    pub earlier_rotated_at: Option<DateTime<Utc>>,
     pub expires_at: DateTime<Utc>,
     pub absolute_expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -349,11 +355,14 @@ impl Store {
         /// Disables or enables a user; disabling revokes every session of theirs in the same
         /// transaction. None when there is no such user.
         pub async fn set_disabled(&self, email: &Email, disabled: bool, now: DateTime<Utc>) -> Result<Option<User>>;
-        /// Deletes a user with their sessions and challenges (audit events stay).
-        pub async fn delete_user(&self, email: &Email) -> Result<Option<User>>;
-        /// Creates a session; past `max_per_user` live ones, revokes the user's oldest (how many
-        /// is returned).
-        pub async fn insert_session(&self, session: &NewSession, max_per_user: u32) -> Result<u64>;
+        /// Deletes a user with their sessions and challenges, and the throttle `counters` named
+        /// (audit events stay), in one transaction.
+        pub async fn delete_user(&self, email: &Email, counters: &[String]) -> Result<Option<User>>;
+        /// Creates a session for a user who is still there and enabled (and, for a password-only
+        /// login, still without a second step), holding the user row so that a concurrent
+        /// disable, delete or login waits; past `max_per_user` live sessions, revokes the
+        /// user's oldest. How many were revoked, or None when the user may not have a session.
+        pub async fn insert_session(&self, session: &NewSession, max_per_user: u32) -> Result<Option<u64>>;
         pub async fn find_session_chain(&self, family: &[u8]) -> Result<Option<SessionChain>>;
         /// Moves a session's chain one step on, if it is still at `generation` with
         /// `presented` as its current hash and alive: one statement, so of parallel refreshes

@@ -47,6 +47,10 @@ const TAKE_QUOTA: &str = "INSERT INTO throttles AS t (key, failures, locked_unti
              WHERE t.locked_until IS NULL OR t.locked_until <= $3 OR t.failures < $2
              RETURNING CAST(failures AS BIGINT)";
 
+/// Taken before a session is created: the user row, so that a disable or delete (which update
+/// or delete it) and another login of the user wait for the new session, or it for them.
+const LOCK_SESSION_USER: Option<&str> = Some("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE");
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// A pool of connections to one PostgreSQL database.

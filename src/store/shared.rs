@@ -131,10 +131,11 @@ impl From<UserListingRow> for super::UserListing {
 pub struct SessionChainRow {
     id: Uuid,
     user_id: Uuid,
+    email: String,
     generation: i64,
     refresh_hash: Vec<u8>,
-    previous_hash: Option<Vec<u8>>,
     rotated_at: Option<Time>,
+    earlier_rotated_at: Option<Time>,
     expires_at: Time,
     absolute_expires_at: Time,
     revoked_at: Option<Time>,
@@ -146,10 +147,11 @@ impl From<SessionChainRow> for super::SessionChain {
         super::SessionChain {
             id: row.id,
             user_id: row.user_id,
+            email: row.email,
             generation: row.generation,
             refresh_hash: row.refresh_hash,
-            previous_hash: row.previous_hash,
             rotated_at: row.rotated_at.map(|t| t.0),
+            earlier_rotated_at: row.earlier_rotated_at.map(|t| t.0),
             expires_at: row.expires_at.0,
             absolute_expires_at: row.absolute_expires_at.0,
             revoked_at: row.revoked_at.map(|t| t.0),
@@ -413,14 +415,28 @@ macro_rules! shared_statements {
                 Ok(row.map(User::from))
             }
 
-            pub async fn delete_user(&self, email: &Email) -> Result<Option<User>> {
+            pub async fn delete_user(
+                &self,
+                email: &Email,
+                counters: &[String],
+            ) -> Result<Option<User>> {
+                let mut tx = self.pool.begin().await?;
                 let row: Option<UserRow> = sqlx::query_as(
                     "DELETE FROM users WHERE email = $1
                      RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
                 )
                 .bind(email.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
+                if row.is_some() {
+                    for key in counters {
+                        sqlx::query("DELETE FROM throttles WHERE key = $1")
+                            .bind(key)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
                 Ok(row.map(User::from))
             }
 
@@ -428,13 +444,21 @@ macro_rules! shared_statements {
                 &self,
                 session: &super::NewSession,
                 max_per_user: u32,
-            ) -> Result<u64> {
+            ) -> Result<Option<u64>> {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(
+                if let Some(lock) = LOCK_SESSION_USER {
+                    sqlx::query(lock)
+                        .bind(session.user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let inserted = sqlx::query(
                     "INSERT INTO sessions (id, user_id, family, refresh_hash, created_at,
                                            last_used_at, expires_at, absolute_expires_at,
                                            client_ip, user_agent)
-                     VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9)",
+                     SELECT $1, $2, $3, $4, $5, $5, $6, $7, $8, $9 FROM users
+                     WHERE id = $2 AND disabled_at IS NULL
+                       AND ($10 OR two_factor_enabled = $11)",
                 )
                 .bind(session.id)
                 .bind(session.user_id)
@@ -445,8 +469,15 @@ macro_rules! shared_statements {
                 .bind(Time(session.absolute_expires_at))
                 .bind(&session.client_ip)
                 .bind(&session.user_agent)
+                .bind(session.after_second_step)
+                .bind(false)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
                 // Past the cap, the oldest live sessions go (ids are time-ordered).
                 let trimmed = sqlx::query(
                     "UPDATE sessions SET revoked_at = $3
@@ -462,7 +493,7 @@ macro_rules! shared_statements {
                 .await?
                 .rows_affected();
                 tx.commit().await?;
-                Ok(trimmed)
+                Ok(Some(trimmed))
             }
 
             pub async fn find_session_chain(
@@ -470,8 +501,9 @@ macro_rules! shared_statements {
                 family: &[u8],
             ) -> Result<Option<super::SessionChain>> {
                 let row: Option<super::shared::SessionChainRow> = sqlx::query_as(
-                    "SELECT s.id, s.user_id, s.generation, s.refresh_hash, s.previous_hash,
-                            s.rotated_at, s.expires_at, s.absolute_expires_at, s.revoked_at,
+                    "SELECT s.id, s.user_id, u.email, s.generation, s.refresh_hash,
+                            s.rotated_at, s.earlier_rotated_at, s.expires_at,
+                            s.absolute_expires_at, s.revoked_at,
                             u.disabled_at IS NOT NULL AS user_disabled
                      FROM sessions s JOIN users u ON u.id = s.user_id
                      WHERE s.family = $1",
@@ -493,8 +525,8 @@ macro_rules! shared_statements {
             ) -> Result<bool> {
                 let done = sqlx::query(
                     "UPDATE sessions
-                     SET previous_hash = refresh_hash, refresh_hash = $4,
-                         generation = generation + 1, rotated_at = $5, last_used_at = $5,
+                     SET refresh_hash = $4, generation = generation + 1,
+                         earlier_rotated_at = rotated_at, rotated_at = $5, last_used_at = $5,
                          expires_at = CASE WHEN $6 < absolute_expires_at THEN $6
                                            ELSE absolute_expires_at END
                      WHERE id = $1 AND generation = $2 AND refresh_hash = $3

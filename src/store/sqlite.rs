@@ -48,6 +48,10 @@ const TAKE_QUOTA: &str = "INSERT INTO throttles AS t (key, failures, locked_unti
              WHERE t.locked_until IS NULL OR t.locked_until <= $3 OR t.failures < $2
              RETURNING CAST(failures AS BIGINT)";
 
+/// SQLite has one writer at a time: the session's insert, the first write of its transaction,
+/// already waits for a disable, a delete or another login.
+const LOCK_SESSION_USER: Option<&str> = None;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// A pool of connections to one SQLite file.

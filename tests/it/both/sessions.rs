@@ -80,7 +80,7 @@ async fn a_login_opens_a_session_whose_refresh_token_rotates_at_each_use() {
     let app = TestApp::spawn().await;
     app.register("ada@example.test", false).await;
     let first = login(&app, "ada@example.test").await;
-    assert_eq!(first.refresh.len(), 64, "48 bytes, base64url");
+    assert_eq!(first.refresh.len(), 75, "56 bytes, base64url");
     let body: Value = app
         .login("ada@example.test", PASSWORD)
         .await
@@ -189,7 +189,7 @@ async fn refresh_refuses_what_is_not_a_live_refresh_token() {
     for bad in [
         "".to_owned(),
         "not a token".to_owned(),
-        "A".repeat(64),
+        "A".repeat(75),
         tokens.access.clone(),
     ] {
         problem(
@@ -670,12 +670,14 @@ async fn odd_logout_bodies_and_user_agents_are_handled_without_harm() {
         "unsupported_media_type",
     )
     .await;
-    problem(
-        send(r#"{"scope": 7}"#, "application/json").await.unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    for not_an_object in [r#"{"scope": 7}"#, "[]", r#"["all"]"#, "42"] {
+        problem(
+            send(not_an_object, "application/json").await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+    }
     // None of those ended anything.
     assert_eq!(me_status(&app, &tokens.access).await, StatusCode::OK);
     // `{}` and a null scope mean the current session.
@@ -690,4 +692,115 @@ async fn odd_logout_bodies_and_user_agents_are_handled_without_harm() {
         me_status(&app, &tokens.access).await,
         StatusCode::UNAUTHORIZED
     );
+}
+
+#[tokio::test]
+async fn a_string_with_a_sessions_family_but_not_its_secret_changes_nothing() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    let tokens = login(&app, "ada@example.test").await;
+    let mut bytes = URL_SAFE_NO_PAD.decode(&tokens.refresh).unwrap();
+    // The family and generation kept, the secret zeroed; then an older generation, forged.
+    for byte in &mut bytes[24..] {
+        *byte = 0;
+    }
+    let zeroed = URL_SAFE_NO_PAD.encode(&bytes);
+    problem(
+        refresh(&app, &zeroed).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(me_status(&app, &tokens.access).await, StatusCode::OK);
+    app.db.expect_events("refresh_token_reused", 0).await;
+    let next = Tokens::from(refresh(&app, &tokens.refresh).await).await;
+    assert_eq!(me_status(&app, &next.access).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_token_two_rotations_old_still_gets_the_current_tokens_within_the_grace_period() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    let first = login(&app, "ada@example.test").await;
+    let second = Tokens::from(refresh(&app, &first.refresh).await).await;
+    let third = Tokens::from(refresh(&app, &second.refresh).await).await;
+    // The first request's retry arrives after the client already moved on twice.
+    let late = Tokens::from(refresh(&app, &first.refresh).await).await;
+    assert_eq!(late.refresh, third.refresh);
+    assert_eq!(me_status(&app, &third.access).await, StatusCode::OK);
+    app.db.expect_events("refresh_token_reused", 0).await;
+    // Three rotations old is reuse, grace or not.
+    let fourth = Tokens::from(refresh(&app, &third.refresh).await).await;
+    problem(
+        refresh(&app, &first.refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(
+        me_status(&app, &fourth.access).await,
+        StatusCode::UNAUTHORIZED
+    );
+    app.db.expect_events("refresh_token_reused", 1).await;
+}
+
+#[tokio::test]
+async fn a_disabled_or_deleted_user_gets_no_new_session_from_the_store() {
+    use authd::store::{NewSession, Store};
+    let app = TestApp::spawn().await;
+    let ada = app.register("ada@example.test", false).await;
+    let user_id: uuid::Uuid = ada["id"].as_str().unwrap().parse().unwrap();
+    let store = Store::connect_lazy(&app.settings).unwrap();
+    let now = chrono::Utc::now();
+    let session = |after_second_step| NewSession {
+        id: uuid::Uuid::now_v7(),
+        user_id,
+        family: authd::session::new_family().to_vec(),
+        refresh_hash: vec![0; 32],
+        created_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+        absolute_expires_at: now + chrono::Duration::hours(2),
+        client_ip: None,
+        user_agent: None,
+        after_second_step,
+    };
+    assert_eq!(
+        store.insert_session(&session(false), 5).await.unwrap(),
+        Some(0)
+    );
+    // Switched to two steps: a password-only login opens nothing; one past the code does.
+    let data_dir = TempDir::new("authd-sessions");
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["user", "set-2fa", "ada@example.test", "on"],
+        "",
+    )
+    .await;
+    assert_eq!(
+        store.insert_session(&session(false), 5).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.insert_session(&session(true), 5).await.unwrap(),
+        Some(0)
+    );
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["user", "disable", "ada@example.test"],
+        "",
+    )
+    .await;
+    assert_eq!(store.insert_session(&session(true), 5).await.unwrap(), None);
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["user", "delete", "ada@example.test", "--yes"],
+        "",
+    )
+    .await;
+    assert_eq!(store.insert_session(&session(true), 5).await.unwrap(), None);
 }
