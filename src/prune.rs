@@ -31,6 +31,7 @@ pub fn spawn_pruner(auth: Auth, interval: Duration) -> JoinHandle<()> {
             match auth.prune(false).await {
                 Ok(Some(pruned)) => tracing::info!(
                     challenges = pruned.challenges,
+                    sessions = pruned.sessions,
                     throttles = pruned.throttles,
                     events = pruned.events,
                     "pruned expired rows"
