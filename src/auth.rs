@@ -595,7 +595,16 @@ impl Auth {
 
     /// Points the dummy hash (checked for unknown emails) at the cost most stored hashes have.
     pub async fn calibrate_dummy_hash(&self) -> Result<()> {
-        crate::prune::calibrate_dummy_hash(&self.store, &self.hasher).await
+        let cost = self.store.most_common_hash_cost().await?;
+        self.hasher
+            .match_dummy_cost(cost.unwrap_or(self.hasher.cost()));
+        Ok(())
+    }
+
+    /// The bcrypt cost an unknown email's login is checked at (see
+    /// [`Auth::calibrate_dummy_hash`]).
+    pub fn dummy_cost(&self) -> u32 {
+        self.hasher.dummy_cost()
     }
 
     /// Password guesses: every `login_failures_per_account` consecutive failures lock the

@@ -6,18 +6,6 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
-use crate::error::Result;
-use crate::password::PasswordHasher;
-use crate::store::Store;
-
-/// Points the hasher's dummy hash (for unknown emails) at the cost most stored hashes have.
-/// The doors call [`Auth::calibrate_dummy_hash`]; this is its step, public for the integration
-/// tests that check it on a hasher of their own.
-pub async fn calibrate_dummy_hash(store: &Store, hasher: &PasswordHasher) -> Result<()> {
-    let cost = store.most_common_hash_cost().await?;
-    hasher.match_dummy_cost(cost.unwrap_or(hasher.cost()));
-    Ok(())
-}
 
 /// Prunes every `interval`, starting at once, until aborted, and keeps the dummy hash at the
 /// stored hashes' cost. A failed pass (database down) is logged and tried again at the next

@@ -5,18 +5,23 @@
 //! Everything is loopback, every loop is bounded in count and time, and a watchdog ends the run
 //! (and the processes it started) if it ever outlives `--max-secs`.
 //!
-//! The six figures:
+//! The figures:
 //! 1. the bcrypt bound: one thread per core in this process, bcrypt verify at authd's cost;
 //! 2. `POST /login` per second at saturation, and its ratio to the bound;
 //! 3. `GET /users/me` per second and p50/p99 latency, idle; beside it the ceiling: a bare axum
 //!    route (in a subprocess of this binary, on the same runtime and pool settings as authd)
-//!    that runs the same indexed query and returns the same JSON without checking any token,
+//!    that calls authd's own store for the same user and session and returns the same JSON
+//!    without checking any token,
 //!    measured in one-second windows alternating with authd's;
 //! 4. `/users/me` p99 at a fixed pace (1000 req/s by default: steady traffic, not a flood)
 //!    while closed-loop logins saturate the CPU, against the p99 of the same pace when idle;
 //! 5. the full two-factor flow (login, code from the SMTP sink in this process, `/login/otp`)
 //!    per second;
-//! 6. authd's resident memory after the run.
+//! 6. authd's resident memory after the run;
+//! 7. `/users/me` p99 at the same pace while registrations with the policy's worst-case
+//!    passwords run;
+//! 8. `POST /token/refresh` per second, p50/p99, each client rotating its own session's chain;
+//! 9. `POST /logout` latency, each logout after an untimed login.
 //!
 //! And what explains them: the CPU each process (authd, the ceiling, PostgreSQL, this load
 //! generator) spends per `/users/me` answer, read from /proc; a control that sends the same

@@ -346,15 +346,13 @@ async fn after_the_bcrypt_cost_changes_a_login_upgrades_the_hash_and_unknown_ema
     let mut settings = test_settings(&db_url, mail.port);
     settings.password.bcrypt_cost = 5;
     // Until the hashes are upgraded, unknown emails are checked at the cost most of them have.
-    let store = authd::store::Store::connect_lazy(&settings).unwrap();
-    let hasher = authd::password::PasswordHasher::from_settings(&settings.password)
+    let core = authd::app::build_core(&settings, authd::app::Door::Cli)
         .await
         .unwrap();
-    assert_eq!(hasher.dummy_cost(), 5);
-    authd::prune::calibrate_dummy_hash(&store, &hasher)
-        .await
-        .unwrap();
-    assert_eq!(hasher.dummy_cost(), 4);
+    assert_eq!(core.auth.dummy_cost(), 5);
+    core.auth.calibrate_dummy_hash().await.unwrap();
+    assert_eq!(core.auth.dummy_cost(), 4);
+    core.close().await;
 
     let app = TestApp::spawn_on(settings, mail, db_url).await;
     assert_eq!(
