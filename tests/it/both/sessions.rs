@@ -804,3 +804,23 @@ async fn a_disabled_or_deleted_user_gets_no_new_session_from_the_store() {
     .await;
     assert_eq!(store.insert_session(&session(true), 5).await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_logins_of_one_user_keep_the_session_cap_exact() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| s.session.max_per_user = 3).await;
+    app.register("ada@example.test", false).await;
+    // Eight at once: each is counted as a failure until its password checks out, and ten in
+    // flight would lock the account (rate_limit.login_failures_per_account).
+    let logins =
+        futures::future::join_all((0..8).map(|_| app.login("ada@example.test", PASSWORD))).await;
+    for login in logins {
+        assert_eq!(login.status(), StatusCode::OK);
+    }
+    assert_eq!(live_sessions(&app).await, 3);
+    // Every login made a session; five of them were ended by later ones.
+    let revoked = app
+        .db
+        .int("SELECT CAST(count(*) AS BIGINT) FROM sessions WHERE revoked_at IS NOT NULL")
+        .await;
+    assert_eq!(revoked, 5);
+}
