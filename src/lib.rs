@@ -21,6 +21,8 @@ pub mod error;
 mod files;
 /// The HTTP API: routes, handlers, the request envelope, the server, problem+json, OpenAPI.
 pub mod http;
+/// Asymmetric signing keys and their sealing (issue 15, not wired in yet).
+pub mod keyring;
 /// The signing secret: configured or generated once.
 pub mod keys;
 /// Outgoing mail.

@@ -1,0 +1,255 @@
+//! Signing keys (issue 15, work in progress): asymmetric key pairs that other services can
+//! verify with, and the sealing of their private halves for the database.
+//!
+//! No cryptography of our own: `p256` and `ed25519-dalek` make the key pairs (from
+//! operating-system randomness) and write them as PKCS#8, `jsonwebtoken` signs and verifies with
+//! them and derives their public JWKs, `aes-gcm` seals the private halves under the
+//! key-encryption key.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use rand::{TryRngCore, rngs::OsRng};
+
+/// The algorithms a signing key can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    /// ECDSA on P-256 with SHA-256: the widest library support.
+    Es256,
+    /// Ed25519.
+    EdDsa,
+}
+
+impl KeyAlgorithm {
+    pub fn jwt(self) -> Algorithm {
+        match self {
+            KeyAlgorithm::Es256 => Algorithm::ES256,
+            KeyAlgorithm::EdDsa => Algorithm::EdDSA,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::Es256 => "ES256",
+            KeyAlgorithm::EdDsa => "EdDSA",
+        }
+    }
+}
+
+/// Why a key could not be made, sealed or opened.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("the operating system's random number generator failed")]
+    Random,
+    #[error("the key could not be encoded")]
+    Encoding,
+    #[error("the sealed key does not open under this key-encryption key, or was altered")]
+    Unsealing,
+}
+
+/// A private key as PKCS#8 DER: what `jsonwebtoken` signs with. Never printed.
+pub struct PrivateKey {
+    pub algorithm: KeyAlgorithm,
+    der: Vec<u8>,
+}
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrivateKey({}, ..)", self.algorithm.as_str())
+    }
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], KeyError> {
+    let mut bytes = [0u8; N];
+    OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|_| KeyError::Random)?;
+    Ok(bytes)
+}
+
+impl PrivateKey {
+    /// A new key pair from the operating system's randomness.
+    pub fn generate(algorithm: KeyAlgorithm) -> Result<PrivateKey, KeyError> {
+        use p256::pkcs8::EncodePrivateKey;
+        let der = match algorithm {
+            KeyAlgorithm::Es256 => {
+                // A random scalar is a valid key unless it is zero or not below the group
+                // order, which happens with probability about 2^-32; draw again then.
+                let secret = loop {
+                    if let Ok(secret) = p256::SecretKey::from_slice(&random_bytes::<32>()?) {
+                        break secret;
+                    }
+                };
+                secret.to_pkcs8_der().map_err(|_| KeyError::Encoding)?
+            }
+            // PKCS#8 v1 (the seed alone), the form `jsonwebtoken` reads Ed25519 keys in.
+            KeyAlgorithm::EdDsa => ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: random_bytes::<32>()?,
+                public_key: None,
+            }
+            .to_pkcs8_der()
+            .map_err(|_| KeyError::Encoding)?,
+        };
+        Ok(PrivateKey {
+            algorithm,
+            der: der.as_bytes().to_vec(),
+        })
+    }
+
+    /// The key `jsonwebtoken` signs with.
+    pub fn encoding_key(&self) -> EncodingKey {
+        match self.algorithm {
+            KeyAlgorithm::Es256 => EncodingKey::from_ec_der(&self.der),
+            KeyAlgorithm::EdDsa => EncodingKey::from_ed_der(&self.der),
+        }
+    }
+
+    /// The public half as a JWK (RFC 7517) with `kid`, `alg` and `use: "sig"`: what the JWKS
+    /// publishes. Made by `jsonwebtoken` from the private key; it holds no private member.
+    pub fn public_jwk(&self, kid: &str) -> Result<Jwk, KeyError> {
+        let mut jwk = Jwk::from_encoding_key(&self.encoding_key(), self.algorithm.jwt())
+            .map_err(|_| KeyError::Encoding)?;
+        jwk.common.key_id = Some(kid.to_owned());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        Ok(jwk)
+    }
+
+    /// The private half sealed for storage: AES-256-GCM under the key-encryption key, with a
+    /// random 96-bit nonce in front, and the key's id and algorithm as associated data (so a
+    /// sealed key cannot be passed off as another row's).
+    pub fn seal(&self, kek: &[u8; 32], kid: &str) -> Result<Vec<u8>, KeyError> {
+        let cipher = Aes256Gcm::new(kek.into());
+        let nonce = random_bytes::<12>()?;
+        let aad = associated_data(kid, self.algorithm);
+        let sealed = cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &self.der,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| KeyError::Encoding)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens what [`PrivateKey::seal`] made, for the same id and algorithm.
+    pub fn unseal(
+        sealed: &[u8],
+        kek: &[u8; 32],
+        kid: &str,
+        algorithm: KeyAlgorithm,
+    ) -> Result<PrivateKey, KeyError> {
+        let (nonce, ciphertext) = sealed.split_at_checked(12).ok_or(KeyError::Unsealing)?;
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| KeyError::Unsealing)?;
+        let cipher = Aes256Gcm::new(kek.into());
+        let aad = associated_data(kid, algorithm);
+        let der = cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| KeyError::Unsealing)?;
+        Ok(PrivateKey { algorithm, der })
+    }
+}
+
+fn associated_data(kid: &str, algorithm: KeyAlgorithm) -> Vec<u8> {
+    format!("authd signing key v1\0{kid}\0{}", algorithm.as_str()).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Header, Validation};
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+    struct Claims {
+        sub: String,
+        exp: i64,
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            sub: "someone".into(),
+            exp: chrono::Utc::now().timestamp() + 60,
+        }
+    }
+
+    #[test]
+    fn generated_keys_sign_tokens_their_public_jwk_verifies_and_no_private_member_is_published() {
+        for algorithm in [KeyAlgorithm::Es256, KeyAlgorithm::EdDsa] {
+            let key = PrivateKey::generate(algorithm).unwrap();
+            let mut header = Header::new(algorithm.jwt());
+            header.kid = Some("k1".into());
+            let token = jsonwebtoken::encode(&header, &claims(), &key.encoding_key()).unwrap();
+            let jwk = key.public_jwk("k1").unwrap();
+            let published = serde_json::to_value(&jwk).unwrap();
+            assert_eq!(published["kid"], "k1");
+            assert_eq!(published["use"], "sig");
+            assert_eq!(published["alg"], algorithm.as_str());
+            for private in ["d", "p", "q", "dp", "dq", "qi", "k"] {
+                assert!(
+                    published.get(private).is_none(),
+                    "{algorithm:?}: {published}"
+                );
+            }
+            let decoding = DecodingKey::from_jwk(&jwk).unwrap();
+            let verified = jsonwebtoken::decode::<Claims>(
+                &token,
+                &decoding,
+                &Validation::new(algorithm.jwt()),
+            )
+            .unwrap();
+            assert_eq!(verified.claims, claims());
+            // Another key of the same kind does not verify it.
+            let other = PrivateKey::generate(algorithm)
+                .unwrap()
+                .public_jwk("k2")
+                .unwrap();
+            let other = DecodingKey::from_jwk(&other).unwrap();
+            assert!(
+                jsonwebtoken::decode::<Claims>(&token, &other, &Validation::new(algorithm.jwt()))
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn a_sealed_key_opens_only_with_its_kek_id_and_algorithm_and_unaltered() {
+        let key = PrivateKey::generate(KeyAlgorithm::Es256).unwrap();
+        let kek = [7u8; 32];
+        let sealed = key.seal(&kek, "k1").unwrap();
+        assert!(
+            !sealed
+                .windows(key.der.len())
+                .any(|w| w == key.der.as_slice())
+        );
+        let opened = PrivateKey::unseal(&sealed, &kek, "k1", KeyAlgorithm::Es256).unwrap();
+        assert_eq!(opened.der, key.der);
+        let refused = [
+            PrivateKey::unseal(&sealed, &[8u8; 32], "k1", KeyAlgorithm::Es256),
+            PrivateKey::unseal(&sealed, &kek, "k2", KeyAlgorithm::Es256),
+            PrivateKey::unseal(&sealed, &kek, "k1", KeyAlgorithm::EdDsa),
+            PrivateKey::unseal(&sealed[..11], &kek, "k1", KeyAlgorithm::Es256),
+        ];
+        for result in refused {
+            assert_eq!(result.unwrap_err(), KeyError::Unsealing);
+        }
+        let mut altered = sealed.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        assert_eq!(
+            PrivateKey::unseal(&altered, &kek, "k1", KeyAlgorithm::Es256).unwrap_err(),
+            KeyError::Unsealing
+        );
+        // Two seals of one key differ (fresh nonce each time).
+        assert_ne!(key.seal(&kek, "k1").unwrap(), sealed);
+    }
+}
