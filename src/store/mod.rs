@@ -109,6 +109,34 @@ pub struct UserListing {
     pub sessions: i64,
 }
 
+/// A signing key about to be stored (issue 15).
+#[derive(Debug, Clone)]
+pub struct NewSigningKey {
+    pub kid: String,
+    pub algorithm: String,
+    /// The public JWK, as JSON.
+    pub public_jwk: String,
+    /// The private half, sealed under the key-encryption key.
+    pub sealed_private: Vec<u8>,
+    /// `next` or `current`.
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub algorithm: String,
+    pub public_jwk: String,
+    pub sealed_private: Vec<u8>,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub retired_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// The result of submitting one code to a challenge, decided atomically in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
@@ -411,6 +439,15 @@ impl Store {
         /// Deletes what has expired (see [`Pruned`]), in one transaction. On PostgreSQL one
         /// instance at a time: `None` when another holds the pruning lock and `wait` is false.
         pub async fn prune(&self, now: DateTime<Utc>, events_before: DateTime<Utc>, wait: bool) -> Result<Option<Pruned>>;
+        pub async fn insert_signing_key(&self, key: &NewSigningKey) -> Result<()>;
+        /// Every signing key, oldest first.
+        pub async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
+        /// Promotes the oldest `next` key to `current` and retires the old current, in one
+        /// transaction; the promoted key's id, or None when there is no `next` key.
+        pub async fn activate_next_key(&self, now: DateTime<Utc>) -> Result<Option<String>>;
+        /// Marks a key revoked (never accepted again). False when there is no such key or it
+        /// was revoked already.
+        pub async fn revoke_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool>;
         /// Appends security events in one transaction.
         pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()>;
         /// Security events, newest first.

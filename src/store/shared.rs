@@ -188,6 +188,35 @@ impl From<SessionInfoRow> for super::SessionInfo {
 }
 
 #[derive(Debug, sqlx::FromRow)]
+pub struct SigningKeyRow {
+    kid: String,
+    algorithm: String,
+    public_jwk: String,
+    sealed_private: Vec<u8>,
+    state: String,
+    created_at: Time,
+    activated_at: Option<Time>,
+    retired_at: Option<Time>,
+    revoked_at: Option<Time>,
+}
+
+impl From<SigningKeyRow> for super::SigningKeyRecord {
+    fn from(row: SigningKeyRow) -> super::SigningKeyRecord {
+        super::SigningKeyRecord {
+            kid: row.kid,
+            algorithm: row.algorithm,
+            public_jwk: row.public_jwk,
+            sealed_private: row.sealed_private,
+            state: row.state,
+            created_at: row.created_at.0,
+            activated_at: row.activated_at.map(|t| t.0),
+            retired_at: row.retired_at.map(|t| t.0),
+            revoked_at: row.revoked_at.map(|t| t.0),
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
 pub struct EventRow {
     id: i64,
     at: Time,
@@ -855,6 +884,85 @@ macro_rules! shared_statements {
                     throttles,
                     events,
                 })
+            }
+
+            pub async fn insert_signing_key(&self, key: &super::NewSigningKey) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO signing_keys (kid, algorithm, public_jwk, sealed_private, state,
+                                               created_at, activated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6,
+                             CASE WHEN $5 = 'current' THEN $6 ELSE NULL END)",
+                )
+                .bind(&key.kid)
+                .bind(&key.algorithm)
+                .bind(&key.public_jwk)
+                .bind(&key.sealed_private)
+                .bind(&key.state)
+                .bind(Time(key.created_at))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn list_signing_keys(&self) -> Result<Vec<super::SigningKeyRecord>> {
+                let rows: Vec<super::shared::SigningKeyRow> = sqlx::query_as(
+                    "SELECT kid, algorithm, public_jwk, sealed_private, state, created_at,
+                            activated_at, retired_at, revoked_at
+                     FROM signing_keys ORDER BY created_at, kid",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(super::SigningKeyRecord::from).collect())
+            }
+
+            pub async fn activate_next_key(&self, now: DateTime<Utc>) -> Result<Option<String>> {
+                let mut tx = self.pool.begin().await?;
+                let next: Option<String> = sqlx::query_scalar(
+                    "SELECT kid FROM signing_keys WHERE state = 'next'
+                     ORDER BY created_at, kid LIMIT 1",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(next) = next else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                // The old current first: at most one key is current at any moment.
+                sqlx::query(
+                    "UPDATE signing_keys SET state = 'retired', retired_at = $1
+                     WHERE state = 'current'",
+                )
+                .bind(Time(now))
+                .execute(&mut *tx)
+                .await?;
+                let activated = sqlx::query(
+                    "UPDATE signing_keys SET state = 'current', activated_at = $2
+                     WHERE kid = $1 AND state = 'next'",
+                )
+                .bind(&next)
+                .bind(Time(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                // Another activation took this key first: leave everything as it made it.
+                if activated == 0 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                tx.commit().await?;
+                Ok(Some(next))
+            }
+
+            pub async fn revoke_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE signing_keys SET state = 'revoked', revoked_at = $2
+                     WHERE kid = $1 AND state <> 'revoked'",
+                )
+                .bind(kid)
+                .bind(Time(now))
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
             }
 
             pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()> {
