@@ -27,6 +27,17 @@ pub struct Settings {
     pub mail: MailSettings,
     pub audit: AuditSettings,
     pub session: SessionSettings,
+    pub keys: KeysSettings,
+}
+
+/// The signing keys (issue 15, in progress).
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeysSettings {
+    /// The key-encryption key: 64 hex characters (32 bytes) that seal the signing keys' private
+    /// halves. Unset: generated once into `<data_dir>/key-encryption-key` (development only).
+    pub encryption_key: Option<SecretString>,
+    /// How often an instance reads the key set again, to notice a rotation or a revocation.
+    pub refresh_secs: u64,
 }
 
 /// Sessions and their refresh tokens.
@@ -427,6 +438,11 @@ impl Settings {
     /// Where a generated signing key is kept.
     pub fn generated_secret_path(&self) -> PathBuf {
         self.data_dir.join("jwt-secret")
+    }
+
+    /// Where a generated key-encryption key is kept when `keys.encryption_key` is not set.
+    pub fn generated_kek_path(&self) -> PathBuf {
+        self.data_dir.join("key-encryption-key")
     }
 
     /// The configured signing secret, if any.

@@ -69,6 +69,48 @@ pub fn load_signing_secret(
     })
 }
 
+/// The key-encryption key (`keys.encryption_key`): 32 bytes written as 64 hex characters, that
+/// seal the private halves of the signing keys. Configured, else the generated one in the data
+/// directory, else (when `may_generate`) generated now like the signing secret.
+pub fn load_key_encryption_key(
+    settings: &Settings,
+    may_generate: bool,
+) -> anyhow::Result<[u8; 32]> {
+    if let Some(key) = &settings.keys.encryption_key {
+        return parse_kek(key.expose_secret()).context("keys.encryption_key");
+    }
+    let path = settings.generated_kek_path();
+    let text = if path.exists() {
+        read_secret(&path)?
+    } else if may_generate {
+        tracing::warn!(
+            path = %path.display(),
+            "keys.encryption_key is not set: generated one into the data directory; set AUTHD_KEYS__ENCRYPTION_KEY in production"
+        );
+        generate_secret(&path)?
+    } else {
+        bail!(
+            "keys.encryption_key is not set and there is no generated one at {}: set AUTHD_KEYS__ENCRYPTION_KEY (64 hex characters)",
+            path.display()
+        );
+    };
+    parse_kek(text.expose_secret()).with_context(|| format!("{} is unusable", path.display()))
+}
+
+/// 64 hex characters as 32 bytes.
+fn parse_kek(text: &str) -> anyhow::Result<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("must be 64 hex characters (32 bytes)");
+    }
+    let mut key = [0u8; 32];
+    for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).expect("ASCII hex digits");
+        *byte = u8::from_str_radix(pair, 16).expect("checked hex digits");
+    }
+    Ok(key)
+}
+
 fn read_secret(path: &Path) -> anyhow::Result<SecretString> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the generated signing key {}", path.display()))?;
@@ -135,6 +177,36 @@ mod tests {
         assert_eq!(first.bytes(), again.bytes());
         let read_only = load_signing_secret(&settings, false).unwrap();
         assert_eq!(first.bytes(), read_only.bytes());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_key_encryption_key_is_configured_or_generated_once_as_64_hex_characters() {
+        let dir = std::env::temp_dir().join(format!("authd-kek-{}", uuid::Uuid::new_v4()));
+        let mut settings = settings_in(&dir);
+        assert!(load_key_encryption_key(&settings, false).is_err());
+        let generated = load_key_encryption_key(&settings, true).unwrap();
+        assert_eq!(
+            load_key_encryption_key(&settings, false).unwrap(),
+            generated
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("key-encryption-key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        settings.keys.encryption_key = Some(format!("{}ff", "00".repeat(31)).into());
+        let configured = load_key_encryption_key(&settings, true).unwrap();
+        assert_eq!(configured[31], 0xff);
+        assert_eq!(configured[..31], [0u8; 31]);
+        for bad in ["", "00", &"zz".repeat(32), &"0".repeat(65)] {
+            settings.keys.encryption_key = Some(bad.to_string().into());
+            assert!(load_key_encryption_key(&settings, true).is_err(), "{bad:?}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
