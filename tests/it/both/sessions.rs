@@ -40,6 +40,16 @@ async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
         .await
 }
 
+/// A refresh that must be refused with 401 `invalid_token`.
+async fn refused(app: &TestApp, token: &str) {
+    problem(
+        refresh(app, token).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+}
+
 async fn me_status(app: &TestApp, access: &str) -> StatusCode {
     app.get_with_token("/users/me", access).await.status()
 }
@@ -113,23 +123,13 @@ async fn a_rotated_token_used_after_the_grace_period_revokes_the_whole_session()
     let first = login(&app, "ada@example.test").await;
     let second = Tokens::from(refresh(&app, &first.refresh).await).await;
     // The thief (or the victim) replays the first token: the family is revoked...
-    problem(
-        refresh(&app, &first.refresh).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
+    refused(&app, &first.refresh).await;
     // ...every token descended from it with it, the live access token included.
     assert_eq!(
         me_status(&app, &second.access).await,
         StatusCode::UNAUTHORIZED
     );
-    problem(
-        refresh(&app, &second.refresh).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
+    refused(&app, &second.refresh).await;
     app.db.expect_events("refresh_token_reused", 1).await;
     assert_eq!(live_sessions(&app).await, 0);
 }
@@ -192,12 +192,7 @@ async fn refresh_refuses_what_is_not_a_live_refresh_token() {
         "A".repeat(75),
         tokens.access.clone(),
     ] {
-        problem(
-            refresh(&app, &bad).await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-        )
-        .await;
+        refused(&app, &bad).await;
     }
     problem(
         app.post_json("/token/refresh", &json!({})).await,
@@ -207,12 +202,7 @@ async fn refresh_refuses_what_is_not_a_live_refresh_token() {
     .await;
     // Waits out the one-second session: the token and the session's access token die with it.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    problem(
-        refresh(&app, &tokens.refresh).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
+    refused(&app, &tokens.refresh).await;
     assert_eq!(
         me_status(&app, &tokens.access).await,
         StatusCode::UNAUTHORIZED
@@ -234,12 +224,7 @@ async fn a_refresh_never_outlives_the_absolute_session_lifetime() {
         tokens = Tokens::from(refresh(&app, &tokens.refresh).await).await;
     }
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    problem(
-        refresh(&app, &tokens.refresh).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
+    refused(&app, &tokens.refresh).await;
 }
 
 #[tokio::test]
@@ -258,12 +243,7 @@ async fn logout_ends_the_current_session_others_or_all() {
     assert_eq!(me_status(&app, &a.access).await, StatusCode::OK);
     assert_eq!(me_status(&app, &b.access).await, StatusCode::UNAUTHORIZED);
     assert_eq!(me_status(&app, &c.access).await, StatusCode::UNAUTHORIZED);
-    problem(
-        refresh(&app, &b.refresh).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
+    refused(&app, &b.refresh).await;
     // No body means the current session.
     assert_eq!(
         logout(&app, &a.access, None).await.status(),
@@ -427,12 +407,7 @@ async fn disabling_a_user_cuts_their_live_token_at_once_and_enabling_lets_them_b
         me_status(&app, &tokens.access).await,
         StatusCode::UNAUTHORIZED
     );
-    problem(
-        refresh(&app, &tokens.refresh).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
+    refused(&app, &tokens.refresh).await;
     // The same answer as a wrong password: nothing says the account exists.
     problem(
         app.login("ada@example.test", PASSWORD).await,
@@ -707,12 +682,7 @@ async fn a_string_with_a_sessions_family_but_not_its_secret_changes_nothing() {
         *byte = 0;
     }
     let zeroed = URL_SAFE_NO_PAD.encode(&bytes);
-    problem(
-        refresh(&app, &zeroed).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
+    refused(&app, &zeroed).await;
     assert_eq!(me_status(&app, &tokens.access).await, StatusCode::OK);
     app.db.expect_events("refresh_token_reused", 0).await;
     let next = Tokens::from(refresh(&app, &tokens.refresh).await).await;
@@ -733,12 +703,7 @@ async fn a_token_two_rotations_old_still_gets_the_current_tokens_within_the_grac
     app.db.expect_events("refresh_token_reused", 0).await;
     // Three rotations old is reuse, grace or not.
     let fourth = Tokens::from(refresh(&app, &third.refresh).await).await;
-    problem(
-        refresh(&app, &first.refresh).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_token",
-    )
-    .await;
+    refused(&app, &first.refresh).await;
     assert_eq!(
         me_status(&app, &fourth.access).await,
         StatusCode::UNAUTHORIZED
@@ -823,4 +788,42 @@ async fn concurrent_logins_of_one_user_keep_the_session_cap_exact() {
         .int("SELECT CAST(count(*) AS BIGINT) FROM sessions WHERE revoked_at IS NOT NULL")
         .await;
     assert_eq!(revoked, 5);
+}
+
+// Multi-thread: the per-address limiter is shared by every worker, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_refreshes_meets_the_per_address_limit_but_logout_never_does() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        s.rate_limit.requests_per_ip_per_minute = 4;
+    })
+    .await;
+    // Two of the four this minute: the registration and the login.
+    app.register("ada@example.test", false).await;
+    let tokens = login(&app, "ada@example.test").await;
+    let guesses: Vec<String> = (0..6).map(|i| format!("{i}").repeat(75)).collect();
+    let guesses = futures::future::join_all(guesses.iter().map(|g| refresh(&app, g))).await;
+    let statuses: Vec<StatusCode> = guesses.iter().map(|r| r.status()).collect();
+    let answered = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let limited: Vec<_> = guesses
+        .iter()
+        .filter(|r| r.status() == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!((answered, limited.len()), (2, 4), "{statuses:?}");
+    assert!(
+        limited
+            .iter()
+            .all(|r| r.headers().contains_key("retry-after"))
+    );
+    // The address is out of requests, yet its user can still log out.
+    assert_eq!(
+        logout(&app, &tokens.access, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        me_status(&app, &tokens.access).await,
+        StatusCode::UNAUTHORIZED
+    );
 }

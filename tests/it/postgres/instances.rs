@@ -13,8 +13,8 @@ async fn instance(db_url: &str) -> TestApp {
     TestApp::spawn_on(settings, mail, db_url.to_owned()).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_session_ended_on_one_instance_is_refused_by_the_other_at_once() {
+/// Two instances on one fresh database, and the login answer of a user registered on the first.
+async fn two_instances_and_a_login() -> (String, TestApp, TestApp, Value) {
     let db_url = fresh_database().await;
     let (one, two) = (instance(&db_url).await, instance(&db_url).await);
     one.register("ada@example.test", false).await;
@@ -24,6 +24,12 @@ async fn a_session_ended_on_one_instance_is_refused_by_the_other_at_once() {
         .json()
         .await
         .unwrap();
+    (db_url, one, two, login)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_ended_on_one_instance_is_refused_by_the_other_at_once() {
+    let (db_url, one, two, login) = two_instances_and_a_login().await;
     let access = login["access_token"].as_str().unwrap();
     let refresh = login["refresh_token"].as_str().unwrap();
     // Both instances have verified (and cached) the token.
@@ -87,15 +93,7 @@ async fn a_session_ended_on_one_instance_is_refused_by_the_other_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_refreshes_through_two_instances_make_one_chain() {
-    let db_url = fresh_database().await;
-    let (one, two) = (instance(&db_url).await, instance(&db_url).await);
-    one.register("ada@example.test", false).await;
-    let login: Value = one
-        .login("ada@example.test", PASSWORD)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let (_, one, two, login) = two_instances_and_a_login().await;
     let refresh = login["refresh_token"].as_str().unwrap().to_owned();
     let body = json!({ "refresh_token": refresh });
     let answers = futures::future::join_all((0..12).map(|i| {
