@@ -15,7 +15,8 @@ use crate::auth::Auth;
 use crate::config::{Environment, Settings};
 use crate::http::server::{self, ConnectionRules};
 use crate::http::{AppState, HttpService, metrics_router, router};
-use crate::keys::load_signing_secret;
+use crate::config::JwtAlgorithm;
+use crate::keys::{existing_signing_secret, load_key_encryption_key, load_signing_secret};
 use crate::metrics::Metrics;
 use crate::store::{Backend, Store};
 
@@ -54,15 +55,20 @@ pub async fn build_core(settings: &Settings, door: Door) -> anyhow::Result<Core>
     if door == Door::Server {
         warn_about_serving_with(settings, &store);
     }
-    let secret = match door {
-        Door::Server => Some(load_signing_secret(settings, true)?),
-        Door::Cli => None,
-    };
     let metrics = Metrics::new();
     let (audit, audit_writer) = AuditLog::start(store.clone(), metrics.audit_dropped.clone());
-    let auth = match &secret {
-        Some(secret) => Auth::from_settings(settings, store, secret, audit, metrics).await?,
-        None => Auth::for_admin(settings, store, audit, metrics).await?,
+    let auth = match door {
+        Door::Server => {
+            let kek = load_key_encryption_key(settings, true)?;
+            // HS256 signs only when chosen; otherwise a secret already there still verifies
+            // the HS256 tokens (and keys the refresh tokens) issued before the switch.
+            let hs256 = match settings.jwt.algorithm {
+                JwtAlgorithm::Hs256 => Some(load_signing_secret(settings, true)?),
+                _ => existing_signing_secret(settings)?,
+            };
+            Auth::from_settings(settings, store, kek, hs256.as_ref(), audit, metrics).await?
+        }
+        Door::Cli => Auth::for_admin(settings, store, audit, metrics).await?,
     };
     Ok(Core { auth, audit_writer })
 }
@@ -109,6 +115,25 @@ pub struct App {
     connections: ConnectionRules,
     audit_writer: JoinHandle<()>,
     pruner: AbortOnDrop,
+    key_refresher: AbortOnDrop,
+}
+
+/// Reads the signing keys again every `interval`, so a rotation or revocation made by the
+/// admin commands (or another instance) is in use here within it. A failed read keeps the set
+/// in use and is tried again at the next tick.
+fn spawn_key_refresher(auth: Auth, interval: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate, and the keys were just read.
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(err) = auth.reload_keys().await {
+                tracing::warn!(error = %err, "cannot read the signing keys; keeping the ones in use");
+            }
+        }
+    })
 }
 
 /// A background task that ends with its owner (a test dropping its app included).
@@ -128,6 +153,10 @@ impl App {
         let pruner = AbortOnDrop(crate::prune::spawn_pruner(
             auth.clone(),
             Duration::from_secs(settings.audit.prune_interval_secs),
+        ));
+        let key_refresher = AbortOnDrop(spawn_key_refresher(
+            auth.clone(),
+            Duration::from_secs(settings.keys.refresh_secs),
         ));
         let state = AppState::new(auth, settings)?;
         let listener = TcpListener::bind(&settings.http.addr)
@@ -161,6 +190,7 @@ impl App {
             connections: ConnectionRules::from_settings(settings),
             audit_writer,
             pruner,
+            key_refresher,
         })
     }
 
@@ -198,6 +228,7 @@ impl App {
             connections,
             audit_writer,
             pruner,
+            key_refresher,
         } = self;
         let (stopped, watch) = tokio::sync::watch::channel(false);
         let metrics_server = metrics.map(|(listener, router)| {
@@ -219,6 +250,7 @@ impl App {
         // A pruning pass cut short is rolled back and done again at the next start. The pruner
         // goes first: its `Auth` holds a handle on the audit queue.
         drop(pruner);
+        drop(key_refresher);
         // The routers held the other handles: the writer now drains and ends.
         flush_audit(audit_writer).await;
         tracing::info!("authd stopped");

@@ -43,6 +43,13 @@ pub enum EventKind {
     UserDisabled,
     UserEnabled,
     UserDeleted,
+    /// A signing key made: `next` by `authd keys rotate`, or `current` by a first start.
+    KeyCreated,
+    /// `authd keys rotate --activate`: a next key became current, the old current retired.
+    KeyActivated,
+    /// `authd keys revoke`: a key is never accepted again (and, if it was current, which key
+    /// signs now).
+    KeyRevoked,
 }
 
 impl EventKind {
@@ -68,6 +75,9 @@ impl EventKind {
             EventKind::UserDisabled => "user_disabled",
             EventKind::UserEnabled => "user_enabled",
             EventKind::UserDeleted => "user_deleted",
+            EventKind::KeyCreated => "key_created",
+            EventKind::KeyActivated => "key_activated",
+            EventKind::KeyRevoked => "key_revoked",
         }
     }
 

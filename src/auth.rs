@@ -10,6 +10,7 @@ use crate::config::{RateLimitSettings, SessionSettings, Settings};
 use crate::domain::{Email, Otp, Password, PersonName, User};
 use crate::error::{Error, FieldError, Result};
 use crate::keys::SigningSecret;
+use crate::keyset::KeySet;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
 use crate::otp::{CodeHasher, generate_code};
@@ -19,8 +20,11 @@ use crate::store::{
     Attempt, Credentials, NewChallenge, NewSession, NewUser, Pruned, Reservation, SessionInfo,
     Store, ThrottleRule, UserListing, UserQuery,
 };
-use crate::token::{IssuedToken, Subject, TokenKeys, TokenKind};
+use crate::token::{IssuedToken, Subject, TokenError, TokenKeys, TokenKind, Verified};
 use std::net::IpAddr;
+
+mod keys;
+pub use keys::{Activated, key_algorithm};
 
 /// Raw registration input as it arrives from any door, before parsing.
 #[derive(Debug, Default, Clone)]
@@ -180,6 +184,8 @@ pub struct Auth {
     /// Security events older than this many days are pruned.
     retention_days: u32,
     sessions: SessionSettings,
+    /// A retired signing key is dropped this long after it retired.
+    key_horizon_secs: u64,
     audit: AuditLog,
     metrics: Metrics,
 }
@@ -192,6 +198,7 @@ struct SignIn {
     codes: CodeHasher,
     refresh: RefreshKeys,
     mailer: Mailer,
+    ring: keys::KeyRing,
 }
 
 /// Who is asking, as far as the door knows.
@@ -260,12 +267,15 @@ fn dead_challenge() -> Error {
 pub enum Actor {
     /// The admin command line.
     Cli,
+    /// The server itself (its first start making a signing key).
+    Server,
 }
 
 impl Actor {
     pub fn as_str(self) -> &'static str {
         match self {
             Actor::Cli => "by cli",
+            Actor::Server => "by server",
         }
     }
 }
@@ -284,30 +294,45 @@ fn seconds_until(until: chrono::DateTime<Utc>) -> u64 {
 }
 
 impl Auth {
-    /// The core of the server: every use case, logging in included.
+    /// The core of the server: every use case, logging in included. `kek` is the
+    /// key-encryption key; `hs256` the HS256 secret, if there is one (configured or generated).
+    /// The signing keys are read from the store (a first start makes one) before it returns.
     pub async fn from_settings(
         settings: &Settings,
         store: Store,
-        secret: &SigningSecret,
+        kek: [u8; 32],
+        hs256: Option<&SigningSecret>,
         audit: AuditLog,
         metrics: Metrics,
     ) -> anyhow::Result<Auth> {
         let hasher = Auth::build_hasher(settings, &metrics).await?;
-        let secret = secret.bytes();
         let sign_in = SignIn {
-            tokens: TokenKeys::new(secret, &settings.jwt),
-            codes: CodeHasher::from_secret(secret),
-            refresh: RefreshKeys::from_secret(secret),
+            tokens: TokenKeys::with_set(
+                KeySet::from_records(&[], &crate::keyset::KeyMaterial {
+                    kek: None,
+                    hs256_secret: None,
+                    algorithm: settings.jwt.algorithm,
+                    retired_horizon_secs: 0,
+                }, Utc::now())?,
+                &settings.jwt,
+            ),
+            codes: CodeHasher::from_kek(&kek),
+            refresh: RefreshKeys::from_kek(&kek, hs256.map(SigningSecret::bytes)),
             mailer: Mailer::from_settings(settings).context("invalid mail settings")?,
+            ring: keys::KeyRing::new(settings, kek, hs256.map(|s| s.secret.clone())),
         };
-        Ok(Auth::new(
+        let auth = Auth::new(
             settings,
             store,
             hasher,
             Some(sign_in),
             audit,
             metrics,
-        ))
+        );
+        auth.reload_keys()
+            .await
+            .context("cannot read or make the signing keys")?;
+        Ok(auth)
     }
 
     /// The core of the admin commands: every use case but logging in. They issue no tokens and
@@ -347,6 +372,7 @@ impl Auth {
             },
             retention_days: settings.audit.retention_days,
             sessions: settings.session.clone(),
+            key_horizon_secs: TokenKeys::retired_horizon_secs(&settings.jwt),
             audit,
             metrics,
             store,
@@ -590,7 +616,15 @@ impl Auth {
     pub async fn prune(&self, wait: bool) -> Result<Option<Pruned>> {
         let now = Utc::now();
         let events_before = now - chrono::Duration::days(i64::from(self.retention_days));
-        self.store.prune(now, events_before, wait).await
+        let Some(mut pruned) = self.store.prune(now, events_before, wait).await? else {
+            return Ok(None);
+        };
+        let horizon = i64::try_from(self.key_horizon_secs).unwrap_or(i64::MAX / 2);
+        pruned.keys = self
+            .store
+            .delete_expired_retired_keys(now - chrono::Duration::seconds(horizon))
+            .await?;
+        Ok(Some(pruned))
     }
 
     /// Points the dummy hash (checked for unknown emails) at the cost most stored hashes have.
@@ -892,9 +926,13 @@ impl Auth {
         client: Client,
     ) -> Result<SessionTokens> {
         let sign_in = self.sign_in()?;
-        let claims = sign_in
-            .tokens
-            .verify(TokenKind::Challenge, challenge_token)?;
+        let Verified { claims, kid } = self.verified(TokenKind::Challenge, challenge_token).await?;
+        // A key revoked on another instance is refused at once here too.
+        if let Some(kid) = kid
+            && self.store.signing_key_revoked(&kid).await?
+        {
+            return Err(TokenError::RevokedKey.into());
+        }
         let key = otp_key(claims.sub);
         let event = |kind| {
             let mut event = SecurityEvent::new(kind).client(client.ip);
@@ -961,12 +999,14 @@ impl Auth {
     }
 
     async fn authenticate(&self, access_token: &str) -> Result<(User, Uuid)> {
-        let Subject { user, session } = self.sign_in()?.tokens.access_subject(access_token)?;
+        let Subject { user, session, kid } = self.access_subject(access_token).await?;
         // Tokens issued before sessions existed carry no `sid`: they belong to no session.
         let session = session.ok_or_else(dead_session)?;
+        // The same query sees a revoked signing key: refused here at once, whichever instance
+        // revoked it.
         let user = self
             .store
-            .find_session_user(user, session, Utc::now())
+            .find_session_user(user, session, kid.as_deref(), Utc::now())
             .await?
             .ok_or_else(dead_session)?;
         Ok((user, session))

@@ -30,7 +30,7 @@ pub struct Settings {
     pub keys: KeysSettings,
 }
 
-/// The signing keys (issue 15, in progress).
+/// The signing keys and the key-encryption key.
 #[derive(Debug, Clone, Deserialize)]
 pub struct KeysSettings {
     /// The key-encryption key: 64 hex characters (32 bytes) that seal the signing keys' private
@@ -53,6 +53,10 @@ pub struct SessionSettings {
     /// Live sessions a user may have; a login past it revokes their oldest.
     pub max_per_user: u32,
 }
+
+/// The longest `keys.refresh_secs`: the JWKS is cached for as long, so it bounds how long
+/// another service may go on trusting a revoked key.
+pub const MAX_KEYS_REFRESH_SECS: u64 = 3600;
 
 /// The longest session authd accepts: keeps every expiry inside what both databases store.
 pub const MAX_SESSION_SECS: u64 = 10 * 365 * 24 * 3600;
@@ -99,6 +103,9 @@ pub enum Environment {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub addr: String,
+    /// The URL clients reach this server at (no trailing path), for the URLs published in
+    /// `/.well-known/oauth-authorization-server`. Empty: `http://` + `addr`.
+    pub public_url: String,
     pub header_timeout_secs: u64,
     pub body_timeout_secs: u64,
     pub request_timeout_secs: u64,
@@ -133,8 +140,33 @@ pub struct DatabaseSettings {
     pub acquire_timeout_secs: u64,
 }
 
+/// What access and challenge tokens are signed with (`jwt.algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    /// ECDSA P-256 with a key from the database (the default).
+    #[serde(rename = "ES256")]
+    Es256,
+    /// Ed25519 with a key from the database.
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+    /// HMAC-SHA256 with `jwt.secret`: only a service holding the secret can verify.
+    #[serde(rename = "HS256")]
+    Hs256,
+}
+
+impl JwtAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtAlgorithm::Es256 => "ES256",
+            JwtAlgorithm::EdDsa => "EdDSA",
+            JwtAlgorithm::Hs256 => "HS256",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct JwtSettings {
+    pub algorithm: JwtAlgorithm,
     pub secret: Option<SecretString>,
     pub issuer: String,
     pub audience: String,
@@ -206,6 +238,10 @@ pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The signing secret docker-compose.yml publishes for development: production refuses it.
 pub const DEVELOPMENT_SECRET: &str = "development-only-jwt-secret-never-use-in-production";
+
+/// The key-encryption key docker-compose.yml publishes for development: production refuses it.
+pub const DEVELOPMENT_ENCRYPTION_KEY: &str =
+    "646576656c6f706d656e742d6f6e6c792d6b65792d6e657665722d70726f6421";
 
 /// Fewest distinct bytes a production signing secret may have. 32 random decimal digits (the
 /// poorest alphabet a generator uses) have 9 or 10 distinct in 97% of draws and fewer than 8 in
@@ -348,6 +384,20 @@ impl Settings {
         if let Some(secret) = &self.jwt.secret {
             check_secret(secret)?;
         }
+        if let Some(kek) = &self.keys.encryption_key {
+            crate::keys::parse_kek(kek.expose_secret()).context("keys.encryption_key")?;
+        }
+        if !(1..=MAX_KEYS_REFRESH_SECS).contains(&self.keys.refresh_secs) {
+            bail!(
+                "keys.refresh_secs must be between 1 and {MAX_KEYS_REFRESH_SECS}: it bounds how long a revoked key goes on being accepted by other services"
+            );
+        }
+        let public_url = self.http.public_url.trim();
+        if !public_url.is_empty()
+            && !(public_url.starts_with("http://") || public_url.starts_with("https://"))
+        {
+            bail!("http.public_url must start with http:// or https://");
+        }
         let url = self.database_url();
         if !(url.starts_with("postgres://")
             || url.starts_with("postgresql://")
@@ -369,22 +419,43 @@ impl Settings {
                 self.mail.transport
             );
         }
-        let Some(secret) = &self.jwt.secret else {
+        let Some(kek) = &self.keys.encryption_key else {
             bail!(
-                "refusing to start in production without jwt.secret: a generated key is for development only; set AUTHD_JWT__SECRET (at least {MIN_SECRET_BYTES} bytes)"
+                "refusing to start in production without keys.encryption_key: a generated one is for development only; set AUTHD_KEYS__ENCRYPTION_KEY (openssl rand -hex 32)"
             );
         };
-        let secret = secret.expose_secret().as_bytes();
-        if secret == DEVELOPMENT_SECRET.as_bytes() {
+        if kek.expose_secret().trim() == DEVELOPMENT_ENCRYPTION_KEY {
             bail!(
-                "refusing to start in production: jwt.secret is the public development secret from docker-compose.yml; generate one (openssl rand -hex 32)"
+                "refusing to start in production: keys.encryption_key is the public development key from docker-compose.yml; generate one (openssl rand -hex 32)"
             );
         }
-        let distinct = distinct_bytes(secret);
+        let kek = crate::keys::parse_kek(kek.expose_secret())
+            .context("refusing to start in production: keys.encryption_key")?;
+        let distinct = distinct_bytes(&kek);
         if distinct < MIN_SECRET_DISTINCT_BYTES {
             bail!(
-                "refusing to start in production: jwt.secret has only {distinct} distinct characters (at least {MIN_SECRET_DISTINCT_BYTES}), it is not random; generate one (openssl rand -hex 32)"
+                "refusing to start in production: keys.encryption_key has only {distinct} distinct bytes (at least {MIN_SECRET_DISTINCT_BYTES}), it is not random; generate one (openssl rand -hex 32)"
             );
+        }
+        match &self.jwt.secret {
+            None if self.jwt.algorithm == JwtAlgorithm::Hs256 => bail!(
+                "refusing to start in production with jwt.algorithm = \"HS256\" without jwt.secret: a generated key is for development only; set AUTHD_JWT__SECRET (at least {MIN_SECRET_BYTES} bytes)"
+            ),
+            None => {}
+            Some(secret) => {
+                let secret = secret.expose_secret().as_bytes();
+                if secret == DEVELOPMENT_SECRET.as_bytes() {
+                    bail!(
+                        "refusing to start in production: jwt.secret is the public development secret from docker-compose.yml; generate one (openssl rand -hex 32)"
+                    );
+                }
+                let distinct = distinct_bytes(secret);
+                if distinct < MIN_SECRET_DISTINCT_BYTES {
+                    bail!(
+                        "refusing to start in production: jwt.secret has only {distinct} distinct characters (at least {MIN_SECRET_DISTINCT_BYTES}), it is not random; generate one (openssl rand -hex 32)"
+                    );
+                }
+            }
         }
         if !self.rate_limit.enabled {
             bail!(
@@ -438,6 +509,16 @@ impl Settings {
     /// Where a generated signing key is kept.
     pub fn generated_secret_path(&self) -> PathBuf {
         self.data_dir.join("jwt-secret")
+    }
+
+    /// The public base URL of the API, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        let configured = self.http.public_url.trim().trim_end_matches('/');
+        if configured.is_empty() {
+            format!("http://{}", self.http.addr.trim())
+        } else {
+            configured.to_owned()
+        }
     }
 
     /// Where a generated key-encryption key is kept when `keys.encryption_key` is not set.

@@ -1,5 +1,5 @@
-//! Signing keys (issue 15, work in progress): asymmetric key pairs that other services can
-//! verify with, and the sealing of their private halves for the database.
+//! Signing keys: asymmetric key pairs that other services can verify with, the sealing of their
+//! private halves for the database, and the keys derived from the key-encryption key.
 //!
 //! No cryptography of our own: `p256` and `ed25519-dalek` make the key pairs (from
 //! operating-system randomness) and write them as PKCS#8, `jsonwebtoken` signs and verifies with
@@ -35,6 +35,97 @@ impl KeyAlgorithm {
             KeyAlgorithm::EdDsa => "EdDSA",
         }
     }
+}
+
+impl std::str::FromStr for KeyAlgorithm {
+    type Err = KeyError;
+
+    fn from_str(text: &str) -> Result<KeyAlgorithm, KeyError> {
+        match text {
+            "ES256" => Ok(KeyAlgorithm::Es256),
+            "EdDSA" => Ok(KeyAlgorithm::EdDsa),
+            _ => Err(KeyError::Encoding),
+        }
+    }
+}
+
+/// Where a signing key is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Published, not signing yet: verifiers learn it before the first token it signs.
+    Next,
+    /// Signs every new token; exactly one.
+    Current,
+    /// No longer signs; published until every token it signed has expired.
+    Retired,
+    /// Never accepted again.
+    Revoked,
+    /// Read from a JWKS, not from the database: published, whichever of the first three.
+    Published,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Next => "next",
+            KeyState::Current => "current",
+            KeyState::Retired => "retired",
+            KeyState::Revoked => "revoked",
+            KeyState::Published => "published",
+        }
+    }
+
+    /// The state a stored row names; None for anything else.
+    pub fn parse(text: &str) -> Option<KeyState> {
+        [
+            KeyState::Next,
+            KeyState::Current,
+            KeyState::Retired,
+            KeyState::Revoked,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+/// A 32-byte key for `purpose`, derived from the key-encryption key with HKDF-SHA256
+/// (RFC 5869), so no two purposes ever share a key and none of them is the KEK itself.
+pub fn derive_key(kek: &[u8; 32], purpose: &str) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(b"authd key-encryption-key v1"), kek)
+        .expand(purpose.as_bytes(), &mut key)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    key
+}
+
+/// A new key id: 128 random bits, base64url (22 characters).
+pub fn new_kid() -> Result<String, KeyError> {
+    use base64::Engine;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<16>()?))
+}
+
+/// A new key pair of `algorithm`, ready to be stored in `state`: a fresh `kid`, the public JWK
+/// and the private half sealed under `kek`.
+pub fn new_signing_key(
+    kek: &[u8; 32],
+    algorithm: KeyAlgorithm,
+    state: KeyState,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::store::NewSigningKey, KeyError> {
+    let kid = new_kid()?;
+    let key = PrivateKey::generate(algorithm)?;
+    let public_jwk =
+        serde_json::to_string(&key.public_jwk(&kid)?).map_err(|_| KeyError::Encoding)?;
+    let sealed_private = key.seal(kek, &kid)?;
+    Ok(crate::store::NewSigningKey {
+        kid,
+        algorithm: algorithm.as_str().to_owned(),
+        public_jwk,
+        sealed_private,
+        state: state.as_str().to_owned(),
+        created_at: now,
+    })
 }
 
 /// Why a key could not be made, sealed or opened.

@@ -23,6 +23,7 @@ mod files;
 pub mod http;
 /// Asymmetric signing keys and their sealing (issue 15, not wired in yet).
 pub mod keyring;
+pub mod keyset;
 /// The signing secret: configured or generated once.
 pub mod keys;
 /// Outgoing mail.

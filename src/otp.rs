@@ -40,12 +40,10 @@ pub struct CodeHasher {
 }
 
 impl CodeHasher {
-    /// Derives the code key from the signing secret, separated from it by a fixed label.
-    pub fn from_secret(secret: &[u8]) -> CodeHasher {
-        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-        mac.update(b"authd one-time-code key v1");
+    /// The code key, derived from the key-encryption key for this purpose alone.
+    pub fn from_kek(kek: &[u8; 32]) -> CodeHasher {
         CodeHasher {
-            key: mac.finalize().into_bytes().into(),
+            key: crate::keyring::derive_key(kek, "one-time-code hmac v1"),
         }
     }
 
@@ -96,8 +94,8 @@ mod tests {
 
     #[test]
     fn hash_depends_on_key_challenge_and_code() {
-        let a = CodeHasher::from_secret(b"secret-a-secret-a-secret-a-secret-a");
-        let b = CodeHasher::from_secret(b"secret-b-secret-b-secret-b-secret-b");
+        let a = CodeHasher::from_kek(&[1; 32]);
+        let b = CodeHasher::from_kek(&[2; 32]);
         let id = Uuid::new_v4();
         assert_eq!(a.hash(id, "123456"), a.hash(id, "123456"));
         assert_ne!(a.hash(id, "123456"), b.hash(id, "123456"));

@@ -22,6 +22,7 @@ pub fn spawn_pruner(auth: Auth, interval: Duration) -> JoinHandle<()> {
                     sessions = pruned.sessions,
                     throttles = pruned.throttles,
                     events = pruned.events,
+                    keys = pruned.keys,
                     "pruned expired rows"
                 ),
                 Ok(None) => tracing::debug!("another instance is pruning"),

@@ -73,25 +73,28 @@ pub fn new_family() -> [u8; FAMILY_BYTES] {
 #[derive(Clone)]
 pub struct RefreshKeys {
     key: [u8; 32],
+    /// The key of the refresh tokens issued before the key-encryption key keyed them (derived
+    /// from the HS256 secret): still accepted, never used for a new token.
+    legacy: Option<[u8; 32]>,
 }
 
 impl RefreshKeys {
-    /// The refresh key, derived from the server's secret under its own label, so it never
-    /// equals the token-signing or the code-hashing key.
-    pub fn from_secret(secret: &[u8]) -> RefreshKeys {
-        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-        mac.update(b"authd refresh-token key v1");
+    /// The refresh key, derived from the key-encryption key for this purpose alone; with
+    /// `legacy_secret` (the HS256 secret), the tokens it keyed before this version still check.
+    pub fn from_kek(kek: &[u8; 32], legacy_secret: Option<&[u8]>) -> RefreshKeys {
         RefreshKeys {
-            key: mac.finalize().into_bytes().into(),
+            key: crate::keyring::derive_key(kek, "refresh-token hmac v1"),
+            legacy: legacy_secret.map(|secret| {
+                let mut mac =
+                    HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
+                mac.update(b"authd refresh-token key v1");
+                mac.finalize().into_bytes().into()
+            }),
         }
     }
 
     fn secret(&self, family: &[u8; FAMILY_BYTES], generation: i64) -> [u8; SECRET_BYTES] {
-        let mut mac =
-            HmacSha256::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
-        mac.update(family);
-        mac.update(&generation.to_be_bytes());
-        mac.finalize().into_bytes().into()
+        secret_under(&self.key, family, generation)
     }
 
     /// The `generation`-th token of the chain `family`, and the hash the database keeps of it.
@@ -107,9 +110,21 @@ impl RefreshKeys {
     /// The hash of a presented token's secret when it is the one this key derives for its
     /// family and generation (compared in constant time); None for anything forged.
     pub fn check(&self, presented: &Presented) -> Option<[u8; 32]> {
-        let expected = self.secret(&presented.family, presented.generation);
-        bool::from(expected.ct_eq(&presented.secret)).then(|| hash_secret(&presented.secret))
+        let matches = |key: &[u8; 32]| {
+            let expected = secret_under(key, &presented.family, presented.generation);
+            bool::from(expected.ct_eq(&presented.secret))
+        };
+        (matches(&self.key) || self.legacy.as_ref().is_some_and(matches))
+            .then(|| hash_secret(&presented.secret))
     }
+}
+
+/// HMAC-SHA256 under `key` of a family and a generation: a token's secret.
+fn secret_under(key: &[u8; 32], family: &[u8; FAMILY_BYTES], generation: i64) -> [u8; SECRET_BYTES] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(family);
+    mac.update(&generation.to_be_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 impl std::fmt::Debug for RefreshKeys {
@@ -128,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_token_reads_back_as_its_place_in_the_chain_and_each_generation_differs() {
-        let keys = RefreshKeys::from_secret(b"a server secret of enough length!!");
+        let keys = RefreshKeys::from_kek(&[1; 32], None);
         let family = new_family();
         let (first, first_hash) = keys.token(&family, 0);
         let (second, second_hash) = keys.token(&family, 1);
@@ -140,13 +155,36 @@ mod tests {
         assert_eq!(keys.check(&presented), Some(first_hash));
         // The same inputs give the same token: what lets any instance replay the current one.
         assert_eq!(keys.token(&family, 1).0, second);
-        let other = RefreshKeys::from_secret(b"another server secret, also long!!");
+        let other = RefreshKeys::from_kek(&[2; 32], None);
         assert_eq!(other.check(&presented), None);
     }
 
     #[test]
+    fn a_token_keyed_by_the_legacy_secret_still_checks_and_new_ones_use_the_kek() {
+        let old = b"the hs256 secret of the version before";
+        let legacy = {
+            let mut mac = HmacSha256::new_from_slice(old).unwrap();
+            mac.update(b"authd refresh-token key v1");
+            let key: [u8; 32] = mac.finalize().into_bytes().into();
+            key
+        };
+        let family = new_family();
+        let mut bytes = family.to_vec();
+        bytes.extend_from_slice(&4i64.to_be_bytes());
+        bytes.extend_from_slice(&secret_under(&legacy, &family, 4));
+        let issued_before = Presented::parse(&URL_SAFE_NO_PAD.encode(bytes)).unwrap();
+        let keys = RefreshKeys::from_kek(&[5; 32], Some(old));
+        assert!(keys.check(&issued_before).is_some());
+        assert!(RefreshKeys::from_kek(&[5; 32], None).check(&issued_before).is_none());
+        // The next token of the chain is keyed by the KEK alone.
+        let (next, _) = keys.token(&family, 5);
+        let next = Presented::parse(&next).unwrap();
+        assert!(RefreshKeys::from_kek(&[5; 32], None).check(&next).is_some());
+    }
+
+    #[test]
     fn a_forged_secret_or_a_moved_generation_does_not_check() {
-        let keys = RefreshKeys::from_secret(b"k");
+        let keys = RefreshKeys::from_kek(&[3; 32], None);
         let family = new_family();
         let (token, _) = keys.token(&family, 5);
         let mut forged = Presented::parse(&token).unwrap();
@@ -160,7 +198,7 @@ mod tests {
     #[test]
     fn families_are_random_and_anything_else_is_not_a_token() {
         assert_ne!(new_family(), new_family());
-        let keys = RefreshKeys::from_secret(b"k");
+        let keys = RefreshKeys::from_kek(&[3; 32], None);
         let (token, _) = keys.token(&new_family(), 3);
         let negative = {
             let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
@@ -182,12 +220,13 @@ mod tests {
     #[test]
     fn the_derivation_is_hmac_sha256_of_family_and_generation() {
         // Against the `hmac` crate used directly, on the documented inputs.
-        let server = b"differential secret";
-        let keys = RefreshKeys::from_secret(server);
+        let kek = [9u8; 32];
+        let keys = RefreshKeys::from_kek(&kek, None);
         let family = [7u8; FAMILY_BYTES];
-        let mut kdf = HmacSha256::new_from_slice(server).unwrap();
-        kdf.update(b"authd refresh-token key v1");
-        let key = kdf.finalize().into_bytes();
+        let mut key = [0u8; 32];
+        hkdf::Hkdf::<Sha256>::new(Some(b"authd key-encryption-key v1"), &kek)
+            .expand(b"refresh-token hmac v1", &mut key)
+            .unwrap();
         let mut mac = HmacSha256::new_from_slice(&key).unwrap();
         mac.update(&family);
         mac.update(&42i64.to_be_bytes());

@@ -4,18 +4,20 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::JwtSettings;
 use crate::error::Error;
+use crate::keyring::KeyState;
+use crate::keyset::KeySet;
 
-/// The only algorithm authd signs with or accepts.
-pub const ALGORITHM: Algorithm = Algorithm::HS256;
+/// The algorithms authd signs with or accepts, each only with a key of its own kind.
+pub const ALGORITHMS: [Algorithm; 3] = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::HS256];
 
 /// How far in the future `iat` may be: another instance's clock may run this much ahead of
 /// ours. A token issued further ahead was not issued by a sane clock, and is refused.
@@ -70,11 +72,13 @@ pub struct Claims {
     pub sid: Option<Uuid>,
 }
 
-/// Who an access token speaks for: the user and the session it was issued in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who an access token speaks for: the user and the session it was issued in, and the key
+/// that signed it (none for HS256).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
     pub user: Uuid,
     pub session: Option<Uuid>,
+    pub kid: Option<Arc<str>>,
 }
 
 /// Why a token was refused, precise enough for `authd token inspect`.
@@ -82,8 +86,14 @@ pub struct Subject {
 pub enum TokenError {
     #[error("not a JWT")]
     NotAJwt,
-    #[error("algorithm is not HS256")]
+    #[error("algorithm is not ES256, EdDSA or HS256, or not the algorithm of the key it names")]
     WrongAlgorithm,
+    #[error("signed by a key authd does not know (unknown or missing kid)")]
+    UnknownKey,
+    #[error("signed by a revoked key")]
+    RevokedKey,
+    #[error("an HS256 token issued after authd moved to asymmetric keys, or living longer than its kind")]
+    Hs256Superseded,
     #[error("wrong token kind")]
     WrongKind,
     #[error("bad signature")]
@@ -126,22 +136,48 @@ pub struct IssuedToken {
 
 /// Signing and verification keys plus the claims they stamp and expect.
 ///
-/// `jsonwebtoken` signs and verifies: [`TokenKeys::verify`] is `jsonwebtoken::decode` with a
-/// [`Validation`] per kind built once here, after a look at the header for what that crate does
-/// not judge (`typ`, `crit`), and followed by the one claim check it does not make (`iat`).
+/// `jsonwebtoken` signs and verifies: [`TokenKeys::verify`] is `jsonwebtoken::decode` with the
+/// key the token's `kid` names (or the HS256 secret) and a [`Validation`] per kind and algorithm
+/// built once here, after a look at the header for what that crate does not judge (`typ`,
+/// `crit`, the key's own algorithm), and followed by the claim checks it does not make (`iat`).
+/// The key set is shared by every clone and replaced whole by [`TokenKeys::install`].
 #[derive(Clone)]
 pub struct TokenKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    keys: Arc<RwLock<Arc<KeySet>>>,
     issuer: String,
     access_audience: String,
     challenge_audience: String,
     access_ttl_secs: u64,
     challenge_ttl_secs: u64,
-    access_validation: Arc<Validation>,
-    challenge_validation: Arc<Validation>,
+    validations: Arc<Validations>,
     /// Access tokens that passed [`TokenKeys::verify`], shared by every clone.
     verified: VerifiedTokens,
+}
+
+/// One [`Validation`] per kind and algorithm: each accepts exactly one algorithm.
+struct Validations {
+    access: [Validation; 3],
+    challenge: [Validation; 3],
+}
+
+impl Validations {
+    fn new(issuer: &str, access_audience: &str, challenge_audience: &str) -> Validations {
+        Validations {
+            access: ALGORITHMS.map(|alg| validation(alg, issuer, access_audience)),
+            challenge: ALGORITHMS.map(|alg| validation(alg, issuer, challenge_audience)),
+        }
+    }
+
+    fn get(&self, kind: TokenKind, algorithm: Algorithm) -> &Validation {
+        let at = ALGORITHMS
+            .iter()
+            .position(|a| *a == algorithm)
+            .unwrap_or(0);
+        match kind {
+            TokenKind::Access => &self.access[at],
+            TokenKind::Challenge => &self.challenge[at],
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -153,20 +189,67 @@ impl std::fmt::Debug for TokenKeys {
     }
 }
 
+/// A token that passed verification, and the key that signed it.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub claims: Claims,
+    /// The `kid` of its key; None for the HS256 secret.
+    pub kid: Option<Arc<str>>,
+}
+
 impl TokenKeys {
+    /// Keys that sign and verify with the HS256 secret alone.
     pub fn new(secret: &[u8], jwt: &JwtSettings) -> TokenKeys {
+        TokenKeys::with_set(KeySet::hs256_only(secret), jwt)
+    }
+
+    /// Keys that sign and verify with `set` until another is installed.
+    pub fn with_set(set: KeySet, jwt: &JwtSettings) -> TokenKeys {
         let challenge_audience = format!("{}/otp-challenge", jwt.audience);
         TokenKeys {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            access_validation: Arc::new(validation(&jwt.issuer, &jwt.audience)),
-            challenge_validation: Arc::new(validation(&jwt.issuer, &challenge_audience)),
+            keys: Arc::new(RwLock::new(Arc::new(set))),
+            validations: Arc::new(Validations::new(
+                &jwt.issuer,
+                &jwt.audience,
+                &challenge_audience,
+            )),
             issuer: jwt.issuer.clone(),
             access_audience: jwt.audience.clone(),
             challenge_audience,
             access_ttl_secs: jwt.access_ttl_secs,
             challenge_ttl_secs: jwt.challenge_ttl_secs,
             verified: VerifiedTokens::with_capacity(MAX_VERIFIED_TOKENS),
+        }
+    }
+
+    /// How long after it retired a key may still have signed a token that has not expired: the
+    /// longer lifetime of the two kinds, plus the clock skew `iat` is allowed.
+    pub fn retired_horizon_secs(jwt: &JwtSettings) -> u64 {
+        jwt.access_ttl_secs
+            .max(jwt.challenge_ttl_secs)
+            .saturating_add(MAX_IAT_SKEW_SECS as u64)
+    }
+
+    /// The key set in use now.
+    pub fn key_set(&self) -> Arc<KeySet> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the key set. When it withdraws a key (revoked or dropped) the remembered
+    /// verified tokens are forgotten, so none signed by that key is taken on trust again.
+    pub fn install(&self, set: KeySet) {
+        let mut keys = self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let withdraws = set.withdraws_from(&keys);
+        *keys = Arc::new(set);
+        drop(keys);
+        if withdraws {
+            self.verified.clear();
         }
     }
 
@@ -231,7 +314,16 @@ impl TokenKeys {
             jti,
             sid,
         };
-        let token = jsonwebtoken::encode(&header(kind), &claims, &self.encoding)
+        let set = self.key_set();
+        let signer = set.signer.as_ref().ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!(
+                "no current signing key: authd keys list shows none; the server makes one at start"
+            ))
+        })?;
+        let mut header = Header::new(signer.algorithm);
+        header.typ = Some(kind.typ().to_string());
+        header.kid = signer.kid.clone();
+        let token = jsonwebtoken::encode(&header, &claims, &signer.key)
             .map_err(|e| Error::Internal(anyhow::Error::new(e).context("cannot sign token")))?;
         Ok(IssuedToken {
             token,
@@ -241,37 +333,72 @@ impl TokenKeys {
         })
     }
 
-    /// Verifies a token of exactly `kind`: header (HS256, the kind's `typ`, no `crit`),
-    /// signature, and every claim: `exp` in the future and `nbf`, if present, not (no leeway
-    /// either way), `iat` at most [`MAX_IAT_SKEW_SECS`] ahead, our issuer and the kind's
-    /// audience, and `sub`, `iat`, `jti` present and well formed.
+    /// Verifies a token of exactly `kind`: header (ES256 or EdDSA with the `kid` of a key of
+    /// that algorithm that is not revoked, or HS256 without `kid` when the HS256 secret is
+    /// held; the kind's `typ`; no `crit`), signature, and every claim: `exp` in the future and
+    /// `nbf`, if present, not (no leeway either way), `iat` at most [`MAX_IAT_SKEW_SECS`]
+    /// ahead, our issuer and the kind's audience, and `sub`, `iat`, `jti` present and well
+    /// formed.
     pub fn verify(&self, kind: TokenKind, token: &str) -> Result<Claims, TokenError> {
+        Ok(self.verify_keyed(kind, token)?.claims)
+    }
+
+    /// [`TokenKeys::verify`], also naming the key that signed the token.
+    pub fn verify_keyed(&self, kind: TokenKind, token: &str) -> Result<Verified, TokenError> {
         self.verify_at(kind, token, Utc::now().timestamp())
     }
 
     /// [`TokenKeys::verify`] with `iat` judged as of `now` (Unix seconds); `exp` and `nbf` are
     /// judged by `jsonwebtoken` against the system clock.
-    fn verify_at(&self, kind: TokenKind, token: &str, now: i64) -> Result<Claims, TokenError> {
-        check_header(kind, header_segment(token)?)?;
-        let validation = match kind {
-            TokenKind::Access => &self.access_validation,
-            TokenKind::Challenge => &self.challenge_validation,
+    fn verify_at(&self, kind: TokenKind, token: &str, now: i64) -> Result<Verified, TokenError> {
+        let (algorithm, kid) = check_header(kind, header_segment(token)?)?;
+        let set = self.key_set();
+        let mut hs256_before = None;
+        let key = match &kid {
+            Some(kid) => {
+                let named = set.by_kid.get(kid.as_ref()).ok_or(TokenError::UnknownKey)?;
+                if named.state == KeyState::Revoked {
+                    return Err(TokenError::RevokedKey);
+                }
+                // The algorithm is the key's, never the header's choice: an HS256 token "signed"
+                // with a public key as the secret names an ES256 key and is refused here.
+                if named.algorithm != algorithm {
+                    return Err(TokenError::WrongAlgorithm);
+                }
+                &named.key
+            }
+            None if algorithm == Algorithm::HS256 => {
+                let hs256 = set.hs256.as_ref().ok_or(TokenError::WrongAlgorithm)?;
+                hs256_before = hs256.issued_before;
+                &hs256.key
+            }
+            None => return Err(TokenError::UnknownKey),
         };
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, validation)
-            .map_err(|err| refusal(token, err.kind()))?
-            .claims;
+        let claims = jsonwebtoken::decode::<Claims>(
+            token,
+            key,
+            self.validations.get(kind, algorithm),
+        )
+        .map_err(|err| refusal(token, err.kind()))?
+        .claims;
         if claims.iat > now.saturating_add(MAX_IAT_SKEW_SECS) {
             return Err(TokenError::IssuedInFuture);
         }
-        Ok(claims)
+        if let Some(before) = hs256_before {
+            let lifetime = i64::try_from(self.ttl_secs(kind)).unwrap_or(i64::MAX);
+            if claims.iat >= before || claims.exp.saturating_sub(claims.iat) > lifetime {
+                return Err(TokenError::Hs256Superseded);
+            }
+        }
+        Ok(Verified { claims, kid })
     }
 }
 
-/// What `jsonwebtoken` checks of a token of one kind: HS256 only, our issuer, the kind's
-/// audience, `exp`, `iss`, `aud` and `sub` present (`iat` and `jti` are required by [`Claims`]),
-/// `exp` and `nbf` without leeway.
-fn validation(issuer: &str, audience: &str) -> Validation {
-    let mut validation = Validation::new(ALGORITHM);
+/// What `jsonwebtoken` checks of a token of one kind and algorithm: that algorithm only, our
+/// issuer, the kind's audience, `exp`, `iss`, `aud` and `sub` present (`iat` and `jti` are
+/// required by [`Claims`]), `exp` and `nbf` without leeway.
+fn validation(algorithm: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(algorithm);
     validation.leeway = 0;
     // jsonwebtoken accepts a token up to and including the second of its `exp`; RFC 7519
     // §4.1.4 only before it. Refusing tokens with less than a second left is exactly that.
@@ -326,13 +453,16 @@ impl TokenKeys {
             };
         }
         // Only a token that passes every check is remembered; the hit path above then only
-        // needs `exp`, because `nbf` and `iat` once passed stay passed as time goes on.
-        let claims = self.verify_at(TokenKind::Access, token, now)?;
-        self.verified.insert(token, &claims);
-        Ok(Subject {
+        // needs `exp`, because `nbf` and `iat` once passed stay passed as time goes on (and a
+        // withdrawn key clears the whole set, see `install`).
+        let Verified { claims, kid } = self.verify_at(TokenKind::Access, token, now)?;
+        let subject = Subject {
             user: claims.sub,
             session: claims.sid,
-        })
+            kid,
+        };
+        self.verified.insert(token, subject.clone(), claims.exp);
+        Ok(subject)
     }
 }
 
@@ -342,7 +472,7 @@ impl TokenKeys {
 const MAX_VERIFIED_TOKENS: u64 = 10_000;
 
 /// What the cache keeps of a verified access token besides the token itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct VerifiedToken {
     subject: Subject,
     exp: i64,
@@ -403,15 +533,13 @@ impl VerifiedTokens {
         self.tokens.get(token)
     }
 
-    fn insert(&self, token: &str, claims: &Claims) {
-        let known = VerifiedToken {
-            subject: Subject {
-                user: claims.sub,
-                session: claims.sid,
-            },
-            exp: claims.exp,
-        };
-        self.tokens.insert(token.into(), known);
+    fn insert(&self, token: &str, subject: Subject, exp: i64) {
+        self.tokens
+            .insert(token.into(), VerifiedToken { subject, exp });
+    }
+
+    fn clear(&self) {
+        self.tokens.invalidate_all();
     }
 
     #[cfg(test)]
@@ -419,13 +547,6 @@ impl VerifiedTokens {
         self.tokens.run_pending_tasks();
         self.tokens.entry_count()
     }
-}
-
-/// The header authd writes on a token of `kind`.
-fn header(kind: TokenKind) -> Header {
-    let mut header = Header::new(ALGORITHM);
-    header.typ = Some(kind.typ().to_string());
-    header
 }
 
 /// The first of exactly three segments.
@@ -443,14 +564,21 @@ fn header_segment(token: &str) -> Result<&str, TokenError> {
 }
 
 /// What `jsonwebtoken` leaves to its caller in the header, read before the signature is
-/// checked so the reason given is the header's: `alg` must be HS256 (jsonwebtoken checks it
-/// too, but reads an `alg` it does not know, such as `none`, as malformed JSON), `typ` the
-/// kind's, and no `crit`, not even `null` (which its `Header` cannot tell from absent).
-fn check_header(kind: TokenKind, segment: &str) -> Result<(), TokenError> {
+/// checked so the reason given is the header's: `alg` must be one authd uses (jsonwebtoken
+/// checks it too, but reads an `alg` it does not know, such as `none`, as malformed JSON),
+/// `typ` the kind's, no `crit`, not even `null` (which its `Header` cannot tell from absent),
+/// and `kid`, if present, a string. Gives the algorithm and the `kid`.
+fn check_header(
+    kind: TokenKind,
+    segment: &str,
+) -> Result<(Algorithm, Option<Arc<str>>), TokenError> {
     let header = decode_segment(segment).ok_or(TokenError::NotAJwt)?;
-    if header.get("alg").and_then(serde_json::Value::as_str) != Some("HS256") {
-        return Err(TokenError::WrongAlgorithm);
-    }
+    let algorithm = match header.get("alg").and_then(serde_json::Value::as_str) {
+        Some("ES256") => Algorithm::ES256,
+        Some("EdDSA") => Algorithm::EdDSA,
+        Some("HS256") => Algorithm::HS256,
+        _ => return Err(TokenError::WrongAlgorithm),
+    };
     let typ = header.get("typ").and_then(serde_json::Value::as_str);
     if typ.and_then(TokenKind::from_typ) != Some(kind) {
         return Err(TokenError::WrongKind);
@@ -460,7 +588,12 @@ fn check_header(kind: TokenKind, segment: &str) -> Result<(), TokenError> {
     if header.get("crit").is_some() {
         return Err(TokenError::CriticalHeader);
     }
-    Ok(())
+    let kid = match header.get("kid") {
+        None => None,
+        Some(serde_json::Value::String(kid)) => Some(Arc::from(kid.as_str())),
+        Some(_) => return Err(TokenError::NotAJwt),
+    };
+    Ok((algorithm, kid))
 }
 
 // ---- Inspection: what a token says about itself, and whether authd would accept it ----
@@ -480,6 +613,22 @@ pub struct Inspection {
     pub expires_at: Option<DateTime<Utc>>,
     /// The claims if authd accepts this token as its own kind, or exactly why it does not.
     pub verdict: Result<Claims, TokenError>,
+    /// What signed it, as far as the header says and the key set knows.
+    pub signer: SignerSeen,
+}
+
+/// The key a token names, and what the key set knows of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignerSeen {
+    /// The header names no `kid`, and its `alg` is HS256: the HS256 secret.
+    Hs256Secret,
+    /// The header names this `kid`; its state if the key set has it.
+    Key {
+        kid: String,
+        state: Option<KeyState>,
+    },
+    /// No header, or none that names a key.
+    Unknown,
 }
 
 impl TokenKeys {
@@ -508,6 +657,20 @@ impl TokenKeys {
         // A header naming no kind of ours is judged as an access token's: the verifier then
         // names what is wrong with it (not a JWT, not HS256, or a kind authd does not issue).
         let verdict = self.verify(kind.unwrap_or(TokenKind::Access), token);
+        let named = |name: &str| {
+            header
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .and_then(serde_json::Value::as_str)
+        };
+        let signer = match (named("kid"), named("alg")) {
+            (Some(kid), _) => SignerSeen::Key {
+                kid: kid.to_owned(),
+                state: self.key_set().state_of(kid),
+            },
+            (None, Some("HS256")) => SignerSeen::Hs256Secret,
+            _ => SignerSeen::Unknown,
+        };
         Inspection {
             header,
             claims,
@@ -515,6 +678,7 @@ impl TokenKeys {
             issued_at,
             expires_at,
             verdict,
+            signer,
         }
     }
 }

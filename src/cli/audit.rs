@@ -65,12 +65,13 @@ pub async fn prune(args: PruneArgs, settings: &Settings) -> anyhow::Result<()> {
     .await?;
     match args.format {
         OutputFormat::Table => println!(
-            "removed {} expired challenges, {} ended sessions, {} idle throttle rows, {} audit events older than {} days",
+            "removed {} expired challenges, {} ended sessions, {} idle throttle rows, {} audit events older than {} days, {} retired signing keys past their tokens' expiry",
             pruned.challenges,
             pruned.sessions,
             pruned.throttles,
             pruned.events,
-            settings.audit.retention_days
+            settings.audit.retention_days,
+            pruned.keys
         ),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&pruned)?),
     }

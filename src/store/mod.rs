@@ -137,6 +137,15 @@ pub struct SigningKeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// What revoking a key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedKey {
+    /// The key's state before (`revoked` if it already was).
+    pub previous_state: String,
+    /// When it was the current key: the key that signs from now on.
+    pub successor: Option<String>,
+}
+
 /// The result of submitting one code to a challenge, decided atomically in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
@@ -262,6 +271,8 @@ pub struct Pruned {
     pub throttles: u64,
     /// Security events older than `audit.retention_days`.
     pub events: u64,
+    /// Retired signing keys whose every token has expired.
+    pub keys: u64,
 }
 
 /// How long an idle password counter (or code-email quota) is remembered once it locks nothing.
@@ -379,7 +390,7 @@ impl Store {
         pub async fn list_users(&self, query: &UserQuery, now: DateTime<Utc>) -> Result<Vec<UserListing>>;
         /// The user of a live session (not revoked or expired, user not disabled), in one query:
         /// what every request with an access token reads.
-        pub async fn find_session_user(&self, user_id: Uuid, session_id: Uuid, now: DateTime<Utc>) -> Result<Option<User>>;
+        pub async fn find_session_user(&self, user_id: Uuid, session_id: Uuid, kid: Option<&str>, now: DateTime<Utc>) -> Result<Option<User>>;
         /// Disables or enables a user; disabling revokes every session of theirs in the same
         /// transaction. None when there is no such user.
         pub async fn set_disabled(&self, email: &Email, disabled: bool, now: DateTime<Utc>) -> Result<Option<User>>;
@@ -445,9 +456,14 @@ impl Store {
         /// Promotes the oldest `next` key to `current` and retires the old current, in one
         /// transaction; the promoted key's id, or None when there is no `next` key.
         pub async fn activate_next_key(&self, now: DateTime<Utc>) -> Result<Option<String>>;
-        /// Marks a key revoked (never accepted again). False when there is no such key or it
-        /// was revoked already.
-        pub async fn revoke_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool>;
+        /// Marks a key revoked (never accepted again), in one transaction; when it was the
+        /// current key, the oldest `next` key becomes current, else `replacement` is stored as
+        /// the current key. None when there is no such key.
+        pub async fn revoke_signing_key(&self, kid: &str, now: DateTime<Utc>, replacement: &NewSigningKey) -> Result<Option<RevokedKey>>;
+        /// Whether the key `kid` is revoked (false for a key there is no row of).
+        pub async fn signing_key_revoked(&self, kid: &str) -> Result<bool>;
+        /// Drops retired keys retired before `retired_before`: every token they signed has expired.
+        pub async fn delete_expired_retired_keys(&self, retired_before: DateTime<Utc>) -> Result<u64>;
         /// Appends security events in one transaction.
         pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()>;
         /// Security events, newest first.

@@ -387,6 +387,7 @@ macro_rules! shared_statements {
                 &self,
                 user_id: Uuid,
                 session_id: Uuid,
+                kid: Option<&str>,
                 now: DateTime<Utc>,
             ) -> Result<Option<User>> {
                 let row: Option<UserRow> = sqlx::query_as(
@@ -394,11 +395,14 @@ macro_rules! shared_statements {
                             u.created_at
                      FROM sessions s JOIN users u ON u.id = s.user_id
                      WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL
-                       AND s.expires_at > $3 AND u.disabled_at IS NULL",
+                       AND s.expires_at > $3 AND u.disabled_at IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM signing_keys k
+                                       WHERE k.kid = $4 AND k.state = 'revoked')",
                 )
                 .bind(session_id)
                 .bind(user_id)
                 .bind(Time(now))
+                .bind(kid)
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(row.map(User::from))
@@ -883,6 +887,7 @@ macro_rules! shared_statements {
                     sessions,
                     throttles,
                     events,
+                    keys: 0,
                 })
             }
 
@@ -953,16 +958,97 @@ macro_rules! shared_statements {
                 Ok(Some(next))
             }
 
-            pub async fn revoke_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool> {
-                let done = sqlx::query(
+            pub async fn revoke_signing_key(
+                &self,
+                kid: &str,
+                now: DateTime<Utc>,
+                replacement: &super::NewSigningKey,
+            ) -> Result<Option<super::RevokedKey>> {
+                let mut tx = self.pool.begin().await?;
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM signing_keys WHERE kid = $1")
+                        .bind(kid)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(state) = state else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                let revoked = sqlx::query(
                     "UPDATE signing_keys SET state = 'revoked', revoked_at = $2
-                     WHERE kid = $1 AND state <> 'revoked'",
+                     WHERE kid = $1 AND state = $3 AND state <> 'revoked'",
                 )
                 .bind(kid)
                 .bind(Time(now))
-                .execute(&self.pool)
+                .bind(&state)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                // Already revoked, or another command changed it first: nothing more to do.
+                if revoked == 0 {
+                    tx.rollback().await?;
+                    return Ok(Some(super::RevokedKey {
+                        previous_state: "revoked".into(),
+                        successor: None,
+                    }));
+                }
+                let mut successor = None;
+                if state == "current" {
+                    // Signing goes on without a gap: the oldest next key, else the replacement.
+                    let promoted: Option<String> = sqlx::query_scalar(
+                        "UPDATE signing_keys SET state = 'current', activated_at = $1
+                         WHERE kid = (SELECT kid FROM signing_keys WHERE state = 'next'
+                                      ORDER BY created_at, kid LIMIT 1)
+                           AND state = 'next'
+                         RETURNING kid",
+                    )
+                    .bind(Time(now))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    successor = match promoted {
+                        Some(kid) => Some(kid),
+                        None => {
+                            sqlx::query(
+                                "INSERT INTO signing_keys (kid, algorithm, public_jwk, sealed_private,
+                                                           state, created_at, activated_at)
+                                 VALUES ($1, $2, $3, $4, 'current', $5, $5)",
+                            )
+                            .bind(&replacement.kid)
+                            .bind(&replacement.algorithm)
+                            .bind(&replacement.public_jwk)
+                            .bind(&replacement.sealed_private)
+                            .bind(Time(replacement.created_at))
+                            .execute(&mut *tx)
+                            .await?;
+                            Some(replacement.kid.clone())
+                        }
+                    };
+                }
+                tx.commit().await?;
+                Ok(Some(super::RevokedKey {
+                    previous_state: state,
+                    successor,
+                }))
+            }
+
+            pub async fn signing_key_revoked(&self, kid: &str) -> Result<bool> {
+                let revoked: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM signing_keys WHERE kid = $1 AND state = 'revoked'",
+                )
+                .bind(kid)
+                .fetch_optional(&self.pool)
                 .await?;
-                Ok(done.rows_affected() == 1)
+                Ok(revoked.is_some())
+            }
+
+            pub async fn delete_expired_retired_keys(&self, retired_before: DateTime<Utc>) -> Result<u64> {
+                Ok(sqlx::query(
+                    "DELETE FROM signing_keys WHERE state = 'retired' AND retired_at < $1",
+                )
+                .bind(Time(retired_before))
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
             }
 
             pub async fn insert_events(&self, events: &[SecurityEvent]) -> Result<()> {

@@ -1,0 +1,272 @@
+//! The signing-key use cases: keeping the server's key set in step with the `signing_keys`
+//! table, and the admin commands that rotate and revoke keys.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Actor, Auth};
+use crate::audit::{EventKind, SecurityEvent};
+use crate::config::{JwtAlgorithm, Settings};
+use crate::error::{Error, Result};
+use crate::keyring::{KeyAlgorithm, KeyState, new_signing_key};
+use crate::keyset::{KeyMaterial, KeySet};
+use crate::store::{RevokedKey, SigningKeyRecord};
+use crate::token::{Subject, TokenError, TokenKeys, TokenKind, Verified};
+
+/// A token naming a `kid` this instance does not know makes it read the keys again at most
+/// this often: a key made a moment ago on another instance is found, and made-up `kid`s cannot
+/// turn every request into a database read.
+const ON_DEMAND_RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// What the server's key set is made from.
+#[derive(Clone)]
+pub(super) struct KeyRing {
+    kek: Arc<[u8; 32]>,
+    hs256_secret: Option<SecretString>,
+    algorithm: JwtAlgorithm,
+    horizon_secs: u64,
+    last_on_demand: Arc<Mutex<Option<Instant>>>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("algorithm", &self.algorithm)
+            .field("hs256", &self.hs256_secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRing {
+    pub(super) fn new(
+        settings: &Settings,
+        kek: [u8; 32],
+        hs256_secret: Option<SecretString>,
+    ) -> KeyRing {
+        KeyRing {
+            kek: Arc::new(kek),
+            hs256_secret,
+            algorithm: settings.jwt.algorithm,
+            horizon_secs: TokenKeys::retired_horizon_secs(&settings.jwt),
+            last_on_demand: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub(super) fn kek(&self) -> &[u8; 32] {
+        &self.kek
+    }
+
+    fn material(&self) -> KeyMaterial<'_> {
+        KeyMaterial {
+            kek: Some(&self.kek),
+            hs256_secret: self
+                .hs256_secret
+                .as_ref()
+                .map(|s| s.expose_secret().as_bytes()),
+            algorithm: self.algorithm,
+            retired_horizon_secs: self.horizon_secs,
+        }
+    }
+
+    /// Whether an on-demand reload may run now (and, if so, counts it as run).
+    fn may_reload_now(&self) -> bool {
+        let mut last = self
+            .last_on_demand
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < ON_DEMAND_RELOAD_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
+/// The algorithm of a key made under `jwt.algorithm` (an HS256 server makes ES256 keys, ready
+/// for a switch).
+pub fn key_algorithm(algorithm: JwtAlgorithm) -> KeyAlgorithm {
+    match algorithm {
+        JwtAlgorithm::EdDsa => KeyAlgorithm::EdDsa,
+        JwtAlgorithm::Es256 | JwtAlgorithm::Hs256 => KeyAlgorithm::Es256,
+    }
+}
+
+fn internal(err: impl std::fmt::Display) -> Error {
+    Error::Internal(anyhow::anyhow!("signing key: {err}"))
+}
+
+/// A key made to activate, or to take over from a revoked current key.
+pub struct Activated {
+    pub kid: String,
+    /// The key that was current until now, retired.
+    pub retired: Option<String>,
+}
+
+impl Auth {
+    /// Reads the signing keys again and puts the set they make in use. On an asymmetric
+    /// `jwt.algorithm`, first makes a current key when there is none (the first start; two
+    /// instances starting at once make one between them, the database's unique index sees to
+    /// it).
+    pub async fn reload_keys(&self) -> Result<()> {
+        let sign_in = self.sign_in()?;
+        let ring = &sign_in.ring;
+        let mut records = self.store.list_signing_keys().await?;
+        if ring.algorithm != JwtAlgorithm::Hs256 && !records.iter().any(|r| r.state == "current")
+        {
+            let key = new_signing_key(
+                ring.kek(),
+                key_algorithm(ring.algorithm),
+                KeyState::Current,
+                Utc::now(),
+            )
+            .map_err(internal)?;
+            match self.store.insert_signing_key(&key).await {
+                Ok(()) => {
+                    tracing::info!(kid = %key.kid, algorithm = %key.algorithm, "made the first signing key");
+                    self.audit.record(SecurityEvent::new(EventKind::KeyCreated).detail(format!(
+                        "{}: {} ({}) as current",
+                        Actor::Server.as_str(),
+                        key.kid,
+                        key.algorithm
+                    )));
+                }
+                // Another instance made one first.
+                Err(err) => tracing::debug!(error = %err, "no first signing key made here"),
+            }
+            records = self.store.list_signing_keys().await?;
+        }
+        let set = KeySet::from_records(&records, &ring.material(), Utc::now())?;
+        sign_in.tokens.install(set);
+        Ok(())
+    }
+
+    /// The key set in use (the JWKS route reads it).
+    pub fn key_set(&self) -> Result<Arc<KeySet>> {
+        Ok(self.sign_in()?.tokens.key_set())
+    }
+
+    /// Verifies a token of `kind`; a `kid` this instance does not know makes it read the keys
+    /// again first (at most once a second), so a key made elsewhere a moment ago is accepted.
+    pub(super) async fn verified(&self, kind: TokenKind, token: &str) -> Result<Verified> {
+        let sign_in = self.sign_in()?;
+        match sign_in.tokens.verify_keyed(kind, token) {
+            Err(TokenError::UnknownKey) if self.reload_on_demand().await => {
+                Ok(sign_in.tokens.verify_keyed(kind, token)?)
+            }
+            verified => Ok(verified?),
+        }
+    }
+
+    /// [`TokenKeys::access_subject`], with the reload of [`Auth::verified`].
+    pub(super) async fn access_subject(&self, token: &str) -> Result<Subject> {
+        let sign_in = self.sign_in()?;
+        match sign_in.tokens.access_subject(token) {
+            Err(TokenError::UnknownKey) if self.reload_on_demand().await => {
+                Ok(sign_in.tokens.access_subject(token)?)
+            }
+            subject => Ok(subject?),
+        }
+    }
+
+    async fn reload_on_demand(&self) -> bool {
+        let Ok(sign_in) = self.sign_in() else {
+            return false;
+        };
+        if !sign_in.ring.may_reload_now() {
+            return false;
+        }
+        match self.reload_keys().await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the signing keys");
+                false
+            }
+        }
+    }
+
+    /// Every stored signing key, oldest first (`authd keys list`).
+    pub async fn list_keys(&self) -> Result<Vec<SigningKeyRecord>> {
+        self.store.list_signing_keys().await
+    }
+
+    /// Makes a `next` key (`authd keys rotate`): published from now on, signing nothing yet.
+    pub async fn create_next_key(
+        &self,
+        kek: &[u8; 32],
+        algorithm: KeyAlgorithm,
+        actor: Actor,
+    ) -> Result<String> {
+        let key = new_signing_key(kek, algorithm, KeyState::Next, Utc::now()).map_err(internal)?;
+        self.store.insert_signing_key(&key).await?;
+        tracing::info!(kid = %key.kid, algorithm = %key.algorithm, "made a next signing key");
+        self.record_admin_change(SecurityEvent::new(EventKind::KeyCreated).detail(format!(
+            "{}: {} ({}) as next",
+            actor.as_str(),
+            key.kid,
+            key.algorithm
+        )))
+        .await?;
+        Ok(key.kid)
+    }
+
+    /// Promotes the oldest `next` key to `current` and retires the current one (`authd keys
+    /// rotate --activate`); None when there is no `next` key.
+    pub async fn activate_next_key(&self, actor: Actor) -> Result<Option<Activated>> {
+        let before = self.store.list_signing_keys().await?;
+        let Some(kid) = self.store.activate_next_key(Utc::now()).await? else {
+            return Ok(None);
+        };
+        let retired = before
+            .into_iter()
+            .find(|k| k.state == "current")
+            .map(|k| k.kid);
+        tracing::info!(kid = %kid, retired = ?retired, "activated a signing key");
+        self.record_admin_change(SecurityEvent::new(EventKind::KeyActivated).detail(format!(
+            "{}: {kid} current, {} retired",
+            actor.as_str(),
+            retired.as_deref().unwrap_or("none")
+        )))
+        .await?;
+        Ok(Some(Activated { kid, retired }))
+    }
+
+    /// Revokes a key (`authd keys revoke`): never accepted again, here at once (every request
+    /// reads the key's state with its session) and by other services once their JWKS copy is
+    /// renewed. A revoked current key is followed, in the same transaction, by the oldest
+    /// `next` key, else by a new key made with `kek`, so logins go on. None: no such key.
+    pub async fn revoke_key(
+        &self,
+        kid: &str,
+        kek: &[u8; 32],
+        algorithm: KeyAlgorithm,
+        actor: Actor,
+    ) -> Result<Option<RevokedKey>> {
+        let replacement =
+            new_signing_key(kek, algorithm, KeyState::Current, Utc::now()).map_err(internal)?;
+        let Some(revoked) = self
+            .store
+            .revoke_signing_key(kid, Utc::now(), &replacement)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if revoked.previous_state != "revoked" {
+            tracing::warn!(kid, successor = ?revoked.successor, "revoked a signing key");
+            let successor = revoked
+                .successor
+                .as_deref()
+                .map(|s| format!(", {s} current"))
+                .unwrap_or_default();
+            self.record_admin_change(SecurityEvent::new(EventKind::KeyRevoked).detail(format!(
+                "{}: {kid} (was {}){successor}",
+                actor.as_str(),
+                revoked.previous_state
+            )))
+            .await?;
+        }
+        Ok(Some(revoked))
+    }
+}

@@ -1,0 +1,298 @@
+//! The key set one instance signs and verifies with: the stored signing keys by `kid` (the
+//! current one able to sign when the key-encryption key opens it), the HS256 secret when there
+//! is one, and the JWKS that publishes the public halves. Built from the `signing_keys` rows
+//! (or from a JWKS, for `authd token inspect --jwks`), and replaced whole when they change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use chrono::{DateTime, Utc};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+
+use crate::config::JwtAlgorithm;
+use crate::keyring::{KeyAlgorithm, KeyState, PrivateKey};
+use crate::store::SigningKeyRecord;
+
+/// A key a token names by its `kid`.
+pub(crate) struct NamedKey {
+    pub(crate) algorithm: Algorithm,
+    pub(crate) state: KeyState,
+    pub(crate) key: DecodingKey,
+}
+
+/// What new tokens are signed with: the current key (with its `kid`), or the HS256 secret.
+pub(crate) struct Signer {
+    pub(crate) kid: Option<String>,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) key: EncodingKey,
+}
+
+/// The HS256 secret as a verifier holds it.
+pub(crate) struct Hs256Key {
+    pub(crate) key: DecodingKey,
+    /// With an asymmetric `jwt.algorithm`, authd issues no HS256 token any more: one is only
+    /// accepted if it was issued before the first signing key was made (Unix seconds), and
+    /// lives no longer than its kind does. None when HS256 is what authd signs with.
+    pub(crate) issued_before: Option<i64>,
+}
+
+/// Everything one instance signs and verifies tokens with at one moment.
+pub struct KeySet {
+    pub(crate) signer: Option<Signer>,
+    pub(crate) by_kid: HashMap<String, NamedKey>,
+    pub(crate) hs256: Option<Hs256Key>,
+    /// `{"keys":[...]}`: the public JWKs of the next, current and retired keys.
+    jwks: Arc<str>,
+    /// The algorithms of the published keys, each once.
+    algorithms: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("signs_with", &self.signer.as_ref().map(|s| (&s.kid, s.algorithm)))
+            .field("kids", &self.by_kid.keys().collect::<Vec<_>>())
+            .field("hs256", &self.hs256.is_some())
+            .finish()
+    }
+}
+
+/// What a key set is made of besides the stored keys.
+pub struct KeyMaterial<'a> {
+    /// Opens the current key so the set can sign (the server); without it the set only
+    /// verifies (the admin commands).
+    pub kek: Option<&'a [u8; 32]>,
+    /// The HS256 secret (configured, or the generated file), if there is one.
+    pub hs256_secret: Option<&'a [u8]>,
+    pub algorithm: JwtAlgorithm,
+    /// A retired key is dropped this many seconds after it retired: by then every token it
+    /// signed has expired.
+    pub retired_horizon_secs: u64,
+}
+
+fn jwt_algorithm(algorithm: KeyAlgorithm) -> Algorithm {
+    algorithm.jwt()
+}
+
+fn algorithm_name(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::ES256 => "ES256",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "HS256",
+    }
+}
+
+impl KeySet {
+    /// The set the stored keys make as of `now`.
+    pub fn from_records(
+        records: &[SigningKeyRecord],
+        material: &KeyMaterial<'_>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<KeySet> {
+        let horizon = chrono::Duration::seconds(
+            i64::try_from(material.retired_horizon_secs).unwrap_or(i64::MAX / 2),
+        );
+        let mut by_kid = HashMap::new();
+        let mut published = Vec::new();
+        let mut signer = None;
+        for record in records {
+            let Some(state) = KeyState::parse(&record.state) else {
+                tracing::warn!(kid = %record.kid, state = %record.state, "signing key with an unknown state skipped");
+                continue;
+            };
+            // Every token a retired key signed has expired: it is neither published nor accepted.
+            if state == KeyState::Retired && record.retired_at.is_some_and(|at| at + horizon < now)
+            {
+                continue;
+            }
+            let (algorithm, jwk) = match parse_record(record) {
+                Ok(parsed) => parsed,
+                Err(err) => {
+                    tracing::warn!(kid = %record.kid, error = %err, "unreadable signing key skipped");
+                    continue;
+                }
+            };
+            let key = DecodingKey::from_jwk(&jwk)
+                .map_err(|err| anyhow!("signing key {}: {err}", record.kid))?;
+            if state == KeyState::Current
+                && material.algorithm != JwtAlgorithm::Hs256
+                && let Some(kek) = material.kek
+            {
+                let private = PrivateKey::unseal(&record.sealed_private, kek, &record.kid, algorithm)
+                    .with_context(|| {
+                        format!(
+                            "the current signing key {} does not open under keys.encryption_key: is it the key-encryption key it was made with?",
+                            record.kid
+                        )
+                    })?;
+                signer = Some(Signer {
+                    kid: Some(record.kid.clone()),
+                    algorithm: jwt_algorithm(algorithm),
+                    key: private.encoding_key(),
+                });
+            }
+            if state != KeyState::Revoked {
+                published.push(jwk);
+            }
+            by_kid.insert(
+                record.kid.clone(),
+                NamedKey {
+                    algorithm: jwt_algorithm(algorithm),
+                    state,
+                    key,
+                },
+            );
+        }
+        let hs256 = material.hs256_secret.map(|secret| Hs256Key {
+            key: DecodingKey::from_secret(secret),
+            issued_before: match material.algorithm {
+                JwtAlgorithm::Hs256 => None,
+                // The first key was made when authd stopped signing with HS256 (or before it ever
+                // did); with no key at all yet, nothing has been signed otherwise.
+                _ => Some(
+                    records
+                        .iter()
+                        .map(|r| r.created_at.timestamp())
+                        .min()
+                        .unwrap_or(i64::MAX),
+                ),
+            },
+        });
+        if material.algorithm == JwtAlgorithm::Hs256
+            && let Some(secret) = material.hs256_secret
+        {
+            signer = Some(Signer {
+                kid: None,
+                algorithm: Algorithm::HS256,
+                key: EncodingKey::from_secret(secret),
+            });
+        }
+        Ok(KeySet::assemble(signer, by_kid, hs256, published))
+    }
+
+    /// A set that verifies with the keys of a JWKS (`{"keys":[...]}`), as a service holding
+    /// only the published set would; it signs nothing.
+    pub fn from_jwks(text: &str) -> anyhow::Result<KeySet> {
+        let set: JwkSet = serde_json::from_str(text).context("not a JWK set")?;
+        let mut by_kid = HashMap::new();
+        let mut published = Vec::new();
+        for jwk in set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let algorithm = match jwk.common.key_algorithm.map(|a| a.to_string()).as_deref() {
+                Some("ES256") => Algorithm::ES256,
+                Some("EdDSA") => Algorithm::EdDSA,
+                _ => continue,
+            };
+            let key = DecodingKey::from_jwk(&jwk).with_context(|| format!("key {kid}"))?;
+            by_kid.insert(
+                kid,
+                NamedKey {
+                    algorithm,
+                    state: KeyState::Published,
+                    key,
+                },
+            );
+            published.push(jwk);
+        }
+        Ok(KeySet::assemble(None, by_kid, None, published))
+    }
+
+    /// A set of the HS256 secret alone, signing and verifying (a single service).
+    pub fn hs256_only(secret: &[u8]) -> KeySet {
+        KeySet::assemble(
+            Some(Signer {
+                kid: None,
+                algorithm: Algorithm::HS256,
+                key: EncodingKey::from_secret(secret),
+            }),
+            HashMap::new(),
+            Some(Hs256Key {
+                key: DecodingKey::from_secret(secret),
+                issued_before: None,
+            }),
+            Vec::new(),
+        )
+    }
+
+    fn assemble(
+        signer: Option<Signer>,
+        by_kid: HashMap<String, NamedKey>,
+        hs256: Option<Hs256Key>,
+        published: Vec<Jwk>,
+    ) -> KeySet {
+        let mut algorithms: Vec<&'static str> = Vec::new();
+        for jwk in &published {
+            let name = match jwk.common.key_algorithm.map(|a| a.to_string()).as_deref() {
+                Some("EdDSA") => "EdDSA",
+                _ => "ES256",
+            };
+            if !algorithms.contains(&name) {
+                algorithms.push(name);
+            }
+        }
+        // Serialized through jsonwebtoken's `Jwk`, which has no member for a private part.
+        let jwks = serde_json::to_string(&JwkSet { keys: published })
+            .unwrap_or_else(|_| r#"{"keys":[]}"#.to_owned());
+        KeySet {
+            signer,
+            by_kid,
+            hs256,
+            jwks: jwks.into(),
+            algorithms,
+        }
+    }
+
+    /// The published JWK set, as JSON.
+    pub fn jwks(&self) -> Arc<str> {
+        self.jwks.clone()
+    }
+
+    /// The algorithms of the published keys.
+    pub fn published_algorithms(&self) -> &[&'static str] {
+        &self.algorithms
+    }
+
+    /// The `kid` new tokens carry, if they carry one (not with HS256).
+    pub fn signing_kid(&self) -> Option<&str> {
+        self.signer.as_ref().and_then(|s| s.kid.as_deref())
+    }
+
+    /// The algorithm new tokens are signed with, if the set can sign.
+    pub fn signing_algorithm(&self) -> Option<&'static str> {
+        self.signer.as_ref().map(|s| algorithm_name(s.algorithm))
+    }
+
+    /// The state of the key `kid`, if the set has it.
+    pub fn state_of(&self, kid: &str) -> Option<KeyState> {
+        self.by_kid.get(kid).map(|k| k.state)
+    }
+
+    /// Whether a token verified by the old set may no longer verify by this one: a key gone or
+    /// revoked, or the HS256 secret gone.
+    pub(crate) fn withdraws_from(&self, old: &KeySet) -> bool {
+        let accepted = |set: &KeySet, kid: &str| {
+            set.by_kid
+                .get(kid)
+                .is_some_and(|k| k.state != KeyState::Revoked)
+        };
+        old.by_kid.keys().any(|kid| accepted(old, kid) && !accepted(self, kid))
+            || (old.hs256.is_some() && self.hs256.is_none())
+    }
+}
+
+/// A stored row's algorithm and public JWK.
+fn parse_record(record: &SigningKeyRecord) -> anyhow::Result<(KeyAlgorithm, Jwk)> {
+    let algorithm: KeyAlgorithm = record
+        .algorithm
+        .parse()
+        .map_err(|_| anyhow!("unknown algorithm {:?}", record.algorithm))?;
+    let jwk: Jwk = serde_json::from_str(&record.public_jwk).context("public_jwk is not a JWK")?;
+    if jwk.common.key_id.as_deref() != Some(record.kid.as_str()) {
+        return Err(anyhow!("public_jwk names another kid"));
+    }
+    Ok((algorithm, jwk))
+}
