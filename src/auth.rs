@@ -255,7 +255,7 @@ fn invalid_refresh() -> Error {
 }
 
 fn dead_session() -> Error {
-    Error::InvalidToken("this access token's session has ended: log in again")
+    Error::InvalidToken("this access token's session has ended, or its signing key was revoked: log in again")
 }
 
 fn dead_challenge() -> Error {
@@ -915,6 +915,7 @@ impl Auth {
             .retire_challenges_except(user.id, id, Utc::now())
             .await?;
         tracing::info!(user_id = %user.id, "login code sent");
+        self.check_signer().await?;
         sign_in.tokens.issue(TokenKind::Challenge, user.id, id)
     }
 
@@ -1023,6 +1024,7 @@ impl Auth {
         after_second_step: bool,
         refused: fn() -> Error,
     ) -> Result<SessionTokens> {
+        self.check_signer().await?;
         let now = Utc::now();
         let id = Uuid::now_v7();
         let family = new_family();
@@ -1071,6 +1073,7 @@ impl Auth {
             .refresh
             .check(&presented)
             .ok_or_else(invalid_refresh)?;
+        self.check_signer().await?;
         // A lost race means another refresh rotated first; the next look sees its result, so
         // two looks decide every case but a third rotation in between.
         for _ in 0..3 {

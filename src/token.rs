@@ -386,7 +386,7 @@ impl TokenKeys {
         }
         if let Some(before) = hs256_before {
             let lifetime = i64::try_from(self.ttl_secs(kind)).unwrap_or(i64::MAX);
-            if claims.iat >= before || claims.exp.saturating_sub(claims.iat) > lifetime {
+            if claims.iat > before || claims.exp.saturating_sub(claims.iat) > lifetime {
                 return Err(TokenError::Hs256Superseded);
             }
         }
@@ -705,8 +705,9 @@ mod tests {
         let expected = Subject {
             user,
             session: Some(session),
+            kid: None,
         };
-        assert_eq!(keys.access_subject(&issued.token), Ok(expected));
+        assert_eq!(keys.access_subject(&issued.token), Ok(expected.clone()));
         // Second time from the cache: the same answer.
         assert_eq!(keys.access_subject(&issued.token), Ok(expected));
         let challenge = keys
@@ -718,6 +719,14 @@ mod tests {
     use crate::config::Settings;
     use hmac::{Hmac, Mac};
     use sha2::Sha256;
+
+    fn subject_of(claims: &Claims) -> Subject {
+        Subject {
+            user: claims.sub,
+            session: claims.sid,
+            kid: None,
+        }
+    }
 
     fn keys(secret: &[u8]) -> TokenKeys {
         TokenKeys::new(secret, &Settings::defaults().jwt)
@@ -792,7 +801,7 @@ mod tests {
         for _ in 0..20 {
             let issued = fresh(&keys, TokenKind::Access);
             let claims = keys.verify(TokenKind::Access, &issued.token).unwrap();
-            set.insert(&issued.token, &claims);
+            set.insert(&issued.token, subject_of(&claims), claims.exp);
         }
         assert!(set.len() <= 3, "{} remembered", set.len());
     }
@@ -803,11 +812,11 @@ mod tests {
         let set = VerifiedTokens::with_capacity(3);
         let issued = fresh(&keys, TokenKind::Access);
         let mut claims = keys.verify(TokenKind::Access, &issued.token).unwrap();
-        set.insert(&issued.token, &claims);
+        set.insert(&issued.token, subject_of(&claims), claims.exp);
         assert!(set.get(&issued.token).is_some());
         // The same token as if its `exp` had passed: the cache itself no longer gives it.
         claims.exp = Utc::now().timestamp() - 1;
-        set.insert(&issued.token, &claims);
+        set.insert(&issued.token, subject_of(&claims), claims.exp);
         // (moka removes it on its next maintenance; until then it is counted but never given.)
         assert!(set.get(&issued.token).is_none());
     }

@@ -1,6 +1,7 @@
 //! The signing-key use cases: keeping the server's key set in step with the `signing_keys`
 //! table, and the admin commands that rotate and revoke keys.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use super::{Actor, Auth};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::config::{JwtAlgorithm, Settings};
 use crate::error::{Error, Result};
-use crate::keyring::{KeyAlgorithm, KeyState, new_signing_key};
+use crate::keyring::{KeyAlgorithm, KeyState, PrivateKey, new_signing_key};
 use crate::keyset::{KeyMaterial, KeySet};
 use crate::store::{RevokedKey, SigningKeyRecord};
 use crate::token::{Subject, TokenError, TokenKeys, TokenKind, Verified};
@@ -21,6 +22,11 @@ use crate::token::{Subject, TokenError, TokenKeys, TokenKind, Verified};
 /// turn every request into a database read.
 const ON_DEMAND_RELOAD_EVERY: Duration = Duration::from_secs(1);
 
+/// How often, at most, issuing a token first looks up whether the signing key was revoked (by
+/// an admin command or another instance): a revoked key signs for at most this long, not until
+/// the next `keys.refresh_secs` reload.
+const SIGNER_CHECK_EVERY_MS: i64 = 1_000;
+
 /// What the server's key set is made from.
 #[derive(Clone)]
 pub(super) struct KeyRing {
@@ -29,6 +35,8 @@ pub(super) struct KeyRing {
     algorithm: JwtAlgorithm,
     horizon_secs: u64,
     last_on_demand: Arc<Mutex<Option<Instant>>>,
+    /// When the signing key was last looked up for a revocation, in Unix milliseconds.
+    signer_checked_at: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -52,6 +60,7 @@ impl KeyRing {
             algorithm: settings.jwt.algorithm,
             horizon_secs: TokenKeys::retired_horizon_secs(&settings.jwt),
             last_on_demand: Arc::new(Mutex::new(None)),
+            signer_checked_at: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -171,6 +180,31 @@ impl Auth {
         }
     }
 
+    /// Before a token is issued: at most once a second, whether the key about to sign it was
+    /// revoked meanwhile; if so the keys are read again, and the new current key signs.
+    pub(super) async fn check_signer(&self) -> Result<()> {
+        let sign_in = self.sign_in()?;
+        let now = Utc::now().timestamp_millis();
+        let last = sign_in.ring.signer_checked_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < SIGNER_CHECK_EVERY_MS
+            || sign_in
+                .ring
+                .signer_checked_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(());
+        }
+        let Some(kid) = sign_in.tokens.key_set().signing_kid().map(str::to_owned) else {
+            return Ok(());
+        };
+        if self.store.signing_key_revoked(&kid).await? {
+            tracing::warn!(kid, "the signing key was revoked: reading the keys again");
+            self.reload_keys().await?;
+        }
+        Ok(())
+    }
+
     async fn reload_on_demand(&self) -> bool {
         let Ok(sign_in) = self.sign_in() else {
             return false;
@@ -192,6 +226,26 @@ impl Auth {
         self.store.list_signing_keys().await
     }
 
+    /// Refuses a key-encryption key that does not open the current key: keys sealed under it
+    /// could not be opened by the servers (the admin command ran with other settings).
+    async fn check_kek(&self, kek: &[u8; 32]) -> Result<()> {
+        let keys = self.store.list_signing_keys().await?;
+        let Some(current) = keys.iter().find(|k| k.state == "current") else {
+            return Ok(());
+        };
+        let opens = current.algorithm.parse::<KeyAlgorithm>().is_ok_and(|algorithm| {
+            PrivateKey::unseal(&current.sealed_private, kek, &current.kid, algorithm).is_ok()
+        });
+        if opens {
+            Ok(())
+        } else {
+            Err(Error::validation(
+                "keys.encryption_key",
+                "it does not open the current signing key: run this command with the server's keys.encryption_key (AUTHD_KEYS__ENCRYPTION_KEY) and data_dir",
+            ))
+        }
+    }
+
     /// Makes a `next` key (`authd keys rotate`): published from now on, signing nothing yet.
     pub async fn create_next_key(
         &self,
@@ -199,6 +253,7 @@ impl Auth {
         algorithm: KeyAlgorithm,
         actor: Actor,
     ) -> Result<String> {
+        self.check_kek(kek).await?;
         let key = new_signing_key(kek, algorithm, KeyState::Next, Utc::now()).map_err(internal)?;
         self.store.insert_signing_key(&key).await?;
         tracing::info!(kid = %key.kid, algorithm = %key.algorithm, "made a next signing key");
@@ -244,6 +299,7 @@ impl Auth {
         algorithm: KeyAlgorithm,
         actor: Actor,
     ) -> Result<Option<RevokedKey>> {
+        self.check_kek(kek).await?;
         let replacement =
             new_signing_key(kek, algorithm, KeyState::Current, Utc::now()).map_err(internal)?;
         let Some(revoked) = self

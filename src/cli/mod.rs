@@ -2,6 +2,7 @@
 
 mod audit;
 mod healthcheck;
+mod keys;
 mod session;
 pub(crate) mod token;
 mod user;
@@ -59,7 +60,10 @@ pub enum Command {
     /// List and end sessions (logins) directly in the database.
     #[command(subcommand)]
     Session(session::SessionCommand),
-    /// Inspect tokens (works without a database).
+    /// List, rotate and revoke the signing keys directly in the database.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Inspect tokens: decode one and verify it with the database's keys or a JWKS.
     #[command(subcommand)]
     Token(token::TokenCommand),
     /// Exit 0 when the server answers GET /healthz with 200 (for container health checks).
@@ -156,7 +160,8 @@ pub async fn run(cli: Cli, settings: anyhow::Result<Settings>) -> anyhow::Result
         Command::Migrate => migrate(&settings).await,
         Command::User(command) => user::run(command, &settings).await,
         Command::Session(command) => session::run(command, &settings).await,
-        Command::Token(command) => token::run(command, &settings),
+        Command::Keys(command) => keys::run(command, &settings).await,
+        Command::Token(command) => token::run(command, &settings).await,
         Command::Audit(args) => audit::run(args, &settings).await,
         Command::Prune(args) => audit::prune(args, &settings).await,
         Command::Healthcheck(args) => healthcheck::run(args, &settings).await,

@@ -8,21 +8,32 @@ use clap::{Args, Subcommand};
 use comfy_table::Table;
 use serde_json::{Value, json};
 
-use super::{EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table};
+use super::{
+    EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table, with_auth,
+};
 use crate::config::Settings;
-use crate::keys::load_signing_secret;
-use crate::token::{Inspection, TokenKeys};
+use crate::keys::existing_signing_secret;
+use crate::keyset::{KeyMaterial, KeySet};
+use crate::token::{Inspection, SignerSeen, TokenKeys};
 
 /// Longest input read as a token; authd's tokens are a few hundred bytes.
 const MAX_TOKEN_BYTES: u64 = 64 * 1024;
 
+/// Longest JWKS read by `--jwks`.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// How long fetching `--jwks URL` may take.
+const JWKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Decode a token and verify it with the configured key (no database needed).
+    /// Decode a token and verify it with the database's signing keys (by `kid`, and the HS256
+    /// secret if there is one), or with a JWKS.
     ///
-    /// Shows the header and claims, the kind (access or challenge), issue and expiry times in
-    /// UTC and relative to now, and whether the signature and claims verify. An invalid token
-    /// is still decoded as far as possible, then the reason is given and the exit code is 1.
+    /// Shows the header and claims, the kind (access or challenge), the key that signed it and
+    /// its state, issue and expiry times in UTC and relative to now, and whether the signature
+    /// and claims verify. An invalid token is still decoded as far as possible, then the reason
+    /// is given and the exit code is 1.
     #[command(after_help = EXIT_CODES)]
     Inspect(InspectArgs),
 }
@@ -32,23 +43,90 @@ pub struct InspectArgs {
     /// The token. `-` or nothing reads it from stdin (on a terminal, a hidden prompt).
     #[arg(value_name = "TOKEN|-")]
     token: Option<String>,
+    /// Verify with this JWK set instead of the database: a file, or an http(s):// URL such as
+    /// https://auth.example.com/.well-known/jwks.json (no database needed then).
+    #[arg(long, value_name = "FILE|URL")]
+    jwks: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
 }
 
-/// Runs one `authd token` subcommand. Never touches the database.
-pub fn run(command: TokenCommand, settings: &Settings) -> anyhow::Result<()> {
+/// Runs one `authd token` subcommand.
+pub async fn run(command: TokenCommand, settings: &Settings) -> anyhow::Result<()> {
     match command {
-        TokenCommand::Inspect(args) => inspect_token(args, settings),
+        TokenCommand::Inspect(args) => inspect_token(args, settings).await,
     }
 }
 
-fn inspect_token(args: InspectArgs, settings: &Settings) -> anyhow::Result<()> {
-    // A key generated now could not have signed anything, so only an existing one is used.
-    let secret = load_signing_secret(settings, false)?;
-    let keys = TokenKeys::new(secret.bytes(), &settings.jwt);
+/// The keys a token is judged by: a JWKS's, or the database's (public halves only, with the
+/// HS256 secret if one exists; nothing is generated).
+async fn verifying_keys(jwks: Option<&str>, settings: &Settings) -> anyhow::Result<TokenKeys> {
+    let set = match jwks {
+        Some(source) => {
+            let text = read_jwks(source).await?;
+            KeySet::from_jwks(&text)
+                .map_err(|err| UserError(format!("{source} is not a usable JWK set: {err:#}")))?
+        }
+        None => {
+            let records = with_auth(settings, async |auth| {
+                auth.list_keys().await.context("cannot read the signing keys")
+            })
+            .await?;
+            let secret = existing_signing_secret(settings)?;
+            KeySet::from_records(
+                &records,
+                &KeyMaterial {
+                    kek: None,
+                    hs256_secret: secret.as_ref().map(|s| s.bytes()),
+                    algorithm: settings.jwt.algorithm,
+                    retired_horizon_secs: TokenKeys::retired_horizon_secs(&settings.jwt),
+                },
+                Utc::now(),
+            )?
+        }
+    };
+    Ok(TokenKeys::with_set(set, &settings.jwt))
+}
+
+/// The text of a JWKS file or URL, at most [`MAX_JWKS_BYTES`].
+async fn read_jwks(source: &str) -> anyhow::Result<String> {
+    if !(source.starts_with("http://") || source.starts_with("https://")) {
+        let bytes = std::fs::read(source)
+            .map_err(|err| UserError(format!("cannot read the JWKS file {source}: {err}")))?;
+        if bytes.len() > MAX_JWKS_BYTES {
+            return Err(UserError(format!("{source} is over {MAX_JWKS_BYTES} bytes")).into());
+        }
+        return String::from_utf8(bytes)
+            .map_err(|_| UserError(format!("{source} is not UTF-8")).into());
+    }
+    // reqwest is built without a crypto provider of its own: the one rustls already has here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fetched = async {
+        let client = reqwest::Client::builder()
+            .timeout(JWKS_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()?;
+        let response = client.get(source).send().await?.error_for_status()?;
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_JWKS_BYTES as u64)
+        {
+            return Ok(None);
+        }
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>((body.len() <= MAX_JWKS_BYTES).then_some(body))
+    }
+    .await
+    .map_err(|err| UserError(format!("cannot fetch the JWKS {source}: {err}")))?;
+    let body = fetched
+        .ok_or_else(|| UserError(format!("the JWKS at {source} is over {MAX_JWKS_BYTES} bytes")))?;
+    String::from_utf8(body.to_vec()).map_err(|_| UserError(format!("{source} is not UTF-8")).into())
+}
+
+async fn inspect_token(args: InspectArgs, settings: &Settings) -> anyhow::Result<()> {
     let token = read_token(args.token)?;
+    let keys = verifying_keys(args.jwks.as_deref(), settings).await?;
     let inspection = keys.inspect(&token);
     let now = Utc::now();
     match args.format {
@@ -163,8 +241,22 @@ fn inspection_table(inspection: &Inspection, now: DateTime<Utc>) -> Table {
             table.add_row(["claims".to_owned(), "(cannot be decoded)".to_owned()]);
         }
     }
+    table.add_row(["signed by".to_owned(), printable(&signer_label(&inspection.signer))]);
     table.add_row(["status".to_owned(), status_label(inspection)]);
     table
+}
+
+/// The key a token names, and its state.
+fn signer_label(signer: &SignerSeen) -> String {
+    match signer {
+        SignerSeen::Hs256Secret => "the HS256 secret (jwt.secret)".into(),
+        SignerSeen::Key {
+            kid,
+            state: Some(state),
+        } => format!("key {kid} ({})", state.as_str()),
+        SignerSeen::Key { kid, state: None } => format!("key {kid} (not a key of this key set)"),
+        SignerSeen::Unknown => "(no key named)".into(),
+    }
 }
 
 /// A claim's value for people: times in UTC and relative to now, strings without quotes.
@@ -191,6 +283,15 @@ fn inspection_json(inspection: &Inspection, now: DateTime<Utc>) -> Value {
         "issued": inspection.issued_at.map(|at| issued_phrase(at, now)),
         "expires_at": inspection.expires_at,
         "expires": inspection.expires_at.map(|at| expiry_phrase(at, now)),
+        "kid": match &inspection.signer {
+            SignerSeen::Key { kid, .. } => Some(kid.as_str()),
+            _ => None,
+        },
+        "key_state": match &inspection.signer {
+            SignerSeen::Key { state, .. } => state.map(|s| s.as_str()),
+            SignerSeen::Hs256Secret => Some("hs256-secret"),
+            SignerSeen::Unknown => None,
+        },
         "valid": inspection.verdict.is_ok(),
         "error": inspection.verdict.as_ref().err().map(ToString::to_string),
     })
@@ -310,6 +411,7 @@ mod tests {
             issued_at: None,
             expires_at: None,
             verdict: Err(crate::token::TokenError::WrongKind),
+            signer: SignerSeen::Unknown,
         };
         let table = inspection_table(&inspection, at(0)).to_string();
         let names: Vec<&str> = table
@@ -318,7 +420,9 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["kind", "header", "iss", "sub", "exp", "jti", "zz", "status"]
+            [
+                "kind", "header", "iss", "sub", "exp", "jti", "zz", "signed", "status"
+            ]
         );
         assert!(table.contains("invalid: wrong token kind"));
     }

@@ -449,3 +449,119 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     )
         .into_response()
 }
+
+/// One public key of the JWK set (RFC 7517), as authd publishes it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishedJwk {
+    /// `EC` (ES256) or `OKP` (EdDSA).
+    #[schema(example = "EC")]
+    pub kty: String,
+    /// `P-256` or `Ed25519`.
+    #[schema(example = "P-256")]
+    pub crv: String,
+    /// The public key's x coordinate (EC) or the public key (OKP), base64url.
+    pub x: String,
+    /// The y coordinate, base64url (EC keys only).
+    pub y: Option<String>,
+    /// The key's id: the `kid` in the header of every token it signs.
+    pub kid: String,
+    /// `ES256` or `EdDSA`.
+    #[schema(example = "ES256")]
+    pub alg: String,
+    /// Always `sig`.
+    #[serde(rename = "use")]
+    #[schema(example = "sig")]
+    pub use_: String,
+}
+
+/// The public keys of the `next`, `current` and `retired` signing keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishedJwks {
+    pub keys: Vec<PublishedJwk>,
+}
+
+/// What a cache may keep of the published keys and metadata: as long as an instance of authd
+/// keeps its own copy of the keys (`keys.refresh_secs`).
+fn public_for(max_age_secs: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("public, max-age={max_age_secs}"))
+        .unwrap_or(HeaderValue::from_static("no-store"))
+}
+
+/// The JWK set other services verify access tokens with: the public keys of the `next`,
+/// `current` and `retired` signing keys (never a private part, never the HS256 secret; revoked
+/// keys are left out). Refetch it when a token names a `kid` it does not have.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
+    responses((status = 200, description = "The JWK set (RFC 7517), with `Cache-Control: public, max-age=<keys.refresh_secs>`", body = PublishedJwks)))]
+pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let set = state.auth.key_set()?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CACHE_CONTROL, public_for(state.published.max_age_secs)),
+        ],
+        set.jwks().to_string(),
+    )
+        .into_response())
+}
+
+/// OAuth 2.0 authorization server metadata (RFC 8414), with only what authd does: it has no
+/// authorization or OAuth token endpoint, so no response or grant types; its own token
+/// endpoints are named by `authd_`-prefixed members.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerMetadata {
+    /// `jwt.issuer`: the `iss` of every token.
+    pub issuer: String,
+    /// Where the JWK set is.
+    pub jwks_uri: String,
+    /// Always empty: authd has no authorization endpoint.
+    pub response_types_supported: Vec<String>,
+    /// Always empty: authd has no OAuth token endpoint (without this member RFC 8414 would
+    /// mean `authorization_code` and `implicit`).
+    pub grant_types_supported: Vec<String>,
+    /// The API documentation.
+    pub service_documentation: String,
+    /// `POST /login`: email and password, for an access and a refresh token or a challenge.
+    pub authd_login_endpoint: String,
+    /// `POST /login/otp`: the emailed code with the challenge token.
+    pub authd_login_otp_endpoint: String,
+    /// `POST /token/refresh`: a refresh token for new tokens.
+    pub authd_token_refresh_endpoint: String,
+    /// `POST /logout`: ends sessions.
+    pub authd_logout_endpoint: String,
+    /// The algorithms of the published keys: what a verifier accepts (`alg` of each key).
+    pub authd_token_signing_alg_values_supported: Vec<String>,
+}
+
+/// Authorization server metadata (RFC 8414): the issuer, the JWKS URL and authd's token
+/// endpoints, for services that configure themselves from it.
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "keys",
+    responses((status = 200, description = "The metadata, with `Cache-Control: public, max-age=<keys.refresh_secs>`", body = ServerMetadata)))]
+pub async fn server_metadata(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let set = state.auth.key_set()?;
+    let published = &state.published;
+    let url = |path: &str| format!("{}{path}", published.base_url);
+    let metadata = ServerMetadata {
+        issuer: published.issuer.clone(),
+        jwks_uri: url("/.well-known/jwks.json"),
+        response_types_supported: Vec::new(),
+        grant_types_supported: Vec::new(),
+        service_documentation: url("/docs"),
+        authd_login_endpoint: url("/login"),
+        authd_login_otp_endpoint: url("/login/otp"),
+        authd_token_refresh_endpoint: url("/token/refresh"),
+        authd_logout_endpoint: url("/logout"),
+        authd_token_signing_alg_values_supported: set
+            .published_algorithms()
+            .iter()
+            .map(|alg| (*alg).to_owned())
+            .collect(),
+    };
+    Ok((
+        [(header::CACHE_CONTROL, public_for(published.max_age_secs))],
+        axum::Json(metadata),
+    )
+        .into_response())
+}

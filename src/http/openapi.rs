@@ -28,6 +28,8 @@ use crate::error::FieldError;
         handlers::me,
         handlers::sessions,
         handlers::delete_session,
+        handlers::jwks,
+        handlers::server_metadata,
         handlers::healthz,
         handlers::readyz,
     ),
@@ -36,6 +38,7 @@ use crate::error::FieldError;
     tags(
         (name = "auth", description = "Registration, login, refresh and logout"),
         (name = "users", description = "The signed-in user and their sessions"),
+        (name = "keys", description = "The public signing keys and the server metadata, for services that verify authd's tokens"),
         (name = "operations", description = "Health checks"),
     )
 )]

@@ -32,6 +32,16 @@ pub struct AppParts {
     pub auth: Auth,
     pub client_address: ClientAddress,
     pub ip_limiter: Option<Arc<IpLimiter>>,
+    pub published: Published,
+}
+
+/// What the `/.well-known` routes say besides the keys.
+pub struct Published {
+    /// `http.public_url` (or `http://` + `http.addr`), without a trailing slash.
+    pub base_url: String,
+    pub issuer: String,
+    /// `Cache-Control: max-age` of the keys and metadata: `keys.refresh_secs`.
+    pub max_age_secs: u64,
 }
 
 impl std::ops::Deref for AppState {
@@ -51,6 +61,11 @@ impl AppState {
             ip_limiter: limits
                 .enabled
                 .then(|| IpLimiter::new(limits.requests_per_ip_per_minute, limits.ipv6_prefix_len)),
+            published: Published {
+                base_url: settings.public_url(),
+                issuer: settings.jwt.issuer.clone(),
+                max_age_secs: settings.keys.refresh_secs,
+            },
         })))
     }
 }
@@ -71,6 +86,11 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
         ("/users/me", get(handlers::me)),
         ("/sessions", get(handlers::sessions)),
         ("/sessions/{id}", delete(handlers::delete_session)),
+        ("/.well-known/jwks.json", get(handlers::jwks)),
+        (
+            "/.well-known/oauth-authorization-server",
+            get(handlers::server_metadata),
+        ),
         ("/healthz", get(handlers::healthz)),
         ("/readyz", get(handlers::readyz)),
     ];

@@ -10,6 +10,9 @@ use tokio::sync::oneshot;
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// The key-encryption key of every test server and command: 64 hex characters.
+pub const KEK: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
 pub const PASSWORD: &str = "correct horse battery";
 
 /// The longest any one HTTP exchange of a test may take before the test fails instead of
@@ -125,6 +128,7 @@ pub fn test_settings(db_url: &str, smtp_port: u16) -> Settings {
     settings.database.url = db_url.to_string().into();
     settings.database.acquire_timeout_secs = 2;
     settings.jwt.secret = Some(SECRET.into());
+    settings.keys.encryption_key = Some(KEK.into());
     settings.password.bcrypt_cost = 4;
     settings.mail.transport = MailTransport::Smtp;
     settings.mail.smtp.host = "127.0.0.1".into();
@@ -132,6 +136,26 @@ pub fn test_settings(db_url: &str, smtp_port: u16) -> Settings {
     settings.mail.smtp.tls = SmtpTls::None;
     settings.mail.smtp.timeout_secs = 2;
     settings
+}
+
+/// Keys that sign as the server of `settings` does now: with the database's current key (read
+/// afresh), for tests that need a token the server did not issue (expired, forged claims).
+pub async fn server_keys(settings: &Settings) -> authd::token::TokenKeys {
+    let store = authd::store::Store::connect_lazy(settings).unwrap();
+    let records = store.list_signing_keys().await.unwrap();
+    let kek = authd::keys::load_key_encryption_key(settings, false).unwrap();
+    let set = authd::keyset::KeySet::from_records(
+        &records,
+        &authd::keyset::KeyMaterial {
+            kek: Some(&kek),
+            hs256_secret: None,
+            algorithm: settings.jwt.algorithm,
+            retired_horizon_secs: authd::token::TokenKeys::retired_horizon_secs(&settings.jwt),
+        },
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    authd::token::TokenKeys::with_set(set, &settings.jwt)
 }
 
 /// authd running on a free port against its own database and mail sink.
@@ -442,6 +466,17 @@ pub async fn admin_output(
     args: &[&str],
     stdin: &str,
 ) -> std::process::Output {
+    admin_output_with(db_url, data_dir, args, stdin, &[]).await
+}
+
+/// [`admin_output`] with these environment variables set on top.
+pub async fn admin_output_with(
+    db_url: &str,
+    data_dir: &TempDir,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_authd"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("AUTHD_") {
@@ -450,12 +485,16 @@ pub async fn admin_output(
     }
     cmd.env_remove("DATABASE_URL")
         .env("AUTHD_JWT__SECRET", SECRET)
+        .env("AUTHD_KEYS__ENCRYPTION_KEY", KEK)
         .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
         .env("AUTHD_DATA_DIR", data_dir.path())
         // On SQLite a server beside the command may hold the write lock for a moment.
         .env("AUTHD_DATABASE__ACQUIRE_TIMEOUT_SECS", "20")
         .args(["--database-url", db_url])
         .args(args);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
     run_to_end(cmd, stdin.as_bytes()).await
 }
 

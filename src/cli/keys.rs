@@ -1,0 +1,188 @@
+//! `authd keys ...`: list, rotate and revoke the signing keys, directly in the database.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{EXIT_CODES, OutputFormat, UserError, format_utc, new_table, with_auth};
+use crate::auth::{Activated, Actor, key_algorithm};
+use crate::config::Settings;
+use crate::keys::load_key_encryption_key;
+use crate::store::SigningKeyRecord;
+use crate::token::TokenKeys;
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List the signing keys, oldest first: kid, algorithm, state and times.
+    #[command(after_help = EXIT_CODES)]
+    List(ListArgs),
+    /// Make a new `next` key: published in the JWKS at once, signing nothing yet. With
+    /// --activate, promote the oldest `next` key to `current` instead (the old current key
+    /// retires: published until every token it signed has expired).
+    #[command(after_help = EXIT_CODES)]
+    Rotate(RotateArgs),
+    /// Revoke a key: the tokens it signed are refused from now on. A revoked current key is
+    /// followed at once by the oldest `next` key, or by a new key, so logins go on.
+    #[command(after_help = EXIT_CODES)]
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Promote the oldest `next` key to `current` (run it at least 2 x keys.refresh_secs
+    /// after `authd keys rotate`, so every verifier has the key by then).
+    #[arg(long)]
+    activate: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The key's id (the `kid` of its tokens; `authd keys list` shows them).
+    #[arg(value_name = "KID")]
+    kid: String,
+}
+
+pub async fn run(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::List(args) => list(args, settings).await,
+        KeysCommand::Rotate(args) if args.activate => activate(settings).await,
+        KeysCommand::Rotate(_) => rotate(settings).await,
+        KeysCommand::Revoke(args) => revoke(args, settings).await,
+    }
+}
+
+async fn list(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
+    let keys = with_auth(settings, async |auth| {
+        auth.list_keys().await.context("cannot list the signing keys")
+    })
+    .await?;
+    match args.format {
+        OutputFormat::Table if keys.is_empty() => {
+            println!("no signing keys yet: the server makes the first at its first start");
+        }
+        OutputFormat::Table => println!("{}", keys_table(&keys)),
+        OutputFormat::Json => {
+            let listed: Vec<_> = keys.iter().map(key_json).collect();
+            println!("{}", serde_json::to_string_pretty(&listed)?);
+        }
+    }
+    Ok(())
+}
+
+fn key_json(key: &SigningKeyRecord) -> serde_json::Value {
+    json!({
+        "kid": key.kid,
+        "algorithm": key.algorithm,
+        "state": key.state,
+        "created_at": key.created_at,
+        "activated_at": key.activated_at,
+        "retired_at": key.retired_at,
+        "revoked_at": key.revoked_at,
+    })
+}
+
+fn keys_table(keys: &[SigningKeyRecord]) -> comfy_table::Table {
+    let mut table = new_table();
+    table.set_header([
+        "kid",
+        "algorithm",
+        "state",
+        "created",
+        "activated",
+        "retired",
+        "revoked",
+    ]);
+    let when = |at: Option<chrono::DateTime<chrono::Utc>>| at.map_or_else(|| "-".into(), format_utc);
+    for key in keys {
+        table.add_row([
+            key.kid.clone(),
+            key.algorithm.clone(),
+            key.state.clone(),
+            format_utc(key.created_at),
+            when(key.activated_at),
+            when(key.retired_at),
+            when(key.revoked_at),
+        ]);
+    }
+    table
+}
+
+async fn rotate(settings: &Settings) -> anyhow::Result<()> {
+    let kek = load_key_encryption_key(settings, true)?;
+    let algorithm = key_algorithm(settings.jwt.algorithm);
+    let kid = with_auth(settings, async |auth| {
+        auth.create_next_key(&kek, algorithm, Actor::Cli)
+            .await
+            .context("cannot make a signing key")
+    })
+    .await?;
+    println!(
+        "made next key {kid} ({}): published now, signing nothing yet; after at least {}s run `authd keys rotate --activate`",
+        algorithm.as_str(),
+        2 * settings.keys.refresh_secs
+    );
+    Ok(())
+}
+
+async fn activate(settings: &Settings) -> anyhow::Result<()> {
+    let activated = with_auth(settings, async |auth| {
+        auth.activate_next_key(Actor::Cli)
+            .await
+            .context("cannot activate a signing key")
+    })
+    .await?;
+    let Some(Activated { kid, retired }) = activated else {
+        return Err(UserError(
+            "there is no next key to activate: run `authd keys rotate` first, then wait for verifiers to fetch it".into(),
+        )
+        .into());
+    };
+    let horizon = TokenKeys::retired_horizon_secs(&settings.jwt);
+    match retired {
+        Some(old) => println!(
+            "{kid} is the current key now (within keys.refresh_secs = {}s on every instance); {old} retired: published and accepted for {horizon}s more",
+            settings.keys.refresh_secs
+        ),
+        None => println!("{kid} is the current key now"),
+    }
+    Ok(())
+}
+
+async fn revoke(args: RevokeArgs, settings: &Settings) -> anyhow::Result<()> {
+    let kek = load_key_encryption_key(settings, true)?;
+    let algorithm = key_algorithm(settings.jwt.algorithm);
+    let kid = args.kid.trim().to_owned();
+    let revoked = with_auth(settings, async |auth| {
+        auth.revoke_key(&kid, &kek, algorithm, Actor::Cli)
+            .await
+            .context("cannot revoke the signing key")
+    })
+    .await?;
+    let Some(revoked) = revoked else {
+        return Err(UserError(format!(
+            "no signing key {}: `authd keys list` shows them",
+            super::token::printable(&kid)
+        ))
+        .into());
+    };
+    if revoked.previous_state == "revoked" {
+        println!("{kid} was already revoked");
+        return Ok(());
+    }
+    let successor = revoked
+        .successor
+        .map(|s| format!("; {s} is the current key now"))
+        .unwrap_or_default();
+    println!(
+        "revoked {kid} (was {}): tokens it signed are refused from now on; other services drop it from their copy of the JWKS within keys.refresh_secs = {}s{successor}",
+        revoked.previous_state, settings.keys.refresh_secs
+    );
+    Ok(())
+}
