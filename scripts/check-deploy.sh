@@ -284,7 +284,8 @@ def static_checks():
           f"AUTHD_ENV={serve_env.get('AUTHD_ENV')} is development or production")
     check(serve_env.get("AUTHD_MAIL__SMTP__TLS") in ("none", "starttls", "tls"),
           f"AUTHD_MAIL__SMTP__TLS={serve_env.get('AUTHD_MAIL__SMTP__TLS')} is none, starttls or tls")
-    check(len(serve_env.get("AUTHD_JWT__SECRET", "").encode()) >= 32, "AUTHD_JWT__SECRET has at least 32 bytes")
+    check(re.fullmatch(r"[0-9a-fA-F]{64}", serve_env.get("AUTHD_KEYS__ENCRYPTION_KEY", "")) is not None,
+          "AUTHD_KEYS__ENCRYPTION_KEY is 64 hex characters")
 
     # The addresses point at services that exist, with matching credentials and ports.
     url = serve_env.get("AUTHD_DATABASE__URL", "")
@@ -471,7 +472,7 @@ def replay(binary):
 
     name = by_command["serve"][0]
     env = environment(name)
-    secret = env["AUTHD_JWT__SECRET"]
+    secret = env["AUTHD_KEYS__ENCRYPTION_KEY"]
     base = f"http://127.0.0.1:{port}"
     log_path = Path(data_dir) / "serve.log"
     log = open(log_path, "w")

@@ -12,10 +12,10 @@ use tokio::task::JoinHandle;
 
 use crate::audit::AuditLog;
 use crate::auth::Auth;
+use crate::config::JwtAlgorithm;
 use crate::config::{Environment, Settings};
 use crate::http::server::{self, ConnectionRules};
 use crate::http::{AppState, HttpService, metrics_router, router};
-use crate::config::JwtAlgorithm;
 use crate::keys::{existing_signing_secret, load_key_encryption_key, load_signing_secret};
 use crate::metrics::Metrics;
 use crate::store::{Backend, Store};

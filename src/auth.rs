@@ -255,7 +255,9 @@ fn invalid_refresh() -> Error {
 }
 
 fn dead_session() -> Error {
-    Error::InvalidToken("this access token's session has ended, or its signing key was revoked: log in again")
+    Error::InvalidToken(
+        "this access token's session has ended, or its signing key was revoked: log in again",
+    )
 }
 
 fn dead_challenge() -> Error {
@@ -308,12 +310,16 @@ impl Auth {
         let hasher = Auth::build_hasher(settings, &metrics).await?;
         let sign_in = SignIn {
             tokens: TokenKeys::with_set(
-                KeySet::from_records(&[], &crate::keyset::KeyMaterial {
-                    kek: None,
-                    hs256_secret: None,
-                    algorithm: settings.jwt.algorithm,
-                    retired_horizon_secs: 0,
-                }, Utc::now())?,
+                KeySet::from_records(
+                    &[],
+                    &crate::keyset::KeyMaterial {
+                        kek: None,
+                        hs256_secret: None,
+                        algorithm: settings.jwt.algorithm,
+                        retired_horizon_secs: 0,
+                    },
+                    Utc::now(),
+                )?,
                 &settings.jwt,
             ),
             codes: CodeHasher::from_kek(&kek),
@@ -321,14 +327,7 @@ impl Auth {
             mailer: Mailer::from_settings(settings).context("invalid mail settings")?,
             ring: keys::KeyRing::new(settings, kek, hs256.map(|s| s.secret.clone())),
         };
-        let auth = Auth::new(
-            settings,
-            store,
-            hasher,
-            Some(sign_in),
-            audit,
-            metrics,
-        );
+        let auth = Auth::new(settings, store, hasher, Some(sign_in), audit, metrics);
         auth.reload_keys()
             .await
             .context("cannot read or make the signing keys")?;

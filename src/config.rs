@@ -236,7 +236,7 @@ pub struct SmtpSettings {
 /// Minimum length of the HMAC secret: HS256 with a shorter key is guessable.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// The signing secret docker-compose.yml publishes for development: production refuses it.
+/// The HS256 secret docker-compose.yml published for development up to 0.2: production refuses it.
 pub const DEVELOPMENT_SECRET: &str = "development-only-jwt-secret-never-use-in-production";
 
 /// The key-encryption key docker-compose.yml publishes for development: production refuses it.
@@ -393,9 +393,8 @@ impl Settings {
             );
         }
         let public_url = self.http.public_url.trim();
-        if !public_url.is_empty()
-            && !(public_url.starts_with("http://") || public_url.starts_with("https://"))
-        {
+        let absolute = public_url.starts_with("http://") || public_url.starts_with("https://");
+        if !(public_url.is_empty() || absolute) {
             bail!("http.public_url must start with http:// or https://");
         }
         let url = self.database_url();
@@ -602,7 +601,8 @@ mod tests {
         let mut settings = Settings::defaults();
         settings.env = Environment::Production;
         settings.mail.transport = MailTransport::Smtp;
-        settings.jwt.secret = Some("0f3a9c1e7b52d8469e0c2b7a5d1f8e3c".into());
+        settings.keys.encryption_key =
+            Some("3c9e1f07a2b84d6e5f10c3a7b9d2e8f4061a5c7e9b3d2f8a4c6e0b1d7f9a3c5e".into());
         settings
     }
 
@@ -624,12 +624,32 @@ mod tests {
         relay.mail.smtp.allow_cleartext = false;
         relay.mail.smtp.password = None;
         relay.check_production().unwrap();
+        // HS256 with its own secret is sound too.
+        let mut hs256 = sound_production();
+        hs256.jwt.algorithm = JwtAlgorithm::Hs256;
+        hs256.jwt.secret = Some("0f3a9c1e7b52d8469e0c2b7a5d1f8e3c".into());
+        hs256.check_production().unwrap();
     }
 
     #[test]
     fn production_refuses_each_weak_setting_with_its_name() {
         type Spoil = fn(&mut Settings);
-        let cases: [(&str, Spoil); 6] = [
+        let cases: [(&str, Spoil); 11] = [
+            ("without keys.encryption_key", |s| {
+                s.keys.encryption_key = None
+            }),
+            ("keys.encryption_key is the public development key", |s| {
+                s.keys.encryption_key = Some(DEVELOPMENT_ENCRYPTION_KEY.into())
+            }),
+            ("keys.encryption_key has only 1 distinct", |s| {
+                s.keys.encryption_key = Some("ab".repeat(32).into())
+            }),
+            ("keys.encryption_key", |s| {
+                s.keys.encryption_key = Some("not hex".into())
+            }),
+            ("HS256\" without jwt.secret", |s| {
+                s.jwt.algorithm = JwtAlgorithm::Hs256
+            }),
             ("docker-compose.yml", |s| {
                 s.jwt.secret = Some(DEVELOPMENT_SECRET.into())
             }),
@@ -656,9 +676,11 @@ mod tests {
     }
 
     #[test]
-    fn the_development_secret_is_the_one_docker_compose_publishes() {
+    fn the_development_key_is_the_one_docker_compose_publishes() {
+        // (DEVELOPMENT_SECRET is the JWT secret it published before the signing keys.)
         let compose = include_str!("../docker-compose.yml");
-        assert!(compose.contains(DEVELOPMENT_SECRET));
+        assert!(compose.contains(DEVELOPMENT_ENCRYPTION_KEY));
+        assert!(crate::keys::parse_kek(DEVELOPMENT_ENCRYPTION_KEY).is_ok());
     }
 
     #[test]

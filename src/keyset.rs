@@ -52,7 +52,10 @@ pub struct KeySet {
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeySet")
-            .field("signs_with", &self.signer.as_ref().map(|s| (&s.kid, s.algorithm)))
+            .field(
+                "signs_with",
+                &self.signer.as_ref().map(|s| (&s.kid, s.algorithm)),
+            )
             .field("kids", &self.by_kid.keys().collect::<Vec<_>>())
             .field("hs256", &self.hs256.is_some())
             .finish()
@@ -279,7 +282,9 @@ impl KeySet {
                 .get(kid)
                 .is_some_and(|k| k.state != KeyState::Revoked)
         };
-        old.by_kid.keys().any(|kid| accepted(old, kid) && !accepted(self, kid))
+        old.by_kid
+            .keys()
+            .any(|kid| accepted(old, kid) && !accepted(self, kid))
             || (old.hs256.is_some() && self.hs256.is_none())
     }
 }

@@ -23,9 +23,9 @@ mod files;
 pub mod http;
 /// Asymmetric signing keys and their sealing (issue 15, not wired in yet).
 pub mod keyring;
-pub mod keyset;
 /// The signing secret: configured or generated once.
 pub mod keys;
+pub mod keyset;
 /// Outgoing mail.
 pub mod mail;
 /// Prometheus metrics in an app-owned registry.
@@ -47,3 +47,9 @@ pub mod token;
 
 pub use config::Settings;
 pub use error::{Error, Result};
+
+/// Makes ring the process's TLS crypto provider (rustls needs one chosen; reqwest is built
+/// without its own). Safe to call more than once: later calls change nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -120,7 +120,11 @@ impl RefreshKeys {
 }
 
 /// HMAC-SHA256 under `key` of a family and a generation: a token's secret.
-fn secret_under(key: &[u8; 32], family: &[u8; FAMILY_BYTES], generation: i64) -> [u8; SECRET_BYTES] {
+fn secret_under(
+    key: &[u8; 32],
+    family: &[u8; FAMILY_BYTES],
+    generation: i64,
+) -> [u8; SECRET_BYTES] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
     mac.update(family);
     mac.update(&generation.to_be_bytes());
@@ -175,7 +179,11 @@ mod tests {
         let issued_before = Presented::parse(&URL_SAFE_NO_PAD.encode(bytes)).unwrap();
         let keys = RefreshKeys::from_kek(&[5; 32], Some(old));
         assert!(keys.check(&issued_before).is_some());
-        assert!(RefreshKeys::from_kek(&[5; 32], None).check(&issued_before).is_none());
+        assert!(
+            RefreshKeys::from_kek(&[5; 32], None)
+                .check(&issued_before)
+                .is_none()
+        );
         // The next token of the chain is keyed by the KEK alone.
         let (next, _) = keys.token(&family, 5);
         let next = Presented::parse(&next).unwrap();

@@ -92,7 +92,9 @@ pub enum TokenError {
     UnknownKey,
     #[error("signed by a revoked key")]
     RevokedKey,
-    #[error("an HS256 token issued after authd moved to asymmetric keys, or living longer than its kind")]
+    #[error(
+        "an HS256 token issued after authd moved to asymmetric keys, or living longer than its kind"
+    )]
     Hs256Superseded,
     #[error("wrong token kind")]
     WrongKind,
@@ -169,10 +171,7 @@ impl Validations {
     }
 
     fn get(&self, kind: TokenKind, algorithm: Algorithm) -> &Validation {
-        let at = ALGORITHMS
-            .iter()
-            .position(|a| *a == algorithm)
-            .unwrap_or(0);
+        let at = ALGORITHMS.iter().position(|a| *a == algorithm).unwrap_or(0);
         match kind {
             TokenKind::Access => &self.access[at],
             TokenKind::Challenge => &self.challenge[at],
@@ -374,13 +373,10 @@ impl TokenKeys {
             }
             None => return Err(TokenError::UnknownKey),
         };
-        let claims = jsonwebtoken::decode::<Claims>(
-            token,
-            key,
-            self.validations.get(kind, algorithm),
-        )
-        .map_err(|err| refusal(token, err.kind()))?
-        .claims;
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, key, self.validations.get(kind, algorithm))
+                .map_err(|err| refusal(token, err.kind()))?
+                .claims;
         if claims.iat > now.saturating_add(MAX_IAT_SKEW_SECS) {
             return Err(TokenError::IssuedInFuture);
         }

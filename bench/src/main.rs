@@ -56,6 +56,7 @@ const BURST_LOGINS: usize = 96;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
+    authd::install_crypto_provider();
     let cli = Cli::parse();
     if let Some(Mode::CeilingServer(args)) = cli.mode {
         return match ceiling::main(&args) {
@@ -2144,9 +2145,15 @@ mod ceiling {
     }
 
     async fn me(State(state): State<Ceiling>) -> Result<axum::Json<User>, StatusCode> {
+        // A kid, as /users/me passes its token's: the same revoked-key lookup is made.
         state
             .store
-            .find_session_user(state.user_id, state.session_id, chrono::Utc::now())
+            .find_session_user(
+                state.user_id,
+                state.session_id,
+                Some("ceiling-kid"),
+                chrono::Utc::now(),
+            )
             .await
             .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
             .map(axum::Json)

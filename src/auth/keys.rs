@@ -123,8 +123,7 @@ impl Auth {
         let sign_in = self.sign_in()?;
         let ring = &sign_in.ring;
         let mut records = self.store.list_signing_keys().await?;
-        if ring.algorithm != JwtAlgorithm::Hs256 && !records.iter().any(|r| r.state == "current")
-        {
+        if ring.algorithm != JwtAlgorithm::Hs256 && !records.iter().any(|r| r.state == "current") {
             let key = new_signing_key(
                 ring.kek(),
                 key_algorithm(ring.algorithm),
@@ -135,12 +134,13 @@ impl Auth {
             match self.store.insert_signing_key(&key).await {
                 Ok(()) => {
                     tracing::info!(kid = %key.kid, algorithm = %key.algorithm, "made the first signing key");
-                    self.audit.record(SecurityEvent::new(EventKind::KeyCreated).detail(format!(
-                        "{}: {} ({}) as current",
-                        Actor::Server.as_str(),
-                        key.kid,
-                        key.algorithm
-                    )));
+                    self.audit
+                        .record(SecurityEvent::new(EventKind::KeyCreated).detail(format!(
+                            "{}: {} ({}) as current",
+                            Actor::Server.as_str(),
+                            key.kid,
+                            key.algorithm
+                        )));
                 }
                 // Another instance made one first.
                 Err(err) => tracing::debug!(error = %err, "no first signing key made here"),
@@ -233,9 +233,12 @@ impl Auth {
         let Some(current) = keys.iter().find(|k| k.state == "current") else {
             return Ok(());
         };
-        let opens = current.algorithm.parse::<KeyAlgorithm>().is_ok_and(|algorithm| {
-            PrivateKey::unseal(&current.sealed_private, kek, &current.kid, algorithm).is_ok()
-        });
+        let opens = current
+            .algorithm
+            .parse::<KeyAlgorithm>()
+            .is_ok_and(|algorithm| {
+                PrivateKey::unseal(&current.sealed_private, kek, &current.kid, algorithm).is_ok()
+            });
         if opens {
             Ok(())
         } else {

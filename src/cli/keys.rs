@@ -60,7 +60,9 @@ pub async fn run(command: KeysCommand, settings: &Settings) -> anyhow::Result<()
 
 async fn list(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
     let keys = with_auth(settings, async |auth| {
-        auth.list_keys().await.context("cannot list the signing keys")
+        auth.list_keys()
+            .await
+            .context("cannot list the signing keys")
     })
     .await?;
     match args.format {
@@ -99,7 +101,8 @@ fn keys_table(keys: &[SigningKeyRecord]) -> comfy_table::Table {
         "retired",
         "revoked",
     ]);
-    let when = |at: Option<chrono::DateTime<chrono::Utc>>| at.map_or_else(|| "-".into(), format_utc);
+    let when =
+        |at: Option<chrono::DateTime<chrono::Utc>>| at.map_or_else(|| "-".into(), format_utc);
     for key in keys {
         table.add_row([
             key.kid.clone(),

@@ -70,7 +70,9 @@ async fn verifying_keys(jwks: Option<&str>, settings: &Settings) -> anyhow::Resu
         }
         None => {
             let records = with_auth(settings, async |auth| {
-                auth.list_keys().await.context("cannot read the signing keys")
+                auth.list_keys()
+                    .await
+                    .context("cannot read the signing keys")
             })
             .await?;
             let secret = existing_signing_secret(settings)?;
@@ -100,8 +102,7 @@ async fn read_jwks(source: &str) -> anyhow::Result<String> {
         return String::from_utf8(bytes)
             .map_err(|_| UserError(format!("{source} is not UTF-8")).into());
     }
-    // reqwest is built without a crypto provider of its own: the one rustls already has here.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::install_crypto_provider();
     let fetched = async {
         let client = reqwest::Client::builder()
             .timeout(JWKS_TIMEOUT)
@@ -119,8 +120,11 @@ async fn read_jwks(source: &str) -> anyhow::Result<String> {
     }
     .await
     .map_err(|err| UserError(format!("cannot fetch the JWKS {source}: {err}")))?;
-    let body = fetched
-        .ok_or_else(|| UserError(format!("the JWKS at {source} is over {MAX_JWKS_BYTES} bytes")))?;
+    let body = fetched.ok_or_else(|| {
+        UserError(format!(
+            "the JWKS at {source} is over {MAX_JWKS_BYTES} bytes"
+        ))
+    })?;
     String::from_utf8(body.to_vec()).map_err(|_| UserError(format!("{source} is not UTF-8")).into())
 }
 
@@ -241,7 +245,10 @@ fn inspection_table(inspection: &Inspection, now: DateTime<Utc>) -> Table {
             table.add_row(["claims".to_owned(), "(cannot be decoded)".to_owned()]);
         }
     }
-    table.add_row(["signed by".to_owned(), printable(&signer_label(&inspection.signer))]);
+    table.add_row([
+        "signed by".to_owned(),
+        printable(&signer_label(&inspection.signer)),
+    ]);
     table.add_row(["status".to_owned(), status_label(inspection)]);
     table
 }

@@ -500,7 +500,10 @@ pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ),
-            (header::CACHE_CONTROL, public_for(state.published.max_age_secs)),
+            (
+                header::CACHE_CONTROL,
+                public_for(state.published.max_age_secs),
+            ),
         ],
         set.jwks().to_string(),
     )

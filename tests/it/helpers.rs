@@ -24,6 +24,7 @@ pub const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30)
 
 /// An HTTP client whose every request fails after [`HTTP_TIMEOUT`] rather than hanging.
 pub fn http_client() -> reqwest::Client {
+    authd::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
         .build()
@@ -156,6 +157,22 @@ pub async fn server_keys(settings: &Settings) -> authd::token::TokenKeys {
     )
     .unwrap();
     authd::token::TokenKeys::with_set(set, &settings.jwt)
+}
+
+/// The current key of the server of `settings`, opened: its `kid`, algorithm and private half,
+/// for tests that sign tokens with headers of their own making.
+pub async fn server_signer(
+    settings: &Settings,
+) -> (String, jsonwebtoken::Algorithm, jsonwebtoken::EncodingKey) {
+    let store = authd::store::Store::connect_lazy(settings).unwrap();
+    let records = store.list_signing_keys().await.unwrap();
+    let current = records.iter().find(|k| k.state == "current").unwrap();
+    let kek = authd::keys::load_key_encryption_key(settings, false).unwrap();
+    let algorithm: authd::keyring::KeyAlgorithm = current.algorithm.parse().unwrap();
+    let key =
+        authd::keyring::PrivateKey::unseal(&current.sealed_private, &kek, &current.kid, algorithm)
+            .unwrap();
+    (current.kid.clone(), algorithm.jwt(), key.encoding_key())
 }
 
 /// authd running on a free port against its own database and mail sink.

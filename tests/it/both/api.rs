@@ -342,7 +342,7 @@ async fn a_token_signed_with_another_key_or_expired_is_refused() {
     let response = app.get_with_token("/users/me", &foreign.token).await;
     problem(response, StatusCode::UNAUTHORIZED, "invalid_token").await;
 
-    let ours = TokenKeys::new(crate::helpers::SECRET.as_bytes(), &app.settings.jwt);
+    let ours = crate::helpers::server_keys(&app.settings).await;
     let expired = ours
         .issue_at(
             TokenKind::Access,

@@ -130,17 +130,83 @@ fn field_names(user: &Value) -> Vec<&str> {
     names
 }
 
+/// A signing key made for these tests, stored as the database would store it, and its JWKS in
+/// a file: `token inspect --jwks` verifies with that and needs no database.
+struct TestKey {
+    record: authd::store::SigningKeyRecord,
+    jwks: String,
+}
+
+fn test_key() -> &'static TestKey {
+    static KEY: std::sync::OnceLock<TestKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let key = authd::keyring::new_signing_key(
+            &TEST_KEK,
+            authd::keyring::KeyAlgorithm::Es256,
+            authd::keyring::KeyState::Current,
+            Utc::now(),
+        )
+        .unwrap();
+        let record = authd::store::SigningKeyRecord {
+            kid: key.kid,
+            algorithm: key.algorithm,
+            public_jwk: key.public_jwk,
+            sealed_private: key.sealed_private,
+            state: key.state,
+            created_at: key.created_at,
+            activated_at: Some(key.created_at),
+            retired_at: None,
+            revoked_at: None,
+        };
+        let jwks = std::env::temp_dir().join(format!(
+            "authd-cli-test-jwks-{}-{}.json",
+            std::process::id(),
+            Uuid::new_v4().simple()
+        ));
+        let set = key_set(&record);
+        std::fs::write(&jwks, set.jwks().as_bytes()).unwrap();
+        TestKey {
+            record,
+            jwks: jwks.display().to_string(),
+        }
+    })
+}
+
+const TEST_KEK: [u8; 32] = [7; 32];
+
+fn key_set(record: &authd::store::SigningKeyRecord) -> authd::keyset::KeySet {
+    authd::keyset::KeySet::from_records(
+        std::slice::from_ref(record),
+        &authd::keyset::KeyMaterial {
+            kek: Some(&TEST_KEK),
+            hs256_secret: None,
+            algorithm: authd::config::JwtAlgorithm::Es256,
+            retired_horizon_secs: 3_600,
+        },
+        Utc::now(),
+    )
+    .unwrap()
+}
+
+/// Keys signing with the test key under `jwt`'s claims.
+fn keys_for(jwt: &authd::config::JwtSettings) -> TokenKeys {
+    TokenKeys::with_set(key_set(&test_key().record), jwt)
+}
+
 fn keys() -> TokenKeys {
-    TokenKeys::new(SECRET.as_bytes(), &Settings::defaults().jwt)
+    keys_for(&Settings::defaults().jwt)
+}
+
+/// `authd token inspect --jwks <the test key's JWKS> ARGS...`, with no database anywhere.
+fn inspect_cmd(args: &[&str]) -> Command {
+    let mut all = vec!["token", "inspect", "--jwks", test_key().jwks.as_str()];
+    all.extend_from_slice(args);
+    authd_on(NO_DATABASE, &all)
 }
 
 /// `token inspect --format json` on `token`, with no database anywhere.
 async fn inspect_json(token: &str) -> (Run, Value) {
-    let inspected = run(authd_on(
-        NO_DATABASE,
-        &["token", "inspect", token, "--format", "json"],
-    ))
-    .await;
+    let inspected = run(inspect_cmd(&[token, "--format", "json"])).await;
     let json = inspected.json();
     (inspected, json)
 }
@@ -572,7 +638,9 @@ async fn token_inspect_of_a_valid_access_token_shows_kind_claims_and_times_witho
     assert_eq!(json["valid"], true);
     assert_eq!(json["error"], Value::Null);
     assert_eq!(json["header"]["typ"], "at+jwt");
-    assert_eq!(json["header"]["alg"], "HS256");
+    assert_eq!(json["header"]["alg"], "ES256");
+    assert_eq!(json["kid"], test_key().record.kid);
+    assert_eq!(json["key_state"], "published");
     assert_eq!(json["claims"]["sub"], sub.to_string());
     assert_eq!(json["claims"]["jti"], jti.to_string());
     assert_eq!(json["claims"]["aud"], "authd");
@@ -584,7 +652,7 @@ async fn token_inspect_of_a_valid_access_token_shows_kind_claims_and_times_witho
         "{json}"
     );
 
-    let table = run(authd_on(NO_DATABASE, &["token", "inspect", &issued.token])).await;
+    let table = run(inspect_cmd(&[&issued.token])).await;
     assert_eq!(table.code, Some(0), "{table:?}");
     for text in [
         "access (typ at+jwt)",
@@ -602,7 +670,7 @@ async fn token_inspect_reads_a_challenge_token_from_stdin_with_a_dash() {
     let issued = keys()
         .issue(TokenKind::Challenge, Uuid::new_v4(), Uuid::new_v4())
         .unwrap();
-    let mut cmd = authd_on(NO_DATABASE, &["token", "inspect", "-", "--format", "json"]);
+    let mut cmd = inspect_cmd(&["-", "--format", "json"]);
     cmd.write_stdin(format!("{}\n", issued.token));
     let inspected = run(cmd).await;
     assert_eq!(inspected.code, Some(0), "{inspected:?}");
@@ -612,7 +680,7 @@ async fn token_inspect_reads_a_challenge_token_from_stdin_with_a_dash() {
     assert_eq!(json["claims"]["aud"], "authd/otp-challenge");
     assert_eq!(json["expires"], "expires in 4m");
 
-    let mut empty = authd_on(NO_DATABASE, &["token", "inspect", "-"]);
+    let mut empty = inspect_cmd(&["-"]);
     empty.write_stdin("");
     let refused = run(empty).await;
     assert_eq!(refused.code, Some(1), "{refused:?}");
@@ -650,7 +718,7 @@ async fn token_inspect_of_a_tampered_token_says_bad_signature_and_still_decodes_
     assert_eq!(json["kind"], "access");
     assert_eq!(json["claims"]["sub"], mallory.to_string());
 
-    let table = run(authd_on(NO_DATABASE, &["token", "inspect", &tampered])).await;
+    let table = run(inspect_cmd(&[&tampered])).await;
     assert_eq!(table.code, Some(1));
     assert!(table.stdout.contains("invalid: bad signature"), "{table:?}");
     assert!(table.stdout.contains(&mallory.to_string()), "{table:?}");
@@ -674,7 +742,7 @@ async fn token_inspect_of_an_expired_token_says_expired_and_since_when() {
     assert_eq!(json["issued"], "issued 3h ago");
     assert_eq!(json["kind"], "access");
 
-    let table = run(authd_on(NO_DATABASE, &["token", "inspect", &old.token])).await;
+    let table = run(inspect_cmd(&[&old.token])).await;
     assert_eq!(table.code, Some(1));
     assert!(table.stdout.contains("expired 2h ago"), "{table:?}");
     assert!(table.stdout.contains("invalid: expired"), "{table:?}");
@@ -684,7 +752,7 @@ async fn token_inspect_of_an_expired_token_says_expired_and_since_when() {
 async fn token_inspect_of_a_token_for_another_audience_says_wrong_audience() {
     let mut jwt = Settings::defaults().jwt;
     jwt.audience = "someone-else".into();
-    let foreign = TokenKeys::new(SECRET.as_bytes(), &jwt)
+    let foreign = keys_for(&jwt)
         .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
         .unwrap();
     let (inspected, json) = inspect_json(&foreign.token).await;
@@ -711,13 +779,14 @@ async fn token_inspect_of_garbage_says_not_a_jwt() {
 }
 
 #[tokio::test]
-async fn token_inspect_without_a_signing_key_exits_2() {
+async fn token_inspect_without_a_database_or_a_jwks_exits_2() {
     let issued = keys()
         .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
         .unwrap();
-    let mut cmd = authd_on(NO_DATABASE, &["token", "inspect", &issued.token]);
-    cmd.env_remove("AUTHD_JWT__SECRET");
-    let failed = run(cmd).await;
+    let failed = run(authd_on(NO_DATABASE, &["token", "inspect", &issued.token])).await;
     assert_eq!(failed.code, Some(2), "{failed:?}");
-    assert!(failed.error_line().contains("jwt.secret"), "{failed:?}");
+    assert!(
+        failed.error_line().contains("cannot read the signing keys"),
+        "{failed:?}"
+    );
 }

@@ -181,6 +181,7 @@ async fn count_request_series(app: &TestApp) -> usize {
 #[tokio::test]
 async fn made_up_http_methods_do_not_add_metric_series() {
     let app = TestApp::spawn().await;
+    authd::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(PATIENCE)
         .build()

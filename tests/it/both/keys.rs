@@ -142,11 +142,8 @@ async fn tokens_carry_the_kid_of_the_current_key_and_verify_against_the_jwks_wit
         // Another byte in the claims and ring refuses it too.
         let mut claims = segment(&access, 1);
         claims["sub"] = json!(uuid::Uuid::new_v4());
-        let [head, _, signature]: [&str; 3] = access
-            .split('.')
-            .collect::<Vec<_>>()
-            .try_into()
-            .unwrap();
+        let [head, _, signature]: [&str; 3] =
+            access.split('.').collect::<Vec<_>>().try_into().unwrap();
         let altered = format!(
             "{head}.{}.{signature}",
             URL_SAFE_NO_PAD.encode(claims.to_string())
@@ -220,7 +217,13 @@ async fn rotation_keeps_live_tokens_and_new_tokens_use_the_new_key() {
         "a next key signs nothing"
     );
 
-    admin(&app.db_url, &data_dir, &["keys", "rotate", "--activate"], "").await;
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate"],
+        "",
+    )
+    .await;
     let after = token_signed_by(&app, &next).await;
     assert_eq!(me_status(&app, &after).await, StatusCode::OK);
     // The token signed before the rotation works until it expires: its key is retired, and
@@ -269,7 +272,7 @@ async fn a_revoked_key_is_refused_at_once_and_logins_go_on_with_a_new_key() {
     assert_ne!(successor, revoked);
     let fresh = token_signed_by(&app, &successor).await;
     assert_eq!(me_status(&app, &fresh).await, StatusCode::OK);
-    assert_eq!(kids(&jwks(&app).await), [successor.clone()]);
+    assert_eq!(kids(&jwks(&app).await), std::slice::from_ref(&successor));
     // Revoking it again changes nothing.
     let again = admin(&app.db_url, &data_dir, &["keys", "revoke", &revoked], "").await;
     assert!(again.contains("already revoked"), "{again}");
@@ -296,7 +299,7 @@ async fn hs256_tokens_issued_before_the_switch_stay_valid_and_no_new_one_is_acce
     assert!(header.get("kid").is_none());
     // HS256 alone: nothing to publish.
     assert_eq!(jwks(&hs256).await, json!({"keys": []}));
-    drop(hs256);
+    // (It keeps running: dropping it would remove a SQLite database with it.)
 
     // The same database and secret, now ES256.
     let mail = MailSink::start(Behaviour::Accept).await.unwrap();
@@ -366,6 +369,14 @@ async fn alg_confusion_none_and_unknown_keys_are_refused() {
     point.extend(URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap());
     point.extend(URL_SAFE_NO_PAD.decode(jwk["y"].as_str().unwrap()).unwrap());
     let hs256 = json!({"alg": "HS256", "typ": "at+jwt", "kid": kid});
+    // The genuine claims, moved two seconds on: issued after the first key was made.
+    let later = {
+        let mut claims = segment(&genuine, 1);
+        for name in ["iat", "exp"] {
+            claims[name] = json!(claims[name].as_i64().unwrap() + 2);
+        }
+        format!("x.{}.x", URL_SAFE_NO_PAD.encode(claims.to_string()))
+    };
     let unsigned = format!(
         "{}.{}.",
         URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "at+jwt", "kid": kid}).to_string()),
@@ -373,8 +384,14 @@ async fn alg_confusion_none_and_unknown_keys_are_refused() {
     );
     let attempts = [
         // HS256 "signed" with the public key as the secret, naming the ES256 key.
-        ("HS256 with the JWK as secret", hs256_forgery(&hs256, &genuine, jwk.to_string().as_bytes())),
-        ("HS256 with the public point as secret", hs256_forgery(&hs256, &genuine, &point)),
+        (
+            "HS256 with the JWK as secret",
+            hs256_forgery(&hs256, &genuine, jwk.to_string().as_bytes()),
+        ),
+        (
+            "HS256 with the public point as secret",
+            hs256_forgery(&hs256, &genuine, &point),
+        ),
         (
             "HS256 with the public point, no kid",
             hs256_forgery(&json!({"alg": "HS256", "typ": "at+jwt"}), &genuine, &point),
@@ -401,8 +418,12 @@ async fn alg_confusion_none_and_unknown_keys_are_refused() {
             foreign_signature(&json!({"typ": "at+jwt"}), &genuine, KeyAlgorithm::Es256),
         ),
         (
-            "the HS256 secret after the switch",
-            hs256_forgery(&json!({"alg": "HS256", "typ": "at+jwt"}), &genuine, SECRET.as_bytes()),
+            "the HS256 secret, issued after the switch",
+            hs256_forgery(
+                &json!({"alg": "HS256", "typ": "at+jwt"}),
+                &later,
+                SECRET.as_bytes(),
+            ),
         ),
     ];
     for (what, token) in &attempts {
@@ -421,7 +442,13 @@ async fn a_key_made_by_another_process_is_picked_up_at_its_first_token() {
     app.register("ada@example.test", false).await;
     let genuine = app.access_token("ada@example.test").await;
     admin(&app.db_url, &data_dir, &["keys", "rotate"], "").await;
-    admin(&app.db_url, &data_dir, &["keys", "rotate", "--activate"], "").await;
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate"],
+        "",
+    )
+    .await;
     let claims = segment(&genuine, 1);
     // Signed as another instance that already reads the new key would sign it.
     let elsewhere = server_keys(&app.settings)
@@ -471,12 +498,21 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
         assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
         stderr
     };
-    let no_next = admin_output(&app.db_url, &data_dir, &["keys", "rotate", "--activate"], "").await;
+    let no_next = admin_output(
+        &app.db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate"],
+        "",
+    )
+    .await;
     assert!(one_line_exit_1(no_next, "activate").contains("no next key"));
     let unknown = admin_output(&app.db_url, &data_dir, &["keys", "revoke", "nope"], "").await;
     assert!(one_line_exit_1(unknown, "revoke").contains("no signing key nope"));
     let other_kek = "ab".repeat(32);
-    for args in [&["keys", "rotate"][..], &["keys", "revoke", before[0]["kid"].as_str().unwrap()]] {
+    for args in [
+        &["keys", "rotate"][..],
+        &["keys", "revoke", before[0]["kid"].as_str().unwrap()],
+    ] {
         let refused = admin_output_with(
             &app.db_url,
             &data_dir,
@@ -485,8 +521,11 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
             &[("AUTHD_KEYS__ENCRYPTION_KEY", &other_kek)],
         )
         .await;
-        assert!(one_line_exit_1(refused, "wrong KEK").contains("does not open the current signing key"));
+        assert!(
+            one_line_exit_1(refused, "wrong KEK").contains("does not open the current signing key")
+        );
     }
+    // A malformed setting is refused before anything runs, as every invalid setting is (2).
     let malformed = admin_output_with(
         &app.db_url,
         &data_dir,
@@ -495,16 +534,31 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
         &[("AUTHD_KEYS__ENCRYPTION_KEY", "not-hex")],
     )
     .await;
-    one_line_exit_1(malformed, "malformed KEK");
+    assert_eq!(malformed.status.code(), Some(2));
+    let stderr = String::from_utf8(malformed.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("keys.encryption_key"), "{stderr}");
     assert_eq!(keys_json(&app, &data_dir).await, before, "nothing changed");
 
     // Each change is in the audit trail once, with who made it.
     admin(&app.db_url, &data_dir, &["keys", "rotate"], "").await;
-    admin(&app.db_url, &data_dir, &["keys", "rotate", "--activate"], "").await;
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate"],
+        "",
+    )
+    .await;
     let retired = before[0]["kid"].as_str().unwrap();
     admin(&app.db_url, &data_dir, &["keys", "revoke", retired], "").await;
     let audit: Vec<Value> = serde_json::from_str(
-        &admin(&app.db_url, &data_dir, &["audit", "--format", "json", "--limit", "50"], "").await,
+        &admin(
+            &app.db_url,
+            &data_dir,
+            &["audit", "--format", "json", "--limit", "50"],
+            "",
+        )
+        .await,
     )
     .unwrap();
     let of = |kind: &str| {
@@ -516,14 +570,28 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
     };
     let created = of("key_created");
     assert_eq!(created.len(), 2, "{created:?}");
-    assert!(created.iter().any(|d| d.starts_with("by server") && d.ends_with("as current")));
-    assert!(created.iter().any(|d| d.starts_with("by cli") && d.ends_with("as next")));
+    assert!(
+        created
+            .iter()
+            .any(|d| d.starts_with("by server") && d.ends_with("as current"))
+    );
+    assert!(
+        created
+            .iter()
+            .any(|d| d.starts_with("by cli") && d.ends_with("as next"))
+    );
     let activated = of("key_activated");
     assert_eq!(activated.len(), 1);
-    assert!(activated[0].contains(&format!("{retired} retired")), "{activated:?}");
+    assert!(
+        activated[0].contains(&format!("{retired} retired")),
+        "{activated:?}"
+    );
     let revoked = of("key_revoked");
     assert_eq!(revoked.len(), 1);
-    assert!(revoked[0].starts_with(&format!("by cli: {retired} (was retired)")), "{revoked:?}");
+    assert!(
+        revoked[0].starts_with(&format!("by cli: {retired} (was retired)")),
+        "{revoked:?}"
+    );
 }
 
 #[tokio::test]
@@ -554,7 +622,10 @@ async fn token_inspect_names_the_key_and_its_state_from_the_database_or_a_jwks()
     let from_db = inspect(base(&[])).await;
     assert!(from_db.status.success(), "{from_db:?}");
     let seen = json_of(&from_db);
-    assert_eq!((seen["kid"].as_str(), seen["key_state"].as_str()), (Some(kid.as_str()), Some("current")));
+    assert_eq!(
+        (seen["kid"].as_str(), seen["key_state"].as_str()),
+        (Some(kid.as_str()), Some("current"))
+    );
     assert_eq!(seen["valid"], true);
     let table = inspect(vec!["token".into(), "inspect".into(), token.clone()]).await;
     let table = String::from_utf8(table.stdout).unwrap();
@@ -581,7 +652,10 @@ async fn token_inspect_names_the_key_and_its_state_from_the_database_or_a_jwks()
     for source in [file.display().to_string(), "/nonexistent/jwks.json".into()] {
         let bad = inspect(base(&["--jwks", &source])).await;
         assert_eq!(bad.status.code(), Some(1), "{source}: {bad:?}");
-        assert_eq!(String::from_utf8_lossy(&bad.stderr).trim().lines().count(), 1);
+        assert_eq!(
+            String::from_utf8_lossy(&bad.stderr).trim().lines().count(),
+            1
+        );
     }
 }
 
@@ -648,18 +722,41 @@ async fn the_store_moves_states_as_rotation_says_and_keeps_one_key_current() {
 
     let spare = stored_key("spare", "current", t2);
     // A retired key: revoked, nothing else moves.
-    let revoked = store.revoke_signing_key("k1", t2, &spare).await.unwrap().unwrap();
-    assert_eq!((revoked.previous_state.as_str(), revoked.successor), ("retired", None));
+    let revoked = store
+        .revoke_signing_key("k1", t2, &spare)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        store.revoke_signing_key("k1", t2, &spare).await.unwrap().unwrap().previous_state,
+        (revoked.previous_state.as_str(), revoked.successor),
+        ("retired", None)
+    );
+    assert_eq!(
+        store
+            .revoke_signing_key("k1", t2, &spare)
+            .await
+            .unwrap()
+            .unwrap()
+            .previous_state,
         "revoked"
     );
-    assert_eq!(store.revoke_signing_key("nope", t2, &spare).await.unwrap(), None);
+    assert_eq!(
+        store.revoke_signing_key("nope", t2, &spare).await.unwrap(),
+        None
+    );
     // The current key: the oldest next key follows it...
-    let revoked = store.revoke_signing_key("k2", t2, &spare).await.unwrap().unwrap();
+    let revoked = store
+        .revoke_signing_key("k2", t2, &spare)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(revoked.successor.as_deref(), Some("k3"));
     // ...and with none left, the replacement does.
-    let revoked = store.revoke_signing_key("k3", t2, &spare).await.unwrap().unwrap();
+    let revoked = store
+        .revoke_signing_key("k3", t2, &spare)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(revoked.successor.as_deref(), Some("spare"));
     let keys = store.list_signing_keys().await.unwrap();
     assert_eq!(
@@ -713,6 +810,6 @@ async fn a_retired_key_is_dropped_once_every_token_it_signed_has_expired() {
         .into_iter()
         .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(left, [key.kid.clone()]);
+    assert_eq!(left, std::slice::from_ref(&key.kid));
     assert!(!left.contains(&first));
 }

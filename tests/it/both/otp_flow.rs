@@ -197,11 +197,12 @@ async fn token_kinds_cannot_be_confused() {
     // `typ` or only the `aud` claim: each verifier must check both, or one of them lets a
     // token of the other kind through.
     let keys = TokenKeys::new(SECRET.as_bytes(), &app.settings.jwt);
+    let signer = crate::helpers::server_signer(&app.settings).await;
     let (access_typ, challenge_typ) = (TokenKind::Access.typ(), TokenKind::Challenge.typ());
     let access_aud = keys.audience(TokenKind::Access).to_owned();
     let challenge_aud = keys.audience(TokenKind::Challenge).to_owned();
     // Control: re-signed unchanged, both are accepted, so a refusal below is the edit's doing.
-    let resigned = resign(&access, access_typ, None);
+    let resigned = resign(&signer, &access, access_typ, None);
     assert_eq!(
         app.get_with_token("/users/me", &resigned).await.status(),
         StatusCode::OK
@@ -209,19 +210,19 @@ async fn token_kinds_cannot_be_confused() {
     let forgeries = [
         (
             "access token with the challenge typ",
-            resign(&access, challenge_typ, None),
+            resign(&signer, &access, challenge_typ, None),
         ),
         (
             "access token with the challenge aud",
-            resign(&access, access_typ, Some(&challenge_aud)),
+            resign(&signer, &access, access_typ, Some(&challenge_aud)),
         ),
         (
             "challenge token with the access typ",
-            resign(&challenge, access_typ, None),
+            resign(&signer, &challenge, access_typ, None),
         ),
         (
             "challenge token with the access aud",
-            resign(&challenge, challenge_typ, Some(&access_aud)),
+            resign(&signer, &challenge, challenge_typ, Some(&access_aud)),
         ),
     ];
     for (what, forged) in &forgeries {
@@ -242,7 +243,7 @@ async fn token_kinds_cannot_be_confused() {
     }
     // The re-signed challenge, unchanged, is accepted (it is the same challenge; checked last,
     // since it uses the challenge up).
-    let resigned_challenge = resign(&challenge, challenge_typ, None);
+    let resigned_challenge = resign(&signer, &challenge, challenge_typ, None);
     // The challenge itself still works afterwards: confusion attempts did not consume it.
     assert_eq!(
         app.submit_code(&resigned_challenge, &code).await.status(),
@@ -252,22 +253,22 @@ async fn token_kinds_cannot_be_confused() {
 
 /// `token`'s claims signed again with the test key under header `typ`, with `aud` replaced
 /// when given.
-fn resign(token: &str, typ: &str, aud: Option<&str>) -> String {
+fn resign(signer: &Signer, token: &str, typ: &str, aud: Option<&str>) -> String {
     let mut claims = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
         .unwrap()
         .claims;
     if let Some(aud) = aud {
         claims["aud"] = json!(aud);
     }
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    let (kid, algorithm, key) = signer;
+    let mut header = jsonwebtoken::Header::new(*algorithm);
     header.typ = Some(typ.to_owned());
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    header.kid = Some(kid.clone());
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
 }
+
+/// The server's current key: `kid`, algorithm, private half.
+type Signer = (String, jsonwebtoken::Algorithm, jsonwebtoken::EncodingKey);
 
 #[tokio::test]
 async fn otp_endpoint_errors_missing_token_bad_format_and_forged_challenge() {
@@ -298,7 +299,8 @@ async fn otp_endpoint_errors_missing_token_bad_format_and_forged_challenge() {
 
     // A correctly signed challenge token for a challenge that does not exist.
     let sub = uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
-    let forged = TokenKeys::new(SECRET.as_bytes(), &app.settings.jwt)
+    let forged = crate::helpers::server_keys(&app.settings)
+        .await
         .issue(TokenKind::Challenge, sub, uuid::Uuid::new_v4())
         .unwrap();
     let response = app.submit_code(&forged.token, "123456").await;

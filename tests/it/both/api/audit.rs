@@ -32,6 +32,10 @@ const DOCUMENTED_KINDS: [&str; 20] = [
     "user_deleted",
 ];
 
+/// The signing-key kinds and how often this test causes each: a key made by the first start
+/// and one by `keys rotate`.
+const KEY_KINDS: [(&str, i64); 3] = [("key_created", 2), ("key_activated", 1), ("key_revoked", 1)];
+
 fn wrong(code: &str) -> String {
     let first = (code.as_bytes()[0] - b'0' + 1) % 10;
     format!("{first}{}", &code[1..])
@@ -191,6 +195,32 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     ] {
         admin(&db_url, &data_dir, args, "").await;
     }
+    // The key events: the first start made one key, then a rotation and a revocation.
+    admin(&db_url, &data_dir, &["keys", "rotate"], "").await;
+    admin(&db_url, &data_dir, &["keys", "rotate", "--activate"], "").await;
+    let listed: Vec<Value> = serde_json::from_str(
+        &admin(
+            &db_url,
+            &data_dir,
+            &["keys", "list", "--format", "json"],
+            "",
+        )
+        .await,
+    )
+    .unwrap();
+    let retired = listed.iter().find(|k| k["state"] == "retired").unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    admin(&db_url, &data_dir, &["keys", "revoke", &retired], "").await;
+    for (kind, count) in KEY_KINDS {
+        app.db.expect_events(kind, count).await;
+        assert_eq!(
+            app.db.event_user_ids(kind).await,
+            vec![None; count as usize],
+            "a key event names no user: {kind}"
+        );
+    }
 
     let expected_user = |kind: &str| match kind {
         "user_registered" | "login_succeeded" | "refresh_token_reused" => Some(plain),
@@ -211,7 +241,7 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
         .await;
     assert_eq!(
         total,
-        DOCUMENTED_KINDS.len() as i64,
+        DOCUMENTED_KINDS.len() as i64 + KEY_KINDS.iter().map(|(_, n)| n).sum::<i64>(),
         "no other events were recorded"
     );
     drop(broken);

@@ -79,7 +79,12 @@ async fn serve_with_no_configuration_runs_the_whole_two_factor_flow_on_sqlite() 
         dir.join("data/authd.db").is_file(),
         "database created in data/"
     );
-    let key = dir.join("data/jwt-secret");
+    // Signing keys live in the database; what is generated is the key that seals them.
+    assert!(
+        !dir.join("data/jwt-secret").exists(),
+        "no HS256 secret is made"
+    );
+    let key = dir.join("data/key-encryption-key");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -142,7 +147,10 @@ fn production_start_fails(extra: &[(&str, &str)]) -> (Option<i32>, String) {
 /// A production configuration that passes every check; each refusal test spoils one setting.
 const SOUND_PRODUCTION: [(&str, &str); 3] = [
     ("AUTHD_MAIL__TRANSPORT", "smtp"),
-    ("AUTHD_JWT__SECRET", "0f3a9c1e7b52d8469e0c2b7a5d1f8e3c"),
+    (
+        "AUTHD_KEYS__ENCRYPTION_KEY",
+        "3c9e1f07a2b84d6e5f10c3a7b9d2e8f4061a5c7e9b3d2f8a4c6e0b1d7f9a3c5e",
+    ),
     ("AUTHD_PASSWORD__BCRYPT_COST", "10"),
 ];
 
@@ -161,14 +169,14 @@ fn production_refusal(spoil: &[(&str, &str)]) -> String {
 }
 
 #[test]
-fn production_refuses_the_public_development_secret_from_docker_compose() {
+fn production_refuses_the_public_development_key_from_docker_compose() {
     let compose = include_str!("../../../../docker-compose.yml");
     let secret = compose
         .lines()
-        .find_map(|l| l.trim().strip_prefix("AUTHD_JWT__SECRET:"))
-        .expect("docker-compose.yml sets a development secret")
+        .find_map(|l| l.trim().strip_prefix("AUTHD_KEYS__ENCRYPTION_KEY:"))
+        .expect("docker-compose.yml sets a development key-encryption key")
         .trim();
-    let line = production_refusal(&[("AUTHD_JWT__SECRET", secret)]);
+    let line = production_refusal(&[("AUTHD_KEYS__ENCRYPTION_KEY", secret)]);
     assert!(line.contains("docker-compose.yml"), "{line}");
     assert!(!line.contains(secret), "the secret is not printed: {line}");
 }
@@ -261,7 +269,7 @@ async fn the_data_directory_is_0700_and_the_database_and_its_wal_and_shm_are_060
         ("authd.db", mode("authd.db")),
         ("authd.db-wal", mode("authd.db-wal")),
         ("authd.db-shm", mode("authd.db-shm")),
-        ("jwt-secret", mode("jwt-secret")),
+        ("key-encryption-key", mode("key-encryption-key")),
     ];
     let (status, _) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
@@ -272,7 +280,7 @@ async fn the_data_directory_is_0700_and_the_database_and_its_wal_and_shm_are_060
             "authd.db 600",
             "authd.db-wal 600",
             "authd.db-shm 600",
-            "jwt-secret 600",
+            "key-encryption-key 600",
         ]
     );
 }
@@ -295,5 +303,8 @@ fn production_refuses_the_log_and_file_mail_transports() {
 fn production_refuses_a_generated_key() {
     let (code, stderr) = production_start_fails(&[("AUTHD_MAIL__TRANSPORT", "smtp")]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("jwt.secret"), "{stderr}");
+    assert!(stderr.contains("keys.encryption_key"), "{stderr}");
+    // HS256 signs with jwt.secret: a generated one is refused too.
+    let line = production_refusal(&[("AUTHD_JWT__ALGORITHM", "HS256")]);
+    assert!(line.contains("jwt.secret"), "{line}");
 }
