@@ -123,12 +123,14 @@ pub struct App {
 /// in use and is tried again at the next tick.
 fn spawn_key_refresher(auth: Auth, interval: Duration) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate, and the keys were just read.
-        tick.tick().await;
         loop {
-            tick.tick().await;
+            // Until the keys were read once (the database was down at start), every second.
+            let wait = if auth.keys_loaded() {
+                interval
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::time::sleep(wait).await;
             if let Err(err) = auth.reload_keys().await {
                 tracing::warn!(error = %err, "cannot read the signing keys; keeping the ones in use");
             }

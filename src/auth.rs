@@ -328,9 +328,17 @@ impl Auth {
             ring: keys::KeyRing::new(settings, kek, hs256.map(|s| s.secret.clone())),
         };
         let auth = Auth::new(settings, store, hasher, Some(sign_in), audit, metrics);
-        auth.reload_keys()
-            .await
-            .context("cannot read or make the signing keys")?;
+        match auth.key_records().await {
+            // Keys that do not open under this key-encryption key stop the start.
+            Ok(records) => auth
+                .install_keys(&records)
+                .context("cannot use the signing keys")?,
+            // The server starts without its database (down, or not migrated yet), as it always
+            // has; readiness tells. The keys are read as soon as the database answers.
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the signing keys yet; retrying every second");
+            }
+        }
         Ok(auth)
     }
 

@@ -1,7 +1,7 @@
 //! The signing-key use cases: keeping the server's key set in step with the `signing_keys`
 //! table, and the admin commands that rotate and revoke keys.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ pub(super) struct KeyRing {
     last_on_demand: Arc<Mutex<Option<Instant>>>,
     /// When the signing key was last looked up for a revocation, in Unix milliseconds.
     signer_checked_at: Arc<AtomicI64>,
+    /// Whether the keys were read at least once (not yet when the database was down at start).
+    loaded: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -61,6 +63,7 @@ impl KeyRing {
             horizon_secs: TokenKeys::retired_horizon_secs(&settings.jwt),
             last_on_demand: Arc::new(Mutex::new(None)),
             signer_checked_at: Arc::new(AtomicI64::new(0)),
+            loaded: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -120,6 +123,12 @@ impl Auth {
     /// instances starting at once make one between them, the database's unique index sees to
     /// it).
     pub async fn reload_keys(&self) -> Result<()> {
+        let records = self.key_records().await?;
+        self.install_keys(&records)
+    }
+
+    /// The stored keys, after making a current one if there is none (see [`Auth::reload_keys`]).
+    pub(super) async fn key_records(&self) -> Result<Vec<SigningKeyRecord>> {
         let sign_in = self.sign_in()?;
         let ring = &sign_in.ring;
         let mut records = self.store.list_signing_keys().await?;
@@ -147,9 +156,35 @@ impl Auth {
             }
             records = self.store.list_signing_keys().await?;
         }
-        let set = KeySet::from_records(&records, &ring.material(), Utc::now())?;
+        Ok(records)
+    }
+
+    /// Puts the set `records` make in use; an error when the current key does not open under
+    /// the key-encryption key.
+    pub(super) fn install_keys(&self, records: &[SigningKeyRecord]) -> Result<()> {
+        let sign_in = self.sign_in()?;
+        let ring = &sign_in.ring;
+        let set = KeySet::from_records(records, &ring.material(), Utc::now())?;
         sign_in.tokens.install(set);
+        ring.loaded.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether the keys were read at least once: until then the key refresher retries every
+    /// second, and token operations answer 503 instead of refusing tokens they cannot judge.
+    pub fn keys_loaded(&self) -> bool {
+        self.sign_in
+            .as_ref()
+            .is_some_and(|s| s.ring.loaded.load(Ordering::Relaxed))
+    }
+
+    /// The answer while the keys could not be read yet (the database was down at start).
+    fn keys_not_loaded(&self) -> Result<()> {
+        if self.keys_loaded() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable("database"))
+        }
     }
 
     /// The key set in use (the JWKS route reads it).
@@ -162,8 +197,12 @@ impl Auth {
     pub(super) async fn verified(&self, kind: TokenKind, token: &str) -> Result<Verified> {
         let sign_in = self.sign_in()?;
         match sign_in.tokens.verify_keyed(kind, token) {
-            Err(TokenError::UnknownKey) if self.reload_on_demand().await => {
+            Err(TokenError::UnknownKey) if self.reload_on_demand().await? => {
                 Ok(sign_in.tokens.verify_keyed(kind, token)?)
+            }
+            Err(TokenError::UnknownKey) => {
+                self.keys_not_loaded()?;
+                Err(TokenError::UnknownKey.into())
             }
             verified => Ok(verified?),
         }
@@ -173,8 +212,12 @@ impl Auth {
     pub(super) async fn access_subject(&self, token: &str) -> Result<Subject> {
         let sign_in = self.sign_in()?;
         match sign_in.tokens.access_subject(token) {
-            Err(TokenError::UnknownKey) if self.reload_on_demand().await => {
+            Err(TokenError::UnknownKey) if self.reload_on_demand().await? => {
                 Ok(sign_in.tokens.access_subject(token)?)
+            }
+            Err(TokenError::UnknownKey) => {
+                self.keys_not_loaded()?;
+                Err(TokenError::UnknownKey.into())
             }
             subject => Ok(subject?),
         }
@@ -184,6 +227,13 @@ impl Auth {
     /// revoked meanwhile; if so the keys are read again, and the new current key signs.
     pub(super) async fn check_signer(&self) -> Result<()> {
         let sign_in = self.sign_in()?;
+        if !self.keys_loaded() {
+            // Nothing to sign with yet: try now, and answer 503 if the database is still away.
+            if self.reload_on_demand().await? && self.keys_loaded() {
+                return Ok(());
+            }
+            return self.keys_not_loaded();
+        }
         let now = Utc::now().timestamp_millis();
         let last = sign_in.ring.signer_checked_at.load(Ordering::Relaxed);
         if now.saturating_sub(last) < SIGNER_CHECK_EVERY_MS
@@ -205,18 +255,20 @@ impl Auth {
         Ok(())
     }
 
-    async fn reload_on_demand(&self) -> bool {
-        let Ok(sign_in) = self.sign_in() else {
-            return false;
-        };
+    /// Reads the keys again unless that was done less than a second ago; whether it did. A
+    /// database that does not answer is an error (503), anything else is logged and counts as
+    /// not done.
+    async fn reload_on_demand(&self) -> Result<bool> {
+        let sign_in = self.sign_in()?;
         if !sign_in.ring.may_reload_now() {
-            return false;
+            return Ok(false);
         }
         match self.reload_keys().await {
-            Ok(()) => true,
+            Ok(()) => Ok(true),
+            Err(err @ Error::Unavailable(_)) => Err(err),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the signing keys");
-                false
+                Ok(false)
             }
         }
     }

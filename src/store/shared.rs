@@ -1032,8 +1032,8 @@ macro_rules! shared_statements {
             }
 
             pub async fn signing_key_revoked(&self, kid: &str) -> Result<bool> {
-                let revoked: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM signing_keys WHERE kid = $1 AND state = 'revoked'",
+                let revoked: Option<String> = sqlx::query_scalar(
+                    "SELECT kid FROM signing_keys WHERE kid = $1 AND state = 'revoked'",
                 )
                 .bind(kid)
                 .fetch_optional(&self.pool)
