@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Development tools (pre-commit, commitizen, git-cliff), pinned in scripts/dev-requirements.txt.
 DEV_VENV := .venv-dev
 
-.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench conformance setup changelog deny
+.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench conformance examples setup changelog deny
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ deny: ## cargo deny: licenses, bans and sources of the dependency tree (deny.tom
 
 conformance: ## Fuzz a served authd against its OpenAPI document (schemathesis; see README)
 	./scripts/conformance.sh
+
+examples: ## Run the example verifiers (Rust resource server, PyJWT) against a live authd
+	./scripts/examples.sh
 
 openapi: ## Regenerate openapi.json from the code
 	$(CARGO) run --locked --quiet -- openapi > openapi.json

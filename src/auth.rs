@@ -922,7 +922,7 @@ impl Auth {
             .retire_challenges_except(user.id, id, Utc::now())
             .await?;
         tracing::info!(user_id = %user.id, "login code sent");
-        self.check_signer().await?;
+        self.check_signer(true).await?;
         sign_in.tokens.issue(TokenKind::Challenge, user.id, id)
     }
 
@@ -1031,7 +1031,7 @@ impl Auth {
         after_second_step: bool,
         refused: fn() -> Error,
     ) -> Result<SessionTokens> {
-        self.check_signer().await?;
+        self.check_signer(true).await?;
         let now = Utc::now();
         let id = Uuid::now_v7();
         let family = new_family();
@@ -1080,7 +1080,7 @@ impl Auth {
             .refresh
             .check(&presented)
             .ok_or_else(invalid_refresh)?;
-        self.check_signer().await?;
+        self.check_signer(false).await?;
         // A lost race means another refresh rotated first; the next look sees its result, so
         // two looks decide every case but a third rotation in between.
         for _ in 0..3 {

@@ -22,9 +22,9 @@ use crate::token::{Subject, TokenError, TokenKeys, TokenKind, Verified};
 /// turn every request into a database read.
 const ON_DEMAND_RELOAD_EVERY: Duration = Duration::from_secs(1);
 
-/// How often, at most, issuing a token first looks up whether the signing key was revoked (by
-/// an admin command or another instance): a revoked key signs for at most this long, not until
-/// the next `keys.refresh_secs` reload.
+/// How often, at most, a refresh first looks up whether the signing key was revoked (by an admin
+/// command or another instance): a revoked key signs refreshed tokens for at most this long,
+/// not until the next `keys.refresh_secs` reload. (Logins look every time.)
 const SIGNER_CHECK_EVERY_MS: i64 = 1_000;
 
 /// What the server's key set is made from.
@@ -223,9 +223,11 @@ impl Auth {
         }
     }
 
-    /// Before a token is issued: at most once a second, whether the key about to sign it was
-    /// revoked meanwhile; if so the keys are read again, and the new current key signs.
-    pub(super) async fn check_signer(&self) -> Result<()> {
+    /// Before a token is issued: whether the key about to sign it was revoked meanwhile (by an
+    /// admin command or another instance); if so the keys are read again, and the new current
+    /// key signs. `always` for logins, whose bcrypt dwarfs the lookup; refreshes look at most
+    /// once a second.
+    pub(super) async fn check_signer(&self, always: bool) -> Result<()> {
         let sign_in = self.sign_in()?;
         if !self.keys_loaded() {
             // Nothing to sign with yet: try now, and answer 503 if the database is still away.
@@ -236,12 +238,13 @@ impl Auth {
         }
         let now = Utc::now().timestamp_millis();
         let last = sign_in.ring.signer_checked_at.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < SIGNER_CHECK_EVERY_MS
-            || sign_in
-                .ring
-                .signer_checked_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
+        if !always
+            && (now.saturating_sub(last) < SIGNER_CHECK_EVERY_MS
+                || sign_in
+                    .ring
+                    .signer_checked_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err())
         {
             return Ok(());
         }
