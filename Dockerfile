@@ -12,7 +12,7 @@
 #              package manager. SQLite is bundled and TLS is rustls, so nothing else is needed.
 #
 # Configuration is the same as outside a container: AUTHD_<SECTION>__<KEY> variables (README,
-# "Configuration"), e.g. AUTHD_DATABASE__URL, AUTHD_JWT__SECRET, AUTHD_MAIL__SMTP__HOST. The
+# "Configuration"), e.g. AUTHD_DATABASE__URL, AUTHD_KEYS__ENCRYPTION_KEY, AUTHD_MAIL__SMTP__HOST. The
 # image sets only what a container needs: listen on all interfaces, keep files in /var/lib/authd.
 
 FROM rust:1-bookworm AS toolchain
@@ -32,8 +32,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # `nonroot` variant runs as uid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 COPY --from=builder /out/authd /usr/local/bin/authd
-# The data directory holds the SQLite file and a generated key when those are used; with
-# PostgreSQL and AUTHD_JWT__SECRET (production) nothing is written to it.
+# The data directory holds the SQLite file and a generated key-encryption key when those are
+# used; with PostgreSQL and AUTHD_KEYS__ENCRYPTION_KEY (production) nothing is written to it.
 COPY --from=builder --chown=65532:65532 /out/data /var/lib/authd
 ENV AUTHD_HTTP__ADDR=0.0.0.0:5050 \
     AUTHD_DATA_DIR=/var/lib/authd

@@ -165,9 +165,9 @@ struct Flags {
 }
 
 /// Every phase `--only` can name.
-const PHASES: [&str; 12] = [
+const PHASES: [&str; 13] = [
     "bound", "me", "ceiling", "login", "probe", "mixed", "control", "burst", "flow", "register",
-    "refresh", "logout",
+    "refresh", "logout", "tokens",
 ];
 
 /// The options with their defaults resolved, for the run.
@@ -280,8 +280,21 @@ struct Figures {
     burst_ok: u64,
     burst_refused: u64,
     burst_refusal_p50_ms: f64,
+    /// Microseconds per access token signed and per one verified in full (no cache), by
+    /// algorithm: HS256, ES256, EdDSA.
+    token_costs: [TokenCost; 3],
     errors: BTreeMap<String, u64>,
 }
+
+/// What one token of one algorithm costs authd, on one core.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+struct TokenCost {
+    sign_us: f64,
+    verify_us: f64,
+}
+
+/// The algorithms the tokens phase measures, in the order of `Figures::token_costs`.
+const TOKEN_ALGORITHMS: [&str; 3] = ["HS256", "ES256", "EdDSA"];
 
 impl Figures {
     fn login_ratio(&self) -> f64 {
@@ -608,6 +621,14 @@ fn print_table(f: &Figures, o: &Options, final_table: bool) -> bool {
             f.logouts, f.logout_p50_ms, f.logout_p99_ms
         );
     }
+    if ran(&["tokens"]) {
+        for (name, cost) in TOKEN_ALGORITHMS.iter().zip(f.token_costs) {
+            println!(
+                "10  {name:<6} access token, one core          sign {:.1} us, verify {:.1} us",
+                cost.sign_us, cost.verify_us
+            );
+        }
+    }
     if f.burst_ok + f.burst_refused > 0 {
         println!(
             "    burst of {BURST_LOGINS} logins at once: {} answered, {} refused with 503 (median refusal {:.1} ms)",
@@ -665,6 +686,10 @@ fn median_figures(runs: &[Figures]) -> Figures {
         logouts: runs.iter().map(|f| f.logouts).sum(),
         logout_p50_ms: m(|f| f.logout_p50_ms),
         logout_p99_ms: m(|f| f.logout_p99_ms),
+        token_costs: std::array::from_fn(|i| TokenCost {
+            sign_us: median(runs.iter().map(|f| f.token_costs[i].sign_us).collect()),
+            verify_us: median(runs.iter().map(|f| f.token_costs[i].verify_us).collect()),
+        }),
         other_load: m(|f| f.other_load),
         control_idle_p99_ms: m(|f| f.control_idle_p99_ms),
         control_mixed_p99_ms: m(|f| f.control_mixed_p99_ms),
@@ -1029,6 +1054,11 @@ impl Workload {
             f.logout_p50_ms = logouts.percentile_ms(0.50);
             f.logout_p99_ms = logouts.percentile_ms(0.99);
             note("logout", &logouts);
+        }
+        if o.runs_phase("tokens") {
+            f.token_costs = tokio::task::spawn_blocking(move || token_costs(secs))
+                .await
+                .context("the tokens phase failed")??;
         }
         f.errors = errors;
         f.other_load = others.into_iter().fold(0.0, f64::max);
@@ -2159,4 +2189,71 @@ mod ceiling {
             .map(axum::Json)
             .ok_or(StatusCode::NOT_FOUND)
     }
+}
+
+/// Signing and full verification (the verified-token cache bypassed) of access tokens with
+/// authd's own `TokenKeys`, for `length` per algorithm and operation on this thread: the
+/// cryptographic cost per token a login, a refresh or a first request pays.
+fn token_costs(length: Duration) -> Result<[TokenCost; 3]> {
+    use authd::keyring::{KeyAlgorithm, KeyState, new_signing_key};
+    use authd::keyset::{KeyMaterial, KeySet};
+    use authd::token::{TokenKeys, TokenKind};
+
+    let jwt = authd::config::Settings::defaults().jwt;
+    let kek = [9u8; 32];
+    let keys_for = |algorithm: &str| -> Result<TokenKeys> {
+        let asymmetric = match algorithm {
+            "ES256" => KeyAlgorithm::Es256,
+            "EdDSA" => KeyAlgorithm::EdDsa,
+            _ => return Ok(TokenKeys::new(&[7u8; 32], &jwt)),
+        };
+        let key = new_signing_key(&kek, asymmetric, KeyState::Current, chrono::Utc::now())?;
+        let record = authd::store::SigningKeyRecord {
+            kid: key.kid,
+            algorithm: key.algorithm,
+            public_jwk: key.public_jwk,
+            sealed_private: key.sealed_private,
+            state: key.state,
+            created_at: key.created_at,
+            activated_at: Some(key.created_at),
+            retired_at: None,
+            revoked_at: None,
+        };
+        let material = KeyMaterial {
+            kek: Some(&kek),
+            hs256_secret: None,
+            algorithm: match asymmetric {
+                KeyAlgorithm::Es256 => authd::config::JwtAlgorithm::Es256,
+                KeyAlgorithm::EdDsa => authd::config::JwtAlgorithm::EdDsa,
+            },
+            retired_horizon_secs: 3_600,
+        };
+        let set = KeySet::from_records(&[record], &material, chrono::Utc::now())?;
+        Ok(TokenKeys::with_set(set, &jwt))
+    };
+    let mut costs = [TokenCost::default(); 3];
+    for (cost, algorithm) in costs.iter_mut().zip(TOKEN_ALGORITHMS) {
+        let keys = keys_for(algorithm)?;
+        let (user, session) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let mut tokens = Vec::new();
+        let began = Instant::now();
+        while began.elapsed() < length && tokens.len() < 200_000 {
+            tokens.push(keys.issue_access(user, session)?.token);
+        }
+        cost.sign_us = began.elapsed().as_secs_f64() * 1e6 / tokens.len() as f64;
+        let began = Instant::now();
+        let mut verified = 0usize;
+        for token in tokens.iter().cycle() {
+            ensure!(
+                keys.verify(TokenKind::Access, token).is_ok(),
+                "{algorithm}: a token was refused"
+            );
+            verified += 1;
+            if verified.is_multiple_of(64) && began.elapsed() >= length {
+                break;
+            }
+        }
+        cost.verify_us = began.elapsed().as_secs_f64() * 1e6 / verified as f64;
+    }
+    Ok(costs)
 }

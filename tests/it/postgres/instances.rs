@@ -118,3 +118,100 @@ async fn parallel_refreshes_through_two_instances_make_one_chain() {
         1
     );
 }
+
+/// The `kid` in a token's header.
+fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+async fn keys_listed(db_url: &str, data_dir: &TempDir) -> Vec<Value> {
+    serde_json::from_str(&admin(db_url, data_dir, &["keys", "list", "--format", "json"], "").await)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_starting_at_once_on_a_new_database_make_one_current_key_between_them() {
+    let db_url = fresh_database().await;
+    let (one, two, three) = tokio::join!(instance(&db_url), instance(&db_url), instance(&db_url));
+    let data_dir = TempDir::new("authd-instances");
+    let keys = keys_listed(&db_url, &data_dir).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0]["state"], "current");
+    // All three sign with it, and each accepts what the others signed.
+    one.register("ada@example.test", false).await;
+    let tokens = [
+        one.access_token("ada@example.test").await,
+        two.access_token("ada@example.test").await,
+        three.access_token("ada@example.test").await,
+    ];
+    for token in &tokens {
+        assert_eq!(kid_of(token), keys[0]["kid"].as_str().unwrap());
+        for app in [&one, &two, &three] {
+            assert_eq!(
+                app.get_with_token("/users/me", token).await.status(),
+                StatusCode::OK
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotation_reaches_a_second_instance_without_a_restart() {
+    let db_url = fresh_database().await;
+    let quick = |db_url: &str| {
+        let db_url = db_url.to_owned();
+        async move {
+            let mail = MailSink::start(Behaviour::Accept).await.unwrap();
+            let mut settings = test_settings(&db_url, mail.port);
+            settings.keys.refresh_secs = 1;
+            TestApp::spawn_on(settings, mail, db_url).await
+        }
+    };
+    let (one, two) = (quick(&db_url).await, quick(&db_url).await);
+    let data_dir = TempDir::new("authd-instances");
+    one.register("ada@example.test", false).await;
+    let before = two.access_token("ada@example.test").await;
+    admin(&db_url, &data_dir, &["keys", "rotate"], "").await;
+    admin(&db_url, &data_dir, &["keys", "rotate", "--activate"], "").await;
+    let current = keys_listed(&db_url, &data_dir)
+        .await
+        .into_iter()
+        .find(|k| k["state"] == "current")
+        .unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Within keys.refresh_secs the second instance signs with the new key, unrestarted.
+    let mut after = None;
+    for _ in 0..50 {
+        let token = two.access_token("ada@example.test").await;
+        if kid_of(&token) == current {
+            after = Some(token);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let after = after.expect("the second instance took the new key up");
+    for app in [&one, &two] {
+        for token in [&before, &after] {
+            assert_eq!(
+                app.get_with_token("/users/me", token).await.status(),
+                StatusCode::OK
+            );
+        }
+    }
+    // A revocation on the first's database is refused by both at once.
+    admin(&db_url, &data_dir, &["keys", "revoke", &current], "").await;
+    for app in [&one, &two] {
+        let refused = app.get_with_token("/users/me", &after).await;
+        problem(refused, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    }
+}
