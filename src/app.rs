@@ -89,6 +89,12 @@ fn warn_about_serving_with(settings: &Settings, store: &Store) {
     if !settings.rate_limit.enabled {
         tracing::warn!("rate_limit.enabled = false: no brute-force protection");
     }
+    if settings.env == Environment::Production && !settings.jwt.issuer.starts_with("https://") {
+        tracing::warn!(
+            issuer = %settings.jwt.issuer,
+            "jwt.issuer is not an https URL: clients that check RFC 8414 metadata strictly want the issuer to be this server's URL (http.public_url)"
+        );
+    }
 }
 
 /// Waits for the audit writer, which ends once every handle on its queue is gone.

@@ -379,7 +379,7 @@ impl Auth {
             },
             retention_days: settings.audit.retention_days,
             sessions: settings.session.clone(),
-            key_horizon_secs: TokenKeys::retired_horizon_secs(&settings.jwt),
+            key_horizon_secs: TokenKeys::retired_horizon_secs(settings),
             audit,
             metrics,
             store,
@@ -937,7 +937,7 @@ impl Auth {
         let Verified { claims, kid } = self.verified(TokenKind::Challenge, challenge_token).await?;
         // A key revoked on another instance is refused at once here too.
         if let Some(kid) = kid
-            && self.store.signing_key_revoked(&kid).await?
+            && self.store.signing_key_state(&kid).await?.as_deref() == Some("revoked")
         {
             return Err(TokenError::RevokedKey.into());
         }

@@ -152,12 +152,14 @@ impl KeySet {
             key: DecodingKey::from_secret(secret),
             issued_before: match material.algorithm {
                 JwtAlgorithm::Hs256 => None,
-                // The first key was made when authd stopped signing with HS256 (or before it ever
-                // did); with no key at all yet, nothing has been signed otherwise.
+                // The first key became current when authd stopped signing with HS256 (keys made
+                // ahead by `authd keys rotate` signed nothing until then); with none activated
+                // yet, nothing has been signed otherwise.
                 _ => Some(
                     records
                         .iter()
-                        .map(|r| r.created_at.timestamp())
+                        .filter_map(|r| r.activated_at)
+                        .map(|at| at.timestamp())
                         .min()
                         .unwrap_or(i64::MAX),
                 ),
@@ -185,12 +187,23 @@ impl KeySet {
             let Some(kid) = jwk.common.key_id.clone() else {
                 continue;
             };
-            let algorithm = match jwk.common.key_algorithm.map(|a| a.to_string()).as_deref() {
-                Some("ES256") => Algorithm::ES256,
-                Some("EdDSA") => Algorithm::EdDSA,
-                _ => continue,
+            // Encryption keys never verify a signature.
+            if jwk
+                .common
+                .public_key_use
+                .as_ref()
+                .is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature)
+            {
+                continue;
+            }
+            // The algorithm follows from the key itself (`alg` is optional, RFC 7517 §4.4); a
+            // key whose `alg` says otherwise is not one to trust.
+            let Some(algorithm) = algorithm_of(&jwk) else {
+                continue;
             };
-            let key = DecodingKey::from_jwk(&jwk).with_context(|| format!("key {kid}"))?;
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+                continue;
+            };
             by_kid.insert(
                 kid,
                 NamedKey {
@@ -286,6 +299,26 @@ impl KeySet {
             .keys()
             .any(|kid| accepted(old, kid) && !accepted(self, kid))
             || (old.hs256.is_some() && self.hs256.is_none())
+    }
+}
+
+/// The algorithm a published key verifies with: ES256 for a P-256 EC key, EdDSA for an
+/// Ed25519 OKP key, and only if its `alg`, when present, says the same.
+fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    let algorithm = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    match jwk.common.key_algorithm.map(|a| a.to_string()) {
+        None => Some(algorithm),
+        Some(named) if named == algorithm_name(algorithm) => Some(algorithm),
+        Some(_) => None,
     }
 }
 

@@ -221,11 +221,14 @@ impl TokenKeys {
         }
     }
 
-    /// How long after it retired a key may still have signed a token that has not expired: the
-    /// longer lifetime of the two kinds, plus the clock skew `iat` is allowed.
-    pub fn retired_horizon_secs(jwt: &JwtSettings) -> u64 {
+    /// How long after it retired a key may still have signed a token that has not expired: an
+    /// instance may sign with it until it reads the keys again (`keys.refresh_secs`), the token
+    /// then lives as long as the longer of the two kinds, and `iat` may be skewed.
+    pub fn retired_horizon_secs(settings: &crate::config::Settings) -> u64 {
+        let jwt = &settings.jwt;
         jwt.access_ttl_secs
             .max(jwt.challenge_ttl_secs)
+            .saturating_add(settings.keys.refresh_secs)
             .saturating_add(MAX_IAT_SKEW_SECS as u64)
     }
 

@@ -39,6 +39,8 @@ pub(super) struct KeyRing {
     signer_checked_at: Arc<AtomicI64>,
     /// Whether the keys were read at least once (not yet when the database was down at start).
     loaded: Arc<AtomicBool>,
+    /// One read-and-install at a time: a slow read cannot put an older set back in place.
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -60,10 +62,11 @@ impl KeyRing {
             kek: Arc::new(kek),
             hs256_secret,
             algorithm: settings.jwt.algorithm,
-            horizon_secs: TokenKeys::retired_horizon_secs(&settings.jwt),
+            horizon_secs: TokenKeys::retired_horizon_secs(settings),
             last_on_demand: Arc::new(Mutex::new(None)),
             signer_checked_at: Arc::new(AtomicI64::new(0)),
             loaded: Arc::new(AtomicBool::new(false)),
+            reloading: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -123,6 +126,7 @@ impl Auth {
     /// instances starting at once make one between them, the database's unique index sees to
     /// it).
     pub async fn reload_keys(&self) -> Result<()> {
+        let _one_at_a_time = self.sign_in()?.ring.reloading.lock().await;
         let records = self.key_records().await?;
         self.install_keys(&records)
     }
@@ -132,7 +136,21 @@ impl Auth {
         let sign_in = self.sign_in()?;
         let ring = &sign_in.ring;
         let mut records = self.store.list_signing_keys().await?;
-        if ring.algorithm != JwtAlgorithm::Hs256 && !records.iter().any(|r| r.state == "current") {
+        let needs_current =
+            ring.algorithm != JwtAlgorithm::Hs256 && !records.iter().any(|r| r.state == "current");
+        // A key published ahead (`authd keys rotate` while on HS256) takes over first: the
+        // verifiers already have it.
+        if needs_current && records.iter().any(|r| r.state == "next") {
+            if let Some(kid) = self.store.activate_next_key(Utc::now()).await? {
+                tracing::info!(kid = %kid, "activated the next signing key: there was no current one");
+                self.audit
+                    .record(SecurityEvent::new(EventKind::KeyActivated).detail(format!(
+                        "{}: {kid} current, none retired",
+                        Actor::Server.as_str()
+                    )));
+            }
+            records = self.store.list_signing_keys().await?;
+        } else if needs_current {
             let key = new_signing_key(
                 ring.kek(),
                 key_algorithm(ring.algorithm),
@@ -187,8 +205,9 @@ impl Auth {
         }
     }
 
-    /// The key set in use (the JWKS route reads it).
+    /// The key set in use (the JWKS route reads it); 503 until the keys were read once.
     pub fn key_set(&self) -> Result<Arc<KeySet>> {
+        self.keys_not_loaded()?;
         Ok(self.sign_in()?.tokens.key_set())
     }
 
@@ -251,8 +270,9 @@ impl Auth {
         let Some(kid) = sign_in.tokens.key_set().signing_kid().map(str::to_owned) else {
             return Ok(());
         };
-        if self.store.signing_key_revoked(&kid).await? {
-            tracing::warn!(kid, "the signing key was revoked: reading the keys again");
+        let state = self.store.signing_key_state(&kid).await?;
+        if state.as_deref() != Some("current") {
+            tracing::info!(kid, state = ?state, "the signing key is no longer current: reading the keys again");
             self.reload_keys().await?;
         }
         Ok(())
@@ -281,26 +301,31 @@ impl Auth {
         self.store.list_signing_keys().await
     }
 
-    /// Refuses a key-encryption key that does not open the current key: keys sealed under it
-    /// could not be opened by the servers (the admin command ran with other settings).
+    /// Refuses a key-encryption key that does not open every key that signs or may sign
+    /// (`current` and `next`): a key sealed or activated under another one could not be opened
+    /// by the servers (the admin command ran with other settings).
     async fn check_kek(&self, kek: &[u8; 32]) -> Result<()> {
         let keys = self.store.list_signing_keys().await?;
-        let Some(current) = keys.iter().find(|k| k.state == "current") else {
-            return Ok(());
+        let opens = |key: &SigningKeyRecord| {
+            key.algorithm
+                .parse::<KeyAlgorithm>()
+                .is_ok_and(|algorithm| {
+                    PrivateKey::unseal(&key.sealed_private, kek, &key.kid, algorithm).is_ok()
+                })
         };
-        let opens = current
-            .algorithm
-            .parse::<KeyAlgorithm>()
-            .is_ok_and(|algorithm| {
-                PrivateKey::unseal(&current.sealed_private, kek, &current.kid, algorithm).is_ok()
-            });
-        if opens {
-            Ok(())
-        } else {
-            Err(Error::validation(
+        match keys
+            .iter()
+            .filter(|k| k.state == "current" || k.state == "next")
+            .find(|k| !opens(k))
+        {
+            None => Ok(()),
+            Some(key) => Err(Error::validation(
                 "keys.encryption_key",
-                "it does not open the current signing key: run this command with the server's keys.encryption_key (AUTHD_KEYS__ENCRYPTION_KEY) and data_dir",
-            ))
+                format!(
+                    "it does not open the {} signing key {}: run this command with the server's keys.encryption_key (AUTHD_KEYS__ENCRYPTION_KEY)",
+                    key.state, key.kid
+                ),
+            )),
         }
     }
 
@@ -327,7 +352,12 @@ impl Auth {
 
     /// Promotes the oldest `next` key to `current` and retires the current one (`authd keys
     /// rotate --activate`); None when there is no `next` key.
-    pub async fn activate_next_key(&self, actor: Actor) -> Result<Option<Activated>> {
+    pub async fn activate_next_key(
+        &self,
+        kek: &[u8; 32],
+        actor: Actor,
+    ) -> Result<Option<Activated>> {
+        self.check_kek(kek).await?;
         let before = self.store.list_signing_keys().await?;
         let Some(kid) = self.store.activate_next_key(Utc::now()).await? else {
             return Ok(None);
@@ -349,20 +379,28 @@ impl Auth {
     /// Revokes a key (`authd keys revoke`): never accepted again, here at once (every request
     /// reads the key's state with its session) and by other services once their JWKS copy is
     /// renewed. A revoked current key is followed, in the same transaction, by the oldest
-    /// `next` key, else by a new key made with `kek`, so logins go on. None: no such key.
+    /// `next` key, else by a new key made with `kek` (without one, that revocation is refused),
+    /// so logins go on. Any other key is revoked without the KEK. None: no such key.
     pub async fn revoke_key(
         &self,
         kid: &str,
-        kek: &[u8; 32],
+        kek: Option<&[u8; 32]>,
         algorithm: KeyAlgorithm,
         actor: Actor,
     ) -> Result<Option<RevokedKey>> {
-        self.check_kek(kek).await?;
-        let replacement =
-            new_signing_key(kek, algorithm, KeyState::Current, Utc::now()).map_err(internal)?;
+        let replacement = match kek {
+            Some(kek) => {
+                self.check_kek(kek).await?;
+                Some(
+                    new_signing_key(kek, algorithm, KeyState::Current, Utc::now())
+                        .map_err(internal)?,
+                )
+            }
+            None => None,
+        };
         let Some(revoked) = self
             .store
-            .revoke_signing_key(kid, Utc::now(), &replacement)
+            .revoke_signing_key(kid, Utc::now(), replacement.as_ref())
             .await?
         else {
             return Ok(None);

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{EXIT_CODES, OutputFormat, UserError, format_utc, new_table, with_auth};
 use crate::auth::{Activated, Actor, key_algorithm};
-use crate::config::Settings;
+use crate::config::{JwtAlgorithm, Settings};
 use crate::keys::load_key_encryption_key;
 use crate::store::SigningKeyRecord;
 use crate::token::TokenKeys;
@@ -36,10 +36,14 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct RotateArgs {
-    /// Promote the oldest `next` key to `current` (run it at least 2 x keys.refresh_secs
-    /// after `authd keys rotate`, so every verifier has the key by then).
+    /// Promote the oldest `next` key to `current`. Refused until the key has been published
+    /// for 2 x keys.refresh_secs (every verifier's copy of the JWKS has it by then).
     #[arg(long)]
     activate: bool,
+    /// With --activate: promote the key even if it was published only just now (verifiers
+    /// that have not fetched it yet refuse its tokens until they refetch).
+    #[arg(long, requires = "activate")]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -52,7 +56,7 @@ pub struct RevokeArgs {
 pub async fn run(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
     match command {
         KeysCommand::List(args) => list(args, settings).await,
-        KeysCommand::Rotate(args) if args.activate => activate(settings).await,
+        KeysCommand::Rotate(args) if args.activate => activate(args.force, settings).await,
         KeysCommand::Rotate(_) => rotate(settings).await,
         KeysCommand::Revoke(args) => revoke(args, settings).await,
     }
@@ -117,8 +121,20 @@ fn keys_table(keys: &[SigningKeyRecord]) -> comfy_table::Table {
     table
 }
 
+/// The key-encryption key the servers use: configured, or the file a zero-setup server made.
+/// Never made here: a key sealed under a KEK of the command's own would not open on the servers.
+fn servers_kek(settings: &Settings) -> anyhow::Result<[u8; 32]> {
+    load_key_encryption_key(settings, false)
+}
+
+/// [`servers_kek`] when there is one to load; None when none is configured or generated.
+fn servers_kek_if_any(settings: &Settings) -> anyhow::Result<Option<[u8; 32]>> {
+    let any = settings.keys.encryption_key.is_some() || settings.generated_kek_path().exists();
+    any.then(|| servers_kek(settings)).transpose()
+}
+
 async fn rotate(settings: &Settings) -> anyhow::Result<()> {
-    let kek = load_key_encryption_key(settings, true)?;
+    let kek = servers_kek(settings)?;
     let algorithm = key_algorithm(settings.jwt.algorithm);
     let kid = with_auth(settings, async |auth| {
         auth.create_next_key(&kek, algorithm, Actor::Cli)
@@ -134,9 +150,31 @@ async fn rotate(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn activate(settings: &Settings) -> anyhow::Result<()> {
+async fn activate(force: bool, settings: &Settings) -> anyhow::Result<()> {
+    if settings.jwt.algorithm == JwtAlgorithm::Hs256 {
+        return Err(UserError(
+            "jwt.algorithm is HS256: the servers sign with jwt.secret; set jwt.algorithm = \"ES256\" and restart them, and they activate the next key themselves".into(),
+        )
+        .into());
+    }
+    let kek = servers_kek(settings)?;
+    let wait = chrono::Duration::seconds(
+        i64::try_from(2 * settings.keys.refresh_secs).unwrap_or(i64::MAX / 2),
+    );
     let activated = with_auth(settings, async |auth| {
-        auth.activate_next_key(Actor::Cli)
+        let keys = auth.list_keys().await.context("cannot list the signing keys")?;
+        if let Some(next) = keys.iter().find(|k| k.state == "next")
+            && !force
+            && next.created_at + wait > chrono::Utc::now()
+        {
+            let left = (next.created_at + wait - chrono::Utc::now()).num_seconds().max(1);
+            return Err(UserError(format!(
+                "{} was published less than 2 x keys.refresh_secs ago: verifiers may not have it yet; wait {left}s more, or pass --force",
+                next.kid
+            ))
+            .into());
+        }
+        auth.activate_next_key(&kek, Actor::Cli)
             .await
             .context("cannot activate a signing key")
     })
@@ -147,7 +185,7 @@ async fn activate(settings: &Settings) -> anyhow::Result<()> {
         )
         .into());
     };
-    let horizon = TokenKeys::retired_horizon_secs(&settings.jwt);
+    let horizon = TokenKeys::retired_horizon_secs(settings);
     match retired {
         Some(old) => println!(
             "{kid} is the current key now (within keys.refresh_secs = {}s on every instance); {old} retired: published and accepted for {horizon}s more",
@@ -159,11 +197,11 @@ async fn activate(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn revoke(args: RevokeArgs, settings: &Settings) -> anyhow::Result<()> {
-    let kek = load_key_encryption_key(settings, true)?;
+    let kek = servers_kek_if_any(settings)?;
     let algorithm = key_algorithm(settings.jwt.algorithm);
     let kid = args.kid.trim().to_owned();
     let revoked = with_auth(settings, async |auth| {
-        auth.revoke_key(&kid, &kek, algorithm, Actor::Cli)
+        auth.revoke_key(&kid, kek.as_ref(), algorithm, Actor::Cli)
             .await
             .context("cannot revoke the signing key")
     })
@@ -184,8 +222,9 @@ async fn revoke(args: RevokeArgs, settings: &Settings) -> anyhow::Result<()> {
         .map(|s| format!("; {s} is the current key now"))
         .unwrap_or_default();
     println!(
-        "revoked {kid} (was {}): tokens it signed are refused from now on; other services drop it from their copy of the JWKS within keys.refresh_secs = {}s{successor}",
-        revoked.previous_state, settings.keys.refresh_secs
+        "revoked {kid} (was {}): tokens it signed are refused from now on; services verifying from the JWKS drop it within 2 x keys.refresh_secs = {}s{successor}",
+        revoked.previous_state,
+        2 * settings.keys.refresh_secs
     );
     Ok(())
 }

@@ -82,7 +82,7 @@ async fn verifying_keys(jwks: Option<&str>, settings: &Settings) -> anyhow::Resu
                     kek: None,
                     hs256_secret: secret.as_ref().map(|s| s.bytes()),
                     algorithm: settings.jwt.algorithm,
-                    retired_horizon_secs: TokenKeys::retired_horizon_secs(&settings.jwt),
+                    retired_horizon_secs: TokenKeys::retired_horizon_secs(settings),
                 },
                 Utc::now(),
             )?

@@ -491,7 +491,10 @@ fn public_for(max_age_secs: u64) -> HeaderValue {
 /// `current` and `retired` signing keys (never a private part, never the HS256 secret; revoked
 /// keys are left out). Refetch it when a token names a `kid` it does not have.
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
-    responses((status = 200, description = "The JWK set (RFC 7517), with `Cache-Control: public, max-age=<keys.refresh_secs>`", body = PublishedJwks)))]
+    responses(
+        (status = 200, description = "The JWK set (RFC 7517), with `Cache-Control: public, max-age=<keys.refresh_secs>`", body = PublishedJwks),
+        (status = 503, description = "The keys could not be read yet: the database did not answer since the start (`unavailable`, with `Retry-After`; never cached)", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
     let set = state.auth.key_set()?;
     Ok((
@@ -541,7 +544,10 @@ pub struct ServerMetadata {
 /// Authorization server metadata (RFC 8414): the issuer, the JWKS URL and authd's token
 /// endpoints, for services that configure themselves from it.
 #[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "keys",
-    responses((status = 200, description = "The metadata, with `Cache-Control: public, max-age=<keys.refresh_secs>`", body = ServerMetadata)))]
+    responses(
+        (status = 200, description = "The metadata, with `Cache-Control: public, max-age=<keys.refresh_secs>`", body = ServerMetadata),
+        (status = 503, description = "The keys could not be read yet (`unavailable`, with `Retry-After`; never cached)", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn server_metadata(State(state): State<AppState>) -> Result<Response, ApiError> {
     let set = state.auth.key_set()?;
     let published = &state.published;

@@ -458,10 +458,11 @@ impl Store {
         pub async fn activate_next_key(&self, now: DateTime<Utc>) -> Result<Option<String>>;
         /// Marks a key revoked (never accepted again), in one transaction; when it was the
         /// current key, the oldest `next` key becomes current, else `replacement` is stored as
-        /// the current key. None when there is no such key.
-        pub async fn revoke_signing_key(&self, kid: &str, now: DateTime<Utc>, replacement: &NewSigningKey) -> Result<Option<RevokedKey>>;
-        /// Whether the key `kid` is revoked (false for a key there is no row of).
-        pub async fn signing_key_revoked(&self, kid: &str) -> Result<bool>;
+        /// the current key (without one, nothing changes and the answer is a validation error).
+        /// None when there is no such key.
+        pub async fn revoke_signing_key(&self, kid: &str, now: DateTime<Utc>, replacement: Option<&NewSigningKey>) -> Result<Option<RevokedKey>>;
+        /// The state of the key `kid`; None when there is no such key.
+        pub async fn signing_key_state(&self, kid: &str) -> Result<Option<String>>;
         /// Drops retired keys retired before `retired_before`: every token they signed has expired.
         pub async fn delete_expired_retired_keys(&self, retired_before: DateTime<Utc>) -> Result<u64>;
         /// Appends security events in one transaction.

@@ -962,8 +962,27 @@ macro_rules! shared_statements {
                 &self,
                 kid: &str,
                 now: DateTime<Utc>,
-                replacement: &super::NewSigningKey,
+                replacement: Option<&super::NewSigningKey>,
             ) -> Result<Option<super::RevokedKey>> {
+                // A change between the read and the update (an activation retiring this key,
+                // say) makes the update miss: read again and go on from the new state.
+                for _ in 0..5 {
+                    if let Some(done) = self.try_revoke_signing_key(kid, now, replacement).await? {
+                        return Ok(done);
+                    }
+                }
+                Err(crate::error::Error::Internal(anyhow::anyhow!(
+                    "signing key {kid} kept changing while it was being revoked"
+                )))
+            }
+
+            /// One attempt of `revoke_signing_key`; None when the key changed meanwhile.
+            async fn try_revoke_signing_key(
+                &self,
+                kid: &str,
+                now: DateTime<Utc>,
+                replacement: Option<&super::NewSigningKey>,
+            ) -> Result<Option<Option<super::RevokedKey>>> {
                 let mut tx = self.pool.begin().await?;
                 let state: Option<String> =
                     sqlx::query_scalar("SELECT state FROM signing_keys WHERE kid = $1")
@@ -972,11 +991,18 @@ macro_rules! shared_statements {
                         .await?;
                 let Some(state) = state else {
                     tx.rollback().await?;
-                    return Ok(None);
+                    return Ok(Some(None));
                 };
+                if state == "revoked" {
+                    tx.rollback().await?;
+                    return Ok(Some(Some(super::RevokedKey {
+                        previous_state: state,
+                        successor: None,
+                    })));
+                }
                 let revoked = sqlx::query(
                     "UPDATE signing_keys SET state = 'revoked', revoked_at = $2
-                     WHERE kid = $1 AND state = $3 AND state <> 'revoked'",
+                     WHERE kid = $1 AND state = $3",
                 )
                 .bind(kid)
                 .bind(Time(now))
@@ -984,13 +1010,9 @@ macro_rules! shared_statements {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                // Already revoked, or another command changed it first: nothing more to do.
                 if revoked == 0 {
                     tx.rollback().await?;
-                    return Ok(Some(super::RevokedKey {
-                        previous_state: "revoked".into(),
-                        successor: None,
-                    }));
+                    return Ok(None);
                 }
                 let mut successor = None;
                 if state == "current" {
@@ -1005,9 +1027,9 @@ macro_rules! shared_statements {
                     .bind(Time(now))
                     .fetch_optional(&mut *tx)
                     .await?;
-                    successor = match promoted {
-                        Some(kid) => Some(kid),
-                        None => {
+                    successor = match (promoted, replacement) {
+                        (Some(kid), _) => Some(kid),
+                        (None, Some(replacement)) => {
                             sqlx::query(
                                 "INSERT INTO signing_keys (kid, algorithm, public_jwk, sealed_private,
                                                            state, created_at, activated_at)
@@ -1022,23 +1044,30 @@ macro_rules! shared_statements {
                             .await?;
                             Some(replacement.kid.clone())
                         }
+                        // Nothing could take over: leave the key as it was.
+                        (None, None) => {
+                            tx.rollback().await?;
+                            return Err(crate::error::Error::validation(
+                                "keys.encryption_key",
+                                "the current key has no next key to take over, and a new one needs keys.encryption_key (AUTHD_KEYS__ENCRYPTION_KEY)",
+                            ));
+                        }
                     };
                 }
                 tx.commit().await?;
-                Ok(Some(super::RevokedKey {
+                Ok(Some(Some(super::RevokedKey {
                     previous_state: state,
                     successor,
-                }))
+                })))
             }
 
-            pub async fn signing_key_revoked(&self, kid: &str) -> Result<bool> {
-                let revoked: Option<String> = sqlx::query_scalar(
-                    "SELECT kid FROM signing_keys WHERE kid = $1 AND state = 'revoked'",
+            pub async fn signing_key_state(&self, kid: &str) -> Result<Option<String>> {
+                Ok(
+                    sqlx::query_scalar("SELECT state FROM signing_keys WHERE kid = $1")
+                        .bind(kid)
+                        .fetch_optional(&self.pool)
+                        .await?,
                 )
-                .bind(kid)
-                .fetch_optional(&self.pool)
-                .await?;
-                Ok(revoked.is_some())
             }
 
             pub async fn delete_expired_retired_keys(&self, retired_before: DateTime<Utc>) -> Result<u64> {

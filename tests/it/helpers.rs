@@ -151,7 +151,7 @@ pub async fn server_keys(settings: &Settings) -> authd::token::TokenKeys {
             kek: Some(&kek),
             hs256_secret: None,
             algorithm: settings.jwt.algorithm,
-            retired_horizon_secs: authd::token::TokenKeys::retired_horizon_secs(&settings.jwt),
+            retired_horizon_secs: authd::token::TokenKeys::retired_horizon_secs(settings),
         },
         chrono::Utc::now(),
     )

@@ -220,7 +220,7 @@ async fn rotation_keeps_live_tokens_and_new_tokens_use_the_new_key() {
     admin(
         &app.db_url,
         &data_dir,
-        &["keys", "rotate", "--activate"],
+        &["keys", "rotate", "--activate", "--force"],
         "",
     )
     .await;
@@ -445,7 +445,7 @@ async fn a_key_made_by_another_process_is_picked_up_at_its_first_token() {
     admin(
         &app.db_url,
         &data_dir,
-        &["keys", "rotate", "--activate"],
+        &["keys", "rotate", "--activate", "--force"],
         "",
     )
     .await;
@@ -501,7 +501,7 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
     let no_next = admin_output(
         &app.db_url,
         &data_dir,
-        &["keys", "rotate", "--activate"],
+        &["keys", "rotate", "--activate", "--force"],
         "",
     )
     .await;
@@ -545,7 +545,7 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
     admin(
         &app.db_url,
         &data_dir,
-        &["keys", "rotate", "--activate"],
+        &["keys", "rotate", "--activate", "--force"],
         "",
     )
     .await;
@@ -723,7 +723,7 @@ async fn the_store_moves_states_as_rotation_says_and_keeps_one_key_current() {
     let spare = stored_key("spare", "current", t2);
     // A retired key: revoked, nothing else moves.
     let revoked = store
-        .revoke_signing_key("k1", t2, &spare)
+        .revoke_signing_key("k1", t2, Some(&spare))
         .await
         .unwrap()
         .unwrap();
@@ -733,7 +733,7 @@ async fn the_store_moves_states_as_rotation_says_and_keeps_one_key_current() {
     );
     assert_eq!(
         store
-            .revoke_signing_key("k1", t2, &spare)
+            .revoke_signing_key("k1", t2, Some(&spare))
             .await
             .unwrap()
             .unwrap()
@@ -741,19 +741,22 @@ async fn the_store_moves_states_as_rotation_says_and_keeps_one_key_current() {
         "revoked"
     );
     assert_eq!(
-        store.revoke_signing_key("nope", t2, &spare).await.unwrap(),
+        store
+            .revoke_signing_key("nope", t2, Some(&spare))
+            .await
+            .unwrap(),
         None
     );
     // The current key: the oldest next key follows it...
     let revoked = store
-        .revoke_signing_key("k2", t2, &spare)
+        .revoke_signing_key("k2", t2, Some(&spare))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(revoked.successor.as_deref(), Some("k3"));
     // ...and with none left, the replacement does.
     let revoked = store
-        .revoke_signing_key("k3", t2, &spare)
+        .revoke_signing_key("k3", t2, Some(&spare))
         .await
         .unwrap()
         .unwrap();
@@ -768,9 +771,21 @@ async fn the_store_moves_states_as_rotation_says_and_keeps_one_key_current() {
             ("spare".into(), "current".into())
         ]
     );
-    assert!(store.signing_key_revoked("k2").await.unwrap());
-    assert!(!store.signing_key_revoked("spare").await.unwrap());
-    assert!(!store.signing_key_revoked("nope").await.unwrap());
+    assert_eq!(
+        store.signing_key_state("k2").await.unwrap().as_deref(),
+        Some("revoked")
+    );
+    assert_eq!(
+        store.signing_key_state("spare").await.unwrap().as_deref(),
+        Some("current")
+    );
+    assert_eq!(store.signing_key_state("nope").await.unwrap(), None);
+    // Without a replacement, a current key with no next key to follow it stays as it was.
+    assert!(store.revoke_signing_key("spare", t2, None).await.is_err());
+    assert_eq!(
+        store.signing_key_state("spare").await.unwrap().as_deref(),
+        Some("current")
+    );
 }
 
 #[tokio::test]
@@ -812,4 +827,204 @@ async fn a_retired_key_is_dropped_once_every_token_it_signed_has_expired() {
         .collect();
     assert_eq!(left, std::slice::from_ref(&key.kid));
     assert!(!left.contains(&first));
+}
+
+/// `authd` with only a database and a data directory: no key-encryption key, nothing else
+/// from the environment.
+async fn bare_admin(db_url: &str, data_dir: &TempDir, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_authd"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AUTHD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("DATABASE_URL")
+        .env("AUTHD_DATA_DIR", data_dir.path())
+        .env("AUTHD_DATABASE__ACQUIRE_TIMEOUT_SECS", "20")
+        .args(["--database-url", db_url])
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || cmd.output().unwrap()),
+    )
+    .await
+    .expect("the command finishes")
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_commands_never_make_a_kek_of_their_own_and_revoke_what_they_can_without_one() {
+    let app = TestApp::spawn().await;
+    let data_dir = TempDir::new("authd-keys");
+    let current = kid_in(&app, &data_dir, "current").await;
+    let bare = TempDir::new("authd-keys-bare");
+    for args in [
+        &["keys", "rotate"][..],
+        &["keys", "rotate", "--activate", "--force"],
+    ] {
+        let refused = bare_admin(&app.db_url, &bare, args).await;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("keys.encryption_key is not set"),
+            "{stderr}"
+        );
+        assert!(
+            !bare.path().join("key-encryption-key").exists(),
+            "{args:?} generated a key-encryption key"
+        );
+    }
+    // The current key with nothing to take over needs the KEK for a new one: refused.
+    let refused = bare_admin(&app.db_url, &bare, &["keys", "revoke", &current]).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no next key to take over"));
+    assert_eq!(kid_in(&app, &data_dir, "current").await, current);
+    // A next key is revoked without one.
+    admin(&app.db_url, &data_dir, &["keys", "rotate"], "").await;
+    let next = kid_in(&app, &data_dir, "next").await;
+    let done = bare_admin(&app.db_url, &bare, &["keys", "revoke", &next]).await;
+    assert!(done.status.success(), "{done:?}");
+    let states: Vec<Value> = keys_json(&app, &data_dir).await;
+    assert_eq!(states[1]["state"], "revoked");
+    assert!(!bare.path().join("key-encryption-key").exists());
+}
+
+#[tokio::test]
+async fn activation_waits_until_verifiers_can_have_the_key_unless_forced() {
+    let app = TestApp::spawn().await;
+    let data_dir = TempDir::new("authd-keys");
+    admin(&app.db_url, &data_dir, &["keys", "rotate"], "").await;
+    let before = keys_json(&app, &data_dir).await;
+    let early = admin_output(
+        &app.db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate"],
+        "",
+    )
+    .await;
+    assert_eq!(early.status.code(), Some(1), "{early:?}");
+    let stderr = String::from_utf8_lossy(&early.stderr);
+    assert!(
+        stderr.contains("less than 2 x keys.refresh_secs ago"),
+        "{stderr}"
+    );
+    assert_eq!(keys_json(&app, &data_dir).await, before, "nothing changed");
+    // Under HS256 the servers sign with the secret: activating is theirs to do.
+    let hs256 = admin_output_with(
+        &app.db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate", "--force"],
+        "",
+        &[("AUTHD_JWT__ALGORITHM", "HS256")],
+    )
+    .await;
+    assert_eq!(hs256.status.code(), Some(1), "{hs256:?}");
+    assert_eq!(keys_json(&app, &data_dir).await, before, "nothing changed");
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate", "--force"],
+        "",
+    )
+    .await;
+    assert_eq!(keys_json(&app, &data_dir).await[1]["state"], "current");
+}
+
+#[tokio::test]
+async fn a_key_published_ahead_on_hs256_is_the_one_the_switch_activates() {
+    let db_url = fresh_database().await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
+    let mut settings = test_settings(&db_url, mail.port);
+    settings.jwt.algorithm = JwtAlgorithm::Hs256;
+    settings.keys.refresh_secs = 1;
+    let hs256 = TestApp::spawn_on(settings, mail, db_url.clone()).await;
+    let data_dir = TempDir::new("authd-keys");
+    hs256.register("ada@example.test", false).await;
+    admin(&db_url, &data_dir, &["keys", "rotate"], "").await;
+    let ahead = kid_in(&hs256, &data_dir, "next").await;
+    // Published while HS256 still signs (within keys.refresh_secs), so verifiers have it
+    // before the switch.
+    let mut published = Vec::new();
+    for _ in 0..50 {
+        published = kids(&jwks(&hs256).await);
+        if !published.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(published, std::slice::from_ref(&ahead));
+    let issued_after_rotate = hs256.access_token("ada@example.test").await;
+    assert_eq!(header_of(&issued_after_rotate)["alg"], "HS256");
+
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
+    let es256 = TestApp::spawn_on(test_settings(&db_url, mail.port), mail, db_url).await;
+    let keys = keys_json(&es256, &data_dir).await;
+    assert_eq!(keys.len(), 1, "no second key was made: {keys:?}");
+    assert_eq!(
+        (keys[0]["kid"].as_str(), keys[0]["state"].as_str()),
+        (Some(ahead.as_str()), Some("current"))
+    );
+    assert_eq!(
+        header_of(&es256.access_token("ada@example.test").await)["kid"],
+        ahead
+    );
+    // The HS256 token issued after the rotation (and before the switch) still works.
+    assert_eq!(
+        me_status(&es256, &issued_after_rotate).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_with_keys_of_other_kinds_still_verifies_with_the_usable_ones() {
+    let app = TestApp::spawn().await;
+    let data_dir = TempDir::new("authd-keys");
+    app.register("ada@example.test", false).await;
+    let token = app.access_token("ada@example.test").await;
+    let mut set = jwks(&app).await;
+    let ours = set["keys"][0].clone();
+    let mut without_alg = ours.clone();
+    without_alg.as_object_mut().unwrap().remove("alg");
+    let mut encryption = ours.clone();
+    encryption["use"] = json!("enc");
+    encryption["kid"] = json!("enc-key");
+    let mut mislabelled = ours.clone();
+    mislabelled["alg"] = json!("EdDSA");
+    mislabelled["kid"] = json!("mislabelled");
+    set["keys"] = json!([
+        {"kty": "RSA", "kid": "rsa", "n": "AQAB", "e": "AQAB", "alg": "RS256"},
+        {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},
+        {"kty": "EC", "crv": "P-256", "kid": "broken", "x": "", "y": "", "alg": "ES256"},
+        encryption,
+        mislabelled,
+        without_alg,
+    ]);
+    let file = data_dir.path().join("jwks.json");
+    std::fs::write(&file, set.to_string()).unwrap();
+    let path = file.display().to_string();
+    let seen = admin_output(
+        &app.db_url,
+        &data_dir,
+        &[
+            "token", "inspect", &token, "--jwks", &path, "--format", "json",
+        ],
+        "",
+    )
+    .await;
+    assert!(seen.status.success(), "{seen:?}");
+    // Only an encryption key carries the kid: no key verifies it.
+    let mut only = ours.clone();
+    only["use"] = json!("enc");
+    set["keys"] = json!([only]);
+    std::fs::write(&file, set.to_string()).unwrap();
+    let refused = admin_output(
+        &app.db_url,
+        &data_dir,
+        &["token", "inspect", &token, "--jwks", &path],
+        "",
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown"));
 }

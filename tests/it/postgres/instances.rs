@@ -180,7 +180,13 @@ async fn a_rotation_reaches_a_second_instance_without_a_restart() {
     one.register("ada@example.test", false).await;
     let before = two.access_token("ada@example.test").await;
     admin(&db_url, &data_dir, &["keys", "rotate"], "").await;
-    admin(&db_url, &data_dir, &["keys", "rotate", "--activate"], "").await;
+    admin(
+        &db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate", "--force"],
+        "",
+    )
+    .await;
     let current = keys_listed(&db_url, &data_dir)
         .await
         .into_iter()

@@ -165,6 +165,15 @@ async fn with_a_database_that_never_answers_requests_get_503_within_the_acquire_
     problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
     let response = bounded(deadline, "readyz", app.get("/readyz")).await;
     problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    // The keys were never read: no empty key set is published for caches to keep.
+    for path in [
+        "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let response = bounded(deadline, path, app.get(path)).await;
+        assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
+        problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    }
 }
 
 #[tokio::test]

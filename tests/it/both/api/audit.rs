@@ -197,7 +197,13 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     }
     // The key events: the first start made one key, then a rotation and a revocation.
     admin(&db_url, &data_dir, &["keys", "rotate"], "").await;
-    admin(&db_url, &data_dir, &["keys", "rotate", "--activate"], "").await;
+    admin(
+        &db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate", "--force"],
+        "",
+    )
+    .await;
     let listed: Vec<Value> = serde_json::from_str(
         &admin(
             &db_url,
