@@ -2208,17 +2208,7 @@ fn token_costs(length: Duration) -> Result<[TokenCost; 3]> {
             _ => return Ok(TokenKeys::new(&[7u8; 32], &jwt)),
         };
         let key = new_signing_key(&kek, asymmetric, KeyState::Current, chrono::Utc::now())?;
-        let record = authd::store::SigningKeyRecord {
-            kid: key.kid,
-            algorithm: key.algorithm,
-            public_jwk: key.public_jwk,
-            sealed_private: key.sealed_private,
-            state: key.state,
-            created_at: key.created_at,
-            activated_at: Some(key.created_at),
-            retired_at: None,
-            revoked_at: None,
-        };
+        let record = authd::store::SigningKeyRecord::from(key);
         let material = KeyMaterial {
             kek: Some(&kek),
             hs256_secret: None,

@@ -137,6 +137,25 @@ pub struct SigningKeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+impl From<NewSigningKey> for SigningKeyRecord {
+    /// The row a key about to be stored becomes (activated at its creation when it is made
+    /// current), for key sets built without a database.
+    fn from(key: NewSigningKey) -> SigningKeyRecord {
+        let activated_at = (key.state == "current").then_some(key.created_at);
+        SigningKeyRecord {
+            kid: key.kid,
+            algorithm: key.algorithm,
+            public_jwk: key.public_jwk,
+            sealed_private: key.sealed_private,
+            state: key.state,
+            created_at: key.created_at,
+            activated_at,
+            retired_at: None,
+            revoked_at: None,
+        }
+    }
+}
+
 /// What revoking a key did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedKey {

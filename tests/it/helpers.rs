@@ -515,6 +515,38 @@ pub async fn admin_output_with(
     run_to_end(cmd, stdin.as_bytes()).await
 }
 
+/// `authd keys list --format json`: every signing key, oldest first.
+pub async fn signing_keys(db_url: &str, data_dir: &TempDir) -> Vec<Value> {
+    let listed = admin(db_url, data_dir, &["keys", "list", "--format", "json"], "").await;
+    serde_json::from_str(&listed).unwrap()
+}
+
+/// The `kid` of the (first) signing key in `state`.
+pub async fn kid_in_state(db_url: &str, data_dir: &TempDir, state: &str) -> String {
+    signing_keys(db_url, data_dir)
+        .await
+        .into_iter()
+        .find(|k| k["state"] == state)
+        .unwrap_or_else(|| panic!("no {state} key"))["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `authd keys rotate`, then `authd keys rotate --activate --force`: a new current key at
+/// once, the old one retired. The new key's `kid`.
+pub async fn rotate_now(db_url: &str, data_dir: &TempDir) -> String {
+    admin(db_url, data_dir, &["keys", "rotate"], "").await;
+    admin(
+        db_url,
+        data_dir,
+        &["keys", "rotate", "--activate", "--force"],
+        "",
+    )
+    .await;
+    kid_in_state(db_url, data_dir, "current").await
+}
+
 /// [`admin_output`] that must exit 0; returns its stdout.
 pub async fn admin(db_url: &str, data_dir: &TempDir, args: &[&str], stdin: &str) -> String {
     let output = admin_output(db_url, data_dir, args, stdin).await;

@@ -147,17 +147,7 @@ fn test_key() -> &'static TestKey {
             Utc::now(),
         )
         .unwrap();
-        let record = authd::store::SigningKeyRecord {
-            kid: key.kid,
-            algorithm: key.algorithm,
-            public_jwk: key.public_jwk,
-            sealed_private: key.sealed_private,
-            state: key.state,
-            created_at: key.created_at,
-            activated_at: Some(key.created_at),
-            retired_at: None,
-            revoked_at: None,
-        };
+        let record = authd::store::SigningKeyRecord::from(key);
         let jwks = std::env::temp_dir().join(format!(
             "authd-cli-test-jwks-{}-{}.json",
             std::process::id(),

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     KEK, PASSWORD, SECRET, TempDir, TestApp, admin, admin_output, admin_output_with,
-    fresh_database, problem, server_keys, test_settings,
+    fresh_database, kid_in_state, problem, rotate_now, server_keys, signing_keys, test_settings,
 };
 use crate::smtp_sink::{Behaviour, MailSink};
 
@@ -84,25 +84,11 @@ fn ring_verifies(token: &str, set: &Value) -> bool {
 }
 
 async fn keys_json(app: &TestApp, data_dir: &TempDir) -> Vec<Value> {
-    let listed = admin(
-        &app.db_url,
-        data_dir,
-        &["keys", "list", "--format", "json"],
-        "",
-    )
-    .await;
-    serde_json::from_str(&listed).unwrap()
+    signing_keys(&app.db_url, data_dir).await
 }
 
 async fn kid_in(app: &TestApp, data_dir: &TempDir, state: &str) -> String {
-    keys_json(app, data_dir)
-        .await
-        .into_iter()
-        .find(|k| k["state"] == state)
-        .unwrap_or_else(|| panic!("no {state} key"))["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    kid_in_state(&app.db_url, data_dir, state).await
 }
 
 /// Logs in until the access token is signed by `kid` (an instance takes up a change within
@@ -441,14 +427,7 @@ async fn a_key_made_by_another_process_is_picked_up_at_its_first_token() {
     let data_dir = TempDir::new("authd-keys");
     app.register("ada@example.test", false).await;
     let genuine = app.access_token("ada@example.test").await;
-    admin(&app.db_url, &data_dir, &["keys", "rotate"], "").await;
-    admin(
-        &app.db_url,
-        &data_dir,
-        &["keys", "rotate", "--activate", "--force"],
-        "",
-    )
-    .await;
+    rotate_now(&app.db_url, &data_dir).await;
     let claims = segment(&genuine, 1);
     // Signed as another instance that already reads the new key would sign it.
     let elsewhere = server_keys(&app.settings)
@@ -541,14 +520,7 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
     assert_eq!(keys_json(&app, &data_dir).await, before, "nothing changed");
 
     // Each change is in the audit trail once, with who made it.
-    admin(&app.db_url, &data_dir, &["keys", "rotate"], "").await;
-    admin(
-        &app.db_url,
-        &data_dir,
-        &["keys", "rotate", "--activate", "--force"],
-        "",
-    )
-    .await;
+    rotate_now(&app.db_url, &data_dir).await;
     let retired = before[0]["kid"].as_str().unwrap();
     admin(&app.db_url, &data_dir, &["keys", "revoke", retired], "").await;
     let audit: Vec<Value> = serde_json::from_str(

@@ -4,7 +4,10 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TempDir, TestApp, admin, fresh_database, problem, test_settings};
+use crate::helpers::{
+    PASSWORD, TempDir, TestApp, admin, fresh_database, problem, rotate_now, signing_keys,
+    test_settings,
+};
 use crate::smtp_sink::{Behaviour, MailSink};
 
 async fn instance(db_url: &str) -> TestApp {
@@ -132,17 +135,12 @@ fn kid_of(token: &str) -> String {
     header["kid"].as_str().unwrap().to_owned()
 }
 
-async fn keys_listed(db_url: &str, data_dir: &TempDir) -> Vec<Value> {
-    serde_json::from_str(&admin(db_url, data_dir, &["keys", "list", "--format", "json"], "").await)
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instances_starting_at_once_on_a_new_database_make_one_current_key_between_them() {
     let db_url = fresh_database().await;
     let (one, two, three) = tokio::join!(instance(&db_url), instance(&db_url), instance(&db_url));
     let data_dir = TempDir::new("authd-instances");
-    let keys = keys_listed(&db_url, &data_dir).await;
+    let keys = signing_keys(&db_url, &data_dir).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert_eq!(keys[0]["state"], "current");
     // All three sign with it, and each accepts what the others signed.
@@ -179,22 +177,7 @@ async fn a_rotation_reaches_a_second_instance_without_a_restart() {
     let data_dir = TempDir::new("authd-instances");
     one.register("ada@example.test", false).await;
     let before = two.access_token("ada@example.test").await;
-    admin(&db_url, &data_dir, &["keys", "rotate"], "").await;
-    admin(
-        &db_url,
-        &data_dir,
-        &["keys", "rotate", "--activate", "--force"],
-        "",
-    )
-    .await;
-    let current = keys_listed(&db_url, &data_dir)
-        .await
-        .into_iter()
-        .find(|k| k["state"] == "current")
-        .unwrap()["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let current = rotate_now(&db_url, &data_dir).await;
     // Within keys.refresh_secs the second instance signs with the new key, unrestarted.
     let mut after = None;
     for _ in 0..50 {

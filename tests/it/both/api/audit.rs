@@ -5,7 +5,10 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{PASSWORD, TempDir, TestApp, admin, fresh_database, problem, test_settings};
+use crate::helpers::{
+    PASSWORD, TempDir, TestApp, admin, fresh_database, kid_in_state, problem, rotate_now,
+    test_settings,
+};
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
 
 /// The kinds README's "Audit trail" lists, in its order.
@@ -196,28 +199,9 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
         admin(&db_url, &data_dir, args, "").await;
     }
     // The key events: the first start made one key, then a rotation and a revocation.
-    admin(&db_url, &data_dir, &["keys", "rotate"], "").await;
-    admin(
-        &db_url,
-        &data_dir,
-        &["keys", "rotate", "--activate", "--force"],
-        "",
-    )
-    .await;
-    let listed: Vec<Value> = serde_json::from_str(
-        &admin(
-            &db_url,
-            &data_dir,
-            &["keys", "list", "--format", "json"],
-            "",
-        )
-        .await,
-    )
-    .unwrap();
-    let retired = listed.iter().find(|k| k["state"] == "retired").unwrap()["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = kid_in_state(&db_url, &data_dir, "current").await;
+    rotate_now(&db_url, &data_dir).await;
+    let retired = first;
     admin(&db_url, &data_dir, &["keys", "revoke", &retired], "").await;
     for (kind, count) in KEY_KINDS {
         app.db.expect_events(kind, count).await;
