@@ -199,6 +199,7 @@ impl PrivateKey {
     /// The public half as a JWK (RFC 7517) with `kid`, `alg` and `use: "sig"`: what the JWKS
     /// publishes. Made by `jsonwebtoken` from the private key; it holds no private member.
     pub fn public_jwk(&self, kid: &str) -> Result<Jwk, KeyError> {
+        crate::jwt_crypto::install();
         let mut jwk = Jwk::from_encoding_key(&self.encoding_key(), self.algorithm.jwt())
             .map_err(|_| KeyError::Encoding)?;
         jwk.common.key_id = Some(kid.to_owned());

@@ -94,6 +94,7 @@ impl KeySet {
         material: &KeyMaterial<'_>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<KeySet> {
+        crate::jwt_crypto::install();
         let horizon = chrono::Duration::seconds(
             i64::try_from(material.retired_horizon_secs).unwrap_or(i64::MAX / 2),
         );
@@ -180,6 +181,7 @@ impl KeySet {
     /// A set that verifies with the keys of a JWKS (`{"keys":[...]}`), as a service holding
     /// only the published set would; it signs nothing.
     pub fn from_jwks(text: &str) -> anyhow::Result<KeySet> {
+        crate::jwt_crypto::install();
         let set: JwkSet = serde_json::from_str(text).context("not a JWK set")?;
         let mut by_kid = HashMap::new();
         let mut published = Vec::new();

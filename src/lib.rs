@@ -21,6 +21,7 @@ pub mod error;
 mod files;
 /// The HTTP API: routes, handlers, the request envelope, the server, problem+json, OpenAPI.
 pub mod http;
+pub mod jwt_crypto;
 /// Asymmetric signing keys and their sealing (issue 15, not wired in yet).
 pub mod keyring;
 /// The signing secret: configured or generated once.
@@ -52,4 +53,5 @@ pub use error::{Error, Result};
 /// without its own). Safe to call more than once: later calls change nothing.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    jwt_crypto::install();
 }

@@ -9,6 +9,7 @@ use authd::cli::{self, Cli};
 use authd::config::LogFormat;
 
 fn main() -> ExitCode {
+    authd::install_crypto_provider();
     let cli = Cli::parse_or_exit();
     let settings = cli::load_settings(&cli);
     let format = settings.as_ref().map_or(LogFormat::Auto, |s| s.log.format);

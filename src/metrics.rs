@@ -17,6 +17,7 @@ pub struct Metrics {
     pub logins: IntCounterVec,
     pub codes: IntCounterVec,
     pub refreshes: IntCounterVec,
+    key_reloads: IntCounterVec,
     pub throttled: IntCounterVec,
     connections_refused: IntCounterVec,
     pub bcrypt_duration: HistogramVec,
@@ -80,6 +81,14 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let key_reloads = IntCounterVec::new(
+            Opts::new(
+                "key_reloads_total",
+                "Reads of the signing keys by reason: periodic, unknown_kid, signer_changed, not_loaded",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let throttled = IntCounterVec::new(
             Opts::new(
                 "throttled_total",
@@ -124,6 +133,7 @@ impl Metrics {
             Box::new(logins.clone()),
             Box::new(codes.clone()),
             Box::new(refreshes.clone()),
+            Box::new(key_reloads.clone()),
             Box::new(throttled.clone()),
             Box::new(connections_refused.clone()),
             Box::new(bcrypt_duration.clone()),
@@ -141,6 +151,7 @@ impl Metrics {
             logins,
             codes,
             refreshes,
+            key_reloads,
             throttled,
             connections_refused,
             bcrypt_duration,
@@ -159,6 +170,11 @@ impl Metrics {
 
     pub fn refresh(&self, outcome: &str) {
         self.refreshes.with_label_values(&[outcome]).inc();
+    }
+
+    /// The signing keys were read again, for `reason`.
+    pub fn key_reload(&self, reason: &str) {
+        self.key_reloads.with_label_values(&[reason]).inc();
     }
 
     pub fn throttle(&self, limit: &str) {

@@ -204,6 +204,7 @@ impl TokenKeys {
 
     /// Keys that sign and verify with `set` until another is installed.
     pub fn with_set(set: KeySet, jwt: &JwtSettings) -> TokenKeys {
+        crate::jwt_crypto::install();
         let challenge_audience = format!("{}/otp-challenge", jwt.audience);
         TokenKeys {
             keys: Arc::new(RwLock::new(Arc::new(set))),

@@ -126,7 +126,13 @@ impl Auth {
     /// instances starting at once make one between them, the database's unique index sees to
     /// it).
     pub async fn reload_keys(&self) -> Result<()> {
+        self.reload_keys_for("periodic").await
+    }
+
+    /// [`Auth::reload_keys`], counted in `authd_key_reloads_total` under `reason`.
+    async fn reload_keys_for(&self, reason: &'static str) -> Result<()> {
         let _one_at_a_time = self.sign_in()?.ring.reloading.lock().await;
+        self.metrics.key_reload(reason);
         let records = self.key_records().await?;
         self.install_keys(&records)
     }
@@ -216,7 +222,7 @@ impl Auth {
     pub(super) async fn verified(&self, kind: TokenKind, token: &str) -> Result<Verified> {
         let sign_in = self.sign_in()?;
         match sign_in.tokens.verify_keyed(kind, token) {
-            Err(TokenError::UnknownKey) if self.reload_on_demand().await? => {
+            Err(TokenError::UnknownKey) if self.reload_on_demand("unknown_kid").await? => {
                 Ok(sign_in.tokens.verify_keyed(kind, token)?)
             }
             Err(TokenError::UnknownKey) => {
@@ -231,7 +237,7 @@ impl Auth {
     pub(super) async fn access_subject(&self, token: &str) -> Result<Subject> {
         let sign_in = self.sign_in()?;
         match sign_in.tokens.access_subject(token) {
-            Err(TokenError::UnknownKey) if self.reload_on_demand().await? => {
+            Err(TokenError::UnknownKey) if self.reload_on_demand("unknown_kid").await? => {
                 Ok(sign_in.tokens.access_subject(token)?)
             }
             Err(TokenError::UnknownKey) => {
@@ -250,7 +256,7 @@ impl Auth {
         let sign_in = self.sign_in()?;
         if !self.keys_loaded() {
             // Nothing to sign with yet: try now, and answer 503 if the database is still away.
-            if self.reload_on_demand().await? && self.keys_loaded() {
+            if self.reload_on_demand("not_loaded").await? && self.keys_loaded() {
                 return Ok(());
             }
             return self.keys_not_loaded();
@@ -273,7 +279,7 @@ impl Auth {
         let state = self.store.signing_key_state(&kid).await?;
         if state.as_deref() != Some("current") {
             tracing::info!(kid, state = ?state, "the signing key is no longer current: reading the keys again");
-            self.reload_keys().await?;
+            self.reload_keys_for("signer_changed").await?;
         }
         Ok(())
     }
@@ -281,12 +287,12 @@ impl Auth {
     /// Reads the keys again unless that was done less than a second ago; whether it did. A
     /// database that does not answer is an error (503), anything else is logged and counts as
     /// not done.
-    async fn reload_on_demand(&self) -> Result<bool> {
+    async fn reload_on_demand(&self, reason: &'static str) -> Result<bool> {
         let sign_in = self.sign_in()?;
         if !sign_in.ring.may_reload_now() {
             return Ok(false);
         }
-        match self.reload_keys().await {
+        match self.reload_keys_for(reason).await {
             Ok(()) => Ok(true),
             Err(err @ Error::Unavailable(_)) => Err(err),
             Err(err) => {
