@@ -410,6 +410,10 @@ impl Auth {
 
     /// `Ok` when the database answers.
     pub async fn ready(&self) -> Result<()> {
+        // A server that could not read its signing keys yet cannot log anyone in.
+        if self.sign_in.is_some() && !self.keys_loaded() {
+            return Err(Error::Unavailable("database"));
+        }
         self.store.ping().await
     }
 

@@ -276,6 +276,7 @@ mod tests {
 
     #[test]
     fn generated_keys_sign_tokens_their_public_jwk_verifies_and_no_private_member_is_published() {
+        crate::jwt_crypto::install();
         for algorithm in [KeyAlgorithm::Es256, KeyAlgorithm::EdDsa] {
             let key = PrivateKey::generate(algorithm).unwrap();
             let mut header = Header::new(algorithm.jwt());

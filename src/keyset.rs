@@ -131,10 +131,17 @@ impl KeySet {
                             record.kid
                         )
                     })?;
+                let key = private.encoding_key();
+                // Signed once here, so a key the signing library cannot use stops the start or
+                // the reload, not the first login.
+                jsonwebtoken::crypto::sign(b"authd key check", &key, jwt_algorithm(algorithm))
+                    .with_context(|| {
+                        format!("the current signing key {} cannot sign", record.kid)
+                    })?;
                 signer = Some(Signer {
                     kid: Some(record.kid.clone()),
                     algorithm: jwt_algorithm(algorithm),
-                    key: private.encoding_key(),
+                    key,
                 });
             }
             if state != KeyState::Revoked {
@@ -307,12 +314,26 @@ impl KeySet {
 /// The algorithm a published key verifies with: ES256 for a P-256 EC key, EdDSA for an
 /// Ed25519 OKP key, and only if its `alg`, when present, says the same.
 fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
+    use base64::Engine;
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    let decode = |text: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+    };
+    // The point must be one on the curve: a key that cannot verify anything is left out, not
+    // listed and then blamed on the token's signature.
     let algorithm = match &jwk.algorithm {
         AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            let mut point = vec![4u8];
+            point.extend(decode(&ec.x)?);
+            point.extend(decode(&ec.y)?);
+            p256::PublicKey::from_sec1_bytes(&point).ok()?;
             Algorithm::ES256
         }
         AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            let bytes: [u8; 32] = decode(&okp.x)?.try_into().ok()?;
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()?;
             Algorithm::EdDSA
         }
         _ => return None,

@@ -100,6 +100,15 @@ impl KeyRing {
     }
 }
 
+/// Whether `key`'s private half opens under `kek`.
+fn opens_under(key: &SigningKeyRecord, kek: &[u8; 32]) -> bool {
+    key.algorithm
+        .parse::<KeyAlgorithm>()
+        .is_ok_and(|algorithm| {
+            PrivateKey::unseal(&key.sealed_private, kek, &key.kid, algorithm).is_ok()
+        })
+}
+
 /// The algorithm of a key made under `jwt.algorithm` (an HS256 server makes ES256 keys, ready
 /// for a switch).
 pub fn key_algorithm(algorithm: JwtAlgorithm) -> KeyAlgorithm {
@@ -144,9 +153,14 @@ impl Auth {
         let mut records = self.store.list_signing_keys().await?;
         let needs_current =
             ring.algorithm != JwtAlgorithm::Hs256 && !records.iter().any(|r| r.state == "current");
-        // A key published ahead (`authd keys rotate` while on HS256) takes over first: the
-        // verifiers already have it.
-        if needs_current && records.iter().any(|r| r.state == "next") {
+        // A key published ahead (`authd keys rotate` while on HS256) takes over first, the
+        // verifiers already have it; but only one this KEK opens (a command run with another
+        // KEK may have made it), else a new key is made and that one stays `next`.
+        let oldest_next = records.iter().find(|r| r.state == "next");
+        if needs_current && let Some(next) = oldest_next.filter(|k| !opens_under(k, ring.kek())) {
+            tracing::error!(kid = %next.kid, "the next signing key does not open under keys.encryption_key: not activating it (revoke it with authd keys revoke)");
+        }
+        if needs_current && oldest_next.is_some_and(|k| opens_under(k, ring.kek())) {
             if let Some(kid) = self.store.activate_next_key(Utc::now()).await? {
                 tracing::info!(kid = %kid, "activated the next signing key: there was no current one");
                 self.audit
@@ -312,17 +326,10 @@ impl Auth {
     /// by the servers (the admin command ran with other settings).
     async fn check_kek(&self, kek: &[u8; 32]) -> Result<()> {
         let keys = self.store.list_signing_keys().await?;
-        let opens = |key: &SigningKeyRecord| {
-            key.algorithm
-                .parse::<KeyAlgorithm>()
-                .is_ok_and(|algorithm| {
-                    PrivateKey::unseal(&key.sealed_private, kek, &key.kid, algorithm).is_ok()
-                })
-        };
         match keys
             .iter()
             .filter(|k| k.state == "current" || k.state == "next")
-            .find(|k| !opens(k))
+            .find(|k| !opens_under(k, kek))
         {
             None => Ok(()),
             Some(key) => Err(Error::validation(
@@ -394,8 +401,13 @@ impl Auth {
         algorithm: KeyAlgorithm,
         actor: Actor,
     ) -> Result<Option<RevokedKey>> {
-        let replacement = match kek {
+        // A KEK only matters when a new key must take over: the current key with no next key.
+        let keys = self.store.list_signing_keys().await?;
+        let needs_successor = keys.iter().any(|k| k.kid == kid && k.state == "current")
+            && !keys.iter().any(|k| k.state == "next");
+        let replacement = match kek.filter(|_| needs_successor) {
             Some(kek) => {
+                // The key being revoked was opened by the servers: the KEK must open it too.
                 self.check_kek(kek).await?;
                 Some(
                     new_signing_key(kek, algorithm, KeyState::Current, Utc::now())

@@ -106,17 +106,20 @@ async fn read_jwks(source: &str) -> anyhow::Result<String> {
     let fetched = async {
         let client = reqwest::Client::builder()
             .timeout(JWKS_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            // The keys come from the URL given or not at all: a redirect (to http://, say)
+            // could hand in keys that make a forged token look valid.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let response = client.get(source).send().await?.error_for_status()?;
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_JWKS_BYTES as u64)
-        {
-            return Ok(None);
+        let mut response = client.get(source).send().await?.error_for_status()?;
+        // Read in chunks, and stop past the cap: a chunked answer has no length to check first.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_JWKS_BYTES {
+                return Ok(None);
+            }
         }
-        let body = response.bytes().await?;
-        Ok::<_, reqwest::Error>((body.len() <= MAX_JWKS_BYTES).then_some(body))
+        Ok::<_, reqwest::Error>(Some(body))
     }
     .await
     .map_err(|err| UserError(format!("cannot fetch the JWKS {source}: {err}")))?;
@@ -125,7 +128,7 @@ async fn read_jwks(source: &str) -> anyhow::Result<String> {
             "the JWKS at {source} is over {MAX_JWKS_BYTES} bytes"
         ))
     })?;
-    String::from_utf8(body.to_vec()).map_err(|_| UserError(format!("{source} is not UTF-8")).into())
+    String::from_utf8(body).map_err(|_| UserError(format!("{source} is not UTF-8")).into())
 }
 
 async fn inspect_token(args: InspectArgs, settings: &Settings) -> anyhow::Result<()> {

@@ -461,7 +461,9 @@ pub struct PublishedJwk {
     pub crv: String,
     /// The public key's x coordinate (EC) or the public key (OKP), base64url.
     pub x: String,
-    /// The y coordinate, base64url (EC keys only).
+    /// The y coordinate, base64url (EC keys only; absent for OKP keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub y: Option<String>,
     /// The key's id: the `kid` in the header of every token it signs.
     pub kid: String,
@@ -492,7 +494,8 @@ fn public_for(max_age_secs: u64) -> HeaderValue {
 /// keys are left out). Refetch it when a token names a `kid` it does not have.
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
     responses(
-        (status = 200, description = "The JWK set (RFC 7517), with `Cache-Control: public, max-age=<keys.refresh_secs>`", body = PublishedJwks),
+        (status = 200, description = "The JWK set (RFC 7517)", body = PublishedJwks,
+            headers(("Cache-Control" = String, description = "`public, max-age=<keys.refresh_secs>`"))),
         (status = 503, description = "The keys could not be read yet: the database did not answer since the start (`unavailable`, with `Retry-After`; never cached)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -545,7 +548,8 @@ pub struct ServerMetadata {
 /// endpoints, for services that configure themselves from it.
 #[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "keys",
     responses(
-        (status = 200, description = "The metadata, with `Cache-Control: public, max-age=<keys.refresh_secs>`", body = ServerMetadata),
+        (status = 200, description = "The metadata", body = ServerMetadata,
+            headers(("Cache-Control" = String, description = "`public, max-age=<keys.refresh_secs>`"))),
         (status = 503, description = "The keys could not be read yet (`unavailable`, with `Retry-After`; never cached)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn server_metadata(State(state): State<AppState>) -> Result<Response, ApiError> {

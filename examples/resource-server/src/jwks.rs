@@ -19,6 +19,10 @@ const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
 /// send tokens with made-up `kid`s, and authd may be down: either way authd gets one request per
 /// this interval, not one per request that reaches us.
 const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+/// A set that could not be renewed for this many of its `max-age`s is dropped, and every token
+/// refused until authd answers again: whoever can block our fetches must not keep a key authd
+/// has revoked in use here.
+const STALE_AFTER_MAX_AGES: u32 = 3;
 
 /// A public key from the set, with the one algorithm it verifies.
 #[derive(Clone)]
@@ -33,6 +37,8 @@ pub struct Jwks {
     /// The keys by `kid`. Requests only read it, so a slow or hanging authd never delays a
     /// token signed by a key we already have.
     keys: RwLock<HashMap<String, VerifyingKey>>,
+    /// When the set in `keys` is too old to trust (see `STALE_AFTER_MAX_AGES`).
+    stale_at: RwLock<Option<Instant>>,
     /// Held for the whole of a fetch, so there is one at a time: when it was last tried.
     last_fetch: Mutex<Option<Instant>>,
 }
@@ -50,6 +56,7 @@ impl Jwks {
             client,
             url,
             keys: RwLock::default(),
+            stale_at: RwLock::default(),
             last_fetch: Mutex::default(),
         });
         let refresher = Arc::clone(&jwks);
@@ -83,6 +90,10 @@ impl Jwks {
     }
 
     fn known(&self, kid: &str) -> Option<VerifyingKey> {
+        let stale_at = *self.stale_at.read().expect("never poisoned: only assigned");
+        if stale_at.is_none_or(|at| Instant::now() >= at) {
+            return None;
+        }
         self.keys
             .read()
             .expect("never poisoned: only assigned")
@@ -101,10 +112,16 @@ impl Jwks {
         match self.fetch().await {
             Ok((keys, max_age)) => {
                 *self.keys.write().expect("never poisoned: only assigned") = keys;
+                *self
+                    .stale_at
+                    .write()
+                    .expect("never poisoned: only assigned") =
+                    Some(Instant::now() + max_age * STALE_AFTER_MAX_AGES);
                 max_age
             }
-            // Keep the keys we have: an authd that is briefly unreachable should not make every
-            // token fail. Try again soon, but not on every request.
+            // Keep the keys we have for a while: an authd that is briefly unreachable should not
+            // make every token fail (`known` stops trusting them once they are stale). Try
+            // again soon, but not on every request.
             Err(error) => {
                 eprintln!("warning: keeping the old key set: {error:#}");
                 MIN_REFETCH_INTERVAL
@@ -119,7 +136,11 @@ impl Jwks {
             .send()
             .await?
             .error_for_status()?;
-        let max_age = max_age(response.headers()).unwrap_or(DEFAULT_MAX_AGE);
+        // A shared cache between us and authd may hand out a copy that is already `Age` old.
+        let max_age = max_age(response.headers())
+            .unwrap_or(DEFAULT_MAX_AGE)
+            .saturating_sub(age(response.headers()))
+            .max(Duration::from_secs(1));
         let set: JwkSet = response
             .json()
             .await
@@ -160,6 +181,14 @@ fn verifying_key(jwk: &Jwk) -> Option<VerifyingKey> {
         algorithm,
         key: DecodingKey::from_jwk(jwk).ok()?,
     })
+}
+
+/// The `Age` header: how long a cache has held this answer already.
+fn age(headers: &HeaderMap) -> Duration {
+    headers
+        .get(reqwest::header::AGE)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+        .map_or(Duration::ZERO, Duration::from_secs)
 }
 
 /// The `max-age` of a `Cache-Control` header, at least a second (so `max-age=0` cannot make us

@@ -885,6 +885,66 @@ async fn the_commands_never_make_a_kek_of_their_own_and_revoke_what_they_can_wit
     let states: Vec<Value> = keys_json(&app, &data_dir).await;
     assert_eq!(states[1]["state"], "revoked");
     assert!(!bare.path().join("key-encryption-key").exists());
+    // Nor does a wrong one stand in the way of revoking a key that needs no successor.
+    admin(&app.db_url, &data_dir, &["keys", "rotate"], "").await;
+    let next = kid_in(&app, &data_dir, "next").await;
+    let done = admin_output_with(
+        &app.db_url,
+        &data_dir,
+        &["keys", "revoke", &next],
+        "",
+        &[("AUTHD_KEYS__ENCRYPTION_KEY", &"ab".repeat(32))],
+    )
+    .await;
+    assert!(done.status.success(), "{done:?}");
+}
+
+#[tokio::test]
+async fn a_next_key_sealed_under_another_kek_is_never_activated_by_the_switch() {
+    let db_url = fresh_database().await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
+    let mut settings = test_settings(&db_url, mail.port);
+    settings.jwt.algorithm = JwtAlgorithm::Hs256;
+    let hs256 = TestApp::spawn_on(settings, mail, db_url.clone()).await;
+    let data_dir = TempDir::new("authd-keys");
+    // On an empty table nothing tells the command its KEK is not the servers'.
+    let other_kek = "cd".repeat(32);
+    let made = admin_output_with(
+        &db_url,
+        &data_dir,
+        &["keys", "rotate"],
+        "",
+        &[("AUTHD_KEYS__ENCRYPTION_KEY", &other_kek)],
+    )
+    .await;
+    assert!(made.status.success(), "{made:?}");
+    let stray = kid_in(&hs256, &data_dir, "next").await;
+    // The switch to ES256 starts, with a key of its own; the stray key stays next.
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
+    let es256 = TestApp::spawn_on(test_settings(&db_url, mail.port), mail, db_url).await;
+    let current = kid_in(&es256, &data_dir, "current").await;
+    assert_ne!(current, stray);
+    assert_eq!(kid_in(&es256, &data_dir, "next").await, stray);
+    es256.register("ada@example.test", false).await;
+    assert_eq!(
+        header_of(&es256.access_token("ada@example.test").await)["kid"],
+        current
+    );
+    // Activating it is refused with the servers' KEK; revoking it needs none.
+    let refused = admin_output(
+        &es256.db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate", "--force"],
+        "",
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains(&format!("does not open the next signing key {stray}"))
+    );
+    admin(&es256.db_url, &data_dir, &["keys", "revoke", &stray], "").await;
+    drop(hs256);
 }
 
 #[tokio::test]
@@ -993,6 +1053,7 @@ async fn a_jwks_with_keys_of_other_kinds_still_verifies_with_the_usable_ones() {
         {"kty": "RSA", "kid": "rsa", "n": "AQAB", "e": "AQAB", "alg": "RS256"},
         {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},
         {"kty": "EC", "crv": "P-256", "kid": "broken", "x": "", "y": "", "alg": "ES256"},
+        {"kty": "EC", "crv": "P-256", "kid": "off-curve", "x": ours["x"], "y": URL_SAFE_NO_PAD.encode([7u8; 32]), "alg": "ES256"},
         encryption,
         mislabelled,
         without_alg,
@@ -1010,10 +1071,12 @@ async fn a_jwks_with_keys_of_other_kinds_still_verifies_with_the_usable_ones() {
     )
     .await;
     assert!(seen.status.success(), "{seen:?}");
-    // Only an encryption key carries the kid: no key verifies it.
+    // Only an encryption key, or a point off the curve, carries the kid: no key verifies it.
     let mut only = ours.clone();
     only["use"] = json!("enc");
-    set["keys"] = json!([only]);
+    let mut off_curve = ours.clone();
+    off_curve["y"] = json!(URL_SAFE_NO_PAD.encode([7u8; 32]));
+    set["keys"] = json!([only, off_curve]);
     std::fs::write(&file, set.to_string()).unwrap();
     let refused = admin_output(
         &app.db_url,
