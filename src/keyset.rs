@@ -75,10 +75,6 @@ pub struct KeyMaterial<'a> {
     pub retired_horizon_secs: u64,
 }
 
-fn jwt_algorithm(algorithm: KeyAlgorithm) -> Algorithm {
-    algorithm.jwt()
-}
-
 fn algorithm_name(algorithm: Algorithm) -> &'static str {
     match algorithm {
         Algorithm::ES256 => "ES256",
@@ -134,13 +130,13 @@ impl KeySet {
                 let key = private.encoding_key();
                 // Signed once here, so a key the signing library cannot use stops the start or
                 // the reload, not the first login.
-                jsonwebtoken::crypto::sign(b"authd key check", &key, jwt_algorithm(algorithm))
+                jsonwebtoken::crypto::sign(b"authd key check", &key, algorithm.jwt())
                     .with_context(|| {
                         format!("the current signing key {} cannot sign", record.kid)
                     })?;
                 signer = Some(Signer {
                     kid: Some(record.kid.clone()),
-                    algorithm: jwt_algorithm(algorithm),
+                    algorithm: algorithm.jwt(),
                     key,
                 });
             }
@@ -150,7 +146,7 @@ impl KeySet {
             by_kid.insert(
                 record.kid.clone(),
                 NamedKey {
-                    algorithm: jwt_algorithm(algorithm),
+                    algorithm: algorithm.jwt(),
                     state,
                     key,
                 },

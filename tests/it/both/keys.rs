@@ -978,13 +978,37 @@ async fn activation_waits_until_verifiers_can_have_the_key_unless_forced() {
     .await;
     assert_eq!(hs256.status.code(), Some(1), "{hs256:?}");
     assert_eq!(keys_json(&app, &data_dir).await, before, "nothing changed");
-    admin(
+    // Once 2 x keys.refresh_secs have passed (1 s here), it activates without --force.
+    let quick = [("AUTHD_KEYS__REFRESH_SECS", "1")];
+    let still_early = admin_output_with(
         &app.db_url,
         &data_dir,
-        &["keys", "rotate", "--activate", "--force"],
+        &["keys", "rotate", "--activate"],
         "",
+        &quick,
     )
     .await;
+    let next_age = chrono::Utc::now()
+        - before[1]["created_at"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap();
+    if next_age < chrono::Duration::seconds(2) {
+        assert_eq!(still_early.status.code(), Some(1), "{still_early:?}");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let waited = admin_output_with(
+            &app.db_url,
+            &data_dir,
+            &["keys", "rotate", "--activate"],
+            "",
+            &quick,
+        )
+        .await;
+        assert!(waited.status.success(), "{waited:?}");
+    } else {
+        assert!(still_early.status.success(), "{still_early:?}");
+    }
     assert_eq!(keys_json(&app, &data_dir).await[1]["state"], "current");
 }
 
