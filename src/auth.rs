@@ -24,7 +24,7 @@ use crate::token::{IssuedToken, Subject, TokenError, TokenKeys, TokenKind, Verif
 use std::net::IpAddr;
 
 mod keys;
-pub use keys::{Activated, key_algorithm};
+pub use keys::{Activated, Activation, KekWitness, key_algorithm, settle_kek};
 
 /// Raw registration input as it arrives from any door, before parsing.
 #[derive(Debug, Default, Clone)]
@@ -329,10 +329,18 @@ impl Auth {
         };
         let auth = Auth::new(settings, store, hasher, Some(sign_in), audit, metrics);
         match auth.key_records().await {
-            // Keys that do not open under this key-encryption key stop the start.
-            Ok(records) => auth
-                .install_keys(&records)
-                .context("cannot use the signing keys")?,
+            // A current key that does not open (or cannot sign) stops the start: it is a
+            // misconfiguration to fix before serving, not an outage to wait out.
+            Ok(records) => {
+                if let Some(reason) = auth.install_keys(&records)? {
+                    anyhow::bail!("cannot use the signing keys: {reason}");
+                }
+            }
+            // So does a KEK that is not the one the database's keys are sealed under.
+            // (A setting the server cannot run with: exit 2, like the production checks.)
+            Err(err @ Error::Validation(_)) => {
+                anyhow::bail!("cannot use the signing keys: {err}");
+            }
             // The server starts without its database (down, or not migrated yet), as it always
             // has; readiness tells. The keys are read as soon as the database answers.
             Err(err) => {
@@ -413,6 +421,10 @@ impl Auth {
         // A server that could not read its signing keys yet cannot log anyone in.
         if self.sign_in.is_some() && !self.keys_loaded() {
             return Err(Error::Unavailable("database"));
+        }
+        // Nor can one whose key set cannot sign (the reason is in the log and the metric).
+        if self.signing_problem().is_some() {
+            return Err(Error::Unavailable("signing key"));
         }
         self.store.ping().await
     }
@@ -926,7 +938,7 @@ impl Auth {
             .retire_challenges_except(user.id, id, Utc::now())
             .await?;
         tracing::info!(user_id = %user.id, "login code sent");
-        self.check_signer(true).await?;
+        self.check_signer().await?;
         sign_in.tokens.issue(TokenKind::Challenge, user.id, id)
     }
 
@@ -1035,7 +1047,7 @@ impl Auth {
         after_second_step: bool,
         refused: fn() -> Error,
     ) -> Result<SessionTokens> {
-        self.check_signer(true).await?;
+        self.check_signer().await?;
         let now = Utc::now();
         let id = Uuid::now_v7();
         let family = new_family();
@@ -1084,15 +1096,27 @@ impl Auth {
             .refresh
             .check(&presented)
             .ok_or_else(invalid_refresh)?;
-        self.check_signer(false).await?;
+        self.ensure_keys_loaded().await?;
+        let mut reread_keys = false;
         // A lost race means another refresh rotated first; the next look sees its result, so
-        // two looks decide every case but a third rotation in between.
-        for _ in 0..3 {
+        // two looks decide every case but a third rotation in between (and one more after the
+        // keys were read again).
+        for _ in 0..4 {
+            let signer = self.signer_kid()?;
             let chain = self
                 .store
-                .find_session_chain(&presented.family)
+                .find_session_chain(&presented.family, signer.as_deref())
                 .await?
                 .ok_or_else(invalid_refresh)?;
+            if let Some(kid) = signer.as_deref().filter(|_| !chain.signer_current) {
+                // Revoked or retired a moment ago: never sign with it. Once per refresh.
+                if reread_keys {
+                    return Err(Error::Unavailable("signing key"));
+                }
+                self.signer_changed(kid, None).await?;
+                reread_keys = true;
+                continue;
+            }
             let now = Utc::now();
             if chain.revoked_at.is_some() || chain.expires_at <= now || chain.user_disabled {
                 return Err(invalid_refresh());

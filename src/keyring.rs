@@ -99,6 +99,13 @@ pub fn derive_key(kek: &[u8; 32], purpose: &str) -> [u8; 32] {
     key
 }
 
+/// The key-encryption key's check value: a value derived from it under a label of its own
+/// (HKDF-SHA256, see [`derive_key`]), so it tells whether two keys are the same without
+/// revealing either, or any key derived for another purpose.
+pub fn kek_check_value(kek: &[u8; 32]) -> [u8; 32] {
+    derive_key(kek, "authd kek check value v1")
+}
+
 /// A new key id: 128 random bits, base64url (22 characters).
 pub fn new_kid() -> Result<String, KeyError> {
     use base64::Engine;

@@ -47,6 +47,10 @@ pub struct KeySet {
     jwks: Arc<str>,
     /// The algorithms of the published keys, each once.
     algorithms: Vec<&'static str>,
+    /// Why this set cannot sign although its instance should (the current key does not open
+    /// under the key-encryption key, or cannot sign, or there is none); it still verifies and
+    /// publishes the other keys.
+    unusable: Option<String>,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -97,6 +101,7 @@ impl KeySet {
         let mut by_kid = HashMap::new();
         let mut published = Vec::new();
         let mut signer = None;
+        let mut unusable = None;
         for record in records {
             let Some(state) = KeyState::parse(&record.state) else {
                 tracing::warn!(kid = %record.kid, state = %record.state, "signing key with an unknown state skipped");
@@ -114,31 +119,23 @@ impl KeySet {
                     continue;
                 }
             };
-            let key = DecodingKey::from_jwk(&jwk)
-                .map_err(|err| anyhow!("signing key {}: {err}", record.kid))?;
+            // A key that does not load is left out, whatever the others do: a revoked key
+            // leaves the set at this read even when another key is unusable.
+            let key = match DecodingKey::from_jwk(&jwk) {
+                Ok(key) => key,
+                Err(err) => {
+                    tracing::warn!(kid = %record.kid, error = %err, "signing key with an unusable public half skipped");
+                    continue;
+                }
+            };
             if state == KeyState::Current
                 && material.algorithm != JwtAlgorithm::Hs256
                 && let Some(kek) = material.kek
             {
-                let private = PrivateKey::unseal(&record.sealed_private, kek, &record.kid, algorithm)
-                    .with_context(|| {
-                        format!(
-                            "the current signing key {} does not open under keys.encryption_key: is it the key-encryption key it was made with?",
-                            record.kid
-                        )
-                    })?;
-                let key = private.encoding_key();
-                // Signed once here, so a key the signing library cannot use stops the start or
-                // the reload, not the first login.
-                jsonwebtoken::crypto::sign(b"authd key check", &key, algorithm.jwt())
-                    .with_context(|| {
-                        format!("the current signing key {} cannot sign", record.kid)
-                    })?;
-                signer = Some(Signer {
-                    kid: Some(record.kid.clone()),
-                    algorithm: algorithm.jwt(),
-                    key,
-                });
+                match open_signer(record, algorithm, kek) {
+                    Ok(opened) => signer = Some(opened),
+                    Err(err) => unusable = Some(format!("{err:#}")),
+                }
             }
             if state != KeyState::Revoked {
                 published.push(jwk);
@@ -178,7 +175,17 @@ impl KeySet {
                 key: EncodingKey::from_secret(secret),
             });
         }
-        Ok(KeySet::assemble(signer, by_kid, hs256, published))
+        // A server (it has the KEK) on an asymmetric algorithm must be able to sign.
+        if signer.is_none()
+            && unusable.is_none()
+            && material.kek.is_some()
+            && material.algorithm != JwtAlgorithm::Hs256
+        {
+            unusable = Some("there is no current signing key".to_owned());
+        }
+        let mut set = KeySet::assemble(signer, by_kid, hs256, published);
+        set.unusable = unusable;
+        Ok(set)
     }
 
     /// A set that verifies with the keys of a JWKS (`{"keys":[...]}`), as a service holding
@@ -264,6 +271,7 @@ impl KeySet {
             hs256,
             jwks: jwks.into(),
             algorithms,
+            unusable: None,
         }
     }
 
@@ -275,6 +283,12 @@ impl KeySet {
     /// The algorithms of the published keys.
     pub fn published_algorithms(&self) -> &[&'static str] {
         &self.algorithms
+    }
+
+    /// Why the set cannot sign although its instance should; None when it can (or is a
+    /// verifier's set).
+    pub fn unusable(&self) -> Option<&str> {
+        self.unusable.as_deref()
     }
 
     /// The `kid` new tokens carry, if they carry one (not with HS256).
@@ -339,6 +353,30 @@ fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
         Some(named) if named == algorithm_name(algorithm) => Some(algorithm),
         Some(_) => None,
     }
+}
+
+/// The current key's private half, opened under `kek` and signed with once, so a key the
+/// signing library cannot use is found when the set is made, not at the first login.
+fn open_signer(
+    record: &SigningKeyRecord,
+    algorithm: KeyAlgorithm,
+    kek: &[u8; 32],
+) -> anyhow::Result<Signer> {
+    let private = PrivateKey::unseal(&record.sealed_private, kek, &record.kid, algorithm)
+        .with_context(|| {
+            format!(
+                "the current signing key {} does not open under keys.encryption_key: is it the key-encryption key it was made with?",
+                record.kid
+            )
+        })?;
+    let key = private.encoding_key();
+    jsonwebtoken::crypto::sign(b"authd key check", &key, algorithm.jwt())
+        .with_context(|| format!("the current signing key {} cannot sign", record.kid))?;
+    Ok(Signer {
+        kid: Some(record.kid.clone()),
+        algorithm: algorithm.jwt(),
+        key,
+    })
 }
 
 /// A stored row's algorithm and public JWK.

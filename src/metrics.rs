@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric authd exports. Cloning shares the same collectors.
@@ -18,6 +18,9 @@ pub struct Metrics {
     pub codes: IntCounterVec,
     pub refreshes: IntCounterVec,
     key_reloads: IntCounterVec,
+    /// 1 while the instance can sign tokens with its key set, 0 while it cannot (the current
+    /// key does not open or cannot sign; `/readyz` answers 503 meanwhile).
+    signing_ready: IntGauge,
     pub throttled: IntCounterVec,
     connections_refused: IntCounterVec,
     pub bcrypt_duration: HistogramVec,
@@ -89,6 +92,11 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let signing_ready = IntGauge::new(
+            "signing_key_usable",
+            "1 while this instance can sign tokens with its signing key, 0 while it cannot (see the log; /readyz answers 503)",
+        )
+        .expect("valid metric");
         let throttled = IntCounterVec::new(
             Opts::new(
                 "throttled_total",
@@ -134,6 +142,7 @@ impl Metrics {
             Box::new(codes.clone()),
             Box::new(refreshes.clone()),
             Box::new(key_reloads.clone()),
+            Box::new(signing_ready.clone()),
             Box::new(throttled.clone()),
             Box::new(connections_refused.clone()),
             Box::new(bcrypt_duration.clone()),
@@ -152,6 +161,7 @@ impl Metrics {
             codes,
             refreshes,
             key_reloads,
+            signing_ready,
             throttled,
             connections_refused,
             bcrypt_duration,
@@ -175,6 +185,16 @@ impl Metrics {
     /// The signing keys were read again, for `reason`.
     pub fn key_reload(&self, reason: &str) {
         self.key_reloads.with_label_values(&[reason]).inc();
+    }
+
+    /// Whether the installed key set can sign.
+    pub fn signing_usable(&self, usable: bool) {
+        self.signing_ready.set(i64::from(usable));
+    }
+
+    /// What [`Metrics::signing_usable`] last said.
+    pub fn signing_is_usable(&self) -> bool {
+        self.signing_ready.get() == 1
     }
 
     pub fn throttle(&self, limit: &str) {

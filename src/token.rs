@@ -318,11 +318,12 @@ impl TokenKeys {
             sid,
         };
         let set = self.key_set();
-        let signer = set.signer.as_ref().ok_or_else(|| {
-            Error::Internal(anyhow::anyhow!(
-                "no current signing key: authd keys list shows none; the server makes one at start"
-            ))
-        })?;
+        // A set that cannot sign (its current key does not open: see the log and /readyz)
+        // is an outage of this instance, not a fault of the request.
+        let signer = set
+            .signer
+            .as_ref()
+            .ok_or(Error::Unavailable("signing key"))?;
         let mut header = Header::new(signer.algorithm);
         header.typ = Some(kind.typ().to_string());
         header.kid = signer.kid.clone();

@@ -1,7 +1,7 @@
 //! The signing-key use cases: keeping the server's key set in step with the `signing_keys`
 //! table, and the admin commands that rotate and revoke keys.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,20 +12,15 @@ use super::{Actor, Auth};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::config::{JwtAlgorithm, Settings};
 use crate::error::{Error, Result};
-use crate::keyring::{KeyAlgorithm, KeyState, PrivateKey, new_signing_key};
+use crate::keyring::{KeyAlgorithm, KeyState, PrivateKey, kek_check_value, new_signing_key};
 use crate::keyset::{KeyMaterial, KeySet};
-use crate::store::{RevokedKey, SigningKeyRecord};
+use crate::store::{NewSigningKey, Revocation, RevokedKey, SigningKeyRecord, Store, Successor};
 use crate::token::{Subject, TokenError, TokenKeys, TokenKind, Verified};
 
 /// A token naming a `kid` this instance does not know makes it read the keys again at most
 /// this often: a key made a moment ago on another instance is found, and made-up `kid`s cannot
 /// turn every request into a database read.
 const ON_DEMAND_RELOAD_EVERY: Duration = Duration::from_secs(1);
-
-/// How often, at most, a refresh first looks up whether the signing key was revoked (by an admin
-/// command or another instance): a revoked key signs refreshed tokens for at most this long,
-/// not until the next `keys.refresh_secs` reload. (Logins look every time.)
-const SIGNER_CHECK_EVERY_MS: i64 = 1_000;
 
 /// What the server's key set is made from.
 #[derive(Clone)]
@@ -35,10 +30,10 @@ pub(super) struct KeyRing {
     algorithm: JwtAlgorithm,
     horizon_secs: u64,
     last_on_demand: Arc<Mutex<Option<Instant>>>,
-    /// When the signing key was last looked up for a revocation, in Unix milliseconds.
-    signer_checked_at: Arc<AtomicI64>,
     /// Whether the keys were read at least once (not yet when the database was down at start).
     loaded: Arc<AtomicBool>,
+    /// Whether the KEK was compared with the database's check value (once per process).
+    kek_checked: Arc<AtomicBool>,
     /// One read-and-install at a time: a slow read cannot put an older set back in place.
     reloading: Arc<tokio::sync::Mutex<()>>,
 }
@@ -64,8 +59,8 @@ impl KeyRing {
             algorithm: settings.jwt.algorithm,
             horizon_secs: TokenKeys::retired_horizon_secs(settings),
             last_on_demand: Arc::new(Mutex::new(None)),
-            signer_checked_at: Arc::new(AtomicI64::new(0)),
             loaded: Arc::new(AtomicBool::new(false)),
+            kek_checked: Arc::new(AtomicBool::new(false)),
             reloading: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -122,6 +117,18 @@ fn internal(err: impl std::fmt::Display) -> Error {
     Error::Internal(anyhow::anyhow!("signing key: {err}"))
 }
 
+/// What `authd keys rotate --activate` did.
+pub enum Activation {
+    Done(Activated),
+    /// No `next` key that the KEK opens.
+    NoNextKey,
+    /// The key to activate was published less than the wait ago: nothing changed.
+    TooSoon {
+        kid: String,
+        left_secs: i64,
+    },
+}
+
 /// A key made to activate, or to take over from a revoked current key.
 pub struct Activated {
     pub kid: String,
@@ -143,69 +150,105 @@ impl Auth {
         let _one_at_a_time = self.sign_in()?.ring.reloading.lock().await;
         self.metrics.key_reload(reason);
         let records = self.key_records().await?;
-        self.install_keys(&records)
+        self.install_keys(&records).map(drop)
     }
 
     /// The stored keys, after making a current one if there is none (see [`Auth::reload_keys`]).
+    /// The first read of a process compares the KEK with the database's check value (and
+    /// records it when there is none): a wrong KEK is an error here, before anything is sealed.
     pub(super) async fn key_records(&self) -> Result<Vec<SigningKeyRecord>> {
         let sign_in = self.sign_in()?;
         let ring = &sign_in.ring;
+        if !ring.kek_checked.load(Ordering::Relaxed) {
+            settle_kek(&self.store, ring.kek(), KekWitness::Server).await?;
+            ring.kek_checked.store(true, Ordering::Relaxed);
+        }
         let mut records = self.store.list_signing_keys().await?;
         let needs_current =
             ring.algorithm != JwtAlgorithm::Hs256 && !records.iter().any(|r| r.state == "current");
-        // A key published ahead (`authd keys rotate` while on HS256) takes over first, the
-        // verifiers already have it; but only one this KEK opens (a command run with another
-        // KEK may have made it), else a new key is made and that one stays `next`.
-        let oldest_next = records.iter().find(|r| r.state == "next");
-        if needs_current && let Some(next) = oldest_next.filter(|k| !opens_under(k, ring.kek())) {
-            tracing::error!(kid = %next.kid, "the next signing key does not open under keys.encryption_key: not activating it (revoke it with authd keys revoke)");
+        if !needs_current {
+            return Ok(records);
         }
-        if needs_current && oldest_next.is_some_and(|k| opens_under(k, ring.kek())) {
-            if let Some(kid) = self.store.activate_next_key(Utc::now()).await? {
-                tracing::info!(kid = %kid, "activated the next signing key: there was no current one");
-                self.audit
-                    .record(SecurityEvent::new(EventKind::KeyActivated).detail(format!(
-                        "{}: {kid} current, none retired",
-                        Actor::Server.as_str()
-                    )));
-            }
-            records = self.store.list_signing_keys().await?;
-        } else if needs_current {
-            let key = new_signing_key(
-                ring.kek(),
-                key_algorithm(ring.algorithm),
-                KeyState::Current,
-                Utc::now(),
-            )
-            .map_err(internal)?;
-            match self.store.insert_signing_key(&key).await {
-                Ok(()) => {
-                    tracing::info!(kid = %key.kid, algorithm = %key.algorithm, "made the first signing key");
+        // A key published ahead (`authd keys rotate` while on HS256) takes over first, the
+        // verifiers already have it; but only one this KEK opens, else a new key is made.
+        for stray in records
+            .iter()
+            .filter(|k| k.state == "next" && !opens_under(k, ring.kek()))
+        {
+            tracing::error!(kid = %stray.kid, "a next signing key does not open under keys.encryption_key: it is never activated (revoke it with authd keys revoke)");
+        }
+        match openable_next(&records, ring.kek()) {
+            Some(next) => {
+                let kid = next.kid.clone();
+                if self.store.activate_signing_key(&kid, Utc::now()).await? {
+                    tracing::info!(kid = %kid, "activated the next signing key: there was no current one");
                     self.audit
-                        .record(SecurityEvent::new(EventKind::KeyCreated).detail(format!(
-                            "{}: {} ({}) as current",
-                            Actor::Server.as_str(),
-                            key.kid,
-                            key.algorithm
+                        .record(SecurityEvent::new(EventKind::KeyActivated).detail(format!(
+                            "{}: {kid} current, none retired",
+                            Actor::Server.as_str()
                         )));
                 }
-                // Another instance made one first.
-                Err(err) => tracing::debug!(error = %err, "no first signing key made here"),
             }
-            records = self.store.list_signing_keys().await?;
+            None => {
+                let key = new_signing_key(
+                    ring.kek(),
+                    key_algorithm(ring.algorithm),
+                    KeyState::Current,
+                    Utc::now(),
+                )
+                .map_err(internal)?;
+                match self.store.insert_signing_key(&key).await {
+                    Ok(()) => {
+                        tracing::info!(kid = %key.kid, algorithm = %key.algorithm, "made the first signing key");
+                        self.audit
+                            .record(SecurityEvent::new(EventKind::KeyCreated).detail(format!(
+                                "{}: {} ({}) as current",
+                                Actor::Server.as_str(),
+                                key.kid,
+                                key.algorithm
+                            )));
+                    }
+                    // Another instance made one first.
+                    Err(err) => tracing::debug!(error = %err, "no first signing key made here"),
+                }
+            }
         }
+        records = self.store.list_signing_keys().await?;
         Ok(records)
     }
 
-    /// Puts the set `records` make in use; an error when the current key does not open under
-    /// the key-encryption key.
-    pub(super) fn install_keys(&self, records: &[SigningKeyRecord]) -> Result<()> {
+    /// Puts the set `records` make in use, whatever else is wrong with it: a revoked key leaves
+    /// verification and the JWKS at this read even when the current key cannot sign. A set
+    /// that cannot sign makes the instance not ready (`/readyz` 503, the metric
+    /// `authd_signing_key_usable` 0, an error in the log) and logins answer 503, never a 200
+    /// beside 500s; the reason is returned.
+    pub(super) fn install_keys(&self, records: &[SigningKeyRecord]) -> Result<Option<String>> {
         let sign_in = self.sign_in()?;
         let ring = &sign_in.ring;
         let set = KeySet::from_records(records, &ring.material(), Utc::now())?;
+        let unusable = set.unusable().map(str::to_owned);
+        match &unusable {
+            Some(reason) => {
+                tracing::error!(reason = %reason, "this instance cannot sign tokens: not ready until the signing keys are fixed");
+            }
+            None if !self.metrics.signing_is_usable() && ring.loaded.load(Ordering::Relaxed) => {
+                tracing::info!("the signing keys are usable again");
+            }
+            None => {}
+        }
+        self.metrics.signing_usable(unusable.is_none());
         sign_in.tokens.install(set);
         ring.loaded.store(true, Ordering::Relaxed);
-        Ok(())
+        Ok(unusable)
+    }
+
+    /// Why this instance cannot sign now; None when it can.
+    pub fn signing_problem(&self) -> Option<String> {
+        let sign_in = self.sign_in.as_ref()?;
+        if !self.keys_loaded() {
+            return None;
+        }
+        sign_in.tokens.key_set().unusable().map(str::to_owned)
     }
 
     /// Whether the keys were read at least once: until then the key refresher retries every
@@ -262,38 +305,46 @@ impl Auth {
         }
     }
 
-    /// Before a token is issued: whether the key about to sign it was revoked meanwhile (by an
-    /// admin command or another instance); if so the keys are read again, and the new current
-    /// key signs. `always` for logins, whose bcrypt dwarfs the lookup; refreshes look at most
-    /// once a second.
-    pub(super) async fn check_signer(&self, always: bool) -> Result<()> {
-        let sign_in = self.sign_in()?;
-        if !self.keys_loaded() {
-            // Nothing to sign with yet: try now, and answer 503 if the database is still away.
-            if self.reload_on_demand("not_loaded").await? && self.keys_loaded() {
-                return Ok(());
-            }
-            return self.keys_not_loaded();
-        }
-        let now = Utc::now().timestamp_millis();
-        let last = sign_in.ring.signer_checked_at.load(Ordering::Relaxed);
-        if !always
-            && (now.saturating_sub(last) < SIGNER_CHECK_EVERY_MS
-                || sign_in
-                    .ring
-                    .signer_checked_at
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err())
-        {
+    /// Before a token is issued: the keys were read at least once (else they are read now, and
+    /// 503 while the database is away).
+    pub(super) async fn ensure_keys_loaded(&self) -> Result<()> {
+        if self.keys_loaded() {
             return Ok(());
         }
-        let Some(kid) = sign_in.tokens.key_set().signing_kid().map(str::to_owned) else {
+        if self.reload_on_demand("not_loaded").await? && self.keys_loaded() {
+            return Ok(());
+        }
+        self.keys_not_loaded()
+    }
+
+    /// The `kid` this instance signs with now (None with HS256).
+    pub(super) fn signer_kid(&self) -> Result<Option<String>> {
+        Ok(self
+            .sign_in()?
+            .tokens
+            .key_set()
+            .signing_kid()
+            .map(str::to_owned))
+    }
+
+    /// The key this instance signs with is no longer current (revoked or retired by an admin
+    /// command or another instance): reads the keys again, so the new current key signs.
+    pub(super) async fn signer_changed(&self, kid: &str, state: Option<&str>) -> Result<()> {
+        tracing::info!(kid, state = ?state, "the signing key is no longer current: reading the keys again");
+        self.reload_keys_for("signer_changed").await
+    }
+
+    /// Before a login's token is issued: whether the key about to sign it was revoked
+    /// meanwhile; if so the new current key signs. (Refreshes read the same in the statement
+    /// that reads their session.)
+    pub(super) async fn check_signer(&self) -> Result<()> {
+        self.ensure_keys_loaded().await?;
+        let Some(kid) = self.signer_kid()? else {
             return Ok(());
         };
         let state = self.store.signing_key_state(&kid).await?;
         if state.as_deref() != Some("current") {
-            tracing::info!(kid, state = ?state, "the signing key is no longer current: reading the keys again");
-            self.reload_keys_for("signer_changed").await?;
+            self.signer_changed(&kid, state.as_deref()).await?;
         }
         Ok(())
     }
@@ -321,25 +372,9 @@ impl Auth {
         self.store.list_signing_keys().await
     }
 
-    /// Refuses a key-encryption key that does not open every key that signs or may sign
-    /// (`current` and `next`): a key sealed or activated under another one could not be opened
-    /// by the servers (the admin command ran with other settings).
+    /// Refuses a key-encryption key that is not the servers' (see [`settle_kek`]).
     async fn check_kek(&self, kek: &[u8; 32]) -> Result<()> {
-        let keys = self.store.list_signing_keys().await?;
-        match keys
-            .iter()
-            .filter(|k| k.state == "current" || k.state == "next")
-            .find(|k| !opens_under(k, kek))
-        {
-            None => Ok(()),
-            Some(key) => Err(Error::validation(
-                "keys.encryption_key",
-                format!(
-                    "it does not open the {} signing key {}: run this command with the server's keys.encryption_key (AUTHD_KEYS__ENCRYPTION_KEY)",
-                    key.state, key.kid
-                ),
-            )),
-        }
+        settle_kek(&self.store, kek, KekWitness::Command).await
     }
 
     /// Makes a `next` key (`authd keys rotate`): published from now on, signing nothing yet.
@@ -363,37 +398,57 @@ impl Auth {
         Ok(key.kid)
     }
 
-    /// Promotes the oldest `next` key to `current` and retires the current one (`authd keys
-    /// rotate --activate`); None when there is no `next` key.
+    /// Promotes the oldest `next` key that `kek` opens to `current` and retires the current one
+    /// (`authd keys rotate --activate`). A `next` key the KEK does not open is never promoted:
+    /// the servers could not sign with it. With `wait`, a key published less than that long
+    /// ago is not promoted yet (verifiers may not have fetched it).
     pub async fn activate_next_key(
         &self,
         kek: &[u8; 32],
+        wait: Option<chrono::Duration>,
         actor: Actor,
-    ) -> Result<Option<Activated>> {
+    ) -> Result<Activation> {
         self.check_kek(kek).await?;
-        let before = self.store.list_signing_keys().await?;
-        let Some(kid) = self.store.activate_next_key(Utc::now()).await? else {
-            return Ok(None);
-        };
-        let retired = before
-            .into_iter()
-            .find(|k| k.state == "current")
-            .map(|k| k.kid);
-        tracing::info!(kid = %kid, retired = ?retired, "activated a signing key");
-        self.record_admin_change(SecurityEvent::new(EventKind::KeyActivated).detail(format!(
-            "{}: {kid} current, {} retired",
-            actor.as_str(),
-            retired.as_deref().unwrap_or("none")
-        )))
-        .await?;
-        Ok(Some(Activated { kid, retired }))
+        for _ in 0..CHANGED_RETRIES {
+            let before = self.store.list_signing_keys().await?;
+            let Some(next) = openable_next(&before, kek) else {
+                return Ok(Activation::NoNextKey);
+            };
+            let now = Utc::now();
+            if let Some(wait) = wait
+                && next.created_at + wait > now
+            {
+                return Ok(Activation::TooSoon {
+                    kid: next.kid.clone(),
+                    left_secs: (next.created_at + wait - now).num_seconds().max(1),
+                });
+            }
+            let kid = next.kid.clone();
+            if !self.store.activate_signing_key(&kid, now).await? {
+                continue;
+            }
+            let retired = before
+                .into_iter()
+                .find(|k| k.state == "current")
+                .map(|k| k.kid);
+            tracing::info!(kid = %kid, retired = ?retired, "activated a signing key");
+            self.record_admin_change(SecurityEvent::new(EventKind::KeyActivated).detail(format!(
+                "{}: {kid} current, {} retired",
+                actor.as_str(),
+                retired.as_deref().unwrap_or("none")
+            )))
+            .await?;
+            return Ok(Activation::Done(Activated { kid, retired }));
+        }
+        Err(kept_changing())
     }
 
     /// Revokes a key (`authd keys revoke`): never accepted again, here at once (every request
     /// reads the key's state with its session) and by other services once their JWKS copy is
     /// renewed. A revoked current key is followed, in the same transaction, by the oldest
-    /// `next` key, else by a new key made with `kek` (without one, that revocation is refused),
-    /// so logins go on. Any other key is revoked without the KEK. None: no such key.
+    /// `next` key that `kek` opens, else by a new key sealed under `kek`: so revoking the
+    /// current key needs the servers' KEK, and refuses (changing nothing) without it. Any other
+    /// key is revoked without the KEK. None: no such key.
     pub async fn revoke_key(
         &self,
         kid: &str,
@@ -401,42 +456,141 @@ impl Auth {
         algorithm: KeyAlgorithm,
         actor: Actor,
     ) -> Result<Option<RevokedKey>> {
-        // A KEK only matters when a new key must take over: the current key with no next key.
-        let keys = self.store.list_signing_keys().await?;
-        let needs_successor = keys.iter().any(|k| k.kid == kid && k.state == "current")
-            && !keys.iter().any(|k| k.state == "next");
-        let replacement = match kek.filter(|_| needs_successor) {
-            Some(kek) => {
-                // The key being revoked was opened by the servers: the KEK must open it too.
-                self.check_kek(kek).await?;
-                Some(
-                    new_signing_key(kek, algorithm, KeyState::Current, Utc::now())
-                        .map_err(internal)?,
-                )
+        let mut checked = false;
+        let mut fresh: Option<NewSigningKey> = None;
+        for _ in 0..CHANGED_RETRIES {
+            let keys = self.store.list_signing_keys().await?;
+            let is_current = keys.iter().any(|k| k.kid == kid && k.state == "current");
+            let successor = if is_current {
+                let kek = kek.ok_or_else(|| {
+                    Error::validation(
+                        "keys.encryption_key",
+                        "revoking the current key needs keys.encryption_key (AUTHD_KEYS__ENCRYPTION_KEY), the servers' key-encryption key: a key it opens must take over",
+                    )
+                })?;
+                if !checked {
+                    self.check_kek(kek).await?;
+                    checked = true;
+                }
+                match openable_next(&keys, kek) {
+                    Some(next) => Some(Successor::Next(&next.kid)),
+                    None => {
+                        if fresh.is_none() {
+                            fresh = Some(
+                                new_signing_key(kek, algorithm, KeyState::Current, Utc::now())
+                                    .map_err(internal)?,
+                            );
+                        }
+                        fresh.as_ref().map(Successor::New)
+                    }
+                }
+            } else {
+                None
+            };
+            let revoked = match self
+                .store
+                .revoke_signing_key(kid, Utc::now(), successor)
+                .await?
+            {
+                Revocation::NoSuchKey => return Ok(None),
+                // The key became current, or the chosen successor changed: read again.
+                Revocation::NeedsSuccessor | Revocation::Changed => continue,
+                Revocation::Done(revoked) => revoked,
+            };
+            if revoked.previous_state != "revoked" {
+                tracing::warn!(kid, successor = ?revoked.successor, "revoked a signing key");
+                let successor = revoked
+                    .successor
+                    .as_deref()
+                    .map(|s| format!(", {s} current"))
+                    .unwrap_or_default();
+                self.record_admin_change(SecurityEvent::new(EventKind::KeyRevoked).detail(
+                    format!(
+                        "{}: {kid} (was {}){successor}",
+                        actor.as_str(),
+                        revoked.previous_state
+                    ),
+                ))
+                .await?;
             }
-            None => None,
-        };
-        let Some(revoked) = self
-            .store
-            .revoke_signing_key(kid, Utc::now(), replacement.as_ref())
-            .await?
-        else {
-            return Ok(None);
-        };
-        if revoked.previous_state != "revoked" {
-            tracing::warn!(kid, successor = ?revoked.successor, "revoked a signing key");
-            let successor = revoked
-                .successor
-                .as_deref()
-                .map(|s| format!(", {s} current"))
-                .unwrap_or_default();
-            self.record_admin_change(SecurityEvent::new(EventKind::KeyRevoked).detail(format!(
-                "{}: {kid} (was {}){successor}",
-                actor.as_str(),
-                revoked.previous_state
-            )))
-            .await?;
+            return Ok(Some(revoked));
         }
-        Ok(Some(revoked))
+        Err(kept_changing())
     }
+}
+
+/// How often a key change is tried again when another change got in between.
+const CHANGED_RETRIES: usize = 5;
+
+fn kept_changing() -> Error {
+    Error::Internal(anyhow::anyhow!(
+        "the signing keys kept changing while this change was being made"
+    ))
+}
+
+/// The oldest `next` key that `kek` opens: the only kind of key ever promoted.
+fn openable_next<'a>(keys: &'a [SigningKeyRecord], kek: &[u8; 32]) -> Option<&'a SigningKeyRecord> {
+    keys.iter()
+        .find(|k| k.state == "next" && opens_under(k, kek))
+}
+
+/// Who compares a KEK with the database's check value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KekWitness {
+    /// A server, or `authd migrate` with a KEK: records the check value when there is none.
+    Server,
+    /// An admin command: never records one on a database that has no current key to vouch for
+    /// its KEK, since a key sealed under a KEK of the command's own would not open on the
+    /// servers.
+    Command,
+}
+
+/// Compares `kek` with the check value recorded in the database (see
+/// [`crate::keyring::kek_check_value`]), in constant time. Where none is recorded yet (a new
+/// database, or one from before the check value), it is recorded now when the current key, if
+/// there is one, opens under `kek` and `witness` may record; an admin command on a database
+/// with no check value and no current key is refused, since nothing can tell it its KEK is
+/// the servers'. A wrong KEK is a validation error naming `keys.encryption_key`.
+pub async fn settle_kek(store: &Store, kek: &[u8; 32], witness: KekWitness) -> Result<()> {
+    let mine = kek_check_value(kek);
+    let recorded = match store.kek_check_value().await? {
+        Some(recorded) => recorded,
+        None => {
+            let keys = store.list_signing_keys().await?;
+            match keys.iter().find(|k| k.state == "current") {
+                Some(current) if !opens_under(current, kek) => {
+                    return Err(wrong_kek(&format!(
+                        "it does not open the current signing key {}",
+                        current.kid
+                    )));
+                }
+                None if witness == KekWitness::Command => {
+                    return Err(Error::validation(
+                        "keys.encryption_key",
+                        "this database has no key-encryption key check value yet, so this command cannot tell whether its keys.encryption_key is the servers': start a server once, or run `authd migrate` with the servers' keys.encryption_key, then run this again",
+                    ));
+                }
+                _ => store.record_kek_check_value(&mine, Utc::now()).await?,
+            }
+        }
+    };
+    if bool::from(subtle::ConstantTimeEq::ct_eq(
+        recorded.as_slice(),
+        mine.as_slice(),
+    )) {
+        Ok(())
+    } else {
+        Err(wrong_kek(
+            "its check value differs from the one recorded in the database",
+        ))
+    }
+}
+
+fn wrong_kek(why: &str) -> Error {
+    Error::validation(
+        "keys.encryption_key",
+        format!(
+            "it is not the key-encryption key of this database's signing keys ({why}): use the servers' keys.encryption_key (AUTHD_KEYS__ENCRYPTION_KEY)"
+        ),
+    )
 }

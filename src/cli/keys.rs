@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{EXIT_CODES, OutputFormat, UserError, format_utc, new_table, with_auth};
-use crate::auth::{Activated, Actor, key_algorithm};
+use crate::auth::{Activated, Activation, Actor, key_algorithm};
 use crate::config::{JwtAlgorithm, Settings};
 use crate::keys::load_key_encryption_key;
 use crate::store::SigningKeyRecord;
@@ -161,29 +161,26 @@ async fn activate(force: bool, settings: &Settings) -> anyhow::Result<()> {
     let wait = chrono::Duration::seconds(
         i64::try_from(2 * settings.keys.refresh_secs).unwrap_or(i64::MAX / 2),
     );
-    let activated = with_auth(settings, async |auth| {
-        let keys = auth.list_keys().await.context("cannot list the signing keys")?;
-        if let Some(next) = keys.iter().find(|k| k.state == "next")
-            && !force
-            && next.created_at + wait > chrono::Utc::now()
-        {
-            let left = (next.created_at + wait - chrono::Utc::now()).num_seconds().max(1);
-            return Err(UserError(format!(
-                "{} was published less than 2 x keys.refresh_secs ago: verifiers may not have it yet; wait {left}s more, or pass --force",
-                next.kid
-            ))
-            .into());
-        }
-        auth.activate_next_key(&kek, Actor::Cli)
+    let activation = with_auth(settings, async |auth| {
+        auth.activate_next_key(&kek, (!force).then_some(wait), Actor::Cli)
             .await
             .context("cannot activate a signing key")
     })
     .await?;
-    let Some(Activated { kid, retired }) = activated else {
-        return Err(UserError(
-            "there is no next key to activate: run `authd keys rotate` first, then wait for verifiers to fetch it".into(),
-        )
-        .into());
+    let Activated { kid, retired } = match activation {
+        Activation::Done(activated) => activated,
+        Activation::NoNextKey => {
+            return Err(UserError(
+                "there is no next key to activate (none, or none that keys.encryption_key opens): run `authd keys rotate` first, then wait for verifiers to fetch it".into(),
+            )
+            .into());
+        }
+        Activation::TooSoon { kid, left_secs } => {
+            return Err(UserError(format!(
+                "{kid} was published less than 2 x keys.refresh_secs ago: verifiers may not have it yet; wait {left_secs}s more, or pass --force"
+            ))
+            .into());
+        }
     };
     let horizon = TokenKeys::retired_horizon_secs(settings);
     match retired {

@@ -187,13 +187,22 @@ async fn with_auth<T>(
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let applied = app::migrate(settings).await?;
-    if applied.is_empty() {
+    let migrated = app::migrate(settings).await?;
+    if migrated.applied.is_empty() {
         println!("database is up to date: no pending migrations");
     } else {
-        for name in &applied {
+        for name in &migrated.applied {
             println!("applied {name}");
         }
+    }
+    if migrated.kek_checked {
+        println!(
+            "keys.encryption_key is the database's key-encryption key (check value recorded or matched)"
+        );
+    } else {
+        println!(
+            "no keys.encryption_key here: the first server start records the key-encryption key's check value"
+        );
     }
     Ok(())
 }

@@ -84,6 +84,9 @@ pub struct SessionChain {
     pub absolute_expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub user_disabled: bool,
+    /// Whether the key this instance signs with (`signer_kid`) is still the current one, read
+    /// in the same statement: a refresh never signs with a key revoked a moment ago.
+    pub signer_current: bool,
 }
 
 /// A live session, for `GET /sessions` and `authd session list`.
@@ -163,6 +166,26 @@ pub struct RevokedKey {
     pub previous_state: String,
     /// When it was the current key: the key that signs from now on.
     pub successor: Option<String>,
+}
+
+/// What takes over from a revoked current key.
+#[derive(Debug, Clone, Copy)]
+pub enum Successor<'a> {
+    /// This `next` key (one the key-encryption key opens).
+    Next(&'a str),
+    /// This new key, inserted as current.
+    New(&'a NewSigningKey),
+}
+
+/// How one attempt to revoke a key ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    Done(RevokedKey),
+    NoSuchKey,
+    /// The key is current and no successor was given: nothing changed.
+    NeedsSuccessor,
+    /// The key, or the chosen successor, changed meanwhile: nothing changed.
+    Changed,
 }
 
 /// The result of submitting one code to a challenge, decided atomically in the database.
@@ -421,7 +444,7 @@ impl Store {
         /// disable, delete or login waits; past `max_per_user` live sessions, revokes the
         /// user's oldest. How many were revoked, or None when the user may not have a session.
         pub async fn insert_session(&self, session: &NewSession, max_per_user: u32) -> Result<Option<u64>>;
-        pub async fn find_session_chain(&self, family: &[u8]) -> Result<Option<SessionChain>>;
+        pub async fn find_session_chain(&self, family: &[u8], signer_kid: Option<&str>) -> Result<Option<SessionChain>>;
         /// Moves a session's chain one step on, if it is still at `generation` with
         /// `presented` as its current hash and alive: one statement, so of parallel refreshes
         /// of one token exactly one rotates. The new expiry is `expires_at`, capped by the
@@ -472,14 +495,16 @@ impl Store {
         pub async fn insert_signing_key(&self, key: &NewSigningKey) -> Result<()>;
         /// Every signing key, oldest first.
         pub async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
-        /// Promotes the oldest `next` key to `current` and retires the old current, in one
-        /// transaction; the promoted key's id, or None when there is no `next` key.
-        pub async fn activate_next_key(&self, now: DateTime<Utc>) -> Result<Option<String>>;
-        /// Marks a key revoked (never accepted again), in one transaction; when it was the
-        /// current key, the oldest `next` key becomes current, else `replacement` is stored as
-        /// the current key (without one, nothing changes and the answer is a validation error).
-        /// None when there is no such key.
-        pub async fn revoke_signing_key(&self, kid: &str, now: DateTime<Utc>, replacement: Option<&NewSigningKey>) -> Result<Option<RevokedKey>>;
+        /// Makes the `next` key `kid` current and retires the old current, in one transaction;
+        /// false (nothing changed) when `kid` is not `next` any more.
+        pub async fn activate_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool>;
+        /// Marks a key revoked (never accepted again), in one transaction; a current key is
+        /// followed by `successor` in the same transaction (see [`Revocation`]).
+        pub async fn revoke_signing_key(&self, kid: &str, now: DateTime<Utc>, successor: Option<Successor<'_>>) -> Result<Revocation>;
+        /// The key-encryption key's check value, if one was recorded.
+        pub async fn kek_check_value(&self) -> Result<Option<Vec<u8>>>;
+        /// Records the check value unless there is one; the one stored afterwards.
+        pub async fn record_kek_check_value(&self, value: &[u8], now: DateTime<Utc>) -> Result<Vec<u8>>;
         /// The state of the key `kid`; None when there is no such key.
         pub async fn signing_key_state(&self, kid: &str) -> Result<Option<String>>;
         /// Drops retired keys retired before `retired_before`: every token they signed has expired.

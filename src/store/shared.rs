@@ -140,6 +140,7 @@ pub struct SessionChainRow {
     absolute_expires_at: Time,
     revoked_at: Option<Time>,
     user_disabled: bool,
+    signer_current: bool,
 }
 
 impl From<SessionChainRow> for super::SessionChain {
@@ -156,6 +157,7 @@ impl From<SessionChainRow> for super::SessionChain {
             absolute_expires_at: row.absolute_expires_at.0,
             revoked_at: row.revoked_at.map(|t| t.0),
             user_disabled: row.user_disabled,
+            signer_current: row.signer_current,
         }
     }
 }
@@ -532,16 +534,22 @@ macro_rules! shared_statements {
             pub async fn find_session_chain(
                 &self,
                 family: &[u8],
+                signer_kid: Option<&str>,
             ) -> Result<Option<super::SessionChain>> {
                 let row: Option<super::shared::SessionChainRow> = sqlx::query_as(
                     "SELECT s.id, s.user_id, u.email, s.generation, s.refresh_hash,
                             s.rotated_at, s.earlier_rotated_at, s.expires_at,
                             s.absolute_expires_at, s.revoked_at,
-                            u.disabled_at IS NOT NULL AS user_disabled
+                            u.disabled_at IS NOT NULL AS user_disabled,
+                            (CAST($2 AS TEXT) IS NULL
+                             OR EXISTS (SELECT 1 FROM signing_keys k
+                                        WHERE k.kid = $2 AND k.state = 'current'))
+                                AS signer_current
                      FROM sessions s JOIN users u ON u.id = s.user_id
                      WHERE s.family = $1",
                 )
                 .bind(family)
+                .bind(signer_kid)
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(row.map(super::SessionChain::from))
@@ -920,18 +928,20 @@ macro_rules! shared_statements {
                 Ok(rows.into_iter().map(super::SigningKeyRecord::from).collect())
             }
 
-            pub async fn activate_next_key(&self, now: DateTime<Utc>) -> Result<Option<String>> {
+            /// Makes the `next` key `kid` current and retires the current one, in one
+            /// transaction; false (nothing changed) when `kid` is not `next` any more.
+            pub async fn activate_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool> {
                 let mut tx = self.pool.begin().await?;
-                let next: Option<String> = sqlx::query_scalar(
-                    "SELECT kid FROM signing_keys WHERE state = 'next'
-                     ORDER BY created_at, kid LIMIT 1",
+                let still_next: Option<String> = sqlx::query_scalar(
+                    "SELECT kid FROM signing_keys WHERE kid = $1 AND state = 'next'",
                 )
+                .bind(kid)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some(next) = next else {
+                if still_next.is_none() {
                     tx.rollback().await?;
-                    return Ok(None);
-                };
+                    return Ok(false);
+                }
                 // The old current first: at most one key is current at any moment.
                 sqlx::query(
                     "UPDATE signing_keys SET state = 'retired', retired_at = $1
@@ -944,7 +954,7 @@ macro_rules! shared_statements {
                     "UPDATE signing_keys SET state = 'current', activated_at = $2
                      WHERE kid = $1 AND state = 'next'",
                 )
-                .bind(&next)
+                .bind(kid)
                 .bind(Time(now))
                 .execute(&mut *tx)
                 .await?
@@ -952,37 +962,23 @@ macro_rules! shared_statements {
                 // Another activation took this key first: leave everything as it made it.
                 if activated == 0 {
                     tx.rollback().await?;
-                    return Ok(None);
+                    return Ok(false);
                 }
                 tx.commit().await?;
-                Ok(Some(next))
+                Ok(true)
             }
 
+            /// Revokes `kid` in one transaction. A current key is followed by `successor`
+            /// (a `next` key promoted, or a new key inserted as current); without one, or when
+            /// the chosen `next` key changed meanwhile, nothing changes and the caller reads
+            /// the keys again.
             pub async fn revoke_signing_key(
                 &self,
                 kid: &str,
                 now: DateTime<Utc>,
-                replacement: Option<&super::NewSigningKey>,
-            ) -> Result<Option<super::RevokedKey>> {
-                // A change between the read and the update (an activation retiring this key,
-                // say) makes the update miss: read again and go on from the new state.
-                for _ in 0..5 {
-                    if let Some(done) = self.try_revoke_signing_key(kid, now, replacement).await? {
-                        return Ok(done);
-                    }
-                }
-                Err(crate::error::Error::Internal(anyhow::anyhow!(
-                    "signing key {kid} kept changing while it was being revoked"
-                )))
-            }
-
-            /// One attempt of `revoke_signing_key`; None when the key changed meanwhile.
-            async fn try_revoke_signing_key(
-                &self,
-                kid: &str,
-                now: DateTime<Utc>,
-                replacement: Option<&super::NewSigningKey>,
-            ) -> Result<Option<Option<super::RevokedKey>>> {
+                successor: Option<super::Successor<'_>>,
+            ) -> Result<super::Revocation> {
+                use super::{Revocation, RevokedKey, Successor};
                 let mut tx = self.pool.begin().await?;
                 let state: Option<String> =
                     sqlx::query_scalar("SELECT state FROM signing_keys WHERE kid = $1")
@@ -991,14 +987,18 @@ macro_rules! shared_statements {
                         .await?;
                 let Some(state) = state else {
                     tx.rollback().await?;
-                    return Ok(Some(None));
+                    return Ok(Revocation::NoSuchKey);
                 };
                 if state == "revoked" {
                     tx.rollback().await?;
-                    return Ok(Some(Some(super::RevokedKey {
+                    return Ok(Revocation::Done(RevokedKey {
                         previous_state: state,
                         successor: None,
-                    })));
+                    }));
+                }
+                if state == "current" && successor.is_none() {
+                    tx.rollback().await?;
+                    return Ok(Revocation::NeedsSuccessor);
                 }
                 let revoked = sqlx::query(
                     "UPDATE signing_keys SET state = 'revoked', revoked_at = $2
@@ -1012,53 +1012,72 @@ macro_rules! shared_statements {
                 .rows_affected();
                 if revoked == 0 {
                     tx.rollback().await?;
-                    return Ok(None);
+                    return Ok(Revocation::Changed);
                 }
-                let mut successor = None;
-                if state == "current" {
-                    // Signing goes on without a gap: the oldest next key, else the replacement.
-                    let promoted: Option<String> = sqlx::query_scalar(
-                        "UPDATE signing_keys SET state = 'current', activated_at = $1
-                         WHERE kid = (SELECT kid FROM signing_keys WHERE state = 'next'
-                                      ORDER BY created_at, kid LIMIT 1)
-                           AND state = 'next'
-                         RETURNING kid",
-                    )
-                    .bind(Time(now))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    successor = match (promoted, replacement) {
-                        (Some(kid), _) => Some(kid),
-                        (None, Some(replacement)) => {
-                            sqlx::query(
-                                "INSERT INTO signing_keys (kid, algorithm, public_jwk, sealed_private,
-                                                           state, created_at, activated_at)
-                                 VALUES ($1, $2, $3, $4, 'current', $5, $5)",
-                            )
-                            .bind(&replacement.kid)
-                            .bind(&replacement.algorithm)
-                            .bind(&replacement.public_jwk)
-                            .bind(&replacement.sealed_private)
-                            .bind(Time(replacement.created_at))
-                            .execute(&mut *tx)
-                            .await?;
-                            Some(replacement.kid.clone())
-                        }
-                        // Nothing could take over: leave the key as it was.
-                        (None, None) => {
+                let mut promoted = None;
+                match successor.filter(|_| state == "current") {
+                    None => {}
+                    // Signing goes on without a gap, with a key the caller has checked opens.
+                    Some(Successor::Next(next)) => {
+                        let done = sqlx::query(
+                            "UPDATE signing_keys SET state = 'current', activated_at = $2
+                             WHERE kid = $1 AND state = 'next'",
+                        )
+                        .bind(next)
+                        .bind(Time(now))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if done == 0 {
                             tx.rollback().await?;
-                            return Err(crate::error::Error::validation(
-                                "keys.encryption_key",
-                                "the current key has no next key to take over, and a new one needs keys.encryption_key (AUTHD_KEYS__ENCRYPTION_KEY)",
-                            ));
+                            return Ok(Revocation::Changed);
                         }
-                    };
+                        promoted = Some(next.to_owned());
+                    }
+                    Some(Successor::New(key)) => {
+                        sqlx::query(
+                            "INSERT INTO signing_keys (kid, algorithm, public_jwk, sealed_private,
+                                                       state, created_at, activated_at)
+                             VALUES ($1, $2, $3, $4, 'current', $5, $5)",
+                        )
+                        .bind(&key.kid)
+                        .bind(&key.algorithm)
+                        .bind(&key.public_jwk)
+                        .bind(&key.sealed_private)
+                        .bind(Time(key.created_at))
+                        .execute(&mut *tx)
+                        .await?;
+                        promoted = Some(key.kid.clone());
+                    }
                 }
                 tx.commit().await?;
-                Ok(Some(Some(super::RevokedKey {
+                Ok(Revocation::Done(RevokedKey {
                     previous_state: state,
-                    successor,
-                })))
+                    successor: promoted,
+                }))
+            }
+
+            /// The key-encryption key's check value, if one was recorded.
+            pub async fn kek_check_value(&self) -> Result<Option<Vec<u8>>> {
+                Ok(sqlx::query_scalar("SELECT check_value FROM kek_check WHERE id = 1")
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            /// Records `value` as the check value unless one is there already; the one stored
+            /// afterwards (the first writer's, when two race).
+            pub async fn record_kek_check_value(&self, value: &[u8], now: DateTime<Utc>) -> Result<Vec<u8>> {
+                sqlx::query(
+                    "INSERT INTO kek_check (id, check_value, created_at) VALUES (1, $1, $2)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(value)
+                .bind(Time(now))
+                .execute(&self.pool)
+                .await?;
+                Ok(sqlx::query_scalar("SELECT check_value FROM kek_check WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?)
             }
 
             pub async fn signing_key_state(&self, kid: &str) -> Result<Option<String>> {

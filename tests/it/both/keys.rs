@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use authd::config::JwtAlgorithm;
 use authd::keyring::{KeyAlgorithm, PrivateKey};
-use authd::store::{NewSigningKey, Store};
+use authd::store::{NewSigningKey, Revocation, Store, Successor};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
@@ -526,7 +526,8 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
         )
         .await;
         assert!(
-            one_line_exit_1(refused, "wrong KEK").contains("does not open the current signing key")
+            one_line_exit_1(refused, "wrong KEK")
+                .contains("is not the key-encryption key of this database's signing keys")
         );
     }
     // A malformed setting is refused before anything runs, as every invalid setting is (2).
@@ -685,7 +686,9 @@ async fn the_store_moves_states_as_rotation_says_and_keeps_one_key_current() {
             .await
             .is_err()
     );
-    assert_eq!(store.activate_next_key(t0).await.unwrap(), None);
+    // Only a next key is activated.
+    assert!(!store.activate_signing_key("k1", t0).await.unwrap());
+    assert!(!store.activate_signing_key("nope", t0).await.unwrap());
     let t1 = t0 + chrono::Duration::seconds(1);
     store
         .insert_signing_key(&stored_key("k2", "next", t1))
@@ -696,10 +699,7 @@ async fn the_store_moves_states_as_rotation_says_and_keeps_one_key_current() {
         .await
         .unwrap();
     let t2 = t1 + chrono::Duration::seconds(5);
-    assert_eq!(
-        store.activate_next_key(t2).await.unwrap().as_deref(),
-        Some("k2")
-    );
+    assert!(store.activate_signing_key("k2", t2).await.unwrap());
     let states = |keys: &[authd::store::SigningKeyRecord]| {
         keys.iter()
             .map(|k| (k.kid.clone(), k.state.clone()))
@@ -718,45 +718,60 @@ async fn the_store_moves_states_as_rotation_says_and_keeps_one_key_current() {
     PrivateKey::unseal(&keys[1].sealed_private, &[1; 32], "k2", KeyAlgorithm::Es256).unwrap();
 
     let spare = stored_key("spare", "current", t2);
-    // A retired key: revoked, nothing else moves.
-    let revoked = store
-        .revoke_signing_key("k1", t2, Some(&spare))
-        .await
-        .unwrap()
-        .unwrap();
+    let done = |revocation: Revocation| match revocation {
+        Revocation::Done(revoked) => revoked,
+        other => panic!("not revoked: {other:?}"),
+    };
+    // A retired key: revoked, nothing else moves (a successor given is not used).
+    let revoked = done(
+        store
+            .revoke_signing_key("k1", t2, Some(Successor::New(&spare)))
+            .await
+            .unwrap(),
+    );
     assert_eq!(
         (revoked.previous_state.as_str(), revoked.successor),
         ("retired", None)
     );
     assert_eq!(
-        store
-            .revoke_signing_key("k1", t2, Some(&spare))
-            .await
-            .unwrap()
-            .unwrap()
-            .previous_state,
+        done(store.revoke_signing_key("k1", t2, None).await.unwrap()).previous_state,
         "revoked"
     );
     assert_eq!(
+        store.revoke_signing_key("nope", t2, None).await.unwrap(),
+        Revocation::NoSuchKey
+    );
+    // The current key needs a successor, and one that is still next: else nothing changes.
+    assert_eq!(
+        store.revoke_signing_key("k2", t2, None).await.unwrap(),
+        Revocation::NeedsSuccessor
+    );
+    assert_eq!(
         store
-            .revoke_signing_key("nope", t2, Some(&spare))
+            .revoke_signing_key("k2", t2, Some(Successor::Next("k1")))
             .await
             .unwrap(),
-        None
+        Revocation::Changed
     );
-    // The current key: the oldest next key follows it...
-    let revoked = store
-        .revoke_signing_key("k2", t2, Some(&spare))
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(
+        store.signing_key_state("k2").await.unwrap().as_deref(),
+        Some("current")
+    );
+    // The next key named follows it...
+    let revoked = done(
+        store
+            .revoke_signing_key("k2", t2, Some(Successor::Next("k3")))
+            .await
+            .unwrap(),
+    );
     assert_eq!(revoked.successor.as_deref(), Some("k3"));
-    // ...and with none left, the replacement does.
-    let revoked = store
-        .revoke_signing_key("k3", t2, Some(&spare))
-        .await
-        .unwrap()
-        .unwrap();
+    // ...or a new key does.
+    let revoked = done(
+        store
+            .revoke_signing_key("k3", t2, Some(Successor::New(&spare)))
+            .await
+            .unwrap(),
+    );
     assert_eq!(revoked.successor.as_deref(), Some("spare"));
     let keys = store.list_signing_keys().await.unwrap();
     assert_eq!(
@@ -777,12 +792,6 @@ async fn the_store_moves_states_as_rotation_says_and_keeps_one_key_current() {
         Some("current")
     );
     assert_eq!(store.signing_key_state("nope").await.unwrap(), None);
-    // Without a replacement, a current key with no next key to follow it stays as it was.
-    assert!(store.revoke_signing_key("spare", t2, None).await.is_err());
-    assert_eq!(
-        store.signing_key_state("spare").await.unwrap().as_deref(),
-        Some("current")
-    );
 }
 
 #[tokio::test]
@@ -801,7 +810,12 @@ async fn a_retired_key_is_dropped_once_every_token_it_signed_has_expired() {
     )
     .unwrap();
     store.insert_signing_key(&key).await.unwrap();
-    store.activate_next_key(long_ago).await.unwrap().unwrap();
+    assert!(
+        store
+            .activate_signing_key(&key.kid, long_ago)
+            .await
+            .unwrap()
+    );
     // Neither published nor accepted any more, even before pruning removes the row.
     let mut dropped = false;
     for _ in 0..50 {
@@ -872,10 +886,13 @@ async fn the_commands_never_make_a_kek_of_their_own_and_revoke_what_they_can_wit
             "{args:?} generated a key-encryption key"
         );
     }
-    // The current key with nothing to take over needs the KEK for a new one: refused.
+    // The current key needs the KEK: only a key it opens may take over. Refused.
     let refused = bare_admin(&app.db_url, &bare, &["keys", "revoke", &current]).await;
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("no next key to take over"));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("revoking the current key needs keys.encryption_key")
+    );
     assert_eq!(kid_in(&app, &data_dir, "current").await, current);
     // A next key is revoked without one.
     admin(&app.db_url, &data_dir, &["keys", "rotate"], "").await;
@@ -907,9 +924,10 @@ async fn a_next_key_sealed_under_another_kek_is_never_activated_by_the_switch() 
     settings.jwt.algorithm = JwtAlgorithm::Hs256;
     let hs256 = TestApp::spawn_on(settings, mail, db_url.clone()).await;
     let data_dir = TempDir::new("authd-keys");
-    // On an empty table nothing tells the command its KEK is not the servers'.
+    // The HS256 server recorded its KEK's check value: a command with another KEK is refused,
+    // though the table is empty.
     let other_kek = "cd".repeat(32);
-    let made = admin_output_with(
+    let refused = admin_output_with(
         &db_url,
         &data_dir,
         &["keys", "rotate"],
@@ -917,8 +935,22 @@ async fn a_next_key_sealed_under_another_kek_is_never_activated_by_the_switch() 
         &[("AUTHD_KEYS__ENCRYPTION_KEY", &other_kek)],
     )
     .await;
-    assert!(made.status.success(), "{made:?}");
-    let stray = kid_in(&hs256, &data_dir, "next").await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(signing_keys(&db_url, &data_dir).await.is_empty());
+    // A database from before the check value may still hold such a key: planted here.
+    let stray = authd::keyring::new_signing_key(
+        &[0xcd; 32],
+        KeyAlgorithm::Es256,
+        authd::keyring::KeyState::Next,
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    Store::connect_lazy(&hs256.settings)
+        .unwrap()
+        .insert_signing_key(&stray)
+        .await
+        .unwrap();
+    let stray = stray.kid;
     // The switch to ES256 starts, with a key of its own; the stray key stays next.
     let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let es256 = TestApp::spawn_on(test_settings(&db_url, mail.port), mail, db_url).await;
@@ -930,7 +962,8 @@ async fn a_next_key_sealed_under_another_kek_is_never_activated_by_the_switch() 
         header_of(&es256.access_token("ada@example.test").await)["kid"],
         current
     );
-    // Activating it is refused with the servers' KEK; revoking it needs none.
+    // Activating it is refused with the servers' KEK (there is no next key it opens);
+    // revoking it needs none.
     let refused = admin_output(
         &es256.db_url,
         &data_dir,
@@ -939,10 +972,8 @@ async fn a_next_key_sealed_under_another_kek_is_never_activated_by_the_switch() 
     )
     .await;
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    assert!(
-        String::from_utf8_lossy(&refused.stderr)
-            .contains(&format!("does not open the next signing key {stray}"))
-    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("there is no next key to activate"));
+    assert_eq!(kid_in(&es256, &data_dir, "current").await, current);
     admin(&es256.db_url, &data_dir, &["keys", "revoke", &stray], "").await;
     drop(hs256);
 }

@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod hostile;
 mod input;
+mod key_trust;
 mod keys;
 mod limits;
 mod lockout;
