@@ -426,11 +426,11 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: 200 when the database answers, 503 when it does not.
+/// Readiness: 200 when the database answers and the instance can sign, 503 otherwise.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable, signing keys not read yet, or a key set this instance cannot sign with (`unavailable`, with `Retry-After`; the reason is in the log and `authd_signing_key_usable`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.auth.ready().await?;
