@@ -650,20 +650,6 @@ impl Auth {
         Ok(Some(pruned))
     }
 
-    /// Points the dummy hash (checked for unknown emails) at the cost most stored hashes have.
-    pub async fn calibrate_dummy_hash(&self) -> Result<()> {
-        let cost = self.store.most_common_hash_cost().await?;
-        self.hasher
-            .match_dummy_cost(cost.unwrap_or(self.hasher.cost()));
-        Ok(())
-    }
-
-    /// The bcrypt cost an unknown email's login is checked at (see
-    /// [`Auth::calibrate_dummy_hash`]).
-    pub fn dummy_cost(&self) -> u32 {
-        self.hasher.dummy_cost()
-    }
-
     /// Password guesses: every `login_failures_per_account` consecutive failures lock the
     /// account, each lock twice as long as the one before, up to a day.
     fn login_rule(&self) -> ThrottleRule {
@@ -749,8 +735,9 @@ impl Auth {
         }
     }
 
-    /// Checks the password (against a dummy hash when the account does not exist, so both
-    /// answers take as long) and either issues an access token or starts a challenge.
+    /// Checks the password (at the configured bcrypt cost at least, hash or no hash, so an
+    /// unknown email and an old, cheaper hash answer as late as a current one) and either
+    /// issues an access token or starts a challenge.
     pub async fn login(&self, email: &str, password: &str, client: Client) -> Result<LoginOutcome> {
         let result = self
             .check_password_and_continue(email, password, client)

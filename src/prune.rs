@@ -7,9 +7,8 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
 
-/// Prunes every `interval`, starting at once, until aborted, and keeps the dummy hash at the
-/// stored hashes' cost. A failed pass (database down) is logged and tried again at the next
-/// tick.
+/// Prunes every `interval`, starting at once, until aborted. A failed pass (database down) is
+/// logged and tried again at the next tick.
 pub fn spawn_pruner(auth: Auth, interval: Duration) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
@@ -27,9 +26,6 @@ pub fn spawn_pruner(auth: Auth, interval: Duration) -> JoinHandle<()> {
                 ),
                 Ok(None) => tracing::debug!("another instance is pruning"),
                 Err(err) => tracing::warn!(error = %err, "pruning failed; will retry"),
-            }
-            if let Err(err) = auth.calibrate_dummy_hash().await {
-                tracing::warn!(error = %err, "cannot read the stored hash costs; will retry");
             }
         }
     })

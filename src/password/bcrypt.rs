@@ -69,9 +69,18 @@ struct Parsed {
     hash: [u8; 23],
 }
 
+/// The salt of the check an unknown email gets. Any salt does: its result is never compared.
+const NO_USER_SALT: &[u8; 16] = b"authd-no-user-16";
+
 /// The raw bcrypt of `password` (truncated to 72 bytes, as every bcrypt does) with `salt`:
 /// the 23 bytes that the hash string encodes.
 fn raw_bcrypt(cost: u32, salt: &[u8; 16], password: &[u8]) -> [u8; 23] {
+    raw_bcrypt_padded(cost, salt, password, 0)
+}
+
+/// [`raw_bcrypt`], then `padding` more rounds of the key setup whose result nobody reads, so
+/// the call costs what a bcrypt at a higher cost costs.
+fn raw_bcrypt_padded(cost: u32, salt: &[u8; 16], password: &[u8], padding: u64) -> [u8; 23] {
     let mut key = [0u8; KEY_BYTES];
     let used = password.len().min(KEY_BYTES);
     key[..used].copy_from_slice(&password[..used]);
@@ -81,12 +90,7 @@ fn raw_bcrypt(cost: u32, salt: &[u8; 16], password: &[u8]) -> [u8; 23] {
     let mut state = Blowfish::bc_init_state();
     state.salted_expand_key(salt, key);
     for _ in 0..(1u64 << cost) {
-        state.bc_expand_key(key);
-        state.bc_expand_key(salt);
-        // A waiting task waits at most one round; a yield with nothing waiting costs next to
-        // nothing beside a round. Yielding less often (every few rounds) left `/users/me` a
-        // clearly higher p99 while logins saturated the CPU (BENCHMARKS.md).
-        std::thread::yield_now();
+        expensive_round(&mut state, key, salt);
     }
 
     let mut words = [0u32; 6];
@@ -104,8 +108,29 @@ fn raw_bcrypt(cost: u32, salt: &[u8; 16], password: &[u8]) -> [u8; 23] {
     for (bytes, word) in out.chunks_exact_mut(4).zip(words) {
         bytes.copy_from_slice(&word.to_be_bytes());
     }
+    for _ in 0..padding {
+        expensive_round(&mut state, key, salt);
+    }
+    // The padding's result is unused: keep the compiler from dropping the work.
+    std::hint::black_box(&state);
     // bcrypt keeps 23 of the 24 bytes.
     out[..23].try_into().expect("23 of 24 bytes")
+}
+
+/// One round of bcrypt's expensive key setup: `2^cost` of them make a bcrypt.
+fn expensive_round(state: &mut Blowfish, key: &[u8], salt: &[u8; 16]) {
+    state.bc_expand_key(key);
+    state.bc_expand_key(salt);
+    // A waiting task waits at most one round; a yield with nothing waiting costs next to
+    // nothing beside a round. Yielding less often (every few rounds) left `/users/me` a
+    // clearly higher p99 while logins saturated the CPU (BENCHMARKS.md).
+    std::thread::yield_now();
+}
+
+/// Rounds a check of a hash at `cost` adds so that it spends `2^floor` rounds in all, as a
+/// bcrypt at `floor` does; none when `cost` is `floor` or more.
+fn padding_rounds(cost: u32, floor: u32) -> u64 {
+    (1u64 << floor.min(MAX_COST)).saturating_sub(1u64 << cost.min(MAX_COST))
 }
 
 /// A `$2b$` hash string of `password` at `cost` with a fresh random salt.
@@ -133,12 +158,19 @@ fn hash_with_salt(
 }
 
 /// Whether `password` matches the hash string `stored` (`$2a$`, `$2b$` or `$2y$`); false for
-/// anything that is not a well-formed bcrypt hash. The comparison takes constant time.
-pub(super) fn verify(password: &[u8], stored: &str) -> bool {
-    let Some(parsed) = parse(stored) else {
+/// no hash and for anything that is not a well-formed bcrypt hash. The comparison takes
+/// constant time, and the check costs at least what a bcrypt at `floor` costs whatever
+/// `stored` is: a hash at a lower cost is padded with the rounds it lacks, and no hash (an
+/// unknown email) or one that does not parse gets a whole bcrypt at `floor` whose result is
+/// not compared. So its time tells neither whether there was a hash nor which lower cost it had.
+pub(super) fn verify_at_least(password: &[u8], stored: Option<&str>, floor: u32) -> bool {
+    let floor = floor.clamp(MIN_COST, MAX_COST);
+    let Some(parsed) = stored.and_then(parse) else {
+        std::hint::black_box(raw_bcrypt(floor, NO_USER_SALT, password));
         return false;
     };
-    raw_bcrypt(parsed.cost, &parsed.salt, password)
+    let padding = padding_rounds(parsed.cost, floor);
+    raw_bcrypt_padded(parsed.cost, &parsed.salt, password, padding)
         .ct_eq(&parsed.hash)
         .into()
 }
@@ -190,6 +222,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The plain check: padded to nothing, since no cost is below the lowest.
+    fn verify(password: &[u8], stored: &str) -> bool {
+        verify_at_least(password, Some(stored), MIN_COST)
+    }
 
     const VERSIONS: [Version; 3] = [Version::TwoA, Version::TwoB, Version::TwoY];
 
@@ -446,6 +483,27 @@ mod tests {
         longer.push(b'!');
         assert!(verify(&longer, &stored));
         assert!(!verify(&password[..71], &stored));
+    }
+
+    #[test]
+    fn a_check_below_the_floor_is_padded_to_the_floor_s_rounds() {
+        assert_eq!(padding_rounds(4, 9), 512 - 16);
+        assert_eq!(padding_rounds(11, 12), 4096 - 2048);
+        assert_eq!(padding_rounds(9, 9), 0);
+        assert_eq!(padding_rounds(12, 9), 0);
+    }
+
+    #[test]
+    fn a_padded_check_answers_as_the_plain_one() {
+        let stored = hash(b"password", 4).unwrap();
+        for floor in [MIN_COST, 5, 6] {
+            assert!(verify_at_least(b"password", Some(&stored), floor));
+            assert!(!verify_at_least(b"passwore", Some(&stored), floor));
+        }
+        let stored = hash(b"password", 5).unwrap();
+        assert!(verify_at_least(b"password", Some(&stored), MIN_COST));
+        assert!(!verify_at_least(b"password", None, 5));
+        assert!(!verify_at_least(b"password", Some("not a hash"), 5));
     }
 
     #[test]

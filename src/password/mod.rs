@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
-use tokio::sync::{OnceCell, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::PasswordSettings;
-use crate::domain::{BCRYPT_MAX_COST, BCRYPT_MIN_COST, PASSWORD_MAX_BYTES, Password};
+use crate::domain::{BCRYPT_MIN_COST, PASSWORD_MAX_BYTES, Password};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::policy::check_password;
@@ -32,10 +32,6 @@ const HASHING_THREAD_NICE: i32 = 10;
 pub struct PasswordHasher {
     cost: u32,
     pool: Arc<HashingPool>,
-    /// Verified against when the user does not exist, so unknown emails cost the same time.
-    /// Computed in the background at start so it does not delay the first `/healthz`.
-    /// Its cost follows the stored hashes (see [`PasswordHasher::match_dummy_cost`]).
-    dummy_hash: Arc<std::sync::RwLock<Arc<DummyHash>>>,
     /// Where the time of each bcrypt goes (`authd_bcrypt_duration_seconds`), when served.
     metrics: Option<Metrics>,
 }
@@ -47,8 +43,7 @@ impl PasswordHasher {
     }
 
     /// Builds a hasher with at most `max_queue` hashes waiting for a thread (0: refuse whenever
-    /// every hashing thread is busy) and starts computing its dummy hash (one bcrypt at
-    /// `cost`) in the background.
+    /// every hashing thread is busy).
     pub async fn with_queue_limit(cost: u32, max_queue: usize) -> anyhow::Result<PasswordHasher> {
         if cost < 10 {
             tracing::warn!(
@@ -57,19 +52,11 @@ impl PasswordHasher {
             );
         }
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let hasher = PasswordHasher {
+        Ok(PasswordHasher {
             cost,
             pool: Arc::new(HashingPool::start(threads, max_queue)?),
-            dummy_hash: Arc::new(std::sync::RwLock::new(Arc::new(DummyHash::new(cost)))),
             metrics: None,
-        };
-        let warm = hasher.clone();
-        tokio::spawn(async move {
-            if let Err(err) = warm.dummy_hash().await {
-                tracing::error!(error = %err, "cannot compute the dummy bcrypt hash");
-            }
-        });
-        Ok(hasher)
+        })
     }
 
     /// Records the time of every bcrypt this hasher runs in `metrics`.
@@ -108,58 +95,9 @@ impl PasswordHasher {
             .await
     }
 
-    async fn dummy_hash(&self) -> Result<Arc<str>> {
-        let dummy = self.current_dummy();
-        let cost = dummy.cost;
-        dummy
-            .hash
-            .get_or_try_init(|| async move {
-                let hash = self
-                    .pool
-                    .run(move || {
-                        bcrypt::hash(b"authd-dummy-password-for-timing", cost)
-                            .context("cannot compute the dummy bcrypt hash")
-                    })
-                    .await?;
-                Ok::<_, Error>(Arc::from(hash))
-            })
-            .await
-            .cloned()
-    }
-
-    fn current_dummy(&self) -> Arc<DummyHash> {
-        match self.dummy_hash.read() {
-            Ok(dummy) => dummy.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
     /// The cost new hashes get (`password.bcrypt_cost`).
     pub fn cost(&self) -> u32 {
         self.cost
-    }
-
-    /// The cost of the hash an unknown email is checked against.
-    pub fn dummy_cost(&self) -> u32 {
-        self.current_dummy().cost
-    }
-
-    /// Makes unknown emails cost what most stored hashes cost, so that after
-    /// `password.bcrypt_cost` changes, login time does not tell accounts (old cost) from
-    /// unknown addresses (new cost) while the stored hashes are being upgraded.
-    pub fn match_dummy_cost(&self, cost: u32) {
-        if !(BCRYPT_MIN_COST..=BCRYPT_MAX_COST).contains(&cost) || cost == self.dummy_cost() {
-            return;
-        }
-        tracing::info!(
-            cost,
-            "unknown emails are now checked at the cost of most stored hashes"
-        );
-        let fresh = Arc::new(DummyHash::new(cost));
-        match self.dummy_hash.write() {
-            Ok(mut dummy) => *dummy = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
     }
 
     /// Whether a stored hash was made at another cost than the configured one, so a successful
@@ -197,8 +135,10 @@ impl PasswordHasher {
         .await
     }
 
-    /// Checks `candidate` against `stored`, or against the dummy hash when there is no user,
-    /// so both paths take the same time. Returns false for the dummy.
+    /// Checks `candidate` against `stored`, spending at least one bcrypt at the configured cost
+    /// whatever `stored` is (see [`verify_hash_at_least`]), so neither an unknown email (no
+    /// hash) nor a hash from before `password.bcrypt_cost` was raised answers sooner than a
+    /// current one. False when there is no hash.
     pub async fn verify(&self, candidate: &str, stored: Option<&str>) -> Result<bool> {
         let slot = self.admit()?;
         self.verify_admitted(slot, candidate, stored).await
@@ -211,32 +151,42 @@ impl PasswordHasher {
         candidate: &str,
         stored: Option<&str>,
     ) -> Result<bool> {
-        let is_real = stored.is_some();
-        let hash: Arc<str> = match stored {
-            Some(stored) => Arc::from(stored),
-            None => self.dummy_hash().await?,
-        };
+        let stored = stored.map(str::to_owned);
         let candidate = candidate.to_owned();
-        let matched = self
-            .timed("verify", Some(slot), move || {
-                Ok(verify_hash(candidate.as_bytes(), &hash))
-            })
-            .await?;
-        Ok(matched && is_real)
+        let floor = self.cost;
+        self.timed("verify", Some(slot), move || {
+            Ok(verify_hash_at_least(
+                candidate.as_bytes(),
+                stored.as_deref(),
+                floor,
+            ))
+        })
+        .await
     }
 }
 
 /// Whether `candidate` is the password the bcrypt hash `stored` (`$2a$`, `$2b$` or `$2y$`) was
-/// made from: the check a hashing thread runs for every login. It is one bcrypt at the stored
-/// cost, synchronous and CPU-bound, so async code calls it only through
-/// [`PasswordHasher::verify`]. False for anything that is not a well-formed bcrypt hash.
+/// made from: the check a hashing thread runs for every login (there padded to the configured
+/// cost, see [`verify_hash_at_least`]). It is one bcrypt at the stored cost, synchronous and
+/// CPU-bound, so async code calls it only through [`PasswordHasher::verify`]. False for
+/// anything that is not a well-formed bcrypt hash (after a bcrypt at the lowest cost).
 pub fn verify_hash(candidate: &[u8], stored: &str) -> bool {
+    verify_hash_at_least(candidate, Some(stored), BCRYPT_MIN_COST)
+}
+
+/// [`verify_hash`], costing at least one bcrypt at `floor` whatever `stored` is: a hash at a
+/// lower cost is padded with the rounds it lacks (the difference, not a second bcrypt), and no
+/// hash (an unknown email) or one that does not parse costs one bcrypt at `floor`. One fixed
+/// floor for every check, rather than a dummy at the cost most stored hashes have: that cost
+/// is whatever registrations make it, so whoever registers enough accounts would choose which
+/// accounts answer a wrong password sooner than an unknown email.
+fn verify_hash_at_least(candidate: &[u8], stored: Option<&str>, floor: u32) -> bool {
     // Longer inputs can never match a hash authd made, nor can a NUL: bcrypt cycles its key
     // with a NUL after it, so "P\0P" would match the hash of "P", and authd never hashed a
     // NUL. Still spend the same time on them. (Other control characters are refused at
     // registration but still verified, so passwords set before that rule keep working.)
     let usable = candidate.len() <= PASSWORD_MAX_BYTES && !candidate.contains(&0);
-    let matched = bcrypt::verify(if usable { candidate } else { b"" }, stored);
+    let matched = bcrypt::verify_at_least(if usable { candidate } else { b"" }, stored, floor);
     matched && usable
 }
 
@@ -245,21 +195,6 @@ impl std::fmt::Debug for PasswordHasher {
         f.debug_struct("PasswordHasher")
             .field("cost", &self.cost)
             .finish_non_exhaustive()
-    }
-}
-
-/// The hash unknown emails are verified against, computed once per cost.
-struct DummyHash {
-    cost: u32,
-    hash: OnceCell<Arc<str>>,
-}
-
-impl DummyHash {
-    fn new(cost: u32) -> DummyHash {
-        DummyHash {
-            cost,
-            hash: OnceCell::new(),
-        }
     }
 }
 
@@ -461,18 +396,13 @@ mod tests {
     #[tokio::test]
     async fn verifying_without_a_user_is_always_false() {
         let hasher = PasswordHasher::with_queue_limit(4, 32).await.unwrap();
-        assert!(
-            !hasher
-                .verify("authd-dummy-password-for-timing", None)
-                .await
-                .unwrap()
-        );
+        assert!(!hasher.verify("", None).await.unwrap());
+        assert!(!hasher.verify("correct horse battery", None).await.unwrap());
     }
 
     #[tokio::test]
     async fn hashes_past_the_queue_limit_are_refused_as_unavailable() {
         let hasher = PasswordHasher::with_queue_limit(4, 0).await.unwrap();
-        hasher.dummy_hash().await.unwrap();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         // Occupy every thread, then one more hash finds no thread free and no room to wait.
         let (release, gate) = std::sync::mpsc::channel::<()>();

@@ -457,8 +457,6 @@ impl Store {
         pub async fn revoke_user_sessions(&self, user_id: Uuid, keep: Option<Uuid>, now: DateTime<Utc>) -> Result<u64>;
         /// Live sessions, of one user or of everyone, newest first.
         pub async fn list_sessions(&self, user_id: Option<Uuid>, now: DateTime<Utc>, limit: u32) -> Result<Vec<SessionInfo>>;
-        /// The bcrypt cost most stored password hashes have (none without users).
-        pub async fn most_common_hash_cost(&self) -> Result<Option<u32>>;
         /// Swaps a user's password hash for one at the configured cost, unless it changed since
         /// `old` was read. True when it was swapped.
         pub async fn replace_password_hash(&self, id: Uuid, old: &str, new: &str) -> Result<bool>;
@@ -573,11 +571,6 @@ fn like_pattern(query: &UserQuery) -> Option<String> {
     }
     pattern.push('%');
     Some(pattern)
-}
-
-/// The cost in `$2b$CC$...`, as the most-common-cost query returns it.
-fn parse_cost(text: Option<String>) -> Option<u32> {
-    text?.parse().ok()
 }
 
 /// Reads the row returned by the attempt statement: `(accepted, attempts)`, or none if dead.

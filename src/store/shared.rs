@@ -657,16 +657,6 @@ macro_rules! shared_statements {
                 Ok(row.map(User::from))
             }
 
-            pub async fn most_common_hash_cost(&self) -> Result<Option<u32>> {
-                let cost: Option<String> = sqlx::query_scalar(
-                    "SELECT substr(password_hash, 5, 2) FROM users
-                     GROUP BY substr(password_hash, 5, 2) ORDER BY count(*) DESC, 1 DESC LIMIT 1",
-                )
-                .fetch_optional(&self.pool)
-                .await?;
-                Ok(super::parse_cost(cost))
-            }
-
             pub async fn replace_password_hash(&self, id: Uuid, old: &str, new: &str) -> Result<bool> {
                 let done = sqlx::query(
                     "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",

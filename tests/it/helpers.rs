@@ -456,6 +456,20 @@ impl TestDb {
     }
 }
 
+/// Verifications bcrypt has run, from `/metrics`.
+pub async fn bcrypt_verifications(app: &TestApp) -> f64 {
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(r#"authd_bcrypt_duration_seconds_count{operation="verify"}"#)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// Reads a problem+json body and checks its shape; returns it.
 pub async fn problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "unexpected status");

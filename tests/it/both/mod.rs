@@ -12,3 +12,4 @@ mod otp_flow;
 pub mod process;
 mod prune;
 mod sessions;
+mod timing;

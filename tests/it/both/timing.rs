@@ -1,0 +1,95 @@
+//! Login timing after `password.bcrypt_cost` is raised: a wrong password costs one bcrypt at
+//! the configured cost for an account hashed before the raise, for one hashed since and for an
+//! unknown address alike, however many accounts anyone registers at either cost.
+//!
+//! The one test here asserts a timer, because timing is the rule (issue 20).
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use crate::helpers::{TestApp, bcrypt_verifications, fresh_database, problem, test_settings};
+use crate::smtp_sink::{Behaviour, MailSink};
+
+const WRONG: &str = "not the password";
+
+/// Samples of each kind of login; the medians are compared.
+const SAMPLES: usize = 7;
+
+/// Sends a wrong password for `email`; returns how long the answer took, after checking that it
+/// is the usual refusal and that it cost exactly one bcrypt verification.
+async fn time_wrong_password(app: &TestApp, email: &str) -> Duration {
+    let before = bcrypt_verifications(app).await;
+    let started = Instant::now();
+    let response = app.login(email, WRONG).await;
+    let took = started.elapsed();
+    problem(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    assert_eq!(bcrypt_verifications(app).await - before, 1.0, "{email}");
+    took
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// How many times longer the slower of `a` and `b` is.
+fn factor(a: Duration, b: Duration) -> f64 {
+    a.max(b).as_secs_f64() / a.min(b).as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_cost_raise_outnumbered_old_accounts_answer_a_wrong_password_as_late_as_unknown_emails()
+ {
+    let db_url = fresh_database().await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
+    let mut settings = test_settings(&db_url, mail.port);
+    settings.rate_limit.requests_per_ip_per_minute = 100_000;
+    settings.rate_limit.login_failures_per_account = 1000;
+    settings.password.bcrypt_cost = 4;
+    // Each TestApp stays alive to the end: dropping one deletes its SQLite directory.
+    let before_raise = TestApp::spawn_on(settings.clone(), mail.clone(), db_url.clone()).await;
+    before_raise.register("dormant@example.test", false).await;
+    before_raise.register("dormant2@example.test", false).await;
+
+    settings.password.bcrypt_cost = 9;
+    let raised = TestApp::spawn_on(settings.clone(), mail.clone(), db_url.clone()).await;
+    // More accounts at the new cost than are left at the old one, as anyone could register.
+    for n in 0..3 {
+        raised
+            .register(&format!("new{n}@example.test"), false)
+            .await;
+    }
+    // A restart: whatever it reads from the stored hashes, it reads now.
+    let app = TestApp::spawn_on(settings, mail, db_url).await;
+    assert_eq!(
+        app.db
+            .text(
+                "SELECT substr(password_hash, 1, 7) FROM users WHERE email = 'dormant@example.test'"
+            )
+            .await,
+        "$2b$04$"
+    );
+    assert_eq!(
+        app.db
+            .text("SELECT substr(password_hash, 1, 7) FROM users WHERE email = 'new0@example.test'")
+            .await,
+        "$2b$09$"
+    );
+    // Connections and caches warm, so the first sample of each kind is not an outlier.
+    time_wrong_password(&app, "dormant2@example.test").await;
+    time_wrong_password(&app, "warm-up@example.test").await;
+
+    let (mut old, mut new, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+    // Interleaved, so a busy moment of the machine falls on every kind alike.
+    for n in 0..SAMPLES {
+        old.push(time_wrong_password(&app, "dormant@example.test").await);
+        new.push(time_wrong_password(&app, "new1@example.test").await);
+        unknown.push(time_wrong_password(&app, &format!("nobody{n}@example.test")).await);
+    }
+    let (old, new, unknown) = (median(old), median(new), median(unknown));
+    let medians = format!("medians: old {old:?}, new {new:?}, unknown {unknown:?}");
+
+    assert!(factor(old, unknown) < 2.0, "{medians}");
+    assert!(factor(new, unknown) < 2.0, "{medians}");
+}
