@@ -94,7 +94,7 @@ fn key_json(key: &SigningKeyRecord) -> serde_json::Value {
     })
 }
 
-fn keys_table(keys: &[SigningKeyRecord]) -> comfy_table::Table {
+fn keys_table(keys: &[SigningKeyRecord]) -> super::Table {
     let mut table = new_table();
     table.set_header([
         "kid",
