@@ -25,7 +25,8 @@ use crate::store::{Backend, Store};
 pub enum Door {
     /// `authd serve`: every use case, logging in included.
     Server,
-    /// The admin commands: no signing key and no mailer (see [`Auth::for_admin`]).
+    /// The admin commands: no signing key and no mailer (see [`Auth::for_admin`]), and only a
+    /// database that exists.
     Cli,
 }
 
@@ -46,11 +47,14 @@ impl Core {
 /// Builds the core for `door`: the one place that knows how an `Auth` is made. No mail relay is
 /// contacted (SMTP connects at the first mail) and PostgreSQL only at the first query.
 pub async fn build_core(settings: &Settings, door: Door) -> anyhow::Result<Core> {
-    // SQLite gets its schema here (zero setup); PostgreSQL needs `authd migrate`.
-    let opened = Store::open(settings).await;
+    // SQLite gets its schema here (zero setup); PostgreSQL needs `authd migrate`. Only the
+    // server creates a missing SQLite database: an admin command never does (see
+    // `create_zero_setup_database` for the one that may).
     let store = match door {
-        Door::Server => opened.context("cannot prepare the database")?,
-        Door::Cli => opened?,
+        Door::Server => Store::open(settings)
+            .await
+            .context("cannot prepare the database")?,
+        Door::Cli => Store::open_existing(settings).await?,
     };
     if door == Door::Server {
         warn_about_serving_with(settings, &store);
@@ -105,6 +109,16 @@ async fn flush_audit(audit_writer: JoinHandle<()>) {
     {
         tracing::warn!("audit trail not fully written at shutdown");
     }
+}
+
+/// Creates the zero-setup SQLite database (its file and schema) when it is missing, for the
+/// admin commands that make something (`authd user add`). A PostgreSQL database is the
+/// operator's: nothing to do.
+pub async fn create_zero_setup_database(settings: &Settings) -> anyhow::Result<()> {
+    if settings.database_url().starts_with("sqlite:") {
+        Store::open(settings).await?;
+    }
+    Ok(())
 }
 
 /// What `authd migrate` did.

@@ -430,6 +430,15 @@ impl Settings {
         }
         let kek = crate::keys::parse_kek(kek.expose_secret())
             .context("refusing to start in production: keys.encryption_key")?;
+        // Not read here (the key comes from settings), but a copy of an earlier key that others
+        // can read opens the signing keys it sealed.
+        let file = self.generated_kek_path();
+        if let Some(mode) = crate::keys::mode_open_to_others(&file) {
+            bail!(
+                "refusing to start in production: {} (mode {mode:o}) is a key-encryption key other users can read; production uses keys.encryption_key: delete the file or chmod 600 it",
+                file.display()
+            );
+        }
         let distinct = distinct_bytes(&kek);
         if distinct < MIN_SECRET_DISTINCT_BYTES {
             bail!(
@@ -673,6 +682,26 @@ mod tests {
             settings.env = Environment::Development;
             settings.check_production().unwrap();
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn production_refuses_a_key_encryption_key_file_other_users_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("authd-prod-kek-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut settings = sound_production();
+        settings.data_dir = dir.clone();
+        let file = settings.generated_kek_path();
+        std::fs::write(&file, "00".repeat(32)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = settings.check_production().unwrap_err().to_string();
+        assert!(err.contains("key-encryption-key (mode 644)"), "{err}");
+        assert!(err.contains("keys.encryption_key"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        settings.check_production().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ use idna::AsciiDenyList;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use uuid::Uuid;
 
 /// A user as every door shows it. There is deliberately no password hash here.
@@ -37,6 +38,37 @@ pub const BCRYPT_MAX_COST: u32 = 31;
 pub const NAME_MAX_CHARS: usize = 100;
 pub const OTP_DIGITS: usize = 6;
 
+/// Whether `c` is a character a terminal does not simply draw: a control character (Unicode
+/// general category Cc: ESC, CR, ...), a format character (Cf: the bidirectional overrides and
+/// isolates such as U+202E, the zero-width space U+200B and joiners U+200C/U+200D, the soft
+/// hyphen, the byte-order mark, tag characters) or a line or paragraph separator (Zl U+2028,
+/// Zp U+2029). Such a character reorders, hides or breaks what an admin reads, so names and
+/// email addresses never hold one, and the admin tables escape any they meet.
+pub fn is_hidden_or_control(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
+}
+
+/// Refuses text holding a format character or a line or paragraph separator, naming the first.
+/// (Control characters have their own checks and messages.)
+fn refuse_hidden_characters(raw: &str) -> Result<(), String> {
+    match raw
+        .chars()
+        .find(|&c| is_hidden_or_control(c) && !c.is_control())
+    {
+        Some(c) => Err(format!(
+            "must not contain invisible or text-reordering characters (U+{:04X})",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A syntactically valid email address in the one form authd stores, compares and shows:
 /// trimmed, Unicode NFC, lower-cased, and with its domain in ASCII (IDNA punycode), so
 /// `José@Bücher.example` typed precomposed or decomposed is always `josé@xn--bcher-kva.example`.
@@ -55,6 +87,7 @@ impl Email {
         if trimmed.chars().any(char::is_control) {
             return Err("must not contain control characters".into());
         }
+        refuse_hidden_characters(raw)?;
         // NFC before lower-casing so both spellings of a letter lower-case alike, and again
         // after, because lower-casing may leave a sequence that composes further.
         let lowered: String = trimmed
@@ -123,7 +156,8 @@ impl Password {
     }
 }
 
-/// A first or last name: trimmed, at most 100 characters, no control characters. Empty means absent.
+/// A first or last name: trimmed, at most 100 characters, no control characters, no format
+/// characters and no line or paragraph separators. Empty means absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersonName(String);
 
@@ -133,6 +167,7 @@ impl PersonName {
         if raw.chars().any(char::is_control) {
             return Err("must not contain control characters".into());
         }
+        refuse_hidden_characters(raw)?;
         let trimmed = raw.trim();
         if trimmed.is_empty() {
             return Ok(None);
@@ -326,6 +361,59 @@ mod tests {
         );
         assert!(PersonName::parse_optional(Some(&"x".repeat(101))).is_err());
         assert!(PersonName::parse_optional(Some("Ada\u{7}")).is_err());
+    }
+
+    /// Right-to-left override, zero-width space, line separator, paragraph separator, and two
+    /// more format characters (left-to-right isolate, byte-order mark).
+    const HIDDEN: [char; 6] = [
+        '\u{202e}', '\u{200b}', '\u{2028}', '\u{2029}', '\u{2066}', '\u{feff}',
+    ];
+
+    #[test]
+    fn names_with_an_invisible_or_reordering_character_are_refused() {
+        for c in HIDDEN {
+            let err = PersonName::parse_optional(Some(&format!("Ad{c}min"))).unwrap_err();
+            assert!(err.contains("invisible"), "{c:?}: {err}");
+            assert!(err.contains(&format!("U+{:04X}", u32::from(c))), "{err}");
+            // Only around the name, where trimming would otherwise drop some of them, too.
+            assert!(PersonName::parse_optional(Some(&format!("Ada{c}"))).is_err());
+        }
+        assert!(PersonName::parse_optional(Some("Zo\u{eb} O'Neil-\u{5e9}\u{5e8}\u{5d4}")).is_ok());
+    }
+
+    #[test]
+    fn email_with_an_invisible_or_reordering_character_is_refused() {
+        for c in HIDDEN {
+            for raw in [
+                format!("root{c}@example.test"),
+                format!("root@exam{c}ple.test"),
+                format!("root@example.test{c}"),
+            ] {
+                let err = Email::parse(&raw).unwrap_err();
+                assert!(err.contains("invisible"), "{raw:?}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn hidden_characters_are_the_control_format_and_separator_categories() {
+        for c in HIDDEN
+            .into_iter()
+            .chain(['\u{1b}', '\u{85}', '\u{ad}', '\u{e0041}'])
+        {
+            assert!(is_hidden_or_control(c), "{c:?}");
+        }
+        for c in [
+            'a',
+            ' ',
+            '\u{e9}',
+            '\u{301}',
+            '\u{5d0}',
+            '\u{3000}',
+            '\u{1f600}',
+        ] {
+            assert!(!is_hidden_or_control(c), "{c:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use rand::{TryRngCore, rngs::OsRng};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{MIN_SECRET_BYTES, Settings, check_secret};
+use crate::config::{Environment, MIN_SECRET_BYTES, Settings, check_secret};
 
 /// Where the signing secret came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,7 @@ pub fn load_signing_secret(
     }
     let path = settings.generated_secret_path();
     if path.exists() {
+        check_key_file_is_private(&path, "jwt.secret", settings)?;
         let secret = read_secret(&path)?;
         return Ok(SigningSecret {
             secret,
@@ -91,6 +92,7 @@ pub fn load_key_encryption_key(
     }
     let path = settings.generated_kek_path();
     let text = if path.exists() {
+        check_key_file_is_private(&path, "keys.encryption_key", settings)?;
         read_secret(&path)?
     } else if may_generate {
         tracing::warn!(
@@ -105,6 +107,48 @@ pub fn load_key_encryption_key(
         );
     };
     parse_kek(text.expose_secret()).with_context(|| format!("{} is unusable", path.display()))
+}
+
+/// The mode of `path` when users other than its owner may read or write it (0644 after a copy,
+/// say); None when only its owner may, or when it cannot be examined (or off Unix).
+pub(crate) fn mode_open_to_others(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// A generated key about to be used must be its owner's alone: anyone who reads the
+/// key-encryption key opens every signing key, anyone who reads the HS256 secret signs tokens.
+/// Outside production a key file others can read is warned about (authd made it 0600: someone
+/// copied or changed it); in production, where the keys come from settings, it is refused.
+fn check_key_file_is_private(
+    path: &Path,
+    setting: &str,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let Some(mode) = mode_open_to_others(path) else {
+        return Ok(());
+    };
+    if settings.env == Environment::Production {
+        bail!(
+            "refusing to use {} (mode {mode:o}): other users can read it; in production set {setting} instead, and delete the file or chmod 600 it",
+            path.display()
+        );
+    }
+    tracing::warn!(
+        path = %path.display(),
+        mode = format!("{mode:o}"),
+        "a generated key is readable by other users: chmod 600 it (and set {setting} in production)"
+    );
+    Ok(())
 }
 
 /// 64 hex characters as 32 bytes.
@@ -217,6 +261,45 @@ mod tests {
             settings.keys.encryption_key = Some(bad.to_string().into());
             assert!(load_key_encryption_key(&settings, true).is_err(), "{bad:?}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_encryption_key_file_others_can_read_is_used_with_a_warning_but_refused_in_production()
+    {
+        let dir = std::env::temp_dir().join(format!("authd-kek-mode-{}", uuid::Uuid::new_v4()));
+        let mut settings = settings_in(&dir);
+        let generated = load_key_encryption_key(&settings, true).unwrap();
+        let path = dir.join("key-encryption-key");
+        assert_eq!(mode_open_to_others(&path), None, "made private");
+        chmod(&path, 0o644);
+        assert_eq!(mode_open_to_others(&path), Some(0o644));
+        // Development: still the same key (the warning goes to the log).
+        assert_eq!(
+            load_key_encryption_key(&settings, false).unwrap(),
+            generated
+        );
+        settings.env = Environment::Production;
+        let err = load_key_encryption_key(&settings, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("644") && err.contains("keys.encryption_key"),
+            "{err}"
+        );
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        chmod(&path, 0o600);
+        assert_eq!(
+            load_key_encryption_key(&settings, false).unwrap(),
+            generated
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

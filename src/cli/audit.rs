@@ -43,7 +43,7 @@ pub async fn run(args: AuditArgs, settings: &Settings) -> anyhow::Result<()> {
     match args.format {
         OutputFormat::Table if events.is_empty() => println!("no events"),
         OutputFormat::Table => println!("{}", events_table(&events)),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&events)?),
+        OutputFormat::Json => println!("{}", super::to_json(&events)?),
     }
     Ok(())
 }
@@ -73,12 +73,12 @@ pub async fn prune(args: PruneArgs, settings: &Settings) -> anyhow::Result<()> {
             settings.audit.retention_days,
             pruned.keys
         ),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&pruned)?),
+        OutputFormat::Json => println!("{}", super::to_json(&pruned)?),
     }
     Ok(())
 }
 
-fn events_table(events: &[RecordedEvent]) -> comfy_table::Table {
+fn events_table(events: &[RecordedEvent]) -> super::Table {
     let mut table = new_table();
     table.set_header(["time", "event", "outcome", "email", "client", "detail"]);
     for event in events {

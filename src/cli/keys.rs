@@ -76,7 +76,7 @@ async fn list(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
         OutputFormat::Table => println!("{}", keys_table(&keys)),
         OutputFormat::Json => {
             let listed: Vec<_> = keys.iter().map(key_json).collect();
-            println!("{}", serde_json::to_string_pretty(&listed)?);
+            println!("{}", super::to_json(&listed)?);
         }
     }
     Ok(())
@@ -94,7 +94,7 @@ fn key_json(key: &SigningKeyRecord) -> serde_json::Value {
     })
 }
 
-fn keys_table(keys: &[SigningKeyRecord]) -> comfy_table::Table {
+fn keys_table(keys: &[SigningKeyRecord]) -> super::Table {
     let mut table = new_table();
     table.set_header([
         "kid",
@@ -206,7 +206,7 @@ async fn revoke(args: RevokeArgs, settings: &Settings) -> anyhow::Result<()> {
     let Some(revoked) = revoked else {
         return Err(UserError(format!(
             "no signing key {}: `authd keys list` shows them",
-            super::token::printable(&kid)
+            super::printable(&kid)
         ))
         .into());
     };

@@ -3,6 +3,7 @@
 mod audit;
 mod healthcheck;
 mod keys;
+mod output;
 mod session;
 pub(crate) mod token;
 mod user;
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub(crate) use self::output::{Table, printable, to_json};
 use crate::app::{self, App, Door};
 use crate::auth::Auth;
 use crate::config::Settings;
@@ -21,7 +23,8 @@ use crate::error::Error;
 const EXIT_CODES: &str = "Exit codes:
   0  success
   1  the input is wrong or was refused (bad arguments, invalid email, duplicate, unknown user
-     or session, invalid token, a deletion not confirmed)
+     or session, invalid token, a deletion not confirmed, no database where the settings
+     point: only serve, migrate and user add create one)
   2  the system failed (database unreachable, bad configuration)";
 
 /// authd: a small, self-hosted login server with emailed one-time codes.
@@ -116,11 +119,9 @@ pub(crate) fn format_utc(at: chrono::DateTime<chrono::Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// An empty table in the house style.
-pub(crate) fn new_table() -> comfy_table::Table {
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table
+/// An empty table in the house style; every cell put in it is escaped for the terminal.
+pub(crate) fn new_table() -> Table {
+    Table::new()
 }
 
 /// A refusal caused by the user's input: exit code 1 rather than 2.
@@ -132,6 +133,7 @@ pub struct UserError(pub String);
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     let user_fault = err.chain().any(|cause| {
         cause.downcast_ref::<UserError>().is_some()
+            || cause.downcast_ref::<crate::store::NoDatabase>().is_some()
             || cause
                 .downcast_ref::<Error>()
                 .is_some_and(|e| !matches!(e, Error::Unavailable(_) | Error::Internal(_)))

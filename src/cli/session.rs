@@ -73,7 +73,7 @@ async fn list(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
     })
     .await?;
     match args.format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&sessions)?),
+        OutputFormat::Json => println!("{}", super::to_json(&sessions)?),
         OutputFormat::Table if sessions.is_empty() => println!("no live sessions"),
         OutputFormat::Table => {
             let mut table = new_table();
@@ -94,9 +94,7 @@ async fn list(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
                     format_utc(s.last_used_at),
                     format_utc(s.expires_at),
                     s.client_ip.clone().unwrap_or_else(|| "-".into()),
-                    s.user_agent
-                        .as_deref()
-                        .map_or_else(|| "-".into(), crate::cli::token::printable),
+                    s.user_agent.clone().unwrap_or_else(|| "-".into()),
                 ]);
             }
             println!("{table}");

@@ -5,11 +5,11 @@ use std::io::Read;
 use anyhow::Context;
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Args, Subcommand};
-use comfy_table::Table;
 use serde_json::{Value, json};
 
 use super::{
-    EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table, with_auth,
+    EXIT_CODES, OutputFormat, Table, UserError, format_utc, is_interactive, new_table, to_json,
+    with_auth,
 };
 use crate::config::Settings;
 use crate::keys::existing_signing_secret;
@@ -65,8 +65,12 @@ async fn verifying_keys(jwks: Option<&str>, settings: &Settings) -> anyhow::Resu
     let set = match jwks {
         Some(source) => {
             let text = read_jwks(source).await?;
-            KeySet::from_jwks(&text)
-                .map_err(|err| UserError(format!("{source} is not a usable JWK set: {err:#}")))?
+            KeySet::from_jwks(&text).map_err(|err| {
+                UserError(format!(
+                    "{} is not a usable JWK set: {err:#}",
+                    without_userinfo(source)
+                ))
+            })?
         }
         None => {
             let records = with_auth(settings, async |auth| {
@@ -91,10 +95,15 @@ async fn verifying_keys(jwks: Option<&str>, settings: &Settings) -> anyhow::Resu
     Ok(TokenKeys::with_set(set, &settings.jwt))
 }
 
-/// The text of a JWKS file or URL, at most [`MAX_JWKS_BYTES`].
+/// The text of a JWKS file or URL, at most [`MAX_JWKS_BYTES`]: a file is read through the
+/// same cap as a body, so `/dev/zero` or a huge file stops at the cap instead of filling memory.
 async fn read_jwks(source: &str) -> anyhow::Result<String> {
     if !(source.starts_with("http://") || source.starts_with("https://")) {
-        let bytes = std::fs::read(source)
+        let file = std::fs::File::open(source)
+            .map_err(|err| UserError(format!("cannot read the JWKS file {source}: {err}")))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_JWKS_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
             .map_err(|err| UserError(format!("cannot read the JWKS file {source}: {err}")))?;
         if bytes.len() > MAX_JWKS_BYTES {
             return Err(UserError(format!("{source} is over {MAX_JWKS_BYTES} bytes")).into());
@@ -102,6 +111,7 @@ async fn read_jwks(source: &str) -> anyhow::Result<String> {
         return String::from_utf8(bytes)
             .map_err(|_| UserError(format!("{source} is not UTF-8")).into());
     }
+    let shown = without_userinfo(source);
     crate::install_crypto_provider();
     let fetched = async {
         let client = reqwest::Client::builder()
@@ -122,13 +132,38 @@ async fn read_jwks(source: &str) -> anyhow::Result<String> {
         Ok::<_, reqwest::Error>(Some(body))
     }
     .await
-    .map_err(|err| UserError(format!("cannot fetch the JWKS {source}: {err}")))?;
-    let body = fetched.ok_or_else(|| {
+    // reqwest's messages name the URL, password included: say it once, without them.
+    .map_err(|err| {
         UserError(format!(
-            "the JWKS at {source} is over {MAX_JWKS_BYTES} bytes"
+            "cannot fetch the JWKS {shown}: {:#}",
+            anyhow::Error::new(err.without_url())
         ))
     })?;
-    String::from_utf8(body).map_err(|_| UserError(format!("{source} is not UTF-8")).into())
+    let body = fetched.ok_or_else(|| {
+        UserError(format!(
+            "the JWKS at {shown} is over {MAX_JWKS_BYTES} bytes"
+        ))
+    })?;
+    String::from_utf8(body).map_err(|_| UserError(format!("{shown} is not UTF-8")).into())
+}
+
+/// `source` as messages show it: a URL without its user information (`http://admin:pw@host/`
+/// is shown as `http://host/`), so a password given in it never reaches a terminal or a log.
+/// A URL that does not parse is cut after its scheme up to its last `@`, which removes too
+/// much rather than too little.
+fn without_userinfo(source: &str) -> String {
+    match reqwest::Url::parse(source) {
+        Ok(mut url) => {
+            if url.set_username("").is_err() || url.set_password(None).is_err() {
+                return "(the --jwks URL)".into();
+            }
+            url.to_string()
+        }
+        Err(_) => match (source.split_once("://"), source.rfind('@')) {
+            (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &source[at + 1..]),
+            _ => source.to_owned(),
+        },
+    }
 }
 
 async fn inspect_token(args: InspectArgs, settings: &Settings) -> anyhow::Result<()> {
@@ -138,10 +173,7 @@ async fn inspect_token(args: InspectArgs, settings: &Settings) -> anyhow::Result
     let now = Utc::now();
     match args.format {
         OutputFormat::Table => println!("{}", inspection_table(&inspection, now)),
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&inspection_json(&inspection, now))?
-        ),
+        OutputFormat::Json => println!("{}", to_json(&inspection_json(&inspection, now))?),
     }
     match inspection.verdict {
         Ok(_) => Ok(()),
@@ -205,30 +237,14 @@ fn status_label(inspection: &Inspection) -> String {
 /// The registered claims in the order they are read: who, about whom, for whom, when.
 const CLAIM_ORDER: [&str; 8] = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti", "sid"];
 
-/// The token's own text for a terminal: control characters (ESC, CR, ...) and bidirectional
-/// overrides shown as `\u{1b}` escapes, so a forged claim cannot move the cursor, clear the
-/// screen or reorder what is shown. JSON output needs none of this: serde escapes them.
-pub(crate) fn printable(text: &str) -> String {
-    let mut shown = String::with_capacity(text.len());
-    for c in text.chars() {
-        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || bidi {
-            shown.extend(c.escape_unicode());
-        } else {
-            shown.push(c);
-        }
-    }
-    shown
-}
-
 fn inspection_table(inspection: &Inspection, now: DateTime<Utc>) -> Table {
     let mut table = new_table();
-    table.add_row(["kind".to_owned(), printable(&kind_label(inspection))]);
+    table.add_row(["kind".to_owned(), kind_label(inspection)]);
     let header = inspection
         .header
         .as_ref()
         .map_or_else(|| "(cannot be decoded)".into(), Value::to_string);
-    table.add_row(["header".to_owned(), printable(&header)]);
+    table.add_row(["header".to_owned(), header]);
     match &inspection.claims {
         Some(Value::Object(claims)) => {
             let known = CLAIM_ORDER
@@ -238,20 +254,17 @@ fn inspection_table(inspection: &Inspection, now: DateTime<Utc>) -> Table {
                 .iter()
                 .filter(|(name, _)| !CLAIM_ORDER.contains(&name.as_str()));
             for (name, value) in known.chain(others) {
-                table.add_row([printable(name), printable(&claim_label(name, value, now))]);
+                table.add_row([name.clone(), claim_label(name, value, now)]);
             }
         }
         Some(other) => {
-            table.add_row(["claims".to_owned(), printable(&other.to_string())]);
+            table.add_row(["claims".to_owned(), other.to_string()]);
         }
         None => {
             table.add_row(["claims".to_owned(), "(cannot be decoded)".to_owned()]);
         }
     }
-    table.add_row([
-        "signed by".to_owned(),
-        printable(&signer_label(&inspection.signer)),
-    ]);
+    table.add_row(["signed by".to_owned(), signer_label(&inspection.signer)]);
     table.add_row(["status".to_owned(), status_label(inspection)]);
     table
 }
@@ -401,14 +414,26 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_and_bidi_overrides_are_escaped_for_the_terminal() {
-        assert_eq!(printable("ok é 日本"), "ok é 日本");
-        assert_eq!(printable("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+    fn a_jwks_url_is_shown_without_its_user_information() {
         assert_eq!(
-            printable("x\r\ny\u{7f}\u{9b}"),
-            "x\\u{d}\\u{a}y\\u{7f}\\u{9b}"
+            without_userinfo("http://admin:s3cret@jwks.example.test:8080/keys?x=1"),
+            "http://jwks.example.test:8080/keys?x=1"
         );
-        assert_eq!(printable("\u{202e}gnp.exe"), "\\u{202e}gnp.exe");
+        assert_eq!(
+            without_userinfo("https://admin@jwks.example.test/"),
+            "https://jwks.example.test/"
+        );
+        assert_eq!(
+            without_userinfo("https://jwks.example.test/a@b"),
+            "https://jwks.example.test/a@b"
+        );
+        // Not a URL the parser takes (a `/` in the password): cut up to the last `@`.
+        let unparsable = without_userinfo("http://admin:s3/cret@[bad/jwks");
+        assert!(!unparsable.contains("s3"), "{unparsable}");
+        assert_eq!(
+            without_userinfo("/etc/authd/jwks.json"),
+            "/etc/authd/jwks.json"
+        );
     }
 
     #[test]

@@ -5,10 +5,9 @@ use std::io::BufRead;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use comfy_table::Table;
 
 use super::{
-    EXIT_CODES, OutputFormat, UserError, format_utc, is_interactive, new_table, with_auth,
+    EXIT_CODES, OutputFormat, Table, UserError, format_utc, is_interactive, new_table, with_auth,
 };
 use crate::auth::{Actor, Registration, RegistrationInput};
 use crate::config::Settings;
@@ -196,6 +195,8 @@ async fn add_user(args: AddArgs, settings: &Settings) -> anyhow::Result<()> {
         .context("input task failed")??;
     let registration = Registration::parse(input)?;
     let email = registration.email.clone();
+    // The one admin command that may make the zero-setup database (as `migrate` does).
+    crate::app::create_zero_setup_database(settings).await?;
     let user = with_auth(settings, async |auth| {
         auth.add_user(registration)
             .await
@@ -207,7 +208,7 @@ async fn add_user(args: AddArgs, settings: &Settings) -> anyhow::Result<()> {
             println!("created user {}", user.email);
             println!("{}", user_details_table(&user));
         }
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&user)?),
+        OutputFormat::Json => println!("{}", super::to_json(&user)?),
     }
     Ok(())
 }
@@ -303,7 +304,7 @@ async fn list_users(args: ListArgs, settings: &Settings) -> anyhow::Result<()> {
     match args.format {
         OutputFormat::Table if users.is_empty() => println!("no users"),
         OutputFormat::Table => println!("{}", users_table(&users)),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&users)?),
+        OutputFormat::Json => println!("{}", super::to_json(&users)?),
     }
     Ok(())
 }

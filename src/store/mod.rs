@@ -331,6 +331,16 @@ pub struct UserQuery {
     pub limit: Option<u32>,
 }
 
+/// The SQLite file the settings name is not there, and the command may not create it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no database at {}: nothing was created; point authd at yours with --config FILE, --database-url URL or AUTHD_DATABASE__URL (`authd migrate` creates one there)",
+    .path.display()
+)]
+pub struct NoDatabase {
+    pub path: std::path::PathBuf,
+}
+
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -379,12 +389,29 @@ impl Store {
     }
 
     /// Connects like `connect_lazy`; a SQLite database (one file, one instance) also gets its
-    /// schema applied, so every command works on a fresh data directory.
+    /// schema applied, so the server works on a fresh data directory.
     pub async fn open(settings: &Settings) -> anyhow::Result<Store> {
-        let store = Store::connect_lazy(settings)?;
-        match &store {
+        Store::connect_lazy(settings)?.prepare().await
+    }
+
+    /// Like [`Store::open`], but never creates a database: a SQLite file that is not there is
+    /// [`NoDatabase`]. What the admin commands use, so that one run in the wrong directory, or
+    /// with the wrong settings, says so instead of answering from an empty database it made.
+    pub async fn open_existing(settings: &Settings) -> anyhow::Result<Store> {
+        let url = settings.database_url();
+        let store = if url.starts_with("sqlite:") {
+            Store::Sqlite(SqliteStore::connect_existing(&url, &settings.database)?)
+        } else {
+            Store::connect_lazy(settings)?
+        };
+        store.prepare().await
+    }
+
+    /// Brings a SQLite schema up to date; checks a PostgreSQL one in the background.
+    async fn prepare(self) -> anyhow::Result<Store> {
+        match &self {
             Store::Sqlite(_) => {
-                for name in store.migrate().await? {
+                for name in self.migrate().await? {
                     tracing::info!(migration = %name, "applied migration");
                 }
             }
@@ -401,7 +428,7 @@ impl Store {
                 });
             }
         }
-        Ok(store)
+        Ok(self)
     }
 
     /// Pool connections: (open, idle, maximum).

@@ -122,9 +122,22 @@ fn warn_if_readable_by_others(path: &std::path::Path) {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its directory.
     pub fn connect_lazy(url: &str, settings: &DatabaseSettings) -> anyhow::Result<SqliteStore> {
+        Self::connect(url, settings, true)
+    }
+
+    /// Opens the database file only if it exists: never creates it, nor its directory.
+    pub fn connect_existing(url: &str, settings: &DatabaseSettings) -> anyhow::Result<SqliteStore> {
+        Self::connect(url, settings, false)
+    }
+
+    fn connect(
+        url: &str,
+        settings: &DatabaseSettings,
+        create: bool,
+    ) -> anyhow::Result<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)
             .context("database.url is not a valid sqlite:// URL")?
-            .create_if_missing(true)
+            .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
@@ -134,7 +147,13 @@ impl SqliteStore {
         // sqlx names an in-memory database "file:sqlx-in-memory-<n>": nothing to create.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         if !in_memory {
-            create_private_file(options.get_filename())?;
+            let path = options.get_filename();
+            if create {
+                create_private_file(path)?;
+            } else if !path.exists() {
+                let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+                return Err(super::NoDatabase { path }.into());
+            }
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections)

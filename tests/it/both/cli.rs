@@ -780,3 +780,93 @@ async fn token_inspect_without_a_database_or_a_jwks_exits_2() {
         "{failed:?}"
     );
 }
+
+#[tokio::test]
+async fn token_inspect_with_jwks_dev_zero_stops_at_the_size_cap_with_one_line() {
+    let issued = keys()
+        .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+        .unwrap();
+    // Under a 2 GiB address-space limit: reading the whole endless file would die here (or
+    // grow until the kernel kills it) instead of answering with one line.
+    let authd = authd_process(&[
+        "--database-url",
+        NO_DATABASE,
+        "token",
+        "inspect",
+        &issued.token,
+        "--jwks",
+        "/dev/zero",
+    ]);
+    let mut limited = std::process::Command::new("sh");
+    limited
+        .arg("-c")
+        .arg("ulimit -v 2097152 && exec \"$@\"")
+        .arg("sh")
+        .arg(authd.get_program())
+        .args(authd.get_args());
+    for (key, value) in authd.get_envs() {
+        match value {
+            Some(value) => limited.env(key, value),
+            None => limited.env_remove(key),
+        };
+    }
+    let mut limited = Command::from_std(limited);
+    limited.timeout(Duration::from_secs(60));
+    let failed = run(limited).await;
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    let line = failed.error_line();
+    assert!(line.contains("/dev/zero is over 1048576 bytes"), "{line}");
+    assert!(failed.stdout.is_empty(), "{failed:?}");
+}
+
+/// A loopback HTTP server that answers every request with `response`; its port.
+async fn answering(response: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_jwks_url_with_a_password_is_never_printed_with_it() {
+    let issued = keys()
+        .issue(TokenKind::Access, Uuid::new_v4(), Uuid::new_v4())
+        .unwrap();
+    let not_found =
+        answering("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+    let not_jwks = answering(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]",
+    )
+    .await;
+    let closed = testkit::free_port().expect("a free loopback port");
+    for port in [not_found, not_jwks, closed] {
+        let url = format!("http://admin:s3cret-pw@127.0.0.1:{port}/jwks.json");
+        let failed = run(authd_on(
+            NO_DATABASE,
+            &["token", "inspect", &issued.token, "--jwks", &url],
+        ))
+        .await;
+        assert_eq!(failed.code, Some(1), "{failed:?}");
+        let line = failed.error_line();
+        assert!(
+            line.contains(&format!("http://127.0.0.1:{port}/jwks.json")),
+            "the URL is named: {line}"
+        );
+        for secret in ["s3cret-pw", "admin:"] {
+            assert!(
+                !failed.stderr.contains(secret) && !failed.stdout.contains(secret),
+                "{secret} shown: {failed:?}"
+            );
+        }
+    }
+}

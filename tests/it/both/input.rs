@@ -1,5 +1,6 @@
 //! Hostile and unusual input: Unicode email spellings, control characters in passwords and
-//! token claims, and tokens whose registered claims or header authd must refuse.
+//! token claims, invisible and reordering characters in names and addresses, and tokens whose
+//! registered claims or header authd must refuse.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::helpers::{PASSWORD, SECRET, TestApp, problem};
+use crate::helpers::{PASSWORD, SECRET, TempDir, TestApp, admin, fresh_database, problem};
 
 async fn user_count(app: &TestApp) -> i64 {
     app.db
@@ -213,10 +214,11 @@ async fn token_inspect_shows_escape_sequences_in_claims_escaped_in_the_table() {
     }
     let data_dir =
         std::env::temp_dir().join(format!("authd-input-{}", uuid::Uuid::new_v4().simple()));
+    let db_url = fresh_database().await;
     cmd.env_remove("DATABASE_URL")
         .env("AUTHD_JWT__SECRET", SECRET)
         .env("AUTHD_DATA_DIR", &data_dir)
-        .args(["token", "inspect", &token])
+        .args(["--database-url", &db_url, "token", "inspect", &token])
         .timeout(Duration::from_secs(60));
     let output = tokio::task::spawn_blocking(move || cmd.output())
         .await
@@ -231,4 +233,129 @@ async fn token_inspect_shows_escape_sequences_in_claims_escaped_in_the_table() {
     let table = String::from_utf8(output.stdout).unwrap();
     assert!(table.contains("\\u{1b}[2Jcleared"), "{table}");
     assert!(table.contains("\\u{1b}]0;title\\u{7}"), "{table}");
+}
+
+// ---- invisible and reordering characters ----
+
+/// Right-to-left override, line separator, paragraph separator, zero-width space: each
+/// reorders, breaks or hides what an admin reads.
+const HIDDEN: [char; 4] = ['\u{202e}', '\u{2028}', '\u{2029}', '\u{200b}'];
+
+#[tokio::test]
+async fn registration_refuses_an_invisible_or_reordering_character_in_each_name_and_the_email() {
+    let app = TestApp::spawn().await;
+    for c in HIDDEN {
+        for field in ["first_name", "last_name", "email"] {
+            let mut body = json!({"email": "ada@example.test", "password": PASSWORD,
+                                  "first_name": "Ada", "last_name": "Lovelace"});
+            body[field] = json!(match field {
+                "email" => format!("ad{c}a@example.test"),
+                _ => format!("Ad{c}min"),
+            });
+            let response = app.post_json("/register", &body).await;
+            let problem = problem(
+                response,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+            )
+            .await;
+            let errors = problem["errors"].as_array().expect("errors array");
+            let code_point = format!("U+{:04X}", u32::from(c));
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e["field"] == field
+                        && e["message"].as_str().unwrap().contains(&code_point)),
+                "{c:?} in {field}: {problem}"
+            );
+        }
+    }
+    assert_eq!(user_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_login_with_a_reordering_character_in_the_address_is_audited_without_the_address() {
+    let app = TestApp::spawn().await;
+    app.register("root@example.test", false).await;
+    let response = app.login("root\u{202e}@example.test", PASSWORD).await;
+    problem(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    app.db.expect_events("login_failed", 1).await;
+    assert_eq!(
+        app.db
+            .int(
+                "SELECT CAST(count(*) AS BIGINT) FROM security_events \
+                 WHERE kind = 'login_failed' AND email IS NULL AND user_id IS NULL"
+            )
+            .await,
+        1,
+        "the failure is recorded, naming no address and no account"
+    );
+    assert_eq!(
+        app.db
+            .int(
+                "SELECT CAST(count(*) AS BIGINT) FROM security_events \
+                 WHERE email LIKE '%\u{202e}%' OR detail LIKE '%\u{202e}%'"
+            )
+            .await,
+        0
+    );
+}
+
+/// Stdout of `authd ARGS` against the app's database.
+async fn admin_stdout(app: &TestApp, data_dir: &TempDir, args: &[&str]) -> String {
+    admin(&app.db_url, data_dir, args, "").await
+}
+
+#[tokio::test]
+async fn admin_tables_and_json_escape_invisible_characters_already_stored() {
+    let app = TestApp::spawn().await;
+    app.register("ada@example.test", false).await;
+    app.access_token("ada@example.test").await;
+    app.db.expect_events("login_succeeded", 1).await;
+    // Rows as an older version (or a hand-made import) may have stored them: the rules at
+    // parsing cannot help, the output must.
+    let users = "UPDATE users SET email = 'ad\u{202e}a@example.test', \
+                 first_name = 'Ad\u{202e}min', last_name = 'Love\u{2028}lace\u{200b}'";
+    app.db.exec(users, users).await;
+    let sessions = "UPDATE sessions SET user_agent = 'agent\u{2029}\u{202e}x'";
+    app.db.exec(sessions, sessions).await;
+    let events =
+        "UPDATE security_events SET email = 'root\u{202e}@example.test', detail = 'd\u{2029}'";
+    app.db.exec(events, events).await;
+
+    let data_dir = TempDir::new("authd-hidden");
+    for (args, shown) in [
+        (&["user", "list"][..], "ad\\u{202e}a@example.test"),
+        (
+            &["user", "list"],
+            "Ad\\u{202e}min Love\\u{2028}lace\\u{200b}",
+        ),
+        (&["session", "list"], "ad\\u{202e}a@example.test"),
+        (&["session", "list"], "agent\\u{2029}\\u{202e}x"),
+        (&["audit"], "root\\u{202e}@example.test"),
+        (&["audit"], "d\\u{2029}"),
+    ] {
+        let table = admin_stdout(&app, &data_dir, args).await;
+        for c in HIDDEN {
+            assert!(!table.contains(c), "{args:?} printed {c:?} raw: {table}");
+        }
+        assert!(table.contains(shown), "{args:?} lacks {shown}: {table}");
+    }
+    for args in [
+        &["user", "list", "--format", "json"][..],
+        &["session", "list", "--format", "json"],
+        &["audit", "--format", "json"],
+    ] {
+        let text = admin_stdout(&app, &data_dir, args).await;
+        for c in HIDDEN {
+            assert!(!text.contains(c), "{args:?} printed {c:?} raw: {text}");
+        }
+        assert!(text.contains("\\u202e"), "{args:?}: {text}");
+        // Still the stored text to a JSON parser.
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            parsed.to_string().contains('\u{202e}'),
+            "{args:?}: {parsed}"
+        );
+    }
 }

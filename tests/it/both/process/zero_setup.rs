@@ -308,3 +308,96 @@ fn production_refuses_a_generated_key() {
     let line = production_refusal(&[("AUTHD_JWT__ALGORITHM", "HS256")]);
     assert!(line.contains("jwt.secret"), "{line}");
 }
+
+/// `authd ARGS` in `dir` with no configuration at all and `stdin` as its input.
+async fn admin_in(dir: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut command = authd();
+    command
+        .current_dir(dir)
+        .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
+        .args(args);
+    crate::helpers::run_to_end(command, stdin.as_bytes()).await
+}
+
+#[tokio::test]
+async fn admin_commands_on_no_database_create_none_and_say_where_they_looked() {
+    let guard = empty_dir();
+    let dir = guard.path();
+    let expected = format!(
+        "no database at {}",
+        dir.canonicalize().unwrap().join("data/authd.db").display()
+    );
+    let token = "eyJhbGciOiJIUzI1NiJ9.e30.c2ln";
+    for args in [
+        &["user", "list"][..],
+        &["audit"],
+        &["session", "list"],
+        &["keys", "list"],
+        &["token", "inspect", token],
+        &["user", "disable", "ada@example.test"],
+        &["session", "revoke", "--user", "ada@example.test"],
+        &["prune"],
+    ] {
+        let output = admin_in(dir, args, "").await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        for part in [expected.as_str(), "--config", "AUTHD_DATABASE__URL"] {
+            assert!(stderr.contains(part), "{args:?} lacks {part:?}: {stderr}");
+        }
+        assert!(output.stdout.is_empty(), "{args:?}: {output:?}");
+        assert!(
+            !dir.join("data").exists(),
+            "{args:?} created {}",
+            dir.join("data").display()
+        );
+    }
+    // A command that makes something may still make the zero-setup database, as serve does.
+    let added = admin_in(
+        dir,
+        &[
+            "user",
+            "add",
+            "--email",
+            "ada@example.test",
+            "--password-stdin",
+        ],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert!(added.status.success(), "{added:?}");
+    assert!(dir.join("data/authd.db").is_file());
+    let listed = admin_in(dir, &["user", "list"], "").await;
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("ada@example.test"));
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_key_encryption_key_file_other_users_can_read_is_warned_about_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let guard = empty_dir();
+    let dir = guard.path();
+    let serve = || {
+        let mut command = authd();
+        command
+            .current_dir(dir)
+            .env("AUTHD_PASSWORD__BCRYPT_COST", "4")
+            .env("RUST_LOG", "info");
+        command
+    };
+    let (status, private) = Server::spawn(serve()).await.terminate().await;
+    assert_eq!(status.code(), Some(0), "{private}");
+    assert!(!private.contains("readable by other users"), "{private}");
+
+    let key = dir.join("data/key-encryption-key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (status, copied) = Server::spawn(serve()).await.terminate().await;
+    assert_eq!(status.code(), Some(0), "{copied}");
+    let warning = copied
+        .lines()
+        .find(|line| line.contains("readable by other users"))
+        .unwrap_or_else(|| panic!("no warning: {copied}"));
+    assert!(warning.contains("key-encryption-key"), "{warning}");
+    assert!(warning.contains("chmod 600"), "{warning}");
+}
