@@ -140,23 +140,22 @@ async fn with_a_grace_period_a_rotated_token_is_replayed_until_it_ends_then_revo
     app.register("ada@example.test", false).await;
     let first = login(&app, "ada@example.test").await;
     let second = Tokens::from(refresh(&app, &first.refresh).await).await;
-    // Rotated 9 s ago: still within the 10 s, so the answer is the session's current token.
-    // (Back-dated in the database rather than waited for.)
+    // Rotated 7 s ago (moved back in the database, not waited for): still within the 10 s, so
+    // the answer is the session's current token.
     app.db
         .exec(
-            "UPDATE sessions SET rotated_at = rotated_at - interval '9 seconds'",
-            "UPDATE sessions SET rotated_at = rotated_at - 9000000",
+            "UPDATE sessions SET rotated_at = rotated_at - interval '7 seconds'",
+            "UPDATE sessions SET rotated_at = rotated_at - 7000000",
         )
         .await;
     let replayed = Tokens::from(refresh(&app, &first.refresh).await).await;
     assert_eq!(replayed.refresh, second.refresh);
     app.db.expect_events("refresh_token_reused", 0).await;
     // 11 s ago: the grace is over and the same token is reuse.
-    // (Back-dated in the database rather than waited for.)
     app.db
         .exec(
-            "UPDATE sessions SET rotated_at = rotated_at - interval '2 seconds'",
-            "UPDATE sessions SET rotated_at = rotated_at - 2000000",
+            "UPDATE sessions SET rotated_at = rotated_at - interval '4 seconds'",
+            "UPDATE sessions SET rotated_at = rotated_at - 4000000",
         )
         .await;
     refused(&app, &first.refresh).await;
@@ -176,8 +175,8 @@ async fn a_token_two_rotations_old_is_reuse_once_its_own_rotation_is_past_the_gr
     let first = login(&app, "ada@example.test").await;
     let second = Tokens::from(refresh(&app, &first.refresh).await).await;
     let third = Tokens::from(refresh(&app, &second.refresh).await).await;
-    // The rotation that retired `first` was 11 s ago, the one that retired `second` just now.
-    // (Back-dated in the database rather than waited for.)
+    // The rotation that retired `first` was 11 s ago (moved back in the database), the one that
+    // retired `second` just now.
     app.db
         .exec(
             "UPDATE sessions SET earlier_rotated_at = earlier_rotated_at - interval '11 seconds'",
