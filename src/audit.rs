@@ -13,74 +13,68 @@ use prometheus::IntCounter;
 
 use crate::store::Store;
 
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    UserRegistered,
-    UserAddedByAdmin,
-    LoginSucceeded,
-    LoginFailed,
-    LoginThrottled,
-    CodeSent,
-    CodeSendFailed,
-    CodeAccepted,
-    CodeRejected,
-    CodeThrottled,
+/// Declares [`EventKind`] with its stored name, and [`EventKind::ALL`] from the same list, so
+/// a kind cannot be added without being in `ALL` (which the tests check against README).
+macro_rules! event_kinds {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
+        /// What happened.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum EventKind {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl EventKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &[EventKind] = &[$(EventKind::$variant,)*];
+
+            /// The name stored in the `kind` column.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventKind::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+event_kinds! {
+    UserRegistered => "user_registered",
+    UserAddedByAdmin => "user_added_by_admin",
+    LoginSucceeded => "login_succeeded",
+    LoginFailed => "login_failed",
+    LoginThrottled => "login_throttled",
+    CodeSent => "code_sent",
+    CodeSendFailed => "code_send_failed",
+    CodeAccepted => "code_accepted",
+    CodeRejected => "code_rejected",
+    CodeThrottled => "code_throttled",
     /// The consecutive wrong code that locked the second step until an admin unlocks it.
-    SecondFactorLocked,
+    SecondFactorLocked => "second_factor_locked",
     /// A login that would have emailed a code past the account's code-email quota.
-    CodeEmailLimited,
-    TwoFactorChanged,
-    UserUnlocked,
+    CodeEmailLimited => "code_email_limited",
+    TwoFactorChanged => "two_factor_changed",
+    UserUnlocked => "user_unlocked",
     /// `POST /logout`; the detail says the scope and how many sessions ended.
-    Logout,
+    Logout => "logout",
     /// One session ended by its user (`DELETE /sessions/{id}`) or by `authd session revoke`.
-    SessionRevoked,
+    SessionRevoked => "session_revoked",
     /// A refresh token presented after it was rotated (past the grace period): the session
     /// was revoked.
-    RefreshTokenReused,
-    UserDisabled,
-    UserEnabled,
-    UserDeleted,
+    RefreshTokenReused => "refresh_token_reused",
+    UserDisabled => "user_disabled",
+    UserEnabled => "user_enabled",
+    UserDeleted => "user_deleted",
     /// A signing key made: `next` by `authd keys rotate`, or `current` by a first start.
-    KeyCreated,
+    KeyCreated => "key_created",
     /// `authd keys rotate --activate`: a next key became current, the old current retired.
-    KeyActivated,
+    KeyActivated => "key_activated",
     /// `authd keys revoke`: a key is never accepted again (and, if it was current, which key
     /// signs now).
-    KeyRevoked,
+    KeyRevoked => "key_revoked",
 }
 
 impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::UserRegistered => "user_registered",
-            EventKind::UserAddedByAdmin => "user_added_by_admin",
-            EventKind::LoginSucceeded => "login_succeeded",
-            EventKind::LoginFailed => "login_failed",
-            EventKind::LoginThrottled => "login_throttled",
-            EventKind::CodeSent => "code_sent",
-            EventKind::CodeSendFailed => "code_send_failed",
-            EventKind::CodeAccepted => "code_accepted",
-            EventKind::CodeRejected => "code_rejected",
-            EventKind::CodeThrottled => "code_throttled",
-            EventKind::SecondFactorLocked => "second_factor_locked",
-            EventKind::CodeEmailLimited => "code_email_limited",
-            EventKind::TwoFactorChanged => "two_factor_changed",
-            EventKind::UserUnlocked => "user_unlocked",
-            EventKind::Logout => "logout",
-            EventKind::SessionRevoked => "session_revoked",
-            EventKind::RefreshTokenReused => "refresh_token_reused",
-            EventKind::UserDisabled => "user_disabled",
-            EventKind::UserEnabled => "user_enabled",
-            EventKind::UserDeleted => "user_deleted",
-            EventKind::KeyCreated => "key_created",
-            EventKind::KeyActivated => "key_activated",
-            EventKind::KeyRevoked => "key_revoked",
-        }
-    }
-
     /// The outcome column: success, failure or throttled.
     pub fn outcome(self) -> &'static str {
         match self {
@@ -184,16 +178,17 @@ impl AuditLog {
     /// Starts the writer. It stops, after writing what is queued, once every `AuditLog` is
     /// dropped. Events it could not keep are counted in `dropped`.
     pub fn start(store: Store, dropped: IntCounter) -> (AuditLog, JoinHandle<()>) {
-        AuditLog::start_with_queue(store, dropped, QUEUE)
+        AuditLog::start_with_queue(store, dropped, QUEUE, SHUTDOWN_GRACE)
     }
 
     fn start_with_queue(
         store: Store,
         dropped: IntCounter,
         queue: usize,
+        shutdown_grace: Duration,
     ) -> (AuditLog, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue);
-        let writer = tokio::spawn(write_events(store, rx, dropped.clone()));
+        let writer = tokio::spawn(write_events(store, rx, dropped.clone(), shutdown_grace));
         (AuditLog { tx, dropped }, writer)
     }
 
@@ -207,8 +202,13 @@ impl AuditLog {
 
 /// Writes batches as they come. While the database is down the current batch is retried with
 /// backoff for as long as the server runs (the queue holds what arrives meanwhile); once the
-/// server stops, for at most `SHUTDOWN_GRACE` in all.
-async fn write_events(store: Store, mut rx: mpsc::Receiver<SecurityEvent>, dropped: IntCounter) {
+/// server stops, for at most `shutdown_grace` ([`SHUTDOWN_GRACE`]) in all.
+async fn write_events(
+    store: Store,
+    mut rx: mpsc::Receiver<SecurityEvent>,
+    dropped: IntCounter,
+    shutdown_grace: Duration,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut give_up_at: Option<tokio::time::Instant> = None;
     while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -230,7 +230,7 @@ async fn write_events(store: Store, mut rx: mpsc::Receiver<SecurityEvent>, dropp
                     failures += 1;
                     if rx.is_closed() {
                         let deadline = *give_up_at
-                            .get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                            .get_or_insert_with(|| tokio::time::Instant::now() + shutdown_grace);
                         if tokio::time::Instant::now() >= deadline {
                             let lost = batch.len() + rx.len();
                             dropped.inc_by(lost as u64);
@@ -263,10 +263,108 @@ mod tests {
         Store::connect_lazy(&settings).unwrap()
     }
 
+    /// README's "Audit trail" section, up to the next heading.
+    fn documented_section() -> &'static str {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("### Audit trail")
+            .expect("README has an Audit trail section");
+        let rest = &readme[start + 3..];
+        &rest[..rest.find("\n#").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn every_event_kind_is_documented_in_the_readme_under_its_stored_name() {
+        let section = documented_section();
+        for kind in EventKind::ALL {
+            assert!(
+                section.contains(&format!("`{}`", kind.as_str())),
+                "README's Audit trail does not list {}",
+                kind.as_str()
+            );
+            // The name serde gives (for JSON) is the stored one.
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::from(kind.as_str())
+            );
+        }
+        let mut names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            EventKind::ALL.len(),
+            "a stored name is used twice"
+        );
+    }
+
+    #[test]
+    fn each_kind_has_the_outcome_the_readme_gives_it() {
+        use EventKind::*;
+        let expected: [(EventKind, &str); 23] = [
+            (UserRegistered, "success"),
+            (UserAddedByAdmin, "success"),
+            (LoginSucceeded, "success"),
+            (LoginFailed, "failure"),
+            (LoginThrottled, "throttled"),
+            (CodeSent, "success"),
+            (CodeSendFailed, "failure"),
+            (CodeAccepted, "success"),
+            (CodeRejected, "failure"),
+            (CodeThrottled, "throttled"),
+            (SecondFactorLocked, "throttled"),
+            (CodeEmailLimited, "throttled"),
+            (TwoFactorChanged, "success"),
+            (UserUnlocked, "success"),
+            (Logout, "success"),
+            (SessionRevoked, "success"),
+            (RefreshTokenReused, "failure"),
+            (UserDisabled, "success"),
+            (UserEnabled, "success"),
+            (UserDeleted, "success"),
+            (KeyCreated, "success"),
+            (KeyActivated, "success"),
+            (KeyRevoked, "success"),
+        ];
+        let listed: Vec<EventKind> = expected.iter().map(|(kind, _)| *kind).collect();
+        assert_eq!(listed, EventKind::ALL, "every kind, once, in order");
+        for (kind, outcome) in expected {
+            assert_eq!(kind.outcome(), outcome, "{}", kind.as_str());
+        }
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_with_the_database_down_the_writer_gives_up_after_its_grace_and_counts_the_loss()
+     {
+        // A shorter grace than the server's 8 s: the rule is the same, the test is quicker.
+        let grace = Duration::from_millis(300);
+        let dropped = IntCounter::new("dropped", "test").unwrap();
+        let (log, writer) =
+            AuditLog::start_with_queue(unreachable_store(), dropped.clone(), 16, grace);
+        for _ in 0..5 {
+            log.record(SecurityEvent::new(EventKind::LoginFailed));
+        }
+        let stopped_at = std::time::Instant::now();
+        // The last handle gone is the server stopping.
+        drop(log);
+        // A bound that only a writer retrying for ever reaches (the database is down for good).
+        tokio::time::timeout(Duration::from_secs(30), writer)
+            .await
+            .expect("the writer gives up instead of retrying for ever")
+            .unwrap();
+        assert!(
+            stopped_at.elapsed() >= grace,
+            "gave up before its grace: {:?}",
+            stopped_at.elapsed()
+        );
+        assert_eq!(dropped.get(), 5, "every event left is counted as lost");
+    }
+
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_instead_of_growing() {
         let dropped = IntCounter::new("dropped", "test").unwrap();
-        let (log, _writer) = AuditLog::start_with_queue(unreachable_store(), dropped.clone(), 4);
+        let (log, _writer) =
+            AuditLog::start_with_queue(unreachable_store(), dropped.clone(), 4, SHUTDOWN_GRACE);
         for _ in 0..20 {
             log.record(SecurityEvent::new(EventKind::LoginFailed));
         }

@@ -391,3 +391,56 @@ fn parse_record(record: &SigningKeyRecord) -> anyhow::Result<(KeyAlgorithm, Jwk)
     }
     Ok((algorithm, jwk))
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+    use crate::keyring::new_signing_key;
+
+    const KEK: [u8; 32] = [3; 32];
+
+    /// A current key, and a key retired at `retired_at`.
+    fn current_and_retired(retired_at: DateTime<Utc>) -> (Vec<SigningKeyRecord>, String) {
+        let made = retired_at - Duration::days(1);
+        let current = SigningKeyRecord::from(
+            new_signing_key(&KEK, KeyAlgorithm::Es256, KeyState::Current, made).unwrap(),
+        );
+        let mut retired = SigningKeyRecord::from(
+            new_signing_key(&KEK, KeyAlgorithm::Es256, KeyState::Current, made).unwrap(),
+        );
+        retired.state = KeyState::Retired.as_str().to_owned();
+        retired.retired_at = Some(retired_at);
+        let kid = retired.kid.clone();
+        (vec![current, retired], kid)
+    }
+
+    fn set_at(records: &[SigningKeyRecord], horizon: u64, now: DateTime<Utc>) -> KeySet {
+        let material = KeyMaterial {
+            kek: Some(&KEK),
+            hs256_secret: None,
+            algorithm: JwtAlgorithm::Es256,
+            retired_horizon_secs: horizon,
+        };
+        KeySet::from_records(records, &material, now).unwrap()
+    }
+
+    #[test]
+    fn a_retired_key_is_accepted_and_published_up_to_its_horizon_and_dropped_just_after() {
+        let retired_at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let (records, kid) = current_and_retired(retired_at);
+        let horizon = 900 + 300 + 60;
+        let at_horizon = retired_at + Duration::seconds(horizon);
+        let inside = set_at(&records, horizon as u64, at_horizon);
+        assert_eq!(inside.state_of(&kid), Some(KeyState::Retired));
+        assert!(inside.jwks().contains(&kid), "published until its horizon");
+        let outside = set_at(&records, horizon as u64, at_horizon + Duration::seconds(1));
+        assert_eq!(outside.state_of(&kid), None, "dropped a second later");
+        assert!(!outside.jwks().contains(&kid), "no longer published");
+        assert!(outside.withdraws_from(&inside));
+        // The current key is never dropped, however long ago it was made.
+        assert!(outside.signing_kid().is_some());
+        assert_eq!(outside.by_kid.len(), 1);
+    }
+}

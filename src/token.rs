@@ -1155,4 +1155,20 @@ mod tests {
         assert_eq!(seen.kind, None);
         assert_eq!(seen.verdict, Err(TokenError::WrongKind));
     }
+
+    #[test]
+    fn a_retired_key_is_kept_for_the_longer_token_life_plus_one_reload_and_the_skew() {
+        let mut settings = Settings::defaults();
+        settings.keys.refresh_secs = 300;
+        settings.jwt.access_ttl_secs = 900;
+        settings.jwt.challenge_ttl_secs = 300;
+        assert_eq!(TokenKeys::retired_horizon_secs(&settings), 900 + 300 + 60);
+        settings.jwt.challenge_ttl_secs = 1_800;
+        assert_eq!(TokenKeys::retired_horizon_secs(&settings), 1_800 + 300 + 60);
+        settings.keys.refresh_secs = 3_600;
+        assert_eq!(
+            TokenKeys::retired_horizon_secs(&settings),
+            1_800 + 3_600 + 60
+        );
+    }
 }

@@ -594,3 +594,47 @@ fn wrong_kek(why: &str) -> Error {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration};
+
+    use super::*;
+    use crate::keyring::new_signing_key;
+
+    /// A key the server retired at `retired_at`, and the key that took over.
+    fn retired_key(kek: &[u8; 32], retired_at: DateTime<Utc>) -> Vec<SigningKeyRecord> {
+        let made = retired_at - Duration::days(1);
+        let current = new_signing_key(kek, KeyAlgorithm::Es256, KeyState::Current, made).unwrap();
+        let mut retired = SigningKeyRecord::from(
+            new_signing_key(kek, KeyAlgorithm::Es256, KeyState::Current, made).unwrap(),
+        );
+        retired.state = "retired".into();
+        retired.retired_at = Some(retired_at);
+        vec![SigningKeyRecord::from(current), retired]
+    }
+
+    #[test]
+    fn the_server_keeps_a_retired_key_for_the_longest_token_life_plus_one_reload_and_the_skew() {
+        let kek = [5; 32];
+        let retired_at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let records = retired_key(&kek, retired_at);
+        let kid = records[1].kid.clone();
+        let mut settings = Settings::defaults();
+        settings.jwt.algorithm = JwtAlgorithm::Es256;
+        settings.keys.refresh_secs = 300;
+        // Once with the access token living longest, once with the challenge token.
+        for (access, challenge, longest) in [(900, 300, 900), (600, 1_800, 1_800)] {
+            settings.jwt.access_ttl_secs = access;
+            settings.jwt.challenge_ttl_secs = challenge;
+            let ring = KeyRing::new(&settings, kek, None);
+            // max(ttl) + keys.refresh_secs + 60 s of iat skew.
+            let horizon = retired_at + Duration::seconds(longest + 300 + 60);
+            let kept = KeySet::from_records(&records, &ring.material(), horizon).unwrap();
+            assert_eq!(kept.state_of(&kid), Some(KeyState::Retired), "{longest}");
+            let later = horizon + Duration::seconds(1);
+            let dropped = KeySet::from_records(&records, &ring.material(), later).unwrap();
+            assert_eq!(dropped.state_of(&kid), None, "{longest}");
+        }
+    }
+}

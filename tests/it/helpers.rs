@@ -457,7 +457,7 @@ impl TestDb {
 }
 
 /// Verifications bcrypt has run, from `/metrics`.
-pub async fn bcrypt_verifications(app: &TestApp) -> f64 {
+pub async fn bcrypt_verifications(app: &TestApp) -> u64 {
     let metrics = app.get("/metrics").await.text().await.unwrap();
     metrics
         .lines()
@@ -467,7 +467,7 @@ pub async fn bcrypt_verifications(app: &TestApp) -> f64 {
                 .parse()
                 .ok()
         })
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no bcrypt verify count in /metrics:\n{metrics}"))
 }
 
 /// Reads a problem+json body and checks its shape; returns it.

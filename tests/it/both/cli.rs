@@ -1,5 +1,7 @@
 //! The admin command line, run as the real `authd` binary against a real database.
 
+mod jwks_url;
+
 use std::time::Duration;
 
 use assert_cmd::Command;

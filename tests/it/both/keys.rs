@@ -1009,38 +1009,43 @@ async fn activation_waits_until_verifiers_can_have_the_key_unless_forced() {
     .await;
     assert_eq!(hs256.status.code(), Some(1), "{hs256:?}");
     assert_eq!(keys_json(&app, &data_dir).await, before, "nothing changed");
-    // Once 2 x keys.refresh_secs have passed (1 s here), it activates without --force.
-    let quick = [("AUTHD_KEYS__REFRESH_SECS", "1")];
+    // The wait is 2 x keys.refresh_secs (120 s here) from the next key's creation, which is
+    // moved back instead of waited for: 110 s ago is still early...
+    let next = kid_in(&app, &data_dir, "next").await;
+    let minute = [("AUTHD_KEYS__REFRESH_SECS", "60")];
+    app.db
+        .exec(
+            "UPDATE signing_keys SET created_at = created_at - interval '110 seconds' WHERE state = 'next'",
+            "UPDATE signing_keys SET created_at = created_at - 110000000 WHERE state = 'next'",
+        )
+        .await;
     let still_early = admin_output_with(
         &app.db_url,
         &data_dir,
         &["keys", "rotate", "--activate"],
         "",
-        &quick,
+        &minute,
     )
     .await;
-    let next_age = chrono::Utc::now()
-        - before[1]["created_at"]
-            .as_str()
-            .unwrap()
-            .parse::<chrono::DateTime<chrono::Utc>>()
-            .unwrap();
-    if next_age < chrono::Duration::seconds(2) {
-        assert_eq!(still_early.status.code(), Some(1), "{still_early:?}");
-        tokio::time::sleep(Duration::from_millis(2100)).await;
-        let waited = admin_output_with(
-            &app.db_url,
-            &data_dir,
-            &["keys", "rotate", "--activate"],
-            "",
-            &quick,
+    assert_eq!(still_early.status.code(), Some(1), "{still_early:?}");
+    assert_eq!(kid_in(&app, &data_dir, "next").await, next);
+    // ...130 s ago is past the wait: it activates without --force.
+    app.db
+        .exec(
+            "UPDATE signing_keys SET created_at = created_at - interval '20 seconds' WHERE state = 'next'",
+            "UPDATE signing_keys SET created_at = created_at - 20000000 WHERE state = 'next'",
         )
         .await;
-        assert!(waited.status.success(), "{waited:?}");
-    } else {
-        assert!(still_early.status.success(), "{still_early:?}");
-    }
-    assert_eq!(keys_json(&app, &data_dir).await[1]["state"], "current");
+    let waited = admin_output_with(
+        &app.db_url,
+        &data_dir,
+        &["keys", "rotate", "--activate"],
+        "",
+        &minute,
+    )
+    .await;
+    assert!(waited.status.success(), "{waited:?}");
+    assert_eq!(kid_in(&app, &data_dir, "current").await, next);
 }
 
 #[tokio::test]

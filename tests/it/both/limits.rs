@@ -240,38 +240,6 @@ async fn common_passwords_and_the_users_own_email_are_refused_with_a_clear_422()
     }
 }
 
-/// Waits for the background writer to record at least `count` events matching `kind`.
-async fn wait_for_events(app: &TestApp, kind: &str, count: i64) {
-    for _ in 0..100 {
-        let sql = match kind {
-            "login_failed" => {
-                "SELECT CAST(count(*) AS BIGINT) FROM security_events WHERE kind = 'login_failed'"
-            }
-            "login_throttled" => {
-                "SELECT CAST(count(*) AS BIGINT) FROM security_events WHERE kind = 'login_throttled'"
-            }
-            "code_sent" => {
-                "SELECT CAST(count(*) AS BIGINT) FROM security_events WHERE kind = 'code_sent'"
-            }
-            "code_rejected" => {
-                "SELECT CAST(count(*) AS BIGINT) FROM security_events WHERE kind = 'code_rejected'"
-            }
-            "code_accepted" => {
-                "SELECT CAST(count(*) AS BIGINT) FROM security_events WHERE kind = 'code_accepted'"
-            }
-            "user_registered" => {
-                "SELECT CAST(count(*) AS BIGINT) FROM security_events WHERE kind = 'user_registered'"
-            }
-            other => panic!("no query for {other}"),
-        };
-        if app.db.int(sql).await >= count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("fewer than {count} {kind} events were recorded");
-}
-
 #[tokio::test]
 async fn the_audit_trail_records_each_security_event_with_user_client_and_outcome() {
     let app = TestApp::spawn_with(Behaviour::Accept, |s| {
@@ -297,7 +265,7 @@ async fn the_audit_trail_records_each_security_event_with_user_client_and_outcom
         ("login_failed", 2),
         ("login_throttled", 1),
     ] {
-        wait_for_events(&app, kind, count).await;
+        app.db.expect_events(kind, count).await;
     }
     let client = app
         .db

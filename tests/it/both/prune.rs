@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use authd::store::{PRUNE_LOCK, Store};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{SECRET, TestApp, backend};
+use crate::helpers::{SECRET, TestApp};
 use crate::smtp_sink::Behaviour;
 
 /// Leaves one of each kind of row behind, then ages them: a throttle row for an unknown
@@ -108,32 +107,6 @@ async fn the_server_prunes_by_itself_every_interval() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("not pruned: {:?}", rows(&app).await);
-}
-
-#[tokio::test]
-async fn on_postgresql_one_instance_at_a_time_prunes() {
-    if backend() != authd::store::Backend::Postgres {
-        return;
-    }
-    let app = TestApp::spawn().await;
-    let store = Store::connect_lazy(&app.settings).unwrap();
-    let crate::helpers::TestDb::Postgres(pool) = &app.db else {
-        unreachable!()
-    };
-    let mut holder = pool.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(PRUNE_LOCK)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let now = chrono::Utc::now();
-    assert_eq!(store.prune(now, now, false).await.unwrap(), None);
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(PRUNE_LOCK)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    assert!(store.prune(now, now, false).await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -135,6 +135,91 @@ async fn a_rotated_token_used_after_the_grace_period_revokes_the_whole_session()
 }
 
 #[tokio::test]
+async fn with_a_grace_period_a_rotated_token_is_replayed_until_it_ends_then_revokes_the_session() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| s.session.reuse_grace_secs = 10).await;
+    app.register("ada@example.test", false).await;
+    let first = login(&app, "ada@example.test").await;
+    let second = Tokens::from(refresh(&app, &first.refresh).await).await;
+    // Rotated 7 s ago (moved back in the database, not waited for): still within the 10 s, so
+    // the answer is the session's current token.
+    app.db
+        .exec(
+            "UPDATE sessions SET rotated_at = rotated_at - interval '7 seconds'",
+            "UPDATE sessions SET rotated_at = rotated_at - 7000000",
+        )
+        .await;
+    let replayed = Tokens::from(refresh(&app, &first.refresh).await).await;
+    assert_eq!(replayed.refresh, second.refresh);
+    app.db.expect_events("refresh_token_reused", 0).await;
+    // 11 s ago: the grace is over and the same token is reuse.
+    app.db
+        .exec(
+            "UPDATE sessions SET rotated_at = rotated_at - interval '4 seconds'",
+            "UPDATE sessions SET rotated_at = rotated_at - 4000000",
+        )
+        .await;
+    refused(&app, &first.refresh).await;
+    assert_eq!(
+        me_status(&app, &replayed.access).await,
+        StatusCode::UNAUTHORIZED
+    );
+    refused(&app, &second.refresh).await;
+    app.db.expect_events("refresh_token_reused", 1).await;
+    assert_eq!(live_sessions(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_token_two_rotations_old_is_reuse_once_its_own_rotation_is_past_the_grace() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| s.session.reuse_grace_secs = 10).await;
+    app.register("ada@example.test", false).await;
+    let first = login(&app, "ada@example.test").await;
+    let second = Tokens::from(refresh(&app, &first.refresh).await).await;
+    let third = Tokens::from(refresh(&app, &second.refresh).await).await;
+    // The rotation that retired `first` was 11 s ago (moved back in the database), the one that
+    // retired `second` just now.
+    app.db
+        .exec(
+            "UPDATE sessions SET earlier_rotated_at = earlier_rotated_at - interval '11 seconds'",
+            "UPDATE sessions SET earlier_rotated_at = earlier_rotated_at - 11000000",
+        )
+        .await;
+    let replayed = Tokens::from(refresh(&app, &second.refresh).await).await;
+    assert_eq!(replayed.refresh, third.refresh);
+    refused(&app, &first.refresh).await;
+    assert_eq!(
+        me_status(&app, &third.access).await,
+        StatusCode::UNAUTHORIZED
+    );
+    app.db.expect_events("refresh_token_reused", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_no_grace_parallel_refreshes_of_one_token_revoke_the_session() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| s.session.reuse_grace_secs = 0).await;
+    app.register("ada@example.test", false).await;
+    let first = login(&app, "ada@example.test").await;
+    let answers = futures::future::join_all((0..12).map(|_| refresh(&app, &first.refresh))).await;
+    let statuses: Vec<StatusCode> = answers.iter().map(|r| r.status()).collect();
+    let mut rotated = Vec::new();
+    for answer in answers {
+        if answer.status() == StatusCode::OK {
+            rotated.push(Tokens::from(answer).await);
+        } else {
+            problem(answer, StatusCode::UNAUTHORIZED, "invalid_token").await;
+        }
+    }
+    // One rotates; each of the others presents the token just rotated, which is reuse.
+    assert_eq!(rotated.len(), 1, "{statuses:?}");
+    assert_eq!(
+        me_status(&app, &rotated[0].access).await,
+        StatusCode::UNAUTHORIZED
+    );
+    refused(&app, &rotated[0].refresh).await;
+    app.db.expect_events("refresh_token_reused", 1).await;
+    assert_eq!(live_sessions(&app).await, 0);
+}
+
+#[tokio::test]
 async fn within_the_grace_period_the_rotated_token_gets_the_current_tokens_again() {
     let app = TestApp::spawn().await;
     app.register("ada@example.test", false).await;

@@ -1,5 +1,5 @@
 //! Several instances on one PostgreSQL database: a session ended through one is refused by
-//! every other at the next request, whatever each has remembered.
+//! every other at the next request, whatever each has remembered; one prunes at a time.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -203,4 +203,29 @@ async fn a_rotation_reaches_a_second_instance_without_a_restart() {
         let refused = app.get_with_token("/users/me", &after).await;
         problem(refused, StatusCode::UNAUTHORIZED, "invalid_token").await;
     }
+}
+
+/// The pruning pass (the server's task and `authd prune`) takes an advisory lock: while another
+/// instance holds it, a pass does nothing.
+#[tokio::test]
+async fn one_instance_at_a_time_prunes() {
+    let app = TestApp::spawn().await;
+    let store = authd::store::Store::connect_lazy(&app.settings).unwrap();
+    let crate::helpers::TestDb::Postgres(pool) = &app.db else {
+        panic!("the postgres tests run on PostgreSQL")
+    };
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(authd::store::PRUNE_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    assert_eq!(store.prune(now, now, false).await.unwrap(), None);
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(authd::store::PRUNE_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    assert!(store.prune(now, now, false).await.unwrap().is_some());
 }
