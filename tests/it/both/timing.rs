@@ -13,8 +13,8 @@ use crate::smtp_sink::{Behaviour, MailSink};
 
 const WRONG: &str = "not the password";
 
-/// Samples of each kind of login; the medians are compared.
-const SAMPLES: usize = 7;
+/// Rounds of samples (one login of each kind per round).
+const SAMPLES: usize = 9;
 
 /// Sends a wrong password for `email`; returns how long the answer took, after checking that it
 /// is the usual refusal and that it cost exactly one bcrypt verification.
@@ -36,6 +36,15 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 /// How many times longer the slower of `a` and `b` is.
 fn factor(a: Duration, b: Duration) -> f64 {
     a.max(b).as_secs_f64() / a.min(b).as_secs_f64()
+}
+
+/// The median of the factors between the samples of `a` and `b` taken in the same round: a
+/// busy moment of the machine (other tests run beside this one) slows both of a round's samples
+/// alike, so it moves one factor, not the median.
+fn median_factor(a: &[Duration], b: &[Duration]) -> f64 {
+    let mut factors: Vec<f64> = a.iter().zip(b).map(|(a, b)| factor(*a, *b)).collect();
+    factors.sort_by(f64::total_cmp);
+    factors[factors.len() / 2]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +85,14 @@ async fn after_a_cost_raise_outnumbered_old_accounts_answer_a_wrong_password_as_
             .await,
         "$2b$09$"
     );
-    // Connections and caches warm, so the first sample of each kind is not an outlier.
+    // Connections and caches warm, so the first sample of each kind is not an outlier (the first
+    // login also makes the metric series the samples read).
+    problem(
+        app.login("first@example.test", WRONG).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
     time_wrong_password(&app, "dormant2@example.test").await;
     time_wrong_password(&app, "warm-up@example.test").await;
 
@@ -87,9 +103,13 @@ async fn after_a_cost_raise_outnumbered_old_accounts_answer_a_wrong_password_as_
         new.push(time_wrong_password(&app, "new1@example.test").await);
         unknown.push(time_wrong_password(&app, &format!("nobody{n}@example.test")).await);
     }
-    let (old, new, unknown) = (median(old), median(new), median(unknown));
-    let medians = format!("medians: old {old:?}, new {new:?}, unknown {unknown:?}");
-
-    assert!(factor(old, unknown) < 2.0, "{medians}");
-    assert!(factor(new, unknown) < 2.0, "{medians}");
+    let (old_unknown, new_unknown) = (median_factor(&old, &unknown), median_factor(&new, &unknown));
+    let medians = format!(
+        "medians: old {:?}, new {:?}, unknown {:?}; median factors of a round: old/unknown {old_unknown:.2}, new/unknown {new_unknown:.2}",
+        median(old.clone()),
+        median(new.clone()),
+        median(unknown.clone())
+    );
+    assert!(old_unknown < 2.0, "{medians}");
+    assert!(new_unknown < 2.0, "{medians}");
 }
