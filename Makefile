@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Development tools (pre-commit, commitizen, git-cliff), pinned in scripts/dev-requirements.txt.
 DEV_VENV := .venv-dev
 
-.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench conformance examples setup changelog deny
+.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench conformance examples setup changelog deny release
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -76,3 +76,6 @@ check-deploy: ## Lint the Dockerfile, validate docker-compose.yml, replay its st
 bench: ## Load benchmark on a throwaway PostgreSQL (see BENCHMARKS.md; BENCH_ARGS=--help)
 	$(CARGO) build --release --locked -p authd -p authd-bench
 	./scripts/with-postgres.sh target/release/authd-bench $(BENCH_ARGS)
+
+release: $(DEV_VENV)/.installed ## Cut a release: version (VERSION=X.Y.Z, else git-cliff's bump) in Cargo.toml, Cargo.lock, openapi.json, CHANGELOG.md; commit and tag
+	VERSION=$(VERSION) ./scripts/release.sh

@@ -217,6 +217,21 @@ pub fn openapi_json() -> String {
 mod tests {
     use super::*;
 
+    /// `authd --version`, the OpenAPI `info.version` and the newest release in CHANGELOG.md are
+    /// one version: `make release` moves them together.
+    #[test]
+    fn release_versions_agree() {
+        let version = env!("CARGO_PKG_VERSION");
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap();
+        assert_eq!(doc["info"]["version"], version);
+        let newest = include_str!("../../CHANGELOG.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("## ["))
+            .filter_map(|rest| rest.split_once(']').map(|(v, _)| v))
+            .find(|v| *v != "Unreleased");
+        assert_eq!(newest, Some(version), "CHANGELOG.md's newest release");
+    }
+
     /// Every operation documents each status that the middleware, the extractors and the
     /// error mapping can answer for it, errors as problem+json with the headers they carry.
     #[test]
