@@ -17,8 +17,8 @@ use uuid::Uuid;
 use authd::domain::User;
 use authd::store::Store;
 
-use crate::Options;
 use crate::database::Database;
+use crate::options::Options;
 use crate::process::Process;
 
 #[derive(Debug, clap::Args)]

@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use testkit::smtp::MailSink;
 
 use crate::database::Database;
-use crate::{Options, client};
+use crate::http::client;
+use crate::options::Options;
 
 /// The authd under test.
 pub struct Authd {
