@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::Window;
+use crate::tally::Window;
 
 /// The processes whose CPU time is accounted: servers, PostgreSQL (every child of its
 /// postmaster) and this process (the load generator).

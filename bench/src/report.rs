@@ -1,8 +1,8 @@
 //! The table a run prints: every figure of the phases that ran, and the targets.
 
-use crate::BURST_LOGINS;
 use crate::figures::{Figures, TOKEN_ALGORITHMS, ratio};
 use crate::options::Options;
+use crate::phases::burst::BURST_LOGINS;
 
 /// Prints the figures of the phases that ran (`--only`); says whether every target that was
 /// measured was met.
