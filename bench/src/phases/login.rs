@@ -1,8 +1,9 @@
 //! The `login` phase: `POST /login` per second at saturation, one closed loop per client. Its
 //! loop is also the login storm of the `mixed` and `control` phases.
 
-use serde_json::{Value, json};
 use std::time::Instant;
+
+use serde_json::{Value, json};
 
 use crate::accounts::PASSWORD;
 use crate::http::client;
