@@ -1,0 +1,90 @@
+//! The throwaway PostgreSQL database of one bench run: created, seeded, read and dropped.
+
+use anyhow::{Context, Result};
+use sqlx::Connection;
+
+use crate::cpu::stat_field;
+
+/// The bench's own database on the server DATABASE_URL points at.
+pub struct Database {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl Database {
+    pub async fn create(admin_url: &str) -> Result<Database> {
+        let name = format!("authd_bench_{}", std::process::id());
+        let url = testkit::postgres::create_database(admin_url, &name)
+            .await
+            .context("cannot create the bench database on DATABASE_URL")?;
+        Ok(Database {
+            admin_url: admin_url.to_owned(),
+            url,
+            name,
+        })
+    }
+
+    /// The stored bcrypt hash of an account: the bound verifies exactly what authd verifies.
+    pub async fn password_hash(&self, email: &str) -> Result<String> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_one(&mut conn)
+            .await
+            .context("cannot read the stored hash")?;
+        conn.close().await?;
+        Ok(hash)
+    }
+
+    /// Adds `count` users, each with one live session, in two set-based statements; every
+    /// seeded user has the password hash of `like` (so at authd's cost). Then ANALYZE, so the
+    /// planner sees the tables as they now are.
+    pub async fn seed(&self, count: u64, like: &str) -> Result<()> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let count = i64::try_from(count)?;
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, two_factor_enabled, created_at)
+             SELECT gen_random_uuid(), 'seed' || i || '@seed.test',
+                    (SELECT password_hash FROM users WHERE email = $2), false, now()
+             FROM generate_series(1, $1) AS i",
+        )
+        .bind(count)
+        .bind(like)
+        .execute(&mut conn)
+        .await
+        .context("cannot seed users")?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, family, refresh_hash, created_at, last_used_at,
+                                   expires_at, absolute_expires_at, client_ip, user_agent)
+             SELECT gen_random_uuid(), id, decode(md5(id::text), 'hex'),
+                    sha256(convert_to(id::text, 'UTF8')), now(), now(),
+                    now() + interval '30 days', now() + interval '90 days', '127.0.0.1', 'seed'
+             FROM users WHERE email LIKE 'seed%@seed.test'",
+        )
+        .execute(&mut conn)
+        .await
+        .context("cannot seed sessions")?;
+        sqlx::query("ANALYZE").execute(&mut conn).await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// The PostgreSQL server process whose children serve our connections.
+    pub async fn postmaster_pid(&self) -> Result<u32> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
+        conn.close().await?;
+        let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))
+            .context("PostgreSQL must run on this machine")?;
+        stat_field(&stat, 4)
+            .map(|ppid| ppid as u32)
+            .context("no parent in /proc stat")
+    }
+
+    pub async fn drop_it(&self) -> Result<()> {
+        Ok(testkit::postgres::drop_database(&self.admin_url, &self.name).await?)
+    }
+}

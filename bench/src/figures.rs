@@ -1,0 +1,152 @@
+//! The figures of one measured run, and their medians over several runs.
+
+use std::collections::BTreeMap;
+
+/// The figures of one measured run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Figures {
+    pub bcrypt_per_core: f64,
+    pub bcrypt_bound: f64,
+    pub logins_per_sec: f64,
+    pub login_refusals: u64,
+    pub me_per_sec: f64,
+    pub me_p50_ms: f64,
+    pub me_p99_ms: f64,
+    pub ceiling_per_sec: f64,
+    pub ceiling_p50_ms: f64,
+    pub ceiling_p99_ms: f64,
+    pub me_connections: usize,
+    pub probe_rate: f64,
+    pub probe_idle_p50_ms: f64,
+    pub probe_idle_p99_ms: f64,
+    pub probe_mixed_p50_ms: f64,
+    pub probe_mixed_p99_ms: f64,
+    pub mixed_logins_per_sec: f64,
+    /// Paced /users/me while registrations with worst-case passwords for the policy run.
+    pub probe_register_p50_ms: f64,
+    pub probe_register_p99_ms: f64,
+    pub registrations_per_sec: f64,
+    pub flows_per_sec: f64,
+    pub refreshes_per_sec: f64,
+    pub refresh_p50_ms: f64,
+    pub refresh_p99_ms: f64,
+    pub logouts: u64,
+    pub logout_p50_ms: f64,
+    pub logout_p99_ms: f64,
+    /// CPU per `/users/me` answer, microseconds: [server, PostgreSQL, this load generator].
+    pub me_cpu_us: [f64; 3],
+    pub ceiling_cpu_us: [f64; 3],
+    /// The largest share of the machine's CPU that other processes took during a window.
+    pub other_load: f64,
+    pub control_idle_p99_ms: f64,
+    pub control_mixed_p99_ms: f64,
+    pub burst_ok: u64,
+    pub burst_refused: u64,
+    pub burst_refusal_p50_ms: f64,
+    /// Microseconds per access token signed and per one verified in full (no cache), by
+    /// algorithm: HS256, ES256, EdDSA.
+    pub token_costs: [TokenCost; 3],
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// What one token of one algorithm costs authd, on one core.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct TokenCost {
+    pub sign_us: f64,
+    pub verify_us: f64,
+}
+
+/// The algorithms the tokens phase measures, in the order of `Figures::token_costs`.
+pub const TOKEN_ALGORITHMS: [&str; 3] = ["HS256", "ES256", "EdDSA"];
+
+impl Figures {
+    pub fn login_ratio(&self) -> f64 {
+        ratio(self.logins_per_sec, self.bcrypt_bound)
+    }
+    pub fn me_ratio(&self) -> f64 {
+        ratio(self.me_per_sec, self.ceiling_per_sec)
+    }
+    pub fn p99_ratio(&self) -> f64 {
+        ratio(self.probe_mixed_p99_ms, self.probe_idle_p99_ms)
+    }
+    pub fn register_p99_ratio(&self) -> f64 {
+        ratio(self.probe_register_p99_ms, self.probe_idle_p99_ms)
+    }
+    pub fn flow_ratio(&self) -> f64 {
+        ratio(self.flows_per_sec, self.bcrypt_bound)
+    }
+}
+
+/// `a / b`, or NaN when there is no `b` (a phase that did not run).
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::NAN }
+}
+
+/// The median of each figure over the runs; counts of answers and errors are summed.
+pub fn median_figures(runs: &[Figures]) -> Figures {
+    let m = |get: fn(&Figures) -> f64| median(runs.iter().map(get).collect());
+    let mut errors = BTreeMap::new();
+    for run in runs {
+        for (k, v) in &run.errors {
+            *errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    Figures {
+        bcrypt_per_core: m(|f| f.bcrypt_per_core),
+        bcrypt_bound: m(|f| f.bcrypt_bound),
+        logins_per_sec: m(|f| f.logins_per_sec),
+        login_refusals: runs.iter().map(|f| f.login_refusals).sum(),
+        me_per_sec: m(|f| f.me_per_sec),
+        me_p50_ms: m(|f| f.me_p50_ms),
+        me_p99_ms: m(|f| f.me_p99_ms),
+        ceiling_per_sec: m(|f| f.ceiling_per_sec),
+        ceiling_p50_ms: m(|f| f.ceiling_p50_ms),
+        ceiling_p99_ms: m(|f| f.ceiling_p99_ms),
+        me_connections: runs[0].me_connections,
+        probe_rate: m(|f| f.probe_rate),
+        probe_idle_p50_ms: m(|f| f.probe_idle_p50_ms),
+        probe_idle_p99_ms: m(|f| f.probe_idle_p99_ms),
+        probe_mixed_p50_ms: m(|f| f.probe_mixed_p50_ms),
+        probe_mixed_p99_ms: m(|f| f.probe_mixed_p99_ms),
+        mixed_logins_per_sec: m(|f| f.mixed_logins_per_sec),
+        probe_register_p50_ms: m(|f| f.probe_register_p50_ms),
+        probe_register_p99_ms: m(|f| f.probe_register_p99_ms),
+        registrations_per_sec: m(|f| f.registrations_per_sec),
+        flows_per_sec: m(|f| f.flows_per_sec),
+        refreshes_per_sec: m(|f| f.refreshes_per_sec),
+        refresh_p50_ms: m(|f| f.refresh_p50_ms),
+        refresh_p99_ms: m(|f| f.refresh_p99_ms),
+        logouts: runs.iter().map(|f| f.logouts).sum(),
+        logout_p50_ms: m(|f| f.logout_p50_ms),
+        logout_p99_ms: m(|f| f.logout_p99_ms),
+        token_costs: std::array::from_fn(|i| TokenCost {
+            sign_us: median(runs.iter().map(|f| f.token_costs[i].sign_us).collect()),
+            verify_us: median(runs.iter().map(|f| f.token_costs[i].verify_us).collect()),
+        }),
+        other_load: m(|f| f.other_load),
+        control_idle_p99_ms: m(|f| f.control_idle_p99_ms),
+        control_mixed_p99_ms: m(|f| f.control_mixed_p99_ms),
+        burst_ok: runs.iter().map(|f| f.burst_ok).sum(),
+        burst_refused: runs.iter().map(|f| f.burst_refused).sum(),
+        burst_refusal_p50_ms: m(|f| f.burst_refusal_p50_ms),
+        me_cpu_us: [0, 1, 2].map(|i| median(runs.iter().map(|f| f.me_cpu_us[i]).collect())),
+        ceiling_cpu_us: [0, 1, 2]
+            .map(|i| median(runs.iter().map(|f| f.ceiling_cpu_us[i]).collect())),
+        errors,
+    }
+}
+
+/// The median of the values that are numbers, NaN when there are none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
