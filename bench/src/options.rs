@@ -48,7 +48,7 @@ pub struct Flags {
     #[arg(long, default_value_t = 0)]
     max_secs: u64,
     /// comma list of bound,me,ceiling,login,probe,mixed,control,burst,flow,register,refresh,
-    /// logout
+    /// logout,tokens
     #[arg(long, value_delimiter = ',', value_parser = PHASES)]
     only: Option<Vec<String>>,
     /// before measuring, add this many users with one live session each (COPY-free:
@@ -95,6 +95,9 @@ impl Flags {
                 .and_then(|exe| exe.parent().map(|dir| dir.join("authd")))
                 .unwrap_or_else(|| PathBuf::from("target/release/authd"))
         });
+        // authd runs in a work directory of its own: a relative path would point elsewhere.
+        let authd = std::path::absolute(&authd)
+            .map_err(|err| anyhow::anyhow!("--authd {}: {err}", authd.display()))?;
         let max_secs = match self.max_secs {
             // A run takes about 20 windows of `secs` plus setup: leave it twice that.
             0 => 60 + 40 * self.secs * self.runs,
