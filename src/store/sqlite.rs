@@ -1,66 +1,28 @@
-//! The SQLite store: one file, one instance. What differs from PostgreSQL (see `shared.rs` for
-//! the rest): the file's creation and mode, and time arithmetic on integer microseconds. Writes
-//! are serialised by SQLite itself, which is what makes the single-statement counting atomic.
+//! The SQLite store: one file, one instance. What differs from PostgreSQL (every statement is
+//! shared: the topic files, through `statements!`): the file's creation and mode, no lock for a
+//! new session or for pruning, and how the migrations table is found. Writes are serialised by
+//! SQLite itself, which is what makes the single-statement counting atomic.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use uuid::Uuid;
 
-use super::shared::{Count, CredentialsRow, EventRow, Time, UserRow, shared_statements};
-use super::{
-    Attempt, Credentials, NewChallenge, NewUser, Pruned, Reservation, ThrottleRule, UserQuery,
-};
-use crate::audit::{EventQuery, RecordedEvent, SecurityEvent};
 use crate::config::DatabaseSettings;
-use crate::domain::{Email, User};
 use crate::error::Result;
 
-/// `reserve_attempt` (see `Store::reserve_attempt`): $1 key, $2 failures per lock, $3 now,
-/// $4 first lock and $5 longest lock in microseconds, $6 most doublings, $7 hard limit.
-/// Differs from the other backend only in its time arithmetic (integer microseconds).
-const RESERVE_ATTEMPT: &str = "INSERT INTO throttles AS t (key, failures, locked_until, updated_at)
-             VALUES ($1, 1, CASE WHEN $2 = 1 THEN $3 + $4 END, $3)
-             ON CONFLICT (key) DO UPDATE SET
-                 failures = t.failures + 1,
-                 locked_until = CASE WHEN (t.failures + 1) % $2 = 0
-                     THEN $3 + min($4 * (1 << min((t.failures + 1) / $2 - 1, $6)), $5)
-                     ELSE t.locked_until END,
-                 updated_at = $3
-             WHERE (t.locked_until IS NULL OR t.locked_until <= $3)
-               AND ($7 IS NULL OR t.failures < $7)
-             RETURNING CAST(failures AS BIGINT)";
-
-/// `take_quota`: $1 key, $2 units per window, $3 now, $4 window in microseconds.
-const TAKE_QUOTA: &str = "INSERT INTO throttles AS t (key, failures, locked_until, updated_at)
-             VALUES ($1, 1, $3 + $4, $3)
-             ON CONFLICT (key) DO UPDATE SET
-                 failures = CASE WHEN t.locked_until IS NULL OR t.locked_until <= $3
-                                 THEN 1 ELSE t.failures + 1 END,
-                 locked_until = CASE WHEN t.locked_until IS NULL OR t.locked_until <= $3
-                                     THEN excluded.locked_until ELSE t.locked_until END,
-                 updated_at = $3
-             WHERE t.locked_until IS NULL OR t.locked_until <= $3 OR t.failures < $2
-             RETURNING CAST(failures AS BIGINT)";
-
-/// SQLite has one writer at a time: the session's insert, the first write of its transaction,
-/// already waits for a disable, a delete or another login.
-const LOCK_SESSION_USER: Option<&str> = None;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// A pool of connections to one SQLite file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
-
-shared_statements!(SqliteStore, sqlx::Sqlite);
 
 /// Creates the database file, and the directories above it, readable by this user only
 /// (0600 and 0700 whatever the umask): it holds password hashes. SQLite gives its -wal and
@@ -120,6 +82,12 @@ fn warn_if_readable_by_others(path: &std::path::Path) {
 }
 
 impl SqliteStore {
+    pub(super) const MIGRATOR: &'static Migrator = &MIGRATOR;
+
+    /// SQLite has one writer at a time: the session's insert, the first write of its
+    /// transaction, already waits for a disable, a delete or another login.
+    pub(super) const LOCK_SESSION_USER: Option<&'static str> = None;
+
     /// Opens (creating if needed) the database file and its directory.
     pub fn connect_lazy(url: &str, settings: &DatabaseSettings) -> anyhow::Result<SqliteStore> {
         Self::connect(url, settings, true)
@@ -162,7 +130,7 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
-    async fn has_migrations_table(&self) -> Result<bool> {
+    pub(super) async fn has_migrations_table(&self) -> Result<bool> {
         Ok(sqlx::query_scalar(
             "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
         )
@@ -171,15 +139,7 @@ impl SqliteStore {
     }
 
     /// One file, one instance: no lock to take, so `wait` changes nothing.
-    pub async fn prune(
-        &self,
-        now: DateTime<Utc>,
-        events_before: DateTime<Utc>,
-        _wait: bool,
-    ) -> Result<Option<Pruned>> {
-        let mut tx = self.pool.begin().await?;
-        let pruned = Self::delete_expired(&mut tx, now, events_before).await?;
-        tx.commit().await?;
-        Ok(Some(pruned))
+    pub(super) async fn take_prune_lock(_conn: &mut SqliteConnection, _wait: bool) -> Result<bool> {
+        Ok(true)
     }
 }
