@@ -2197,8 +2197,8 @@ mod ceiling {
 /// authd's own `TokenKeys`, for `length` per algorithm and operation on this thread: the
 /// cryptographic cost per token a login, a refresh or a first request pays.
 fn token_costs(length: Duration) -> Result<[TokenCost; 3]> {
-    use authd::keyring::{KeyAlgorithm, KeyState, new_signing_key};
-    use authd::keyset::{KeyMaterial, KeySet};
+    use authd::keys::{KeyAlgorithm, KeyState, new_signing_key};
+    use authd::keys::{KeyMaterial, KeySet};
     use authd::token::{TokenKeys, TokenKind};
 
     let jwt = authd::config::Settings::defaults().jwt;

@@ -9,8 +9,8 @@ use super::{Auth, Client, SignIn, mail_key, micros_of, otp_key, seconds_until};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::{Email, Otp, User};
 use crate::error::{Error, Result};
-use crate::otp::generate_code;
 use crate::store::{Attempt, NewChallenge};
+use crate::token::codes::generate_code;
 use crate::token::{IssuedToken, TokenError, TokenKind, Verified};
 
 /// The code-email quota of one account.

@@ -13,15 +13,14 @@ use crate::audit::AuditLog;
 use crate::config::{RateLimitSettings, SessionSettings, Settings};
 use crate::domain::Email;
 use crate::error::{Error, Result};
-use crate::keys::SigningSecret;
-use crate::keyset::KeySet;
+use crate::keys::{KeySet, SigningSecret};
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
-use crate::otp::CodeHasher;
 use crate::password::PasswordHasher;
-use crate::session::RefreshKeys;
 use crate::store::Store;
 use crate::token::TokenKeys;
+use crate::token::codes::CodeHasher;
+use crate::token::refresh::RefreshKeys;
 use std::net::IpAddr;
 
 mod admin;
@@ -152,7 +151,7 @@ impl Auth {
             tokens: TokenKeys::with_set(
                 KeySet::from_records(
                     &[],
-                    &crate::keyset::KeyMaterial {
+                    &crate::keys::KeyMaterial {
                         kek: None,
                         hs256_secret: None,
                         algorithm: settings.jwt.algorithm,

@@ -8,8 +8,8 @@ use super::{Auth, Client, SignIn};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::User;
 use crate::error::{Error, Result};
-use crate::session::{Presented, new_family};
 use crate::store::{NewSession, SessionInfo};
+use crate::token::refresh::{Presented, new_family};
 use crate::token::{IssuedToken, Subject};
 
 /// What a login or a refresh hands out: an access token of the session and its refresh token.

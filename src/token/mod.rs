@@ -13,8 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::JwtSettings;
 use crate::error::Error;
-use crate::keyring::KeyState;
-use crate::keyset::KeySet;
+use crate::keys::{KeySet, KeyState};
+
+pub mod codes;
+pub mod refresh;
 
 /// The algorithms authd signs with or accepts, each only with a key of its own kind.
 pub const ALGORITHMS: [Algorithm; 3] = [Algorithm::ES256, Algorithm::EdDSA, Algorithm::HS256];
@@ -204,7 +206,7 @@ impl TokenKeys {
 
     /// Keys that sign and verify with `set` until another is installed.
     pub fn with_set(set: KeySet, jwt: &JwtSettings) -> TokenKeys {
-        crate::jwt_crypto::install();
+        crate::keys::crypto::install();
         let challenge_audience = format!("{}/otp-challenge", jwt.audience);
         TokenKeys {
             keys: Arc::new(RwLock::new(Arc::new(set))),
