@@ -385,7 +385,7 @@ impl Settings {
             check_secret(secret)?;
         }
         if let Some(kek) = &self.keys.encryption_key {
-            crate::keys::parse_kek(kek.expose_secret()).context("keys.encryption_key")?;
+            parse_kek(kek.expose_secret()).context("keys.encryption_key")?;
         }
         if !(1..=MAX_KEYS_REFRESH_SECS).contains(&self.keys.refresh_secs) {
             bail!(
@@ -428,12 +428,12 @@ impl Settings {
                 "refusing to start in production: keys.encryption_key is the public development key from docker-compose.yml; generate one (openssl rand -hex 32)"
             );
         }
-        let kek = crate::keys::parse_kek(kek.expose_secret())
+        let kek = parse_kek(kek.expose_secret())
             .context("refusing to start in production: keys.encryption_key")?;
         // Not read here (the key comes from settings), but a copy of an earlier key that others
         // can read opens the signing keys it sealed.
         let file = self.generated_kek_path();
-        if let Some(mode) = crate::keys::mode_open_to_others(&file) {
+        if let Some(mode) = crate::files::mode_open_to_others(&file) {
             bail!(
                 "refusing to start in production: {} (mode {mode:o}) is a key-encryption key other users can read; production uses keys.encryption_key: delete the file or chmod 600 it",
                 file.display()
@@ -568,6 +568,20 @@ pub(crate) fn check_secret(secret: &SecretString) -> anyhow::Result<()> {
         bail!("jwt.secret must be at least {MIN_SECRET_BYTES} bytes long, it has {len}");
     }
     Ok(())
+}
+
+/// 64 hex characters as 32 bytes.
+pub fn parse_kek(text: &str) -> anyhow::Result<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("must be 64 hex characters (32 bytes)");
+    }
+    let mut key = [0u8; 32];
+    for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).expect("ASCII hex digits");
+        *byte = u8::from_str_radix(pair, 16).expect("checked hex digits");
+    }
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -709,7 +723,7 @@ mod tests {
         // (DEVELOPMENT_SECRET is the JWT secret it published before the signing keys.)
         let compose = include_str!("../docker-compose.yml");
         assert!(compose.contains(DEVELOPMENT_ENCRYPTION_KEY));
-        assert!(crate::keys::parse_kek(DEVELOPMENT_ENCRYPTION_KEY).is_ok());
+        assert!(parse_kek(DEVELOPMENT_ENCRYPTION_KEY).is_ok());
     }
 
     #[test]

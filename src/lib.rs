@@ -21,29 +21,21 @@ pub mod error;
 mod files;
 /// The HTTP API: routes, handlers, the request envelope, the server, problem+json, OpenAPI.
 pub mod http;
-pub mod jwt_crypto;
-/// Asymmetric signing keys and their sealing (issue 15, not wired in yet).
-pub mod keyring;
-/// The signing secret: configured or generated once.
+/// Key material: the key-encryption key, the HS256 secret, signing key pairs, the key set.
 pub mod keys;
-pub mod keyset;
 /// Outgoing mail.
 pub mod mail;
 /// Prometheus metrics in an app-owned registry.
 pub mod metrics;
-/// One-time code generation and keyed hashing.
-pub mod otp;
 /// bcrypt (its own, yielding implementation) on a bounded pool off the async workers.
 pub mod password;
 /// The password policy: refuses the most common passwords.
 pub mod policy;
 /// Pruning of expired rows, in the background and on demand.
 pub mod prune;
-/// Refresh tokens: their format, derivation and hashing.
-pub mod session;
 /// Database access.
 pub mod store;
-/// JWT issuing and verification.
+/// Tokens: access and challenge JWTs and their inspection, refresh tokens, one-time codes.
 pub mod token;
 
 pub use config::Settings;
@@ -53,5 +45,5 @@ pub use error::{Error, Result};
 /// without its own). Safe to call more than once: later calls change nothing.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    jwt_crypto::install();
+    keys::crypto::install();
 }

@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use crate::config::{MailSettings, MailTransport, Settings, SmtpTls};
 use crate::domain::Email;
 use crate::error::{Error, Result};
-use crate::otp::Code;
+use crate::token::codes::Code;
 
 /// Sends the emails authd needs. Cheap to clone.
 #[derive(Clone)]

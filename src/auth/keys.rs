@@ -12,8 +12,9 @@ use super::{Actor, Auth};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::config::{JwtAlgorithm, Settings};
 use crate::error::{Error, Result};
-use crate::keyring::{KeyAlgorithm, KeyState, PrivateKey, kek_check_value, new_signing_key};
-use crate::keyset::{KeyMaterial, KeySet};
+use crate::keys::{
+    KeyAlgorithm, KeyMaterial, KeySet, KeyState, PrivateKey, kek_check_value, new_signing_key,
+};
 use crate::store::{NewSigningKey, Revocation, RevokedKey, SigningKeyRecord, Store, Successor};
 use crate::token::{Subject, TokenError, TokenKeys, TokenKind, Verified};
 
@@ -546,7 +547,7 @@ pub enum KekWitness {
 }
 
 /// Compares `kek` with the check value recorded in the database (see
-/// [`crate::keyring::kek_check_value`]), in constant time. Where none is recorded yet (a new
+/// [`crate::keys::kek_check_value`]), in constant time. Where none is recorded yet (a new
 /// database, or one from before the check value), it is recorded now when the current key, if
 /// there is one, opens under `kek` and `witness` may record; an admin command on a database
 /// with no check value and no current key is refused, since nothing can tell it its KEK is
@@ -600,7 +601,7 @@ mod tests {
     use chrono::{DateTime, Duration};
 
     use super::*;
-    use crate::keyring::new_signing_key;
+    use crate::keys::new_signing_key;
 
     /// A key the server retired at `retired_at`, and the key that took over.
     fn retired_key(kek: &[u8; 32], retired_at: DateTime<Utc>) -> Vec<SigningKeyRecord> {

@@ -12,8 +12,7 @@ use super::{
     with_auth,
 };
 use crate::config::Settings;
-use crate::keys::existing_signing_secret;
-use crate::keyset::{KeyMaterial, KeySet};
+use crate::keys::{KeyMaterial, KeySet, existing_signing_secret};
 use crate::token::{Inspection, SignerSeen, TokenKeys};
 
 /// Longest input read as a token; authd's tokens are a few hundred bytes.

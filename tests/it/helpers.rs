@@ -145,9 +145,9 @@ pub async fn server_keys(settings: &Settings) -> authd::token::TokenKeys {
     let store = authd::store::Store::connect_lazy(settings).unwrap();
     let records = store.list_signing_keys().await.unwrap();
     let kek = authd::keys::load_key_encryption_key(settings, false).unwrap();
-    let set = authd::keyset::KeySet::from_records(
+    let set = authd::keys::KeySet::from_records(
         &records,
-        &authd::keyset::KeyMaterial {
+        &authd::keys::KeyMaterial {
             kek: Some(&kek),
             hs256_secret: None,
             algorithm: settings.jwt.algorithm,
@@ -168,9 +168,9 @@ pub async fn server_signer(
     let records = store.list_signing_keys().await.unwrap();
     let current = records.iter().find(|k| k.state == "current").unwrap();
     let kek = authd::keys::load_key_encryption_key(settings, false).unwrap();
-    let algorithm: authd::keyring::KeyAlgorithm = current.algorithm.parse().unwrap();
+    let algorithm: authd::keys::KeyAlgorithm = current.algorithm.parse().unwrap();
     let key =
-        authd::keyring::PrivateKey::unseal(&current.sealed_private, &kek, &current.kid, algorithm)
+        authd::keys::PrivateKey::unseal(&current.sealed_private, &kek, &current.kid, algorithm)
             .unwrap();
     (current.kid.clone(), algorithm.jwt(), key.encoding_key())
 }

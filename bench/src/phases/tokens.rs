@@ -24,8 +24,7 @@ pub async fn measure(w: &Workload, run: &mut Run) -> Result<()> {
 /// authd's own `TokenKeys`, for `length` per algorithm and operation on this thread: the
 /// cryptographic cost per token a login, a refresh or a first request pays.
 fn token_costs(length: Duration) -> Result<[TokenCost; 3]> {
-    use authd::keyring::{KeyAlgorithm, KeyState, new_signing_key};
-    use authd::keyset::{KeyMaterial, KeySet};
+    use authd::keys::{KeyAlgorithm, KeyMaterial, KeySet, KeyState, new_signing_key};
     use authd::token::{TokenKeys, TokenKind};
 
     let jwt = authd::config::Settings::defaults().jwt;

@@ -142,10 +142,10 @@ struct TestKey {
 fn test_key() -> &'static TestKey {
     static KEY: std::sync::OnceLock<TestKey> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
-        let key = authd::keyring::new_signing_key(
+        let key = authd::keys::new_signing_key(
             &TEST_KEK,
-            authd::keyring::KeyAlgorithm::Es256,
-            authd::keyring::KeyState::Current,
+            authd::keys::KeyAlgorithm::Es256,
+            authd::keys::KeyState::Current,
             Utc::now(),
         )
         .unwrap();
@@ -166,10 +166,10 @@ fn test_key() -> &'static TestKey {
 
 const TEST_KEK: [u8; 32] = [7; 32];
 
-fn key_set(record: &authd::store::SigningKeyRecord) -> authd::keyset::KeySet {
-    authd::keyset::KeySet::from_records(
+fn key_set(record: &authd::store::SigningKeyRecord) -> authd::keys::KeySet {
+    authd::keys::KeySet::from_records(
         std::slice::from_ref(record),
-        &authd::keyset::KeyMaterial {
+        &authd::keys::KeyMaterial {
             kek: Some(&TEST_KEK),
             hs256_secret: None,
             algorithm: authd::config::JwtAlgorithm::Es256,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use authd::app::App;
-use authd::keyring::{KeyAlgorithm, KeyState, new_signing_key};
+use authd::keys::{KeyAlgorithm, KeyState, new_signing_key};
 use authd::store::Store;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use authd::config::JwtAlgorithm;
-use authd::keyring::{KeyAlgorithm, PrivateKey};
+use authd::keys::{KeyAlgorithm, PrivateKey};
 use authd::store::{NewSigningKey, Revocation, Store, Successor};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -802,10 +802,10 @@ async fn a_retired_key_is_dropped_once_every_token_it_signed_has_expired() {
     let first = kid_in(&app, &data_dir, "current").await;
     // A next key activated long ago: the first key retired two hours back.
     let long_ago = chrono::Utc::now() - chrono::Duration::hours(2);
-    let key = authd::keyring::new_signing_key(
+    let key = authd::keys::new_signing_key(
         &authd::keys::load_key_encryption_key(&app.settings, false).unwrap(),
         KeyAlgorithm::Es256,
-        authd::keyring::KeyState::Next,
+        authd::keys::KeyState::Next,
         long_ago,
     )
     .unwrap();
@@ -938,10 +938,10 @@ async fn a_next_key_sealed_under_another_kek_is_never_activated_by_the_switch() 
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     assert!(signing_keys(&db_url, &data_dir).await.is_empty());
     // A database from before the check value may still hold such a key: planted here.
-    let stray = authd::keyring::new_signing_key(
+    let stray = authd::keys::new_signing_key(
         &[0xcd; 32],
         KeyAlgorithm::Es256,
-        authd::keyring::KeyState::Next,
+        authd::keys::KeyState::Next,
         chrono::Utc::now(),
     )
     .unwrap();

@@ -807,7 +807,7 @@ async fn a_disabled_or_deleted_user_gets_no_new_session_from_the_store() {
     let session = |after_second_step| NewSession {
         id: uuid::Uuid::now_v7(),
         user_id,
-        family: authd::session::new_family().to_vec(),
+        family: authd::token::refresh::new_family().to_vec(),
         refresh_hash: vec![0; 32],
         created_at: now,
         expires_at: now + chrono::Duration::hours(1),

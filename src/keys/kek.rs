@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use rand::{TryRngCore, rngs::OsRng};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{Environment, MIN_SECRET_BYTES, Settings, check_secret};
+use crate::config::{Environment, MIN_SECRET_BYTES, Settings, check_secret, parse_kek};
+use crate::files::mode_open_to_others;
 
 /// Where the signing secret came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,22 +110,6 @@ pub fn load_key_encryption_key(
     parse_kek(text.expose_secret()).with_context(|| format!("{} is unusable", path.display()))
 }
 
-/// The mode of `path` when users other than its owner may read or write it (0644 after a copy,
-/// say); None when only its owner may, or when it cannot be examined (or off Unix).
-pub(crate) fn mode_open_to_others(path: &Path) -> Option<u32> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-        (mode & 0o077 != 0).then_some(mode)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        None
-    }
-}
-
 /// A generated key about to be used must be its owner's alone: anyone who reads the
 /// key-encryption key opens every signing key, anyone who reads the HS256 secret signs tokens.
 /// Outside production a key file others can read is warned about (authd made it 0600: someone
@@ -149,20 +134,6 @@ fn check_key_file_is_private(
         "a generated key is readable by other users: chmod 600 it (and set {setting} in production)"
     );
     Ok(())
-}
-
-/// 64 hex characters as 32 bytes.
-pub fn parse_kek(text: &str) -> anyhow::Result<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("must be 64 hex characters (32 bytes)");
-    }
-    let mut key = [0u8; 32];
-    for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
-        let pair = std::str::from_utf8(pair).expect("ASCII hex digits");
-        *byte = u8::from_str_radix(pair, 16).expect("checked hex digits");
-    }
-    Ok(key)
 }
 
 fn read_secret(path: &Path) -> anyhow::Result<SecretString> {

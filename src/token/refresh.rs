@@ -83,7 +83,7 @@ impl RefreshKeys {
     /// `legacy_secret` (the HS256 secret), the tokens it keyed before this version still check.
     pub fn from_kek(kek: &[u8; 32], legacy_secret: Option<&[u8]>) -> RefreshKeys {
         RefreshKeys {
-            key: crate::keyring::derive_key(kek, "refresh-token hmac v1"),
+            key: crate::keys::derive_key(kek, "refresh-token hmac v1"),
             legacy: legacy_secret.map(|secret| {
                 let mut mac =
                     HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");

@@ -43,7 +43,7 @@ impl CodeHasher {
     /// The code key, derived from the key-encryption key for this purpose alone.
     pub fn from_kek(kek: &[u8; 32]) -> CodeHasher {
         CodeHasher {
-            key: crate::keyring::derive_key(kek, "one-time-code hmac v1"),
+            key: crate::keys::derive_key(kek, "one-time-code hmac v1"),
         }
     }
 

@@ -206,7 +206,7 @@ impl PrivateKey {
     /// The public half as a JWK (RFC 7517) with `kid`, `alg` and `use: "sig"`: what the JWKS
     /// publishes. Made by `jsonwebtoken` from the private key; it holds no private member.
     pub fn public_jwk(&self, kid: &str) -> Result<Jwk, KeyError> {
-        crate::jwt_crypto::install();
+        super::crypto::install();
         let mut jwk = Jwk::from_encoding_key(&self.encoding_key(), self.algorithm.jwt())
             .map_err(|_| KeyError::Encoding)?;
         jwk.common.key_id = Some(kid.to_owned());
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn generated_keys_sign_tokens_their_public_jwk_verifies_and_no_private_member_is_published() {
-        crate::jwt_crypto::install();
+        crate::keys::crypto::install();
         for algorithm in [KeyAlgorithm::Es256, KeyAlgorithm::EdDsa] {
             let key = PrivateKey::generate(algorithm).unwrap();
             let mut header = Header::new(algorithm.jwt());

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
+use super::sealed::{KeyAlgorithm, KeyState, PrivateKey};
 use crate::config::JwtAlgorithm;
-use crate::keyring::{KeyAlgorithm, KeyState, PrivateKey};
 use crate::store::SigningKeyRecord;
 
 /// A key a token names by its `kid`.
@@ -94,7 +94,7 @@ impl KeySet {
         material: &KeyMaterial<'_>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<KeySet> {
-        crate::jwt_crypto::install();
+        super::crypto::install();
         let horizon = chrono::Duration::seconds(
             i64::try_from(material.retired_horizon_secs).unwrap_or(i64::MAX / 2),
         );
@@ -191,7 +191,7 @@ impl KeySet {
     /// A set that verifies with the keys of a JWKS (`{"keys":[...]}`), as a service holding
     /// only the published set would; it signs nothing.
     pub fn from_jwks(text: &str) -> anyhow::Result<KeySet> {
-        crate::jwt_crypto::install();
+        super::crypto::install();
         let set: JwkSet = serde_json::from_str(text).context("not a JWK set")?;
         let mut by_kid = HashMap::new();
         let mut published = Vec::new();
@@ -397,7 +397,7 @@ mod tests {
     use chrono::Duration;
 
     use super::*;
-    use crate::keyring::new_signing_key;
+    use crate::keys::new_signing_key;
 
     const KEK: [u8; 32] = [3; 32];
 

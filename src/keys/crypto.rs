@@ -106,7 +106,7 @@ fn new_verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtV
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyring::{KeyAlgorithm, PrivateKey};
+    use crate::keys::{KeyAlgorithm, PrivateKey};
     use proptest::prelude::*;
 
     /// A P-256 key as authd makes them, and its public half as the JWKS publishes it.

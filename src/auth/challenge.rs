@@ -1,0 +1,160 @@
+//! The second step of a login: the emailed code (its quota, its challenge) and its exchange for
+//! a session.
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::sessions::SessionTokens;
+use super::{Auth, Client, SignIn, mail_key, micros_of, otp_key, seconds_until};
+use crate::audit::{EventKind, SecurityEvent};
+use crate::domain::{Email, Otp, User};
+use crate::error::{Error, Result};
+use crate::store::{Attempt, NewChallenge};
+use crate::token::codes::generate_code;
+use crate::token::{IssuedToken, TokenError, TokenKind, Verified};
+
+/// The code-email quota of one account.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeEmailQuota {
+    pub max_per_account: u32,
+    pub window_secs: u64,
+}
+
+fn dead_challenge() -> Error {
+    Error::InvalidToken("this login challenge is used, expired or out of attempts: log in again")
+}
+
+impl Auth {
+    /// Takes one code email from the account's quota; 429 once it is used up.
+    pub(super) async fn take_code_email(&self, user_id: Uuid) -> Result<()> {
+        if !self.limits.enabled {
+            return Ok(());
+        }
+        let now = Utc::now();
+        match self
+            .store
+            .take_quota(
+                &mail_key(user_id),
+                self.code_emails.max_per_account,
+                micros_of(self.code_emails.window_secs),
+                now,
+            )
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(window_end) => Err(Error::RateLimited {
+                retry_after_secs: seconds_until(window_end),
+            }),
+        }
+    }
+
+    /// Stores a hashed code, emails it, and only then retires older challenges and hands out
+    /// the challenge token. If the mail fails the new challenge is deleted, and since its
+    /// token was never issued nothing usable is left behind.
+    pub(super) async fn start_challenge(
+        &self,
+        sign_in: &SignIn,
+        user: &User,
+    ) -> Result<IssuedToken> {
+        let email = Email::parse(&user.email).map_err(|e| anyhow::anyhow!("stored email: {e}"))?;
+        // Time-ordered, so a challenge retires only the ones started before it: concurrent logins
+        // of one user cannot retire each other's newest challenge.
+        let id = Uuid::now_v7();
+        let code = generate_code();
+        let ttl = sign_in.tokens.ttl_secs(TokenKind::Challenge);
+        let now = Utc::now();
+        self.store
+            .insert_challenge(&NewChallenge {
+                id,
+                user_id: user.id,
+                code_hash: sign_in.codes.hash(id, code.as_str()),
+                expires_at: now + chrono::Duration::seconds(ttl as i64),
+                created_at: now,
+            })
+            .await?;
+        if let Err(err) = sign_in.mailer.send_code(&email, &code, ttl).await {
+            if let Err(cleanup) = self.store.delete_challenge(id).await {
+                tracing::warn!(error = %cleanup, "could not delete undelivered challenge");
+            }
+            return Err(err);
+        }
+        self.store
+            .retire_challenges_except(user.id, id, Utc::now())
+            .await?;
+        tracing::info!(user_id = %user.id, "login code sent");
+        self.check_signer().await?;
+        sign_in.tokens.issue(TokenKind::Challenge, user.id, id)
+    }
+
+    /// Exchanges a challenge token and the emailed code for an access token, at most once.
+    pub async fn verify_otp(
+        &self,
+        challenge_token: &str,
+        otp: &Otp,
+        client: Client,
+    ) -> Result<SessionTokens> {
+        let sign_in = self.sign_in()?;
+        let Verified { claims, kid } = self.verified(TokenKind::Challenge, challenge_token).await?;
+        // A key revoked on another instance is refused at once here too.
+        if let Some(kid) = kid
+            && self.store.signing_key_state(&kid).await?.as_deref() == Some("revoked")
+        {
+            return Err(TokenError::RevokedKey.into());
+        }
+        let key = otp_key(claims.sub);
+        let event = |kind| {
+            let mut event = SecurityEvent::new(kind).client(client.ip);
+            event.user_id = Some(claims.sub);
+            event
+        };
+        // A dead challenge is refused before anything is reserved: it is not a guess.
+        if !self
+            .store
+            .challenge_is_open(claims.jti, claims.sub, self.max_attempts, Utc::now())
+            .await?
+        {
+            return Err(dead_challenge());
+        }
+        let locks_if_wrong = match self.reserve(&key, &self.otp_rule()).await {
+            Ok(locks) => locks,
+            Err(err) => {
+                self.audit.record(event(EventKind::CodeThrottled));
+                self.metrics.throttle("code");
+                return Err(err);
+            }
+        };
+        let hash = sign_in.codes.hash_otp(claims.jti, otp);
+        match self
+            .store
+            .attempt_challenge(claims.jti, claims.sub, &hash, self.max_attempts, Utc::now())
+            .await?
+        {
+            Attempt::Accepted => {
+                tracing::info!(user_id = %claims.sub, "second step succeeded");
+                self.clear_failures(&key).await?;
+                self.audit.record(event(EventKind::CodeAccepted));
+                self.metrics.code("accepted");
+                self.open_session(sign_in, claims.sub, &client, true, dead_challenge)
+                    .await
+            }
+            Attempt::Rejected { remaining } => {
+                tracing::info!(user_id = %claims.sub, remaining, "wrong code");
+                self.metrics.code("rejected");
+                self.audit.record(event(EventKind::CodeRejected));
+                if locks_if_wrong {
+                    tracing::warn!(user_id = %claims.sub, "second step locked until an admin unlocks it");
+                    self.audit.record(event(EventKind::SecondFactorLocked));
+                }
+                Err(Error::InvalidOtp { remaining })
+            }
+            Attempt::Dead => {
+                // It died since the check above: not a guess at a live code, so the reserved
+                // attempt is given back.
+                if self.limits.enabled {
+                    self.store.release_attempt(&key).await?;
+                }
+                Err(dead_challenge())
+            }
+        }
+    }
+}
