@@ -172,16 +172,28 @@ pub struct App {
 /// instance not ready.
 fn spawn_key_refresher(auth: Auth, interval: Duration) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut settled = false;
         loop {
-            // Until the keys were read once (the database was down at start), every second.
-            let wait = if auth.keys_loaded() {
+            // Until the keys were read once (the database was down at start), every second;
+            // after a refusal of the KEK, which no retry changes, at the usual pace.
+            let wait = if auth.keys_loaded() || settled {
                 interval
             } else {
                 Duration::from_secs(1)
             };
             tokio::time::sleep(wait).await;
-            if let Err(err) = auth.reload_keys().await {
-                tracing::warn!(error = %err, "cannot read the signing keys; keeping the ones in use until the next try");
+            settled = false;
+            match auth.reload_keys().await {
+                Ok(()) => {}
+                // A KEK that is not the database's (a server that started while its database
+                // was away is told only now): not ready for as long as it runs.
+                Err(err @ crate::error::Error::Validation(_)) => {
+                    settled = true;
+                    tracing::error!(error = %err, "cannot use the signing keys: this instance stays not ready until it runs with the database's keys.encryption_key");
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the signing keys; keeping the ones in use until the next try");
+                }
             }
         }
     })

@@ -51,6 +51,28 @@ pub fn is_hidden_or_control(c: char) -> bool {
             | GeneralCategory::Format
             | GeneralCategory::LineSeparator
             | GeneralCategory::ParagraphSeparator
+    ) || is_default_ignorable_outside_cf(c)
+}
+
+/// The code points Unicode calls Default_Ignorable (drawn as nothing) that are not in Cf:
+/// the combining grapheme joiner, the Hangul fillers, the Khmer inherent vowels, the Mongolian
+/// free variation selectors, the variation selectors, the reserved U+2065, U+FFF0..U+FFF8 and
+/// U+E0000..U+E0FFF (DerivedCoreProperties.txt, Unicode 16). `admin\u{FE0F}@example.test`
+/// would otherwise read as `admin@example.test` in every table.
+fn is_default_ignorable_outside_cf(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x034F
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180D
+            | 0x180F
+            | 0x2065
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0xE0000..=0xE0FFF
     )
 }
 
@@ -363,10 +385,21 @@ mod tests {
         assert!(PersonName::parse_optional(Some("Ada\u{7}")).is_err());
     }
 
-    /// Right-to-left override, zero-width space, line separator, paragraph separator, and two
-    /// more format characters (left-to-right isolate, byte-order mark).
-    const HIDDEN: [char; 6] = [
-        '\u{202e}', '\u{200b}', '\u{2028}', '\u{2029}', '\u{2066}', '\u{feff}',
+    /// Right-to-left override, zero-width space, line separator, paragraph separator, two more
+    /// format characters (left-to-right isolate, byte-order mark), and default-ignorable
+    /// characters of other categories (variation selector 16, combining grapheme joiner, a
+    /// Hangul filler, a tag-block variation selector).
+    const HIDDEN: [char; 10] = [
+        '\u{202e}',
+        '\u{200b}',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{2066}',
+        '\u{feff}',
+        '\u{fe0f}',
+        '\u{34f}',
+        '\u{3164}',
+        '\u{e0100}',
     ];
 
     #[test]

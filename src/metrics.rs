@@ -87,7 +87,7 @@ impl Metrics {
         let key_reloads = IntCounterVec::new(
             Opts::new(
                 "key_reloads_total",
-                "Reads of the signing keys by reason: periodic, unknown_kid, signer_changed, not_loaded",
+                "Reads of the signing keys by reason: periodic, unknown_kid, signer_changed, not_loaded, stale",
             ),
             &["reason"],
         )

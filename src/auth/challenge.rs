@@ -94,6 +94,8 @@ impl Auth {
         client: Client,
     ) -> Result<SessionTokens> {
         let sign_in = self.sign_in()?;
+        // Nothing used up while no token could be issued for it.
+        self.ensure_can_sign().await?;
         let Verified { claims, kid } = self.verified(TokenKind::Challenge, challenge_token).await?;
         // A key revoked on another instance is refused at once here too.
         if let Some(kid) = kid

@@ -1,7 +1,7 @@
 //! The signing-key use cases: keeping the server's key set in step with the `signing_keys`
 //! table, and the admin commands that rotate and revoke keys.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,10 @@ pub(super) struct KeyRing {
     loaded: Arc<AtomicBool>,
     /// Whether the KEK was compared with the database's check value (once per process).
     kek_checked: Arc<AtomicBool>,
+    /// When the keys were last read and installed, in Unix milliseconds.
+    last_read_ms: Arc<AtomicI64>,
+    /// `keys.refresh_secs`: reads older than two of these make the instance not ready.
+    refresh_secs: u64,
     /// One read-and-install at a time: a slow read cannot put an older set back in place.
     reloading: Arc<tokio::sync::Mutex<()>>,
 }
@@ -62,6 +66,8 @@ impl KeyRing {
             last_on_demand: Arc::new(Mutex::new(None)),
             loaded: Arc::new(AtomicBool::new(false)),
             kek_checked: Arc::new(AtomicBool::new(false)),
+            last_read_ms: Arc::new(AtomicI64::new(0)),
+            refresh_secs: settings.keys.refresh_secs,
             reloading: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -240,7 +246,26 @@ impl Auth {
         self.metrics.signing_usable(unusable.is_none());
         sign_in.tokens.install(set);
         ring.loaded.store(true, Ordering::Relaxed);
+        ring.last_read_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
         Ok(unusable)
+    }
+
+    /// Whether the keys in use were read longer ago than two `keys.refresh_secs` (every read
+    /// since failed, while the database may still answer): the set may hold a key revoked
+    /// meanwhile, so the instance is not ready (it still refuses such tokens itself, since
+    /// every request reads its key's state).
+    pub(super) fn keys_stale(&self) -> bool {
+        let Some(sign_in) = self.sign_in.as_ref() else {
+            return false;
+        };
+        let ring = &sign_in.ring;
+        let limit = i64::try_from(ring.refresh_secs.saturating_mul(2_000)).unwrap_or(i64::MAX);
+        self.keys_loaded()
+            && Utc::now()
+                .timestamp_millis()
+                .saturating_sub(ring.last_read_ms.load(Ordering::Relaxed))
+                > limit.saturating_add(1_000)
     }
 
     /// Why this instance cannot sign now; None when it can.
@@ -318,6 +343,17 @@ impl Auth {
         self.keys_not_loaded()
     }
 
+    /// Before anything a token is issued for changes state (a login's bcrypt and counters, a
+    /// code's attempt, a refresh's rotation): the keys were read and this instance can sign
+    /// with them, else 503 and nothing is counted, used up or rotated.
+    pub(super) async fn ensure_can_sign(&self) -> Result<()> {
+        self.ensure_keys_loaded().await?;
+        match self.signing_problem() {
+            None => Ok(()),
+            Some(_) => Err(Error::Unavailable("signing key")),
+        }
+    }
+
     /// The `kid` this instance signs with now (None with HS256).
     pub(super) fn signer_kid(&self) -> Result<Option<String>> {
         Ok(self
@@ -339,13 +375,15 @@ impl Auth {
     /// meanwhile; if so the new current key signs. (Refreshes read the same in the statement
     /// that reads their session.)
     pub(super) async fn check_signer(&self) -> Result<()> {
-        self.ensure_keys_loaded().await?;
+        self.ensure_can_sign().await?;
         let Some(kid) = self.signer_kid()? else {
             return Ok(());
         };
         let state = self.store.signing_key_state(&kid).await?;
         if state.as_deref() != Some("current") {
             self.signer_changed(&kid, state.as_deref()).await?;
+            // The key that took over may be one this instance cannot sign with.
+            self.ensure_can_sign().await?;
         }
         Ok(())
     }
@@ -353,7 +391,7 @@ impl Auth {
     /// Reads the keys again unless that was done less than a second ago; whether it did. A
     /// database that does not answer is an error (503), anything else is logged and counts as
     /// not done.
-    async fn reload_on_demand(&self, reason: &'static str) -> Result<bool> {
+    pub(super) async fn reload_on_demand(&self, reason: &'static str) -> Result<bool> {
         let sign_in = self.sign_in()?;
         if !sign_in.ring.may_reload_now() {
             return Ok(false);
@@ -558,21 +596,35 @@ pub async fn settle_kek(store: &Store, kek: &[u8; 32], witness: KekWitness) -> R
         Some(recorded) => recorded,
         None => {
             let keys = store.list_signing_keys().await?;
-            match keys.iter().find(|k| k.state == "current") {
+            let live: Vec<&SigningKeyRecord> =
+                keys.iter().filter(|k| k.state != "revoked").collect();
+            match live.iter().find(|k| k.state == "current") {
+                // A database from before the check value: the key that signs tells which KEK
+                // the servers use.
                 Some(current) if !opens_under(current, kek) => {
                     return Err(wrong_kek(&format!(
                         "it does not open the current signing key {}",
                         current.kid
                     )));
                 }
+                Some(_) => {}
                 None if witness == KekWitness::Command => {
                     return Err(Error::validation(
                         "keys.encryption_key",
                         "this database has no key-encryption key check value yet, so this command cannot tell whether its keys.encryption_key is the servers': start a server once, or run `authd migrate` with the servers' keys.encryption_key, then run this again",
                     ));
                 }
-                _ => store.record_kek_check_value(&mine, Utc::now()).await?,
+                // Keys but none current (made ahead on HS256): a server records its KEK only
+                // if it opens one of them, so a KEK made up on the spot (a zero-setup start
+                // beside keys made elsewhere) does not take the database over.
+                None if !live.is_empty() && !live.iter().any(|k| opens_under(k, kek)) => {
+                    return Err(wrong_kek(
+                        "it opens none of the stored signing keys; revoke those that are not the servers' with `authd keys revoke KID`",
+                    ));
+                }
+                None => {}
             }
+            store.record_kek_check_value(&mine, Utc::now()).await?
         }
     };
     if bool::from(subtle::ConstantTimeEq::ct_eq(

@@ -114,7 +114,8 @@ impl Auth {
     ) -> Result<LoginOutcome> {
         let sign_in = self.sign_in()?;
         let email = Email::parse(email).ok();
-        // The hashing place first: a login refused with 503 counts nothing.
+        // A signing key and the hashing place first: a login refused with 503 counts nothing.
+        self.ensure_can_sign().await?;
         let slot = self.hasher.admit()?;
         let mut locks_if_wrong = false;
         if let Some(email) = &email {

@@ -265,6 +265,14 @@ impl Auth {
         if self.signing_problem().is_some() {
             return Err(Error::Unavailable("signing key"));
         }
+        // Nor one whose keys could not be read for two refresh periods (tried once more now,
+        // so readiness comes back as soon as a read does).
+        if self.keys_stale() && !self.reload_on_demand("stale").await? {
+            tracing::warn!(
+                "not ready: the signing keys could not be read for two keys.refresh_secs"
+            );
+            return Err(Error::Unavailable("signing key"));
+        }
         self.store.ping().await
     }
 }

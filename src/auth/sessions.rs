@@ -141,12 +141,14 @@ impl Auth {
     /// descended from it with it. A token this server did not issue changes nothing.
     pub async fn refresh(&self, refresh_token: &str, client: Client) -> Result<SessionTokens> {
         let sign_in = self.sign_in()?;
+        // First, so that an instance that cannot sign (or whose KEK, which keys the refresh
+        // tokens, was not confirmed yet) neither rotates a session nor calls a token unknown.
+        self.ensure_can_sign().await?;
         let presented = Presented::parse(refresh_token).ok_or_else(invalid_refresh)?;
         let presented_hash = sign_in
             .refresh
             .check(&presented)
             .ok_or_else(invalid_refresh)?;
-        self.ensure_keys_loaded().await?;
         let mut reread_keys = false;
         // A lost race means another refresh rotated first; the next look sees its result, so
         // two looks decide every case but a third rotation in between (and one more after the
@@ -164,6 +166,7 @@ impl Auth {
                     return Err(Error::Unavailable("signing key"));
                 }
                 self.signer_changed(kid, None).await?;
+                self.ensure_can_sign().await?;
                 reread_keys = true;
                 continue;
             }

@@ -176,6 +176,7 @@ async fn activate(force: bool, settings: &Settings) -> anyhow::Result<()> {
             .into());
         }
         Activation::TooSoon { kid, left_secs } => {
+            let kid = super::printable(&kid);
             return Err(UserError(format!(
                 "{kid} was published less than 2 x keys.refresh_secs ago: verifiers may not have it yet; wait {left_secs}s more, or pass --force"
             ))
@@ -183,7 +184,9 @@ async fn activate(force: bool, settings: &Settings) -> anyhow::Result<()> {
         }
     };
     let horizon = TokenKeys::retired_horizon_secs(settings);
-    match retired {
+    // Key ids come from the database, where a row written by hand may hold anything.
+    let kid = super::printable(&kid);
+    match retired.as_deref().map(super::printable) {
         Some(old) => println!(
             "{kid} is the current key now (within keys.refresh_secs = {}s on every instance); {old} retired: published and accepted for {horizon}s more",
             settings.keys.refresh_secs
@@ -197,6 +200,7 @@ async fn revoke(args: RevokeArgs, settings: &Settings) -> anyhow::Result<()> {
     let kek = servers_kek_if_any(settings)?;
     let algorithm = key_algorithm(settings.jwt.algorithm);
     let kid = args.kid.trim().to_owned();
+    let shown = super::printable(&kid);
     let revoked = with_auth(settings, async |auth| {
         auth.revoke_key(&kid, kek.as_ref(), algorithm, Actor::Cli)
             .await
@@ -205,22 +209,21 @@ async fn revoke(args: RevokeArgs, settings: &Settings) -> anyhow::Result<()> {
     .await?;
     let Some(revoked) = revoked else {
         return Err(UserError(format!(
-            "no signing key {}: `authd keys list` shows them",
-            super::printable(&kid)
+            "no signing key {shown}: `authd keys list` shows them"
         ))
         .into());
     };
     if revoked.previous_state == "revoked" {
-        println!("{kid} was already revoked");
+        println!("{shown} was already revoked");
         return Ok(());
     }
     let successor = revoked
         .successor
-        .map(|s| format!("; {s} is the current key now"))
+        .map(|s| format!("; {} is the current key now", super::printable(&s)))
         .unwrap_or_default();
     println!(
-        "revoked {kid} (was {}): tokens it signed are refused from now on; services verifying from the JWKS drop it within 2 x keys.refresh_secs = {}s{successor}",
-        revoked.previous_state,
+        "revoked {shown} (was {}): tokens it signed are refused from now on; services verifying from the JWKS drop it within 2 x keys.refresh_secs = {}s{successor}",
+        super::printable(&revoked.previous_state),
         2 * settings.keys.refresh_secs
     );
     Ok(())

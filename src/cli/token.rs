@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::{
-    EXIT_CODES, OutputFormat, Table, UserError, format_utc, is_interactive, new_table, to_json,
-    with_auth,
+    EXIT_CODES, OutputFormat, Table, UserError, format_utc, is_interactive, new_table, printable,
+    to_json, with_auth,
 };
 use crate::config::Settings;
 use crate::keys::{KeyMaterial, KeySet, existing_signing_secret};
@@ -97,20 +97,26 @@ async fn verifying_keys(jwks: Option<&str>, settings: &Settings) -> anyhow::Resu
 /// The text of a JWKS file or URL, at most [`MAX_JWKS_BYTES`]: a file is read through the
 /// same cap as a body, so `/dev/zero` or a huge file stops at the cap instead of filling memory.
 async fn read_jwks(source: &str) -> anyhow::Result<String> {
-    if !(source.starts_with("http://") || source.starts_with("https://")) {
+    // A scheme is case-insensitive (RFC 3986): `HTTP://user:pw@host/` is a URL, not a file
+    // whose name an error line would print with the password.
+    let scheme = source
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("http" | "https")) {
+        let shown = printable(&without_userinfo(source));
         let file = std::fs::File::open(source)
-            .map_err(|err| UserError(format!("cannot read the JWKS file {source}: {err}")))?;
+            .map_err(|err| UserError(format!("cannot read the JWKS file {shown}: {err}")))?;
         let mut bytes = Vec::new();
         file.take(MAX_JWKS_BYTES as u64 + 1)
             .read_to_end(&mut bytes)
-            .map_err(|err| UserError(format!("cannot read the JWKS file {source}: {err}")))?;
+            .map_err(|err| UserError(format!("cannot read the JWKS file {shown}: {err}")))?;
         if bytes.len() > MAX_JWKS_BYTES {
-            return Err(UserError(format!("{source} is over {MAX_JWKS_BYTES} bytes")).into());
+            return Err(UserError(format!("{shown} is over {MAX_JWKS_BYTES} bytes")).into());
         }
         return String::from_utf8(bytes)
-            .map_err(|_| UserError(format!("{source} is not UTF-8")).into());
+            .map_err(|_| UserError(format!("{shown} is not UTF-8")).into());
     }
-    let shown = without_userinfo(source);
+    let shown = printable(&without_userinfo(source));
     crate::install_crypto_provider();
     let fetched = async {
         let client = reqwest::Client::builder()

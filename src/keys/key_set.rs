@@ -132,7 +132,7 @@ impl KeySet {
                 && material.algorithm != JwtAlgorithm::Hs256
                 && let Some(kek) = material.kek
             {
-                match open_signer(record, algorithm, kek) {
+                match open_signer(record, algorithm, kek, &key) {
                     Ok(opened) => signer = Some(opened),
                     Err(err) => unusable = Some(format!("{err:#}")),
                 }
@@ -361,6 +361,7 @@ fn open_signer(
     record: &SigningKeyRecord,
     algorithm: KeyAlgorithm,
     kek: &[u8; 32],
+    public: &DecodingKey,
 ) -> anyhow::Result<Signer> {
     let private = PrivateKey::unseal(&record.sealed_private, kek, &record.kid, algorithm)
         .with_context(|| {
@@ -370,8 +371,18 @@ fn open_signer(
             )
         })?;
     let key = private.encoding_key();
-    jsonwebtoken::crypto::sign(b"authd key check", &key, algorithm.jwt())
+    let signature = jsonwebtoken::crypto::sign(b"authd key check", &key, algorithm.jwt())
         .with_context(|| format!("the current signing key {} cannot sign", record.kid))?;
+    // And what it signs verifies with the public half the JWKS publishes for it: a row whose
+    // halves do not belong together would sign tokens that nobody accepts.
+    let verifies =
+        jsonwebtoken::crypto::verify(&signature, b"authd key check", public, algorithm.jwt())
+            .unwrap_or(false);
+    anyhow::ensure!(
+        verifies,
+        "the current signing key {}'s public half does not verify what its private half signs",
+        record.kid
+    );
     Ok(Signer {
         kid: Some(record.kid.clone()),
         algorithm: algorithm.jwt(),

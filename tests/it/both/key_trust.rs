@@ -210,7 +210,15 @@ async fn a_set_that_cannot_sign_makes_the_instance_not_ready_and_still_drops_a_r
     let app = TestApp::spawn_with(Behaviour::Accept, |s| s.keys.refresh_secs = 1).await;
     let data_dir = TempDir::new("authd-kek");
     app.register("ada@example.test", false).await;
-    let old_token = app.access_token("ada@example.test").await;
+    app.register("bob@example.test", true).await;
+    let login: Value = app
+        .login("ada@example.test", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let old_token = login["access_token"].as_str().unwrap().to_owned();
+    let refresh_token = login["refresh_token"].as_str().unwrap().to_owned();
     let revoked = kid_of(&old_token);
     assert_eq!(metric(&app, "authd_signing_key_usable").await, Some(1));
     // What the old revocation could do: the revoked key's place taken by a key that does not
@@ -239,13 +247,47 @@ async fn a_set_that_cannot_sign_makes_the_instance_not_ready_and_still_drops_a_r
     })
     .await;
     assert_eq!(metric(&app, "authd_signing_key_usable").await, Some(0));
-    // Logins and refreshes answer 503, never 500; the revoked key's token is refused.
-    problem(
-        app.login("ada@example.test", PASSWORD).await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-    )
-    .await;
+    // Logins, codes and refreshes answer 503, never 500, and change nothing: no session, no
+    // code sent, no rotation (the refresh token still works once the keys are fixed, even after
+    // its grace period), no failure counted.
+    let sessions = "SELECT CAST(COUNT(*) AS BIGINT) FROM sessions";
+    let rows_before = app.db.int(sessions).await;
+    for _ in 0..3 {
+        problem(
+            app.login("ada@example.test", PASSWORD).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+        )
+        .await;
+        problem(
+            app.login("bob@example.test", PASSWORD).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+        )
+        .await;
+        problem(
+            app.post_json("/token/refresh", &json!({ "refresh_token": refresh_token }))
+                .await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+        )
+        .await;
+    }
+    assert_eq!(app.db.int(sessions).await, rows_before);
+    assert_eq!(
+        app.db
+            .int("SELECT CAST(COUNT(*) AS BIGINT) FROM otp_challenges")
+            .await,
+        0,
+        "no challenge, no code"
+    );
+    assert!(app.mail.messages().is_empty());
+    app.db
+        .exec(
+            "UPDATE sessions SET rotated_at = now() - interval '1 hour'",
+            "UPDATE sessions SET rotated_at = rotated_at - 3600000000",
+        )
+        .await;
     assert_eq!(
         app.get_with_token("/users/me", &old_token).await.status(),
         StatusCode::UNAUTHORIZED
@@ -261,6 +303,59 @@ async fn a_set_that_cannot_sign_makes_the_instance_not_ready_and_still_drops_a_r
     .await;
     assert_eq!(metric(&app, "authd_signing_key_usable").await, Some(1));
     assert_eq!(kid_of(&app.access_token("ada@example.test").await), fresh);
+    let refreshed = app
+        .post_json("/token/refresh", &json!({ "refresh_token": refresh_token }))
+        .await;
+    assert_eq!(refreshed.status(), StatusCode::OK);
+    app.db.expect_events("refresh_token_reused", 0).await;
+}
+
+#[tokio::test]
+async fn keys_that_cannot_be_read_for_two_refresh_periods_make_the_instance_not_ready() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| s.keys.refresh_secs = 1).await;
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    // The database answers, but its keys cannot be read (here: their table is away).
+    app.db
+        .exec(
+            "ALTER TABLE signing_keys RENAME TO signing_keys_away",
+            "ALTER TABLE signing_keys RENAME TO signing_keys_away",
+        )
+        .await;
+    eventually("/readyz answers 503", async || {
+        app.get("/readyz").await.status() == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    app.db
+        .exec(
+            "ALTER TABLE signing_keys_away RENAME TO signing_keys",
+            "ALTER TABLE signing_keys_away RENAME TO signing_keys",
+        )
+        .await;
+    eventually("/readyz answers 200 again", async || {
+        app.get("/readyz").await.status() == StatusCode::OK
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_server_records_no_kek_that_opens_none_of_the_keys_already_there() {
+    // A database from before the check value, with a key made ahead under another KEK.
+    let db_url = fresh_database().await;
+    let mut settings = test_settings(&db_url, 25);
+    let planted = plant_stray_next_key(&settings).await;
+    settings.jwt.algorithm = authd::config::JwtAlgorithm::Hs256;
+    let refused = App::build(&settings).await.err().expect("refused to start");
+    let refused = format!("{refused:#}");
+    assert!(
+        refused.contains("opens none of the stored signing keys"),
+        "{refused}"
+    );
+    // Nothing was recorded: revoking the stray key (no KEK needed) lets the server start.
+    let data_dir = TempDir::new("authd-kek");
+    admin(&db_url, &data_dir, &["keys", "revoke", &planted], "").await;
+    App::build(&settings)
+        .await
+        .expect("starts once the stray key is revoked");
 }
 
 #[tokio::test]
