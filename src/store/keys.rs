@@ -110,6 +110,11 @@ impl From<SigningKeyRow> for SigningKeyRecord {
     }
 }
 
+/// Makes the `next` key `$1` current as of `$2`; no row when it is not `next` any more (the
+/// caller retired the old current key first, in the same transaction).
+const PROMOTE_NEXT_KEY: &str = "UPDATE signing_keys SET state = 'current', activated_at = $2
+                                WHERE kid = $1 AND state = 'next'";
+
 statements! {
     pub async fn insert_signing_key(&self, key: &NewSigningKey) -> Result<()> {
         sqlx::query(
@@ -162,10 +167,7 @@ statements! {
         .bind(Time(now))
         .execute(&mut *tx)
         .await?;
-        let activated = sqlx::query(
-            "UPDATE signing_keys SET state = 'current', activated_at = $2
-             WHERE kid = $1 AND state = 'next'",
-        )
+        let activated = sqlx::query(PROMOTE_NEXT_KEY)
         .bind(kid)
         .bind(Time(now))
         .execute(&mut *tx)
@@ -230,10 +232,7 @@ statements! {
             None => {}
             // Signing goes on without a gap, with a key the caller has checked opens.
             Some(Successor::Next(next)) => {
-                let done = sqlx::query(
-                    "UPDATE signing_keys SET state = 'current', activated_at = $2
-                     WHERE kid = $1 AND state = 'next'",
-                )
+                let done = sqlx::query(PROMOTE_NEXT_KEY)
                 .bind(next)
                 .bind(Time(now))
                 .execute(&mut *tx)

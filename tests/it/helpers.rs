@@ -561,6 +561,14 @@ pub async fn rotate_now(db_url: &str, data_dir: &TempDir) -> String {
     kid_in_state(db_url, data_dir, "current").await
 }
 
+/// The one stderr line of a command refused with exit code 1 (`what` names it in a failure).
+pub fn refused_line(output: std::process::Output, what: &str) -> String {
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{what}: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
+    stderr
+}
+
 /// [`admin_output`] that must exit 0; returns its stdout.
 pub async fn admin(db_url: &str, data_dir: &TempDir, args: &[&str], stdin: &str) -> String {
     let output = admin_output(db_url, data_dir, args, stdin).await;

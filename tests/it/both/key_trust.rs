@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     PASSWORD, TempDir, TestApp, admin, admin_output, admin_output_with, fresh_database,
-    kid_in_state, problem, signing_keys, test_settings,
+    kid_in_state, problem, refused_line, signing_keys, test_settings,
 };
 use crate::smtp_sink::{Behaviour, MailSink};
 
@@ -26,14 +26,6 @@ fn kid_of(token: &str) -> String {
     let header = token.split('.').next().unwrap();
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
     header["kid"].as_str().unwrap().to_owned()
-}
-
-/// The one stderr line of a command refused with exit code 1.
-fn refused_line(output: std::process::Output) -> String {
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    stderr
 }
 
 /// The `kid`s the JWKS publishes now.
@@ -105,7 +97,7 @@ async fn a_command_with_another_kek_changes_nothing_even_on_an_empty_table() {
         .await
     };
     // Nothing recorded yet: no command can tell whether its KEK is the servers', so none seals.
-    let line = refused_line(rotate_with(OTHER_KEK).await);
+    let line = refused_line(rotate_with(OTHER_KEK).await, "rotate with another KEK");
     assert!(
         line.contains("no key-encryption key check value yet"),
         "{line}"
@@ -118,7 +110,7 @@ async fn a_command_with_another_kek_changes_nothing_even_on_an_empty_table() {
         "{migrated}"
     );
     // ...so another KEK is refused on the empty table, one line, exit 1, nothing stored.
-    let line = refused_line(rotate_with(OTHER_KEK).await);
+    let line = refused_line(rotate_with(OTHER_KEK).await, "rotate with another KEK");
     assert!(line.contains("keys.encryption_key"), "{line}");
     assert!(line.contains("check value differs"), "{line}");
     assert!(signing_keys(&db_url, &data_dir).await.is_empty());
@@ -132,6 +124,7 @@ async fn a_command_with_another_kek_changes_nothing_even_on_an_empty_table() {
             &[("AUTHD_KEYS__ENCRYPTION_KEY", OTHER_KEK)],
         )
         .await,
+        "migrate with another KEK",
     );
     assert!(line.contains("check value differs"), "{line}");
     admin(&db_url, &data_dir, &["keys", "rotate"], "").await;
@@ -164,6 +157,7 @@ async fn revoking_the_current_key_never_promotes_a_key_the_servers_cannot_open()
             "",
         )
         .await,
+        "activate a key that does not open",
     );
     assert!(line.contains("there is no next key to activate"), "{line}");
     // Revoking the current key makes a fresh key rather than promoting the stray one, and the
@@ -314,23 +308,14 @@ async fn a_set_that_cannot_sign_makes_the_instance_not_ready_and_still_drops_a_r
 async fn keys_that_cannot_be_read_for_two_refresh_periods_make_the_instance_not_ready() {
     let app = TestApp::spawn_with(Behaviour::Accept, |s| s.keys.refresh_secs = 1).await;
     assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    let rename = async |sql: &'static str| app.db.exec(sql, sql).await;
     // The database answers, but its keys cannot be read (here: their table is away).
-    app.db
-        .exec(
-            "ALTER TABLE signing_keys RENAME TO signing_keys_away",
-            "ALTER TABLE signing_keys RENAME TO signing_keys_away",
-        )
-        .await;
+    rename("ALTER TABLE signing_keys RENAME TO signing_keys_away").await;
     eventually("/readyz answers 503", async || {
         app.get("/readyz").await.status() == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
-    app.db
-        .exec(
-            "ALTER TABLE signing_keys_away RENAME TO signing_keys",
-            "ALTER TABLE signing_keys_away RENAME TO signing_keys",
-        )
-        .await;
+    rename("ALTER TABLE signing_keys_away RENAME TO signing_keys").await;
     eventually("/readyz answers 200 again", async || {
         app.get("/readyz").await.status() == StatusCode::OK
     })

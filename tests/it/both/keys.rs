@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     KEK, PASSWORD, SECRET, TempDir, TestApp, admin, admin_output, admin_output_with,
-    fresh_database, kid_in_state, problem, rotate_now, server_keys, signing_keys, test_settings,
+    fresh_database, kid_in_state, problem, refused_line, rotate_now, server_keys, signing_keys,
+    test_settings,
 };
 use crate::smtp_sink::{Behaviour, MailSink};
 
@@ -496,12 +497,6 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
     }
     assert!(before[0]["retired_at"].is_null() && before[0]["revoked_at"].is_null());
 
-    let one_line_exit_1 = |output: std::process::Output, what: &str| {
-        let stderr = String::from_utf8(output.stderr).unwrap();
-        assert_eq!(output.status.code(), Some(1), "{what}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
-        stderr
-    };
     let no_next = admin_output(
         &app.db_url,
         &data_dir,
@@ -509,9 +504,9 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
         "",
     )
     .await;
-    assert!(one_line_exit_1(no_next, "activate").contains("no next key"));
+    assert!(refused_line(no_next, "activate").contains("no next key"));
     let unknown = admin_output(&app.db_url, &data_dir, &["keys", "revoke", "nope"], "").await;
-    assert!(one_line_exit_1(unknown, "revoke").contains("no signing key nope"));
+    assert!(refused_line(unknown, "revoke").contains("no signing key nope"));
     let other_kek = "ab".repeat(32);
     for args in [
         &["keys", "rotate"][..],
@@ -526,7 +521,7 @@ async fn the_keys_commands_refuse_bad_input_with_one_line_and_change_nothing() {
         )
         .await;
         assert!(
-            one_line_exit_1(refused, "wrong KEK")
+            refused_line(refused, "wrong KEK")
                 .contains("is not the key-encryption key of this database's signing keys")
         );
     }
