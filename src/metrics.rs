@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric authd exports. Cloning shares the same collectors.
@@ -24,6 +24,8 @@ pub struct Metrics {
     /// Security events the audit writer could not keep (queue full, or shutdown with the
     /// database down).
     pub audit_dropped: IntCounter,
+    /// Security events recorded and not yet written: the queue and the batch being written.
+    pub audit_pending: IntGauge,
     db_connections: IntGaugeVec,
 }
 
@@ -127,6 +129,11 @@ impl Metrics {
             "Security events lost: the audit queue was full, or the database stayed down at shutdown",
         )
         .expect("valid metric");
+        let audit_pending = IntGauge::new(
+            "audit_events_pending",
+            "Security events recorded and not yet written to the database (queued or being written)",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -139,6 +146,7 @@ impl Metrics {
             Box::new(bcrypt_duration.clone()),
             Box::new(db_connections.clone()),
             Box::new(audit_dropped.clone()),
+            Box::new(audit_pending.clone()),
         ] {
             registry
                 .register(collector)
@@ -156,6 +164,7 @@ impl Metrics {
             connections_refused,
             bcrypt_duration,
             audit_dropped,
+            audit_pending,
             db_connections,
         }
     }

@@ -117,7 +117,7 @@ async fn on_postgresql_one_instance_at_a_time_prunes() {
     }
     let app = TestApp::spawn().await;
     let store = Store::connect_lazy(&app.settings).unwrap();
-    let crate::helpers::TestDb::Postgres(pool) = &app.db else {
+    let crate::helpers::TestDb::Postgres(pool) = &*app.db else {
         unreachable!()
     };
     let mut holder = pool.acquire().await.unwrap();
