@@ -426,6 +426,18 @@ impl TestDb {
         }
     }
 
+    /// Moves the end of every lock and code-email window an hour into the past, as if the test
+    /// had waited that long: the counts stay, so what follows sees what a patient client sees.
+    pub async fn end_locks(&self) {
+        self.exec(
+            "UPDATE throttles SET locked_until = locked_until - interval '1 hour' \
+             WHERE locked_until IS NOT NULL",
+            "UPDATE throttles SET locked_until = locked_until - 3600000000 \
+             WHERE locked_until IS NOT NULL",
+        )
+        .await;
+    }
+
     /// Moves every challenge's expiry into the past.
     pub async fn expire_challenges(&self) {
         match self {

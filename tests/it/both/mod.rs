@@ -2,7 +2,6 @@
 
 mod api;
 mod cli;
-mod hostile;
 mod input;
 mod keys;
 mod limits;
