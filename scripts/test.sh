@@ -48,7 +48,7 @@ if [ "${1:-}" != "--passes" ]; then
     fi
     echo "--> build: every test and binary of the workspace"
     cargo test --workspace --all-targets --locked --no-run
-    exec ./scripts/with-postgres.sh "$0" --passes
+    exec ./scripts/with-postgres.sh "$PWD/scripts/test.sh" --passes
 fi
 
 # --- the passes, with DATABASE_URL set ------------------------------------------------------------
