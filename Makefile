@@ -5,10 +5,10 @@ PYTHON ?= python3
 # Development tools (pre-commit, commitizen, git-cliff), pinned in scripts/dev-requirements.txt.
 DEV_VENV := .venv-dev
 
-.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench conformance examples setup changelog deny release
+.PHONY: help build run migrate test test-sqlite lint fmt openapi clean run-docker test-docker check-deploy bench bench-smoke conformance examples setup changelog deny release
 
 help: ## List targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## Build the release binary (target/release/authd)
 	$(CARGO) build --release --locked
@@ -19,9 +19,8 @@ run: ## Run the server with ./config and AUTHD_* settings
 migrate: ## Apply database migrations (database.url / DATABASE_URL)
 	$(CARGO) run --release --locked -- migrate
 
-test: ## All tests, on PostgreSQL (throwaway unless DATABASE_URL is set) and on SQLite
-	./scripts/with-postgres.sh sh -c '$(CARGO) test --workspace --locked --all-targets && \
-	  AUTHD_TEST_BACKEND=sqlite $(CARGO) test --locked --test it -- both::'
+test: ## All tests: PostgreSQL (throwaway unless DATABASE_URL is set) and SQLite passes side by side
+	./scripts/test.sh
 
 test-sqlite: ## The backend-neutral integration tests on SQLite only (no PostgreSQL needed)
 	AUTHD_TEST_BACKEND=sqlite $(CARGO) test --locked --test it -- both::
@@ -79,3 +78,9 @@ bench: ## Load benchmark on a throwaway PostgreSQL (see BENCHMARKS.md; BENCH_ARG
 
 release: $(DEV_VENV)/.installed ## Cut a release: version (VERSION=X.Y.Z, else git-cliff's bump) in Cargo.toml, Cargo.lock, openapi.json, CHANGELOG.md; commit and tag
 	VERSION=$(VERSION) ./scripts/release.sh
+
+# The debug build `make test` made (one `cargo build --workspace`: the same features, so nothing
+# compiles again); authd-bench runs the authd beside it, target/debug/authd.
+bench-smoke: ## A 1 s smoke run of the benchmark on the debug build (CI; its figures mean nothing)
+	$(CARGO) build --workspace --locked
+	./scripts/with-postgres.sh target/debug/authd-bench --secs 1 --cost 4

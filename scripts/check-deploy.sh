@@ -13,7 +13,7 @@
 #      Dockerfile's HEALTHCHECK command, the whole two-factor flow with the code read from the
 #      sink, and SIGTERM.
 # Tools are kept in target/deploy-check (pip's own cache aside); running it again reuses them.
-# The authd binary: $AUTHD_BIN if set, else `cargo build --locked` (target/debug/authd).
+# The authd binary: $AUTHD_BIN if set, else target/debug/authd of `cargo build --workspace --locked`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -556,8 +556,9 @@ python3 "$TOOLS/check_deploy.py" static
 if [ -n "${AUTHD_BIN:-}" ]; then
     step "authd binary: $AUTHD_BIN (AUTHD_BIN)"
 else
-    step "authd binary: cargo build --locked (set AUTHD_BIN to use another)"
-    cargo build --locked --bin authd
+    step "authd binary: cargo build --workspace --locked (set AUTHD_BIN to use another)"
+    # The whole workspace, as `make test` builds it: the same features, so nothing compiles again.
+    cargo build --workspace --locked
     AUTHD_BIN="${CARGO_TARGET_DIR:-target}/debug/authd"
 fi
 [ -x "$AUTHD_BIN" ] || die "no authd binary at $AUTHD_BIN"

@@ -51,7 +51,8 @@ fi
 "$VENV/bin/st" --version
 
 echo "--> authd (debug build)"
-cargo build --locked --quiet --bin authd
+# The whole workspace, as `make test` builds it: the same features, so nothing compiles again.
+cargo build --workspace --locked --quiet
 authd=target/debug/authd
 VENV_ABS="$PWD/$VENV"
 

@@ -41,8 +41,9 @@ fi
 "$VENV/bin/python" -c 'import jwt; print("PyJWT", jwt.__version__)'
 
 echo "--> authd and the example resource server (debug builds)"
-cargo build --locked --quiet --bin authd
-cargo build --locked --quiet -p authd-example-resource-server
+# One build of the whole workspace, as `make test` makes it: the same features, so nothing
+# compiles again (a build of one package alone would resolve other features and rebuild).
+cargo build --workspace --locked --quiet
 authd=target/debug/authd
 resource_server=target/debug/authd-example-resource-server
 

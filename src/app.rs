@@ -60,7 +60,7 @@ pub async fn build_core(settings: &Settings, door: Door) -> anyhow::Result<Core>
         warn_about_serving_with(settings, &store);
     }
     let metrics = Metrics::new();
-    let (audit, audit_writer) = AuditLog::start(store.clone(), metrics.audit_dropped.clone());
+    let (audit, audit_writer) = AuditLog::start(store.clone(), &metrics, &settings.audit);
     let auth = match door {
         Door::Server => {
             let kek = load_key_encryption_key(settings, true)?;

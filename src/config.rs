@@ -61,6 +61,9 @@ pub const MAX_KEYS_REFRESH_SECS: u64 = 3600;
 /// The longest session authd accepts: keeps every expiry inside what both databases store.
 pub const MAX_SESSION_SECS: u64 = 10 * 365 * 24 * 3600;
 
+/// The longest `audit.retry_max_secs`: events wait at most this long after the database is back.
+pub const MAX_AUDIT_RETRY_SECS: u64 = 300;
+
 /// The audit trail and the pruning of expired rows.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuditSettings {
@@ -68,6 +71,8 @@ pub struct AuditSettings {
     pub retention_days: u32,
     /// How often the pruning task runs (one instance at a time on PostgreSQL).
     pub prune_interval_secs: u64,
+    /// While the database is down, the longest wait between two tries of the audit writer.
+    pub retry_max_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -354,6 +359,9 @@ impl Settings {
         if self.audit.retention_days == 0 || self.audit.prune_interval_secs == 0 {
             bail!("audit.retention_days and audit.prune_interval_secs must be positive");
         }
+        if !(1..=MAX_AUDIT_RETRY_SECS).contains(&self.audit.retry_max_secs) {
+            bail!("audit.retry_max_secs must be 1..={MAX_AUDIT_RETRY_SECS}");
+        }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be at least 1");
         }
@@ -607,6 +615,21 @@ mod tests {
         assert!(err.contains("password.max_queue"), "{err}");
         settings.password.max_queue = 0;
         settings.check().unwrap();
+    }
+
+    #[test]
+    fn an_audit_retry_cap_of_zero_or_past_five_minutes_is_refused_with_the_setting_name() {
+        let mut settings = Settings::defaults();
+        assert_eq!(settings.audit.retry_max_secs, 5);
+        for refused in [0, MAX_AUDIT_RETRY_SECS + 1] {
+            settings.audit.retry_max_secs = refused;
+            let err = settings.check().unwrap_err().to_string();
+            assert!(err.contains("audit.retry_max_secs"), "{err}");
+        }
+        for allowed in [1, MAX_AUDIT_RETRY_SECS] {
+            settings.audit.retry_max_secs = allowed;
+            settings.check().unwrap();
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Security events the audit writer could not keep (queue full, or shutdown with the
     /// database down).
     pub audit_dropped: IntCounter,
+    /// Security events recorded and not yet written: the queue and the batch being written.
+    pub audit_pending: IntGauge,
     db_connections: IntGaugeVec,
 }
 
@@ -135,6 +137,11 @@ impl Metrics {
             "Security events lost: the audit queue was full, or the database stayed down at shutdown",
         )
         .expect("valid metric");
+        let audit_pending = IntGauge::new(
+            "audit_events_pending",
+            "Security events recorded and not yet written to the database (queued or being written)",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -148,6 +155,7 @@ impl Metrics {
             Box::new(bcrypt_duration.clone()),
             Box::new(db_connections.clone()),
             Box::new(audit_dropped.clone()),
+            Box::new(audit_pending.clone()),
         ] {
             registry
                 .register(collector)
@@ -166,6 +174,7 @@ impl Metrics {
             connections_refused,
             bcrypt_duration,
             audit_dropped,
+            audit_pending,
             db_connections,
         }
     }

@@ -183,7 +183,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub mail: MailSink,
     pub db_url: String,
-    pub db: TestDb,
+    pub db: AppDb,
     pub settings: Settings,
     stop: Option<oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -211,11 +211,16 @@ impl TestApp {
         let server = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        let db = TestDb::connect(&db_url);
+        let client = http_client();
+        let db = AppDb {
+            db: TestDb::connect(&db_url),
+            metrics_url: format!("{}/metrics", metrics_base.as_deref().unwrap_or(&base)),
+            client: client.clone(),
+        };
         TestApp {
             base,
             metrics_base,
-            client: http_client(),
+            client,
             mail,
             db_url,
             db,
@@ -421,20 +426,16 @@ impl TestDb {
         }
     }
 
-    /// Waits (bounded) until exactly `count` events of `kind` are stored; fails on more or fewer.
-    pub async fn expect_events(&self, kind: &str, count: i64) {
-        let mut seen = 0;
-        for _ in 0..100 {
-            seen = self.count_events(kind).await;
-            if seen >= count {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        // Give a straggler the chance to show up before asserting "exactly".
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        seen = seen.max(self.count_events(kind).await);
-        assert_eq!(seen, count, "{kind} events");
+    /// Moves the end of every lock and code-email window an hour into the past, as if the test
+    /// had waited that long: the counts stay, so what follows sees what a patient client sees.
+    pub async fn end_locks(&self) {
+        self.exec(
+            "UPDATE throttles SET locked_until = locked_until - interval '1 hour' \
+             WHERE locked_until IS NOT NULL",
+            "UPDATE throttles SET locked_until = locked_until - 3600000000 \
+             WHERE locked_until IS NOT NULL",
+        )
+        .await;
     }
 
     /// Moves every challenge's expiry into the past.
@@ -456,7 +457,64 @@ impl TestDb {
     }
 }
 
-/// Verifications bcrypt has run, from `/metrics`.
+/// How long a test waits for the audit trail to show what it expects: the writer takes the
+/// events within milliseconds; 10 s only fails a test whose events never come.
+pub const EVENTS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a bounded wait looks again.
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The database of a running test server: [`TestDb`], and the server's own count of security
+/// events recorded but not yet written (`authd_audit_events_pending` on its `/metrics`), which
+/// says when its audit trail holds everything recorded so far.
+pub struct AppDb {
+    db: TestDb,
+    metrics_url: String,
+    client: reqwest::Client,
+}
+
+impl std::ops::Deref for AppDb {
+    type Target = TestDb;
+
+    fn deref(&self) -> &TestDb {
+        &self.db
+    }
+}
+
+impl AppDb {
+    /// The server's `authd_audit_events_pending`; None when it serves no `/metrics` (switched
+    /// off, or the server has stopped, and so written its trail out).
+    pub async fn audit_pending(&self) -> Option<i64> {
+        let response = self.client.get(&self.metrics_url).send().await.ok()?;
+        if response.status() != reqwest::StatusCode::OK {
+            return None;
+        }
+        let text = response.text().await.ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("authd_audit_events_pending "))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// Waits (bounded) until `count` events of `kind` are stored and the server has written
+    /// every event recorded so far, then fails on more or fewer: an extra event recorded by the
+    /// requests the test made is in the trail by then, so "exactly" holds without a pause.
+    pub async fn expect_events(&self, kind: &str, count: i64) {
+        let deadline = tokio::time::Instant::now() + EVENTS_DEADLINE;
+        let mut seen;
+        loop {
+            let pending = self.audit_pending().await;
+            seen = self.count_events(kind).await;
+            let settled = matches!(pending, Some(0) | None);
+            if (seen >= count && settled) || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        assert_eq!(seen, count, "{kind} events");
+    }
+}
+
+/// Verifications bcrypt has run, from `/metrics`; fails when the series is not there (a
+/// missing series would read as no verification at all).
 pub async fn bcrypt_verifications(app: &TestApp) -> u64 {
     let metrics = app.get("/metrics").await.text().await.unwrap();
     metrics

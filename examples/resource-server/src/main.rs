@@ -60,6 +60,8 @@ struct Verifier {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Does nothing where another provider is already the default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let verifier = Verifier {
         jwks: Jwks::start(args.jwks_url)?,
         issuer: args.issuer,

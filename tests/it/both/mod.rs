@@ -2,7 +2,6 @@
 
 mod api;
 mod cli;
-mod hostile;
 mod input;
 mod key_trust;
 mod keys;

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, SECRET, fresh_database, run_to_end};
 
-mod zero_setup;
 use crate::smtp_sink::{Behaviour, MailSink, extract_code};
 
 pub struct Server {
@@ -397,10 +396,20 @@ async fn serve_on_an_empty_database_migrates_sqlite_and_says_to_migrate_postgres
     let db_url = crate::helpers::create_empty_database().await;
     let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let server = Server::start(&db_url, mail.port, "info").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let postgres = crate::helpers::backend() == authd::store::Backend::Postgres;
+    // The advice may come from a task that runs after /healthz answers: wait for its line.
+    let said = if postgres {
+        "run `authd migrate`"
+    } else {
+        "applied migration"
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server.log.lock().unwrap().contains(said) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (status, log) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
-    if crate::helpers::backend() == authd::store::Backend::Postgres {
+    if postgres {
         assert!(log.contains("run `authd migrate`"), "{log}");
     } else {
         assert!(log.contains("applied migration"), "{log}");

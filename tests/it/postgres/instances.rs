@@ -211,7 +211,7 @@ async fn a_rotation_reaches_a_second_instance_without_a_restart() {
 async fn one_instance_at_a_time_prunes() {
     let app = TestApp::spawn().await;
     let store = authd::store::Store::connect_lazy(&app.settings).unwrap();
-    let crate::helpers::TestDb::Postgres(pool) = &app.db else {
+    let crate::helpers::TestDb::Postgres(pool) = &*app.db else {
         panic!("the postgres tests run on PostgreSQL")
     };
     let mut holder = pool.acquire().await.unwrap();

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Server, authd};
+use crate::both::process::{Server, authd};
 use crate::helpers::{PASSWORD, TempDir};
 
 /// An empty directory that goes away when the test ends, passed or failed.
@@ -170,7 +170,7 @@ fn production_refusal(spoil: &[(&str, &str)]) -> String {
 
 #[test]
 fn production_refuses_the_public_development_key_from_docker_compose() {
-    let compose = include_str!("../../../../docker-compose.yml");
+    let compose = include_str!("../../../docker-compose.yml");
     let secret = compose
         .lines()
         .find_map(|l| l.trim().strip_prefix("AUTHD_KEYS__ENCRYPTION_KEY:"))
