@@ -5,7 +5,7 @@
 
 /// The composition root: builds the core and runs the server around it.
 pub mod app;
-/// The security audit trail, written in the background.
+/// The security audit trail's writer: events queued off the request path, written in batches.
 pub mod audit;
 /// The use cases: register, log in, exchange a code, manage users.
 pub mod auth;
@@ -17,6 +17,8 @@ pub mod config;
 pub mod domain;
 /// The core error type.
 pub mod error;
+/// Security events: the kinds the audit trail records, their outcomes, and how it is queried.
+pub mod events;
 /// Private files and directories (0600/0700) for secrets and data.
 mod files;
 /// The HTTP API: routes, handlers, the request envelope, the server, problem+json, OpenAPI.

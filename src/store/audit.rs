@@ -3,8 +3,8 @@
 use uuid::Uuid;
 
 use super::common::{Time, statements};
-use crate::audit::{EventQuery, RecordedEvent, SecurityEvent};
 use crate::error::Result;
+use crate::events::{EventQuery, RecordedEvent, SecurityEvent};
 
 #[derive(Debug, sqlx::FromRow)]
 pub struct EventRow {

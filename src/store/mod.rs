@@ -21,10 +21,10 @@ mod users;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::audit::{EventQuery, RecordedEvent, SecurityEvent};
 use crate::config::Settings;
 use crate::domain::{Email, User};
 use crate::error::{Error, Result};
+use crate::events::{EventQuery, RecordedEvent, SecurityEvent};
 
 pub use challenges::{Attempt, NewChallenge};
 pub use keys::{NewSigningKey, Revocation, RevokedKey, SigningKeyRecord, Successor};
