@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use super::common::{Time, statements};
 use crate::error::Result;
 
-/// A signing key about to be stored (issue 15).
+/// A signing key about to be stored.
 #[derive(Debug, Clone)]
 pub struct NewSigningKey {
     pub kid: String,
