@@ -321,6 +321,15 @@ impl Settings {
         if self.jwt.access_ttl_secs == 0 || self.jwt.challenge_ttl_secs == 0 {
             bail!("jwt.access_ttl_secs and jwt.challenge_ttl_secs must be positive");
         }
+        // Past this, the times computed from them would overflow (and no token should live so
+        // long: a revoked session is seen by other services only at its token's expiry).
+        if self.jwt.access_ttl_secs > MAX_SESSION_SECS
+            || self.jwt.challenge_ttl_secs > MAX_SESSION_SECS
+        {
+            bail!(
+                "jwt.access_ttl_secs and jwt.challenge_ttl_secs must be at most {MAX_SESSION_SECS} (ten years)"
+            );
+        }
         let limits = &self.rate_limit;
         if limits.login_failures_per_account == 0
             || limits.otp_failures_per_account == 0
@@ -614,6 +623,20 @@ mod tests {
         let err = settings.check().unwrap_err().to_string();
         assert!(err.contains("password.max_queue"), "{err}");
         settings.password.max_queue = 0;
+        settings.check().unwrap();
+    }
+
+    #[test]
+    fn token_lifetimes_past_ten_years_are_refused_with_the_setting_name_not_a_panic() {
+        let mut settings = Settings::defaults();
+        settings.jwt.access_ttl_secs = u64::MAX;
+        let err = settings.check().unwrap_err().to_string();
+        assert!(err.contains("jwt.access_ttl_secs"), "{err}");
+        settings.jwt.access_ttl_secs = 900;
+        settings.jwt.challenge_ttl_secs = MAX_SESSION_SECS + 1;
+        let err = settings.check().unwrap_err().to_string();
+        assert!(err.contains("jwt.challenge_ttl_secs"), "{err}");
+        settings.jwt.challenge_ttl_secs = MAX_SESSION_SECS;
         settings.check().unwrap();
     }
 

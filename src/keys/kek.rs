@@ -112,7 +112,7 @@ pub fn load_key_encryption_key(
 
 /// A generated key about to be used must be its owner's alone: anyone who reads the
 /// key-encryption key opens every signing key, anyone who reads the HS256 secret signs tokens.
-/// Outside production a key file others can read is warned about (authd made it 0600: someone
+/// Outside production a key file others can read is logged as an error (authd made it 0600: someone
 /// copied or changed it); in production, where the keys come from settings, it is refused.
 fn check_key_file_is_private(
     path: &Path,
@@ -128,7 +128,8 @@ fn check_key_file_is_private(
             path.display()
         );
     }
-    tracing::warn!(
+    // At error level, so the admin commands (which log only errors) say it too.
+    tracing::error!(
         path = %path.display(),
         mode = format!("{mode:o}"),
         "a generated key is readable by other users: chmod 600 it (and set {setting} in production)"

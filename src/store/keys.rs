@@ -115,6 +115,41 @@ impl From<SigningKeyRow> for SigningKeyRecord {
 const PROMOTE_NEXT_KEY: &str = "UPDATE signing_keys SET state = 'current', activated_at = $2
                                 WHERE kid = $1 AND state = 'next'";
 
+/// The rows a promotion changed; none when it would have made a second current key (another
+/// change made one current meanwhile, which the one-current index refuses): the caller reads
+/// the keys again rather than failing.
+fn promoted_rows<R: PromotedRows>(result: std::result::Result<R, sqlx::Error>) -> Result<u64> {
+    match result {
+        Ok(done) => Ok(done.rows()),
+        // PostgreSQL names the index; SQLite the column.
+        Err(sqlx::Error::Database(db))
+            if db.kind() == sqlx::error::ErrorKind::UniqueViolation
+                && (db.constraint() == Some("signing_keys_one_current")
+                    || db.message().contains("signing_keys.state")) =>
+        {
+            Ok(0)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// What both backends' query results say about the rows they changed.
+trait PromotedRows {
+    fn rows(&self) -> u64;
+}
+
+impl PromotedRows for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl PromotedRows for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
 statements! {
     pub async fn insert_signing_key(&self, key: &NewSigningKey) -> Result<()> {
         sqlx::query(
@@ -167,13 +202,15 @@ statements! {
         .bind(Time(now))
         .execute(&mut *tx)
         .await?;
-        let activated = sqlx::query(PROMOTE_NEXT_KEY)
-        .bind(kid)
-        .bind(Time(now))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Another activation took this key first: leave everything as it made it.
+        let activated = promoted_rows(
+            sqlx::query(PROMOTE_NEXT_KEY)
+                .bind(kid)
+                .bind(Time(now))
+                .execute(&mut *tx)
+                .await,
+        )?;
+        // Another activation took this key first, or another change made a key current
+        // meanwhile: leave everything as it made it.
         if activated == 0 {
             tx.rollback().await?;
             return Ok(false);
@@ -232,12 +269,13 @@ statements! {
             None => {}
             // Signing goes on without a gap, with a key the caller has checked opens.
             Some(Successor::Next(next)) => {
-                let done = sqlx::query(PROMOTE_NEXT_KEY)
-                .bind(next)
-                .bind(Time(now))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                let done = promoted_rows(
+                    sqlx::query(PROMOTE_NEXT_KEY)
+                        .bind(next)
+                        .bind(Time(now))
+                        .execute(&mut *tx)
+                        .await,
+                )?;
                 if done == 0 {
                     tx.rollback().await?;
                     return Ok(Revocation::Changed);
@@ -245,7 +283,7 @@ statements! {
                 promoted = Some(next.to_owned());
             }
             Some(Successor::New(key)) => {
-                sqlx::query(
+                let inserted = sqlx::query(
                     "INSERT INTO signing_keys (kid, algorithm, public_jwk, sealed_private,
                                                state, created_at, activated_at)
                      VALUES ($1, $2, $3, $4, 'current', $5, $5)",
@@ -256,7 +294,11 @@ statements! {
                 .bind(&key.sealed_private)
                 .bind(Time(key.created_at))
                 .execute(&mut *tx)
-                .await?;
+                .await;
+                if promoted_rows(inserted)? == 0 {
+                    tx.rollback().await?;
+                    return Ok(Revocation::Changed);
+                }
                 promoted = Some(key.kid.clone());
             }
         }

@@ -35,14 +35,30 @@ pub use sqlite::SqliteStore;
 pub use throttles::{Reservation, ThrottleRule};
 pub use users::{Credentials, NewUser, UserListing, UserQuery};
 
-/// The SQLite file the settings name is not there, and the command may not create it.
+/// The SQLite file the settings name is not an authd database, and the command may not make it
+/// one: it is not there, or it is a file without authd's migrations (empty, or another
+/// program's). Nothing is created or changed.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "no database at {}: nothing was created; point authd at yours with --config FILE, --database-url URL or AUTHD_DATABASE__URL (`authd migrate` creates one there)",
-    .path.display()
-)]
-pub struct NoDatabase {
-    pub path: std::path::PathBuf,
+pub enum NoDatabase {
+    #[error(
+        "no database at {}: nothing was created; point authd at yours with --config FILE, --database-url URL or AUTHD_DATABASE__URL (`authd migrate` creates one there)",
+        .0.display()
+    )]
+    Missing(std::path::PathBuf),
+    #[error(
+        "{} is not an authd database (it has no migrations table): nothing was changed; point authd at yours with --config FILE, --database-url URL or AUTHD_DATABASE__URL",
+        .0.display()
+    )]
+    NotAuthd(std::path::PathBuf),
+}
+
+/// Whether `path` starts with SQLite's file header (an empty file does not).
+fn is_sqlite_file(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut header))
+        .is_ok_and(|()| &header == b"SQLite format 3\0")
 }
 
 /// Which database a store talks to.
@@ -104,7 +120,17 @@ impl Store {
     pub async fn open_existing(settings: &Settings) -> anyhow::Result<Store> {
         let url = settings.database_url();
         let store = if url.starts_with("sqlite:") {
-            Store::Sqlite(SqliteStore::connect_existing(&url, &settings.database)?)
+            let (sqlite, path) = SqliteStore::connect_existing(&url, &settings.database)?;
+            // A file that is not an authd database is not made into one by a command that only
+            // reads or changes rows: one that is not SQLite at all (empty, as `touch` leaves
+            // it, or anything else) is refused before it is opened, since opening writes to
+            // it; a SQLite database without authd's migrations once it is open.
+            if let Some(path) = path
+                && (!is_sqlite_file(&path) || !sqlite.has_migrations_table().await?)
+            {
+                return Err(NoDatabase::NotAuthd(path).into());
+            }
+            Store::Sqlite(sqlite)
         } else {
             Store::connect_lazy(settings)?
         };

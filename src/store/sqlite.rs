@@ -90,11 +90,15 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database file and its directory.
     pub fn connect_lazy(url: &str, settings: &DatabaseSettings) -> anyhow::Result<SqliteStore> {
-        Self::connect(url, settings, true)
+        Self::connect(url, settings, true).map(|(store, _)| store)
     }
 
-    /// Opens the database file only if it exists: never creates it, nor its directory.
-    pub fn connect_existing(url: &str, settings: &DatabaseSettings) -> anyhow::Result<SqliteStore> {
+    /// Opens the database file only if it exists: never creates it, nor its directory. With
+    /// the file's absolute path (None for an in-memory database).
+    pub fn connect_existing(
+        url: &str,
+        settings: &DatabaseSettings,
+    ) -> anyhow::Result<(SqliteStore, Option<std::path::PathBuf>)> {
         Self::connect(url, settings, false)
     }
 
@@ -102,7 +106,7 @@ impl SqliteStore {
         url: &str,
         settings: &DatabaseSettings,
         create: bool,
-    ) -> anyhow::Result<SqliteStore> {
+    ) -> anyhow::Result<(SqliteStore, Option<std::path::PathBuf>)> {
         let options = SqliteConnectOptions::from_str(url)
             .context("database.url is not a valid sqlite:// URL")?
             .create_if_missing(create)
@@ -114,20 +118,22 @@ impl SqliteStore {
             ));
         // sqlx names an in-memory database "file:sqlx-in-memory-<n>": nothing to create.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut file = None;
         if !in_memory {
             let path = options.get_filename();
             if create {
                 create_private_file(path)?;
             } else if !path.exists() {
                 let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-                return Err(super::NoDatabase { path }.into());
+                return Err(super::NoDatabase::Missing(path).into());
             }
+            file = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
             .connect_lazy_with(options);
-        Ok(SqliteStore { pool })
+        Ok((SqliteStore { pool }, file))
     }
 
     pub(super) async fn has_migrations_table(&self) -> Result<bool> {

@@ -320,6 +320,32 @@ async fn admin_in(dir: &std::path::Path, args: &[&str], stdin: &str) -> std::pro
 }
 
 #[tokio::test]
+async fn admin_commands_leave_a_file_that_is_not_an_authd_database_as_it_is() {
+    let guard = empty_dir();
+    let dir = guard.path();
+    std::fs::create_dir(dir.join("data")).unwrap();
+    // Empty, as `touch` or a failed copy leaves it; then something else altogether.
+    for content in [&b""[..], b"not a database at all\n"] {
+        std::fs::write(dir.join("data/authd.db"), content).unwrap();
+        for args in [&["user", "list"][..], &["keys", "list"], &["audit"]] {
+            let output = admin_in(dir, args, "").await;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("is not an authd database"),
+                "{args:?}: {stderr}"
+            );
+            assert_eq!(
+                std::fs::read(dir.join("data/authd.db")).unwrap(),
+                content,
+                "{args:?} wrote to the file"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn admin_commands_on_no_database_create_none_and_say_where_they_looked() {
     let guard = empty_dir();
     let dir = guard.path();

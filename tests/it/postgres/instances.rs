@@ -5,8 +5,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PASSWORD, TempDir, TestApp, admin, fresh_database, problem, rotate_now, signing_keys,
-    test_settings,
+    PASSWORD, TempDir, TestApp, admin, admin_output, fresh_database, problem, rotate_now,
+    signing_keys, test_settings,
 };
 use crate::smtp_sink::{Behaviour, MailSink};
 
@@ -228,4 +228,130 @@ async fn one_instance_at_a_time_prunes() {
         .await
         .unwrap();
     assert!(store.prune(now, now, false).await.unwrap().is_some());
+}
+
+/// A revocation of the current key and an activation run at once, again and again: each either
+/// does what it says or is refused (exit 1: nothing to activate), neither fails as a system
+/// error (2), and one key is current after every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_and_an_activation_at_once_both_finish_and_leave_one_current_key() {
+    let db_url = fresh_database().await;
+    let app = instance(&db_url).await;
+    let data_dir = TempDir::new("authd-race");
+    for round in 0..4 {
+        admin(&db_url, &data_dir, &["keys", "rotate"], "").await;
+        admin(&db_url, &data_dir, &["keys", "rotate"], "").await;
+        let current = signing_keys(&db_url, &data_dir)
+            .await
+            .into_iter()
+            .find(|k| k["state"] == "current")
+            .unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let revoke = ["keys", "revoke", current.as_str()];
+        let activate = ["keys", "rotate", "--activate", "--force"];
+        let (revoked, activated) = tokio::join!(
+            admin_output(&db_url, &data_dir, &revoke, ""),
+            admin_output(&db_url, &data_dir, &activate, ""),
+        );
+        assert_eq!(revoked.status.code(), Some(0), "round {round}: {revoked:?}");
+        assert!(
+            matches!(activated.status.code(), Some(0 | 1)),
+            "round {round}: {activated:?}"
+        );
+        let keys = signing_keys(&db_url, &data_dir).await;
+        let current: Vec<_> = keys.iter().filter(|k| k["state"] == "current").collect();
+        assert_eq!(current.len(), 1, "round {round}: {keys:?}");
+        assert_eq!(
+            keys.iter().find(|k| k["kid"] == revoke[2]).unwrap()["state"],
+            "revoked"
+        );
+    }
+    // The server signs with the one current key throughout.
+    app.register("ada@example.test", false).await;
+    let login = app.login("ada@example.test", PASSWORD).await;
+    assert_eq!(login.status(), StatusCode::OK);
+}
+
+/// An activation that waits behind a revocation which makes another key current (the two at
+/// once on PostgreSQL): when the revocation commits, the activation would make a second current
+/// key; the one-current index refuses it and the activation reports "nothing changed", so its
+/// caller reads the keys again, instead of failing as a database error.
+#[tokio::test]
+async fn an_activation_behind_a_revocation_that_made_another_key_current_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let data_dir = TempDir::new("authd-race");
+    admin(&app.db_url, &data_dir, &["keys", "rotate"], "").await;
+    admin(&app.db_url, &data_dir, &["keys", "rotate"], "").await;
+    let keys = signing_keys(&app.db_url, &data_dir).await;
+    let kid = |i: usize| keys[i]["kid"].as_str().unwrap().to_owned();
+    let (current, promoted, wanted) = (kid(0), kid(1), kid(2));
+    let crate::helpers::TestDb::Postgres(pool) = &*app.db else {
+        unreachable!()
+    };
+    // The revocation, by hand and left open: the old key revoked, the first next key current.
+    let mut revocation = pool.begin().await.unwrap();
+    for (sql, kid) in [
+        (
+            "UPDATE signing_keys SET state = 'revoked', revoked_at = now() WHERE kid = $1",
+            &current,
+        ),
+        (
+            "UPDATE signing_keys SET state = 'current', activated_at = now() WHERE kid = $1",
+            &promoted,
+        ),
+    ] {
+        sqlx::query(sql)
+            .bind(kid)
+            .execute(&mut *revocation)
+            .await
+            .unwrap();
+    }
+    let store = authd::store::Store::connect_lazy(&app.settings).unwrap();
+    let activation = tokio::spawn(async move {
+        store
+            .activate_signing_key(&wanted, chrono::Utc::now())
+            .await
+    });
+    // Until the activation waits on the revocation's row lock (bounded).
+    let mut waiting = false;
+    for _ in 0..200 {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE signing_keys SET state = ''retired''%'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the activation never waited on the revocation");
+    revocation.commit().await.unwrap();
+    let activated = activation.await.unwrap();
+    assert!(
+        matches!(activated, Ok(false)),
+        "nothing changed, no error: {activated:?}"
+    );
+    let states: Vec<(String, String)> = signing_keys(&app.db_url, &data_dir)
+        .await
+        .iter()
+        .map(|k| {
+            (
+                k["kid"].as_str().unwrap().to_owned(),
+                k["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states
+            .iter()
+            .filter(|(_, state)| state == "current")
+            .collect::<Vec<_>>(),
+        [&(promoted, "current".to_owned())]
+    );
 }
