@@ -37,6 +37,7 @@ pub struct AuditLog {
 struct Counts {
     dropped: IntCounter,
     pending: IntGauge,
+    write_failures: IntCounter,
 }
 
 impl AuditLog {
@@ -51,6 +52,7 @@ impl AuditLog {
         let counts = Counts {
             dropped: metrics.audit_dropped.clone(),
             pending: metrics.audit_pending.clone(),
+            write_failures: metrics.audit_write_failures.clone(),
         };
         let max_delay = Duration::from_secs(settings.retry_max_secs.max(1));
         AuditLog::start_with_queue(store, counts, QUEUE, max_delay, SHUTDOWN_GRACE)
@@ -116,6 +118,7 @@ async fn write_events(
                 }
                 Err(err) => {
                     failures += 1;
+                    counts.write_failures.inc();
                     if rx.is_closed() {
                         let deadline = *give_up_at
                             .get_or_insert_with(|| tokio::time::Instant::now() + shutdown_grace);
@@ -145,6 +148,17 @@ async fn write_events(
 mod tests {
     use super::*;
 
+    impl Counts {
+        /// Counters of a writer's own, registered nowhere.
+        fn for_test() -> Counts {
+            Counts {
+                dropped: IntCounter::new("dropped", "test").unwrap(),
+                pending: IntGauge::new("pending", "test").unwrap(),
+                write_failures: IntCounter::new("write_failures", "test").unwrap(),
+            }
+        }
+    }
+
     fn unreachable_store() -> Store {
         let mut settings = crate::config::Settings::defaults();
         settings.database.url = "postgres://authd@127.0.0.1:1/none".to_string().into();
@@ -157,10 +171,7 @@ mod tests {
      {
         // A shorter grace than the server's 8 s: the rule is the same, the test is quicker.
         let grace = Duration::from_millis(300);
-        let counts = Counts {
-            dropped: IntCounter::new("dropped", "test").unwrap(),
-            pending: IntGauge::new("pending", "test").unwrap(),
-        };
+        let counts = Counts::for_test();
         let dropped = counts.dropped.clone();
         let (log, writer) = AuditLog::start_with_queue(
             unreachable_store(),
@@ -190,10 +201,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_instead_of_growing() {
-        let counts = Counts {
-            dropped: IntCounter::new("dropped", "test").unwrap(),
-            pending: IntGauge::new("pending", "test").unwrap(),
-        };
+        let counts = Counts::for_test();
         let dropped = counts.dropped.clone();
         let pending = counts.pending.clone();
         let (log, _writer) = AuditLog::start_with_queue(

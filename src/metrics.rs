@@ -29,6 +29,8 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     /// Security events recorded and not yet written: the queue and the batch being written.
     pub audit_pending: IntGauge,
+    /// Batch writes of the audit trail that failed (and were tried again): the database is away.
+    pub audit_write_failures: IntCounter,
     db_connections: IntGaugeVec,
 }
 
@@ -142,6 +144,11 @@ impl Metrics {
             "Security events recorded and not yet written to the database (queued or being written)",
         )
         .expect("valid metric");
+        let audit_write_failures = IntCounter::new(
+            "audit_write_failures_total",
+            "Failed writes of a batch of security events (each is tried again): the database was away",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -156,6 +163,7 @@ impl Metrics {
             Box::new(db_connections.clone()),
             Box::new(audit_dropped.clone()),
             Box::new(audit_pending.clone()),
+            Box::new(audit_write_failures.clone()),
         ] {
             registry
                 .register(collector)
@@ -175,6 +183,7 @@ impl Metrics {
             bcrypt_duration,
             audit_dropped,
             audit_pending,
+            audit_write_failures,
             db_connections,
         }
     }

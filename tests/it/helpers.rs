@@ -463,6 +463,24 @@ pub const EVENTS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(
 /// How often a bounded wait looks again.
 pub const POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Looks at `done` every [`POLL`] until it holds or `deadline` has passed; whether it held.
+/// The one place a test waits on a condition.
+pub async fn wait_until(
+    deadline: std::time::Duration,
+    mut done: impl AsyncFnMut() -> bool,
+) -> bool {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if done().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// The database of a running test server: [`TestDb`], and the server's own count of security
 /// events recorded but not yet written (`authd_audit_events_pending` on its `/metrics`), which
 /// says when its audit trail holds everything recorded so far.
@@ -498,34 +516,34 @@ impl AppDb {
     /// every event recorded so far, then fails on more or fewer: an extra event recorded by the
     /// requests the test made is in the trail by then, so "exactly" holds without a pause.
     pub async fn expect_events(&self, kind: &str, count: i64) {
-        let deadline = tokio::time::Instant::now() + EVENTS_DEADLINE;
-        let mut seen;
-        loop {
-            let pending = self.audit_pending().await;
+        let mut seen = 0;
+        wait_until(EVENTS_DEADLINE, async || {
+            let settled = matches!(self.audit_pending().await, Some(0) | None);
             seen = self.count_events(kind).await;
-            let settled = matches!(pending, Some(0) | None);
-            if (seen >= count && settled) || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            seen >= count && settled
+        })
+        .await;
         assert_eq!(seen, count, "{kind} events");
     }
+}
+
+/// The value of the series `series` (its name with its labels, as `/metrics` prints it) on the
+/// API port; None when the series is not there.
+pub async fn metric_value(app: &TestApp, series: &str) -> Option<i64> {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().unwrap())
 }
 
 /// Verifications bcrypt has run, from `/metrics`; fails when the series is not there (a
 /// missing series would read as no verification at all).
 pub async fn bcrypt_verifications(app: &TestApp) -> u64 {
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(r#"authd_bcrypt_duration_seconds_count{operation="verify"}"#)?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no bcrypt verify count in /metrics:\n{metrics}"))
+    let series = r#"authd_bcrypt_duration_seconds_count{operation="verify"}"#;
+    let count = metric_value(app, series)
+        .await
+        .unwrap_or_else(|| panic!("no {series} in /metrics"));
+    u64::try_from(count).unwrap()
 }
 
 /// Reads a problem+json body and checks its shape; returns it.

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     PASSWORD, TempDir, TestApp, admin, admin_output, admin_output_with, fresh_database,
-    kid_in_state, problem, refused_line, signing_keys, test_settings,
+    kid_in_state, metric_value, problem, refused_line, signing_keys, test_settings, wait_until,
 };
 use crate::smtp_sink::{Behaviour, MailSink};
 
@@ -44,23 +44,12 @@ async fn published(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
-/// The value of an unlabelled metric on the API port.
-async fn metric(app: &TestApp, name: &str) -> Option<i64> {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .map(|value| value.trim().parse().unwrap())
-}
-
-/// Polls `done` (bounded: 10 s) until it holds.
-async fn eventually<F: AsyncFn() -> bool>(what: &str, done: F) {
-    for _ in 0..100 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("never happened: {what}");
+/// Waits (bounded: 10 s) until `done` holds.
+async fn eventually(what: &str, done: impl AsyncFnMut() -> bool) {
+    assert!(
+        wait_until(Duration::from_secs(10), done).await,
+        "never happened: {what}"
+    );
 }
 
 /// A key sealed under a key-encryption key the servers do not have, stored as `next`: what a
@@ -214,7 +203,10 @@ async fn a_set_that_cannot_sign_makes_the_instance_not_ready_and_still_drops_a_r
     let old_token = login["access_token"].as_str().unwrap().to_owned();
     let refresh_token = login["refresh_token"].as_str().unwrap().to_owned();
     let revoked = kid_of(&old_token);
-    assert_eq!(metric(&app, "authd_signing_key_usable").await, Some(1));
+    assert_eq!(
+        metric_value(&app, "authd_signing_key_usable").await,
+        Some(1)
+    );
     // What the old revocation could do: the revoked key's place taken by a key that does not
     // open under the servers' KEK (made here by hand, as no command does it any more).
     let stray = plant_stray_next_key(&app.settings).await;
@@ -240,7 +232,10 @@ async fn a_set_that_cannot_sign_makes_the_instance_not_ready_and_still_drops_a_r
         app.get("/readyz").await.status() == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
-    assert_eq!(metric(&app, "authd_signing_key_usable").await, Some(0));
+    assert_eq!(
+        metric_value(&app, "authd_signing_key_usable").await,
+        Some(0)
+    );
     // Logins, codes and refreshes answer 503, never 500, and change nothing: no session, no
     // code sent, no rotation (the refresh token still works once the keys are fixed, even after
     // its grace period), no failure counted.
@@ -295,7 +290,10 @@ async fn a_set_that_cannot_sign_makes_the_instance_not_ready_and_still_drops_a_r
         app.get("/readyz").await.status() == StatusCode::OK
     })
     .await;
-    assert_eq!(metric(&app, "authd_signing_key_usable").await, Some(1));
+    assert_eq!(
+        metric_value(&app, "authd_signing_key_usable").await,
+        Some(1)
+    );
     assert_eq!(kid_of(&app.access_token("ada@example.test").await), fresh);
     let refreshed = app
         .post_json("/token/refresh", &json!({ "refresh_token": refresh_token }))

@@ -403,10 +403,10 @@ async fn serve_on_an_empty_database_migrates_sqlite_and_says_to_migrate_postgres
     } else {
         "applied migration"
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !server.log.lock().unwrap().contains(said) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::helpers::wait_until(Duration::from_secs(10), async || {
+        server.log.lock().unwrap().contains(said)
+    })
+    .await;
     let (status, log) = server.terminate().await;
     assert_eq!(status.code(), Some(0));
     if postgres {

@@ -315,8 +315,7 @@ async fn an_activation_behind_a_revocation_that_made_another_key_current_changes
             .await
     });
     // Until the activation waits on the revocation's row lock (bounded).
-    let mut waiting = false;
-    for _ in 0..200 {
+    let waiting = crate::helpers::wait_until(std::time::Duration::from_secs(2), async || {
         let blocked: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
              WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE signing_keys SET state = ''retired''%'",
@@ -324,12 +323,9 @@ async fn an_activation_behind_a_revocation_that_made_another_key_current_changes
         .fetch_one(pool)
         .await
         .unwrap();
-        if blocked > 0 {
-            waiting = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+        blocked > 0
+    })
+    .await;
     assert!(waiting, "the activation never waited on the revocation");
     revocation.commit().await.unwrap();
     let activated = activation.await.unwrap();

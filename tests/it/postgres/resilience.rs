@@ -5,7 +5,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{PASSWORD, TestApp, fresh_database, problem, test_settings};
+use crate::helpers::{
+    PASSWORD, TestApp, fresh_database, metric_value, problem, test_settings, wait_until,
+};
 use crate::smtp_sink::{Behaviour, MailSink};
 
 async fn count_challenges(app: &TestApp) -> i64 {
@@ -373,8 +375,20 @@ async fn security_events_survive_a_database_outage_of_many_retries_and_are_writt
         audited_without_the_database(&app).await;
     }
     assert_eq!(app.db.audit_pending().await, Some(3));
-    // The outage itself: its length is what is under test.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The outage lasts until the writer has failed five times, the last ones each after the
+    // longest wait it ever takes (1 s): many retries, counted, not a length of time guessed.
+    let failures = async || {
+        metric_value(&app, "authd_audit_write_failures_total")
+            .await
+            .unwrap()
+    };
+    let before = failures().await;
+    assert!(
+        wait_until(Duration::from_secs(30), async || failures().await
+            >= before + 5)
+        .await,
+        "the writer did not keep trying"
+    );
     // Still held, none written (the test reads the database directly, not through the cut).
     assert_eq!(app.db.audit_pending().await, Some(3));
     assert_eq!(app.db.count_events("login_failed").await, 0);
