@@ -527,6 +527,32 @@ impl AppDb {
     }
 }
 
+/// Registers `email` with two-factor login on the authd at `base` and starts a login: the
+/// challenge token (for tests that run authd as a process rather than a [`TestApp`]).
+pub async fn register_and_start_challenge(
+    client: &reqwest::Client,
+    base: &str,
+    email: &str,
+) -> String {
+    let response = client
+        .post(format!("{base}/register"))
+        .json(&json!({"email": email, "password": PASSWORD, "two_factor_enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = client
+        .post(format!("{base}/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["challenge_token"].as_str().unwrap().to_string()
+}
+
 /// The value of the series `series` (its name with its labels, as `/metrics` prints it) on the
 /// API port; None when the series is not there.
 pub async fn metric_value(app: &TestApp, series: &str) -> Option<i64> {

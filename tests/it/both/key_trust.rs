@@ -44,6 +44,13 @@ async fn published(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
+/// The answer of a password-only login: access and refresh token.
+async fn login_answer(app: &TestApp, email: &str) -> Value {
+    let response = app.login(email, PASSWORD).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
 /// Waits (bounded: 10 s) until `done` holds.
 async fn eventually(what: &str, done: impl AsyncFnMut() -> bool) {
     assert!(
@@ -194,12 +201,7 @@ async fn a_set_that_cannot_sign_makes_the_instance_not_ready_and_still_drops_a_r
     let data_dir = TempDir::new("authd-kek");
     app.register("ada@example.test", false).await;
     app.register("bob@example.test", true).await;
-    let login: Value = app
-        .login("ada@example.test", PASSWORD)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let login = login_answer(&app, "ada@example.test").await;
     let old_token = login["access_token"].as_str().unwrap().to_owned();
     let refresh_token = login["refresh_token"].as_str().unwrap().to_owned();
     let revoked = kid_of(&old_token);
@@ -347,12 +349,7 @@ async fn a_refresh_right_after_a_revocation_never_signs_with_the_revoked_key() {
     let app = TestApp::spawn_with(Behaviour::Accept, |s| s.keys.refresh_secs = 3600).await;
     let data_dir = TempDir::new("authd-kek");
     app.register("ada@example.test", false).await;
-    let login: Value = app
-        .login("ada@example.test", PASSWORD)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let login = login_answer(&app, "ada@example.test").await;
     let revoked = kid_of(login["access_token"].as_str().unwrap());
     let refresh = async |token: &str| -> Value {
         let response = app

@@ -241,23 +241,9 @@ async fn debug_logs_of_a_whole_two_factor_flow_hold_no_password_code_token_or_se
     let server = Server::start(&db_url, mail.port, "debug").await;
     let client = crate::helpers::http_client();
     let url = |p: &str| format!("{}{p}", server.base);
-    let response = client
-        .post(url("/register"))
-        .json(&json!({"email": "quiet@example.test", "password": PASSWORD, "two_factor_enabled": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: Value = client
-        .post(url("/login"))
-        .json(&json!({"email": "quiet@example.test", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let challenge = body["challenge_token"].as_str().unwrap().to_string();
+    let challenge =
+        crate::helpers::register_and_start_challenge(&client, &server.base, "quiet@example.test")
+            .await;
     let code = extract_code(&mail.wait_for("quiet@example.test", 1).await);
     let body: Value = client
         .post(url("/login/otp"))

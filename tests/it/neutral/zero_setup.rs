@@ -4,7 +4,7 @@
 use std::process::Stdio;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::both::process::{Server, authd};
 use crate::helpers::{PASSWORD, TempDir};
@@ -48,25 +48,9 @@ async fn serve_with_no_configuration_runs_the_whole_two_factor_flow_on_sqlite() 
         client.get(url("/docs/")).send().await.unwrap().status(),
         StatusCode::OK
     );
-    let response = client
-        .post(url("/register"))
-        .json(
-            &json!({"email": "new@example.test", "password": PASSWORD, "two_factor_enabled": true}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: Value = client
-        .post(url("/login"))
-        .json(&json!({"email": "new@example.test", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let challenge = body["challenge_token"].as_str().unwrap().to_string();
+    let challenge =
+        crate::helpers::register_and_start_challenge(&client, &server.base, "new@example.test")
+            .await;
 
     // The code only reaches the log once the login answered; stop the server to read it all.
     let (status, log) = server.terminate().await;
