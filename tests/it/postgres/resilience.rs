@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{
     PASSWORD, TestApp, fresh_database, metric_value, problem, test_settings, wait_until,
@@ -333,6 +333,17 @@ async fn with_password_max_queue_0_logins_beyond_the_hashing_threads_get_503_at_
     );
 }
 
+/// A forwarder in front of the server of `db_url`, and the URL that goes through it.
+async fn cuttable_in_front_of(db_url: &str) -> (Cuttable, String) {
+    let target = {
+        let rest = db_url.split_once('@').map_or(db_url, |(_, r)| r);
+        rest.split('/').next().unwrap().to_string()
+    };
+    let proxy = Cuttable::start(target.clone()).await;
+    let proxied_url = db_url.replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1);
+    (proxy, proxied_url)
+}
+
 /// authd on PostgreSQL through a cuttable forwarder: (app, forwarder).
 async fn spawn_behind_cuttable() -> (TestApp, Cuttable) {
     spawn_behind_cuttable_with(|_| {}).await
@@ -343,12 +354,7 @@ async fn spawn_behind_cuttable_with(
     tweak: impl FnOnce(&mut authd::config::Settings),
 ) -> (TestApp, Cuttable) {
     let db_url = fresh_database().await;
-    let target = {
-        let rest = db_url.split_once('@').map_or(db_url.as_str(), |(_, r)| r);
-        rest.split('/').next().unwrap().to_string()
-    };
-    let proxy = Cuttable::start(target.clone()).await;
-    let proxied_url = db_url.replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (proxy, proxied_url) = cuttable_in_front_of(&db_url).await;
     let mail = MailSink::start(Behaviour::Accept).await.unwrap();
     let mut settings = test_settings(&proxied_url, mail.port);
     settings.database.acquire_timeout_secs = 1;
@@ -415,4 +421,68 @@ async fn security_events_queued_during_an_outage_are_written_at_shutdown_once_it
         .unwrap()
         .unwrap();
     app.db.expect_events("login_failed", 3).await;
+}
+
+#[tokio::test]
+async fn a_server_told_its_kek_is_not_the_databases_only_once_the_database_answers_stays_not_ready()
+{
+    // A first instance records the database's KEK and hands out a refresh token.
+    let db_url = fresh_database().await;
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
+    let first = TestApp::spawn_on(test_settings(&db_url, mail.port), mail, db_url.clone()).await;
+    first.register("ada@example.test", false).await;
+    let login: Value = first
+        .login("ada@example.test", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let refresh_token = login["refresh_token"].as_str().unwrap().to_owned();
+    // A second one, with another KEK, starts while its database is away...
+    let (proxy, proxied_url) = cuttable_in_front_of(&db_url).await;
+    proxy.cut();
+    let mail = MailSink::start(Behaviour::Accept).await.unwrap();
+    let mut settings = test_settings(&proxied_url, mail.port);
+    settings.database.acquire_timeout_secs = 1;
+    settings.keys.encryption_key = Some("cd".repeat(32).into());
+    settings.keys.refresh_secs = 1;
+    let second = TestApp::spawn_on(settings, mail, db_url).await;
+    // ...and reads the keys (more than once) once it answers.
+    proxy.restore();
+    let reads = async || {
+        metric_value(&second, r#"authd_key_reloads_total{reason="periodic"}"#)
+            .await
+            .unwrap_or(0)
+    };
+    let before = reads().await;
+    assert!(
+        wait_until(Duration::from_secs(30), async || reads().await
+            >= before + 2)
+        .await,
+        "the keys were never read again"
+    );
+    // Told its KEK is not the database's, it stays not ready and answers 503, never 401: the
+    // refresh token it cannot check is not called unknown, and nothing is used up.
+    assert_eq!(
+        second.get("/readyz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    problem(
+        second
+            .post_json("/token/refresh", &json!({ "refresh_token": refresh_token }))
+            .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    )
+    .await;
+    problem(
+        second.login("ada@example.test", PASSWORD).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    )
+    .await;
+    let refreshed = first
+        .post_json("/token/refresh", &json!({ "refresh_token": refresh_token }))
+        .await;
+    assert_eq!(refreshed.status(), StatusCode::OK);
 }
