@@ -31,11 +31,10 @@ pub(super) struct KeyRing {
     algorithm: JwtAlgorithm,
     horizon_secs: u64,
     last_on_demand: Arc<Mutex<Option<Instant>>>,
-    /// Whether the keys were read at least once (not yet when the database was down at start).
-    loaded: Arc<AtomicBool>,
     /// Whether the KEK was compared with the database's check value (once per process).
     kek_checked: Arc<AtomicBool>,
-    /// When the keys were last read and installed, in Unix milliseconds.
+    /// When the keys were last read and installed, in Unix milliseconds; 0 until the first
+    /// read (the database was down at start).
     last_read_ms: Arc<AtomicI64>,
     /// `keys.refresh_secs`: reads older than two of these make the instance not ready.
     refresh_secs: u64,
@@ -64,7 +63,6 @@ impl KeyRing {
             algorithm: settings.jwt.algorithm,
             horizon_secs: TokenKeys::retired_horizon_secs(settings),
             last_on_demand: Arc::new(Mutex::new(None)),
-            loaded: Arc::new(AtomicBool::new(false)),
             kek_checked: Arc::new(AtomicBool::new(false)),
             last_read_ms: Arc::new(AtomicI64::new(0)),
             refresh_secs: settings.keys.refresh_secs,
@@ -238,14 +236,13 @@ impl Auth {
             Some(reason) => {
                 tracing::error!(reason = %reason, "this instance cannot sign tokens: not ready until the signing keys are fixed");
             }
-            None if !self.metrics.signing_is_usable() && ring.loaded.load(Ordering::Relaxed) => {
+            None if !self.metrics.signing_is_usable() && self.keys_loaded() => {
                 tracing::info!("the signing keys are usable again");
             }
             None => {}
         }
         self.metrics.signing_usable(unusable.is_none());
         sign_in.tokens.install(set);
-        ring.loaded.store(true, Ordering::Relaxed);
         ring.last_read_ms
             .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
         Ok(unusable)
@@ -282,7 +279,7 @@ impl Auth {
     pub fn keys_loaded(&self) -> bool {
         self.sign_in
             .as_ref()
-            .is_some_and(|s| s.ring.loaded.load(Ordering::Relaxed))
+            .is_some_and(|s| s.ring.last_read_ms.load(Ordering::Relaxed) > 0)
     }
 
     /// The answer while the keys could not be read yet (the database was down at start).
@@ -331,23 +328,15 @@ impl Auth {
         }
     }
 
-    /// Before a token is issued: the keys were read at least once (else they are read now, and
-    /// 503 while the database is away).
-    pub(super) async fn ensure_keys_loaded(&self) -> Result<()> {
-        if self.keys_loaded() {
-            return Ok(());
-        }
-        if self.reload_on_demand("not_loaded").await? && self.keys_loaded() {
-            return Ok(());
-        }
-        self.keys_not_loaded()
-    }
-
     /// Before anything a token is issued for changes state (a login's bcrypt and counters, a
-    /// code's attempt, a refresh's rotation): the keys were read and this instance can sign
-    /// with them, else 503 and nothing is counted, used up or rotated.
+    /// code's attempt, a refresh's rotation): the keys were read (else they are read now, and
+    /// 503 while the database is away) and this instance can sign with them, else 503 and
+    /// nothing is counted, used up or rotated.
     pub(super) async fn ensure_can_sign(&self) -> Result<()> {
-        self.ensure_keys_loaded().await?;
+        if !self.keys_loaded() && !self.reload_on_demand("not_loaded").await? {
+            return Err(Error::Unavailable("database"));
+        }
+        self.keys_not_loaded()?;
         match self.signing_problem() {
             None => Ok(()),
             Some(_) => Err(Error::Unavailable("signing key")),
