@@ -351,3 +351,39 @@ async fn an_activation_behind_a_revocation_that_made_another_key_current_changes
         [&(promoted, "current".to_owned())]
     );
 }
+
+/// Four instances start at once on a new database, two with one key-encryption key and two
+/// with another: the first to record its KEK's check value wins, the instances with the other
+/// KEK refuse to start, and every instance that started signs with the one current key, which
+/// its KEK opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_with_two_keks_starting_at_once_leave_one_kek_in_charge() {
+    let db_url = fresh_database().await;
+    let kek_b = "cd".repeat(32);
+    let build = |kek: Option<String>| {
+        let db_url = db_url.clone();
+        async move {
+            let mut settings = test_settings(&db_url, 25);
+            if let Some(kek) = kek {
+                settings.keys.encryption_key = Some(kek.into());
+            }
+            authd::app::App::build(&settings).await.map(|_| ())
+        }
+    };
+    let started = tokio::join!(
+        build(None),
+        build(Some(kek_b.clone())),
+        build(None),
+        build(Some(kek_b.clone())),
+    );
+    let started = [started.0, started.1, started.2, started.3].map(|r| r.is_ok());
+    // Instances 0 and 2 share a KEK, 1 and 3 the other: exactly one pair started.
+    assert!(
+        started == [true, false, true, false] || started == [false, true, false, true],
+        "{started:?}"
+    );
+    let data_dir = TempDir::new("authd-instances");
+    let keys = signing_keys(&db_url, &data_dir).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0]["state"], "current");
+}
