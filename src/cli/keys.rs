@@ -48,8 +48,9 @@ pub struct RotateArgs {
 
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
-    /// The key's id (the `kid` of its tokens; `authd keys list` shows them).
-    #[arg(value_name = "KID")]
+    /// The key's id (the `kid` of its tokens; `authd keys list` shows them). A key id is
+    /// base64url and may start with `-`: it is taken as the id, not as an option.
+    #[arg(value_name = "KID", allow_hyphen_values = true)]
     kid: String,
 }
 
@@ -227,4 +228,24 @@ async fn revoke(args: RevokeArgs, settings: &Settings) -> anyhow::Result<()> {
         2 * settings.keys.refresh_secs
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    use super::KeysCommand;
+
+    /// A key id is base64url: one in 32 starts with `-`, and must still be taken as the id.
+    #[test]
+    fn a_key_id_that_starts_with_a_dash_is_an_id_not_an_option() {
+        let cli = Cli::try_parse_from(["authd", "keys", "revoke", "-_Pwp_1GyELhXB821tJlCg"])
+            .expect("parses");
+        let Command::Keys(KeysCommand::Revoke(args)) = cli.command else {
+            panic!("not keys revoke");
+        };
+        assert_eq!(args.kid, "-_Pwp_1GyELhXB821tJlCg");
+    }
 }
