@@ -28,6 +28,28 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub session: SessionSettings,
     pub keys: KeysSettings,
+    pub registration: RegistrationSettings,
+    pub verification: VerificationSettings,
+}
+
+/// What a new account must do before it may log in.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegistrationSettings {
+    /// Logins of accounts whose address is not proven answer 403 `email_not_verified` (after
+    /// the password was checked), and no second-step code goes to such an address.
+    pub require_verified_email: bool,
+}
+
+/// The emailed codes and links that prove an address (and the limits every account email
+/// shares: verification, password reset).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VerificationSettings {
+    /// How long a verification code and its link work.
+    pub ttl_secs: u64,
+    /// At most one verification (or reset) email per address within this many seconds.
+    pub resend_interval_secs: u64,
+    /// At most this many verification (or reset) emails per address per day.
+    pub max_per_day: u32,
 }
 
 /// The signing keys and the key-encryption key.
@@ -52,6 +74,9 @@ pub struct SessionSettings {
     pub reuse_grace_secs: u64,
     /// Live sessions a user may have; a login past it revokes their oldest.
     pub max_per_user: u32,
+    /// A sensitive action (changing the email address) needs a login at most this many
+    /// seconds old, else 403 `reauthentication_required`.
+    pub fresh_login_secs: u64,
 }
 
 /// The longest `keys.refresh_secs`: the JWKS is cached for as long, so it bounds how long
@@ -60,6 +85,10 @@ pub const MAX_KEYS_REFRESH_SECS: u64 = 3600;
 
 /// The longest session authd accepts: keeps every expiry inside what both databases store.
 pub const MAX_SESSION_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// The longest an emailed verification or reset code may work: a link in an old message
+/// should not open an account months later.
+pub const MAX_CODE_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// The longest `audit.retry_max_secs`: events wait at most this long after the database is back.
 pub const MAX_AUDIT_RETRY_SECS: u64 = 300;
@@ -182,6 +211,8 @@ pub struct JwtSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PasswordSettings {
     pub bcrypt_cost: u32,
+    /// How long a password-reset code and its link work.
+    pub reset_ttl_secs: u64,
     /// Hashes that may wait for a hashing thread; past that, 503 at once.
     pub max_queue: usize,
 }
@@ -392,6 +423,23 @@ impl Settings {
         }
         if session.absolute_ttl_secs > MAX_SESSION_SECS {
             bail!("session.absolute_ttl_secs must be at most {MAX_SESSION_SECS} (ten years)");
+        }
+        if session.fresh_login_secs == 0 || session.fresh_login_secs > MAX_SESSION_SECS {
+            bail!("session.fresh_login_secs must be between 1 and {MAX_SESSION_SECS} (ten years)");
+        }
+        for (name, secs) in [
+            ("verification.ttl_secs", self.verification.ttl_secs),
+            ("password.reset_ttl_secs", self.password.reset_ttl_secs),
+        ] {
+            if !(60..=MAX_CODE_TTL_SECS).contains(&secs) {
+                bail!("{name} must be between 60 and {MAX_CODE_TTL_SECS} (30 days), got {secs}");
+            }
+        }
+        if self.verification.max_per_day == 0 {
+            bail!("verification.max_per_day must be at least 1");
+        }
+        if self.verification.resend_interval_secs > 86_400 {
+            bail!("verification.resend_interval_secs must be at most 86400 (a day)");
         }
         if session.reuse_grace_secs > 300 {
             bail!(

@@ -22,6 +22,11 @@ pub struct User {
     pub two_factor_enabled: bool,
     /// RFC 3339 timestamp.
     pub created_at: DateTime<Utc>,
+    /// Whether the account's current address was proven: by its code or link
+    /// (`POST /email/verify`), by confirming an email change, or by an administrator.
+    pub email_verified: bool,
+    /// RFC 3339: when the current address was proven; null while it is not.
+    pub email_verified_at: Option<DateTime<Utc>>,
 }
 
 /// Longest address SMTP can carry (RFC 5321 path limit less the angle brackets).

@@ -29,6 +29,20 @@ pub enum Error {
     InvalidToken(&'static str),
     #[error("the code is wrong ({remaining} attempts left)")]
     InvalidOtp { remaining: u32 },
+    /// An emailed code or link (verification, reset, email change) that is wrong, used,
+    /// retired, expired or out of attempts; deliberately one answer for all, and the same
+    /// whether or not the address has an account.
+    #[error("the code or link is wrong, used or expired: ask for a new one")]
+    InvalidCode,
+    /// The password was right, but the account's address is not proven and
+    /// `registration.require_verified_email` is on.
+    #[error(
+        "this account's email address is not verified yet: use the code or link emailed to it, or ask for a new one"
+    )]
+    EmailNotVerified,
+    /// A sensitive action needs a login younger than `session.fresh_login_secs`.
+    #[error("this needs a recent login: log in again, then retry")]
+    ReauthenticationRequired,
     #[error("no user with this email address")]
     UserNotFound,
     /// No live session with this id belongs to the caller (or, for an admin, exists).

@@ -60,6 +60,33 @@ event_kinds! {
     UserDisabled => "user_disabled",
     UserEnabled => "user_enabled",
     UserDeleted => "user_deleted",
+    /// A verification code and link were emailed (after registration, or on request).
+    EmailVerificationSent => "email_verification_sent",
+    /// An account's address was proven by its code or link (or by an administrator).
+    EmailVerified => "email_verified",
+    /// A password-reset code and link were emailed (`POST /password/forgot`, or
+    /// `authd user reset-password --send-link`).
+    PasswordResetRequested => "password_reset_requested",
+    /// A password was set by a reset code or link: every session ended.
+    PasswordReset => "password_reset",
+    /// A password was changed by its user (`POST /password/change`) or set by an administrator
+    /// (`authd user reset-password`).
+    PasswordChanged => "password_changed",
+    /// A wrong current password given to `POST /password/change` (counted like a failed login).
+    PasswordChangeFailed => "password_change_failed",
+    /// A change of address was asked for; the detail says the new address, and whether it
+    /// belongs to another account (then nothing was sent to it but a notice).
+    EmailChangeRequested => "email_change_requested",
+    /// The account moved to a new, proven address; the detail says the old one.
+    EmailChanged => "email_changed",
+    /// A wrong emailed code (verification, reset, email change).
+    AccountCodeRejected => "account_code_rejected",
+    /// An account email (verification, reset, email change, notice) not sent: the address's
+    /// limits were used up.
+    AccountMailLimited => "account_mail_limited",
+    /// The right password of an account whose address is not proven, with
+    /// `registration.require_verified_email` on: 403, no session, no code.
+    LoginUnverified => "login_unverified",
     /// A signing key made: `next` by `authd keys rotate`, or `current` by a first start.
     KeyCreated => "key_created",
     /// `authd keys rotate --activate`: a next key became current, the old current retired.
@@ -76,11 +103,15 @@ impl EventKind {
             EventKind::LoginFailed
             | EventKind::CodeSendFailed
             | EventKind::CodeRejected
-            | EventKind::RefreshTokenReused => "failure",
+            | EventKind::RefreshTokenReused
+            | EventKind::PasswordChangeFailed
+            | EventKind::AccountCodeRejected
+            | EventKind::LoginUnverified => "failure",
             EventKind::LoginThrottled
             | EventKind::CodeThrottled
             | EventKind::SecondFactorLocked
-            | EventKind::CodeEmailLimited => "throttled",
+            | EventKind::CodeEmailLimited
+            | EventKind::AccountMailLimited => "throttled",
             _ => "success",
         }
     }

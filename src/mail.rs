@@ -14,6 +14,34 @@ use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::token::codes::Code;
 
+/// One message authd sends (interim: plain text until the templates land).
+pub enum Mail<'a> {
+    LoginCode {
+        code: &'a Code,
+        valid_for_secs: u64,
+    },
+    VerifyEmail {
+        code: &'a Code,
+        token: &'a str,
+        valid_for_secs: u64,
+    },
+    ConfirmNewEmail {
+        code: &'a Code,
+        token: &'a str,
+        valid_for_secs: u64,
+    },
+    ResetPassword {
+        code: &'a Code,
+        token: &'a str,
+        valid_for_secs: u64,
+    },
+    PasswordChanged,
+    EmailChangeRequested {
+        new_email: &'a str,
+    },
+    AddressInUse,
+}
+
 /// Sends the emails authd needs. Cheap to clone.
 #[derive(Clone)]
 pub struct Mailer {
@@ -71,6 +99,61 @@ impl Mailer {
                 );
                 Err(Error::Unavailable("mail"))
             }
+        }
+    }
+
+    pub async fn send(&self, to: &Email, mail: Mail<'_>) -> Result<()> {
+        let (subject, body) = match mail {
+            Mail::LoginCode {
+                code,
+                valid_for_secs,
+            } => return self.send_code(to, code, valid_for_secs).await,
+            Mail::VerifyEmail { code, token, .. } => (
+                "Verify your email address",
+                format!(
+                    "Your code: {}\n\nhttp://localhost/verify-email?token={token}\n",
+                    code.as_str()
+                ),
+            ),
+            Mail::ConfirmNewEmail { code, token, .. } => (
+                "Confirm your new email address",
+                format!(
+                    "Your code: {}\n\nhttp://localhost/verify-email?token={token}\n",
+                    code.as_str()
+                ),
+            ),
+            Mail::ResetPassword { code, token, .. } => (
+                "Reset your password",
+                format!(
+                    "Your code: {}\n\nhttp://localhost/reset-password?token={token}\n",
+                    code.as_str()
+                ),
+            ),
+            Mail::PasswordChanged => ("Your password was changed", String::from("changed\n")),
+            Mail::EmailChangeRequested { new_email } => (
+                "Your email address is being changed",
+                format!("to {new_email}\n"),
+            ),
+            Mail::AddressInUse => (
+                "Someone tried to use your email address",
+                String::from("in use\n"),
+            ),
+        };
+        let to: Mailbox = to
+            .as_str()
+            .parse()
+            .context("recipient")
+            .map_err(Error::Internal)?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .body(body)
+            .context("build")
+            .map_err(Error::Internal)?;
+        match tokio::time::timeout(self.timeout, self.deliver(message)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Unavailable("mail")),
         }
     }
 

@@ -32,6 +32,7 @@ pub struct Metrics {
     /// Batch writes of the audit trail that failed (and were tried again): the database is away.
     pub audit_write_failures: IntCounter,
     db_connections: IntGaugeVec,
+    account_mails: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -67,7 +68,7 @@ impl Metrics {
         let logins = IntCounterVec::new(
             Opts::new(
                 "logins_total",
-                "Password logins by outcome: success, code_required, invalid_credentials, throttled, error",
+                "Password logins by outcome: success, code_required, invalid_credentials, email_not_verified, throttled, error",
             ),
             &["outcome"],
         )
@@ -149,8 +150,17 @@ impl Metrics {
             "Failed writes of a batch of security events (each is tried again): the database was away",
         )
         .expect("valid metric");
+        let account_mails = IntCounterVec::new(
+            Opts::new(
+                "account_mails_total",
+                "Account emails (verify_email, reset_password, change_email, password_changed, email_change_requested, address_in_use) by outcome: sent, failed, limited, no_account, not_needed, dropped",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
         for collector in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(account_mails.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(logins.clone()),
             Box::new(codes.clone()),
@@ -185,7 +195,13 @@ impl Metrics {
             audit_pending,
             audit_write_failures,
             db_connections,
+            account_mails,
         }
+    }
+
+    /// One account email by kind and outcome (see `authd_account_mails_total`).
+    pub fn account_mail(&self, kind: &str, outcome: &str) {
+        self.account_mails.with_label_values(&[kind, outcome]).inc();
     }
 
     pub fn login(&self, outcome: &str) {

@@ -56,6 +56,7 @@ impl Auth {
         sign_in: &SignIn,
         user: &User,
     ) -> Result<IssuedToken> {
+        let mailing = self.mailing()?;
         let email = Email::parse(&user.email).map_err(|e| anyhow::anyhow!("stored email: {e}"))?;
         // Time-ordered, so a challenge retires only the ones started before it: concurrent logins
         // of one user cannot retire each other's newest challenge.
@@ -67,12 +68,12 @@ impl Auth {
             .insert_challenge(&NewChallenge {
                 id,
                 user_id: user.id,
-                code_hash: sign_in.codes.hash(id, code.as_str()),
+                code_hash: mailing.codes.hash(id, code.as_str()),
                 expires_at: now + chrono::Duration::seconds(ttl as i64),
                 created_at: now,
             })
             .await?;
-        if let Err(err) = sign_in.mailer.send_code(&email, &code, ttl).await {
+        if let Err(err) = mailing.mailer.send_code(&email, &code, ttl).await {
             if let Err(cleanup) = self.store.delete_challenge(id).await {
                 tracing::warn!(error = %cleanup, "could not delete undelivered challenge");
             }
@@ -94,6 +95,7 @@ impl Auth {
         client: Client,
     ) -> Result<SessionTokens> {
         let sign_in = self.sign_in()?;
+        let codes = &self.mailing()?.codes;
         // Nothing used up while no token could be issued for it.
         self.ensure_can_sign().await?;
         let Verified { claims, kid } = self.verified(TokenKind::Challenge, challenge_token).await?;
@@ -125,7 +127,7 @@ impl Auth {
                 return Err(err);
             }
         };
-        let hash = sign_in.codes.hash_otp(claims.jti, otp);
+        let hash = codes.hash_otp(claims.jti, otp);
         match self
             .store
             .attempt_challenge(claims.jti, claims.sub, &hash, self.max_attempts, Utc::now())

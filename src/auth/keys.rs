@@ -401,7 +401,7 @@ impl Auth {
     }
 
     /// Refuses a key-encryption key that is not the servers' (see [`settle_kek`]).
-    async fn check_kek(&self, kek: &[u8; 32]) -> Result<()> {
+    pub(super) async fn check_kek(&self, kek: &[u8; 32]) -> Result<()> {
         settle_kek(&self.store, kek, KekWitness::Command).await
     }
 

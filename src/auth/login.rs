@@ -29,7 +29,7 @@ const MAX_LOCK_SECS: u64 = 24 * 60 * 60;
 impl Auth {
     /// Password guesses: every `login_failures_per_account` consecutive failures lock the
     /// account, each lock twice as long as the one before, up to a day.
-    fn login_rule(&self) -> ThrottleRule {
+    pub(super) fn login_rule(&self) -> ThrottleRule {
         ThrottleRule {
             every: self.limits.login_failures_per_account,
             first_lock_micros: micros_of(self.limits.lockout_secs),
@@ -101,6 +101,7 @@ impl Auth {
             Ok(LoginOutcome::Challenge(_)) => "code_required",
             Err(Error::InvalidCredentials) => "invalid_credentials",
             Err(Error::RateLimited { .. }) => "throttled",
+            Err(Error::EmailNotVerified) => "email_not_verified",
             Err(_) => "error",
         });
         result
@@ -170,6 +171,16 @@ impl Auth {
         };
         if let Some(email) = &email {
             self.clear_failures(&login_key(email)).await?;
+        }
+        // Only now, with the password checked: a guesser learns nothing from it.
+        if self.require_verified_email && !user.email_verified {
+            tracing::info!(user_id = %user.id, "login refused: email not verified");
+            self.audit.record(
+                SecurityEvent::new(EventKind::LoginUnverified)
+                    .user(user.id, &user.email)
+                    .client(client.ip),
+            );
+            return Err(Error::EmailNotVerified);
         }
         if !user.two_factor_enabled {
             tracing::info!(user_id = %user.id, "login succeeded");

@@ -2,7 +2,8 @@
 //! calls these methods of one `Auth`, built by `crate::app`.
 //!
 //! One file per use case, each adding its methods to `Auth`: `register`, `login` (the password
-//! step), `challenge` (the second step), `sessions`, `admin`, `keys`, `maintenance`. This file
+//! step), `challenge` (the second step), `sessions`, `recovery` (proving the address, password
+//! reset and change, email change), `admin`, `keys`, `maintenance`. This file
 //! holds `Auth` itself, how it is built, and the small helpers the use cases share.
 
 use anyhow::Context;
@@ -10,7 +11,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::audit::AuditLog;
-use crate::config::{RateLimitSettings, SessionSettings, Settings};
+use crate::config::{RateLimitSettings, SessionSettings, Settings, VerificationSettings};
 use crate::domain::Email;
 use crate::error::{Error, Result};
 use crate::keys::{KeySet, SigningSecret};
@@ -28,12 +29,14 @@ mod challenge;
 mod keys;
 mod login;
 mod maintenance;
+mod recovery;
 mod register;
 mod sessions;
 
 pub use challenge::CodeEmailQuota;
 pub use keys::{Activated, Activation, KekWitness, key_algorithm, settle_kek};
 pub use login::LoginOutcome;
+pub use recovery::{ChangeProof, MailOutcome, Proof};
 pub use register::{Registration, RegistrationInput};
 pub use sessions::{LogoutScope, OwnSession, SessionTokens};
 
@@ -46,27 +49,55 @@ pub struct Auth {
     /// What logging someone in takes besides the store; absent in an `Auth` built with
     /// [`Auth::for_admin`].
     sign_in: Option<SignIn>,
+    /// What emailing a code or link takes; in an `Auth` for the admin commands only after
+    /// [`Auth::with_mailing`].
+    mailing: Option<Mailing>,
     max_attempts: u32,
     limits: RateLimitSettings,
     code_emails: CodeEmailQuota,
     /// Security events older than this many days are pruned.
     retention_days: u32,
     sessions: SessionSettings,
+    verification: VerificationSettings,
+    /// How long a password-reset code and link work.
+    reset_ttl_secs: u64,
+    /// `registration.require_verified_email`.
+    require_verified_email: bool,
     /// A retired signing key is dropped this long after it retired.
     key_horizon_secs: u64,
     audit: AuditLog,
     metrics: Metrics,
 }
 
-/// The signing keys, the code hasher and the mailer: needed to log someone in, by no
-/// administrative use case.
+/// The signing keys: needed to log someone in, by no administrative use case.
 #[derive(Debug, Clone)]
 struct SignIn {
     tokens: TokenKeys,
-    codes: CodeHasher,
     refresh: RefreshKeys,
-    mailer: Mailer,
     ring: keys::KeyRing,
+}
+
+/// The mailer and the key of the emailed codes' hashes, and the bound on account emails being
+/// prepared in the background at once.
+#[derive(Debug, Clone)]
+struct Mailing {
+    mailer: Mailer,
+    codes: CodeHasher,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Account emails (verification, reset, notices) prepared and sent in the background at once;
+/// past it a request's email is dropped (counted, logged) and the request answers as usual.
+const MAX_MAILS_IN_FLIGHT: usize = 64;
+
+impl Mailing {
+    fn new(settings: &Settings, kek: &[u8; 32]) -> anyhow::Result<Mailing> {
+        Ok(Mailing {
+            mailer: Mailer::from_settings(settings).context("invalid mail settings")?,
+            codes: CodeHasher::from_kek(kek),
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_MAILS_IN_FLIGHT)),
+        })
+    }
 }
 
 /// Who is asking, as far as the door knows.
@@ -161,12 +192,11 @@ impl Auth {
                 )?,
                 &settings.jwt,
             ),
-            codes: CodeHasher::from_kek(&kek),
             refresh: RefreshKeys::from_kek(&kek, hs256.map(SigningSecret::bytes)),
-            mailer: Mailer::from_settings(settings).context("invalid mail settings")?,
             ring: keys::KeyRing::new(settings, kek, hs256.map(|s| s.secret.clone())),
         };
-        let auth = Auth::new(settings, store, hasher, Some(sign_in), audit, metrics);
+        let mut auth = Auth::new(settings, store, hasher, Some(sign_in), audit, metrics);
+        auth.mailing = Some(Mailing::new(settings, &kek)?);
         match auth.key_records().await {
             // A current key that does not open (or cannot sign) stops the start: it is a
             // misconfiguration to fix before serving, not an outage to wait out.
@@ -201,6 +231,16 @@ impl Auth {
         Ok(Auth::new(settings, store, hasher, None, audit, metrics))
     }
 
+    /// An `Auth` for the admin commands that also emails codes and links (`authd user
+    /// reset-password --send-link`): the mailer, and the code key derived from `kek`, the
+    /// key-encryption key the server uses, so that the server accepts what this one sends.
+    /// Refuses a KEK that is not the database's (its codes would not be the server's).
+    pub async fn with_mailing(mut self, settings: &Settings, kek: &[u8; 32]) -> Result<Auth> {
+        self.check_kek(kek).await?;
+        self.mailing = Some(Mailing::new(settings, kek)?);
+        Ok(self)
+    }
+
     async fn build_hasher(
         settings: &Settings,
         metrics: &Metrics,
@@ -226,6 +266,10 @@ impl Auth {
             },
             retention_days: settings.audit.retention_days,
             sessions: settings.session.clone(),
+            verification: settings.verification.clone(),
+            reset_ttl_secs: settings.password.reset_ttl_secs,
+            require_verified_email: settings.registration.require_verified_email,
+            mailing: None,
             key_horizon_secs: TokenKeys::retired_horizon_secs(settings),
             audit,
             metrics,
@@ -241,6 +285,16 @@ impl Auth {
         self.sign_in.as_ref().ok_or_else(|| {
             Error::Internal(anyhow::anyhow!(
                 "this Auth was built for the admin commands: it logs no one in"
+            ))
+        })
+    }
+
+    /// The mailer and the code key; an `Auth` for the admin commands has them only after
+    /// [`Auth::with_mailing`].
+    fn mailing(&self) -> Result<&Mailing> {
+        self.mailing.as_ref().ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!(
+                "this Auth was built without a mailer: it emails nothing"
             ))
         })
     }

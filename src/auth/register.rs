@@ -92,21 +92,31 @@ fn field<T>(errors: &mut Vec<FieldError>, name: &str, parsed: Result<T, String>)
 impl Registration {
     /// What the password must not be made of: the email, its local part and the names.
     fn personal_words(&self) -> Vec<String> {
-        let email = self.email.as_str();
-        let local_part = email.split('@').next().unwrap_or_default();
-        let mut words = vec![email.to_owned(), local_part.to_owned()];
-        words.extend(
+        personal_words(
+            self.email.as_str(),
             [&self.first_name, &self.last_name]
                 .into_iter()
                 .flatten()
-                .map(|name| name.as_str().to_owned()),
-        );
-        words
+                .map(PersonName::as_str),
+        )
     }
+}
+
+/// What a user's password must not be made of: the address, its local part and the names.
+pub(super) fn personal_words<'a>(
+    email: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let local_part = email.split('@').next().unwrap_or_default();
+    let mut words = vec![email.to_owned(), local_part.to_owned()];
+    words.extend(names.into_iter().map(str::to_owned));
+    words
 }
 
 impl Auth {
     /// Creates a user (`POST /register`) and records it in the audit trail.
+    /// A verification email goes out in the background (see `recovery`): the answer neither
+    /// waits for the relay nor fails with it (`POST /email/verify/resend` sends another).
     pub async fn register(&self, registration: Registration, client: Client) -> Result<User> {
         let user = self.create_user(registration).await?;
         self.audit.record(
@@ -114,6 +124,7 @@ impl Auth {
                 .user(user.id, &user.email)
                 .client(client.ip),
         );
+        self.send_verification_in_background(user.clone(), client);
         Ok(user)
     }
 

@@ -72,7 +72,7 @@ impl Auth {
         Ok(self.authenticate(access_token).await?.0)
     }
 
-    async fn authenticate(&self, access_token: &str) -> Result<(User, Uuid)> {
+    pub(super) async fn authenticate(&self, access_token: &str) -> Result<(User, Uuid)> {
         let Subject { user, session, kid } = self.access_subject(access_token).await?;
         // Tokens issued before sessions existed carry no `sid`: they belong to no session.
         let session = session.ok_or_else(dead_session)?;

@@ -65,8 +65,9 @@ pub async fn prune(args: PruneArgs, settings: &Settings) -> anyhow::Result<()> {
     .await?;
     match args.format {
         OutputFormat::Table => println!(
-            "removed {} expired challenges, {} ended sessions, {} idle throttle rows, {} audit events older than {} days, {} retired signing keys past their tokens' expiry",
+            "removed {} expired challenges, {} expired account codes, {} ended sessions, {} idle throttle rows, {} audit events older than {} days, {} retired signing keys past their tokens' expiry",
             pruned.challenges,
+            pruned.account_codes,
             pruned.sessions,
             pruned.throttles,
             pruned.events,

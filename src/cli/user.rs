@@ -1,5 +1,5 @@
-//! `authd user ...`: add, list, switch two-factor login, unlock, disable, enable and delete,
-//! through the same use cases as the API.
+//! `authd user ...`: add, list, switch two-factor login, unlock, disable, enable, delete, set
+//! or reset a password and vouch for an address, through the same use cases as the API.
 
 use std::io::BufRead;
 
@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use super::{
     EXIT_CODES, OutputFormat, Table, UserError, format_utc, is_interactive, new_table, with_auth,
 };
-use crate::auth::{Actor, Registration, RegistrationInput};
+use crate::auth::{Actor, MailOutcome, Registration, RegistrationInput};
 use crate::config::Settings;
 use crate::domain::{Email, Password, User};
 use crate::error::Error;
@@ -45,6 +45,28 @@ pub enum UserCommand {
     /// events. Asks for confirmation on a terminal; without one, needs --yes.
     #[command(after_help = EXIT_CODES)]
     Delete(DeleteArgs),
+    /// Set a user's password (same policy as registration; prompted twice on a terminal, or
+    /// --password-stdin): every session of theirs ends and their password lock is cleared.
+    /// Or, with --send-link, email them a password reset (code and link) instead.
+    #[command(name = "reset-password", after_help = EXIT_CODES)]
+    ResetPassword(ResetPasswordArgs),
+    /// Mark a user's email address as verified, vouching for it (for accounts added by hand,
+    /// or created before verification existed, when registration.require_verified_email is on).
+    #[command(name = "verify-email", after_help = EXIT_CODES)]
+    VerifyEmail(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResetPasswordArgs {
+    /// Email address of the user.
+    email: String,
+    /// Read the new password from the first line of stdin instead of prompting for it.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Email the user a password reset (code and link, valid password.reset_ttl_secs) instead
+    /// of setting a password here. Needs the servers' key-encryption key and mail settings.
+    #[arg(long, conflicts_with = "password_stdin")]
+    send_link: bool,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +147,8 @@ pub async fn run(command: UserCommand, settings: &Settings) -> anyhow::Result<()
         UserCommand::Disable(args) => switch_access(&args.email, false, settings).await,
         UserCommand::Enable(args) => switch_access(&args.email, true, settings).await,
         UserCommand::Delete(args) => delete(args, settings).await,
+        UserCommand::ResetPassword(args) => reset_password(args, settings).await,
+        UserCommand::VerifyEmail(args) => verify_email(&args.email, settings).await,
     }
 }
 
@@ -151,6 +175,77 @@ async fn switch_access(raw: &str, enable: bool, settings: &Settings) -> anyhow::
             user.email
         );
     }
+    Ok(())
+}
+
+async fn reset_password(args: ResetPasswordArgs, settings: &Settings) -> anyhow::Result<()> {
+    let email = parse_email(&args.email)?;
+    if args.send_link {
+        let kek = crate::keys::load_key_encryption_key(settings, false)?;
+        let outcome = with_auth(settings, async |auth| {
+            let auth = auth.clone().with_mailing(settings, &kek).await?;
+            auth.send_password_reset(&email)
+                .await
+                .with_context(|| format!("cannot send a password reset to {email}"))
+        })
+        .await?;
+        return match outcome {
+            MailOutcome::Sent => {
+                println!(
+                    "emailed a password reset to {email}: its code and link work for {} minutes",
+                    settings.password.reset_ttl_secs.div_ceil(60)
+                );
+                Ok(())
+            }
+            MailOutcome::Limited => Err(UserError(format!(
+                "no reset was sent to {email}: its emails are used up for now (verification.resend_interval_secs, verification.max_per_day, mail.max_codes_per_account); try later"
+            ))
+            .into()),
+            MailOutcome::Failed => Err(anyhow::anyhow!(
+                "the reset email to {email} could not be delivered: check the mail settings and the relay"
+            )),
+        };
+    }
+    if !args.password_stdin && !is_interactive() {
+        return Err(UserError(
+            "no password given and stdin is not a terminal: pipe it in with --password-stdin, or pass --send-link"
+                .into(),
+        )
+        .into());
+    }
+    let from_stdin = args.password_stdin;
+    let raw = tokio::task::spawn_blocking(move || {
+        if from_stdin {
+            read_password_line(&mut std::io::stdin().lock())
+        } else {
+            prompt_password()
+        }
+    })
+    .await
+    .context("input task failed")??;
+    let password = Password::parse(&raw).map_err(|m| Error::validation("password", m))?;
+    let user = with_auth(settings, async |auth| {
+        auth.set_password(&email, &password)
+            .await
+            .with_context(|| format!("cannot set the password of {email}"))
+    })
+    .await?;
+    println!(
+        "set a new password for {}: every session of theirs ended and their password lock is cleared",
+        user.email
+    );
+    Ok(())
+}
+
+async fn verify_email(raw: &str, settings: &Settings) -> anyhow::Result<()> {
+    let email = parse_email(raw)?;
+    let user = with_auth(settings, async |auth| {
+        auth.mark_email_verified(&email)
+            .await
+            .with_context(|| format!("cannot verify {email}"))
+    })
+    .await?;
+    println!("{} is verified", user.email);
     Ok(())
 }
 
@@ -349,12 +444,15 @@ async fn unlock(args: UnlockArgs, settings: &Settings) -> anyhow::Result<()> {
 
 fn users_table(users: &[UserListing]) -> Table {
     let mut table = new_table();
-    table.set_header(["email", "name", "2FA", "created", "state", "sessions"]);
+    table.set_header([
+        "email", "name", "verified", "2FA", "created", "state", "sessions",
+    ]);
     for listing in users {
         let user = &listing.user;
         table.add_row([
             user.email.clone(),
             full_name(user),
+            yes_no(user.email_verified).to_owned(),
             on_off(user.two_factor_enabled).to_owned(),
             format_utc(user.created_at),
             if listing.disabled {
@@ -376,6 +474,10 @@ fn user_details_table(user: &User) -> Table {
     table.add_row(["email".to_owned(), user.email.clone()]);
     table.add_row(["first name".to_owned(), optional(&user.first_name)]);
     table.add_row(["last name".to_owned(), optional(&user.last_name)]);
+    table.add_row([
+        "verified".to_owned(),
+        yes_no(user.email_verified).to_owned(),
+    ]);
     table.add_row(["2FA".to_owned(), on_off(user.two_factor_enabled).to_owned()]);
     table.add_row(["created".to_owned(), format_utc(user.created_at)]);
     table
@@ -392,6 +494,10 @@ fn full_name(user: &User) -> String {
     } else {
         parts.join(" ")
     }
+}
+
+fn yes_no(yes: bool) -> &'static str {
+    if yes { "yes" } else { "no" }
 }
 
 fn on_off(enabled: bool) -> &'static str {

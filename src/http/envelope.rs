@@ -14,6 +14,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::error::{ApiError, InternalCause, PROBLEM_JSON};
+use super::pages::HtmlPage;
 use super::routes::DocsPage;
 use crate::config::HttpSettings;
 use crate::metrics::{Metrics, RequestSeries};
@@ -203,7 +204,10 @@ impl Envelope {
             }
         };
         let status = response.status();
-        if (status.is_client_error() || status.is_server_error()) && !is_problem(&response) {
+        if (status.is_client_error() || status.is_server_error())
+            && !is_problem(&response)
+            && response.extensions().get::<HtmlPage>().is_none()
+        {
             response = problem_for_bare_error(response);
         }
         // The security headers come from a map built once; the handler's own headers win.

@@ -140,6 +140,17 @@ impl From<Error> for ApiError {
                     n => format!("the code is wrong: {n} attempts left"),
                 },
             ),
+            Error::InvalidCode => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_code", err.to_string())
+            }
+            Error::EmailNotVerified => {
+                ApiError::new(StatusCode::FORBIDDEN, "email_not_verified", err.to_string())
+            }
+            Error::ReauthenticationRequired => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "reauthentication_required",
+                err.to_string(),
+            ),
             Error::UserNotFound => {
                 ApiError::new(StatusCode::NOT_FOUND, "user_not_found", err.to_string())
             }

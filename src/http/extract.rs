@@ -56,6 +56,24 @@ where
 /// The token from an `Authorization: Bearer <token>` header.
 pub struct BearerToken(pub String);
 
+/// `Option<BearerToken>`: none without an `Authorization` header; one that is there must hold
+/// a bearer token.
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for BearerToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(None);
+        }
+        <BearerToken as FromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
     type Rejection = ApiError;
 

@@ -15,6 +15,10 @@ pub mod handlers;
 pub mod limits;
 /// The OpenAPI document.
 pub mod openapi;
+/// The HTML pages the emailed links open.
+pub mod pages;
+/// Handlers of the account lifecycle: verification, reset, password and email change.
+pub mod recovery;
 /// The route table and the state its handlers share.
 pub mod routes;
 /// The accept loop, connection deadlines and graceful shutdown.

@@ -8,7 +8,7 @@ use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::error::Problem;
-use super::handlers;
+use super::{handlers, recovery};
 use crate::domain::User;
 use crate::error::FieldError;
 
@@ -25,6 +25,13 @@ use crate::error::FieldError;
         handlers::login_otp,
         handlers::refresh,
         handlers::logout,
+        recovery::verify_email,
+        recovery::resend_verification,
+        recovery::forgot_password,
+        recovery::reset_password,
+        recovery::change_password,
+        recovery::request_email_change,
+        recovery::confirm_email_change,
         handlers::me,
         handlers::sessions,
         handlers::delete_session,
@@ -38,6 +45,7 @@ use crate::error::FieldError;
     tags(
         (name = "auth", description = "Registration, login, refresh and logout"),
         (name = "users", description = "The signed-in user and their sessions"),
+        (name = "account", description = "Proving the address, password reset and change, email change"),
         (name = "keys", description = "The public signing keys and the server metadata, for services that verify authd's tokens"),
         (name = "operations", description = "Health checks"),
     )

@@ -16,7 +16,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use super::client::ClientAddress;
 use super::envelope::{HandlerLogs, HttpService, with_common_layers};
 use super::limits::{IpLimiter, limit_per_ip};
-use super::{handlers, openapi};
+use super::pages::Pages;
+use super::{handlers, openapi, pages, recovery};
 use crate::auth::Auth;
 use crate::config::{HttpSettings, Settings};
 
@@ -33,6 +34,7 @@ pub struct AppParts {
     pub client_address: ClientAddress,
     pub ip_limiter: Option<Arc<IpLimiter>>,
     pub published: Published,
+    pub pages: Pages,
 }
 
 /// What the `/.well-known` routes say besides the keys.
@@ -66,18 +68,38 @@ impl AppState {
                 issuer: settings.jwt.issuer.clone(),
                 max_age_secs: settings.keys.refresh_secs,
             },
+            pages: Pages::new("authd")?,
         })))
     }
 }
 
 /// Every route of the API, with its middleware.
 pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) -> HttpService {
-    // The per-address limit guards the routes that take a password or a code.
+    // The per-address limit guards the routes that take a password, a code or a link's token,
+    // or send mail (the pages of the emailed links included).
     let limited = [
         ("/register", post(handlers::register)),
         ("/login", post(handlers::login)),
         ("/login/otp", post(handlers::login_otp)),
         ("/token/refresh", post(handlers::refresh)),
+        ("/email/verify", post(recovery::verify_email)),
+        ("/email/verify/resend", post(recovery::resend_verification)),
+        ("/password/forgot", post(recovery::forgot_password)),
+        ("/password/reset", post(recovery::reset_password)),
+        ("/password/change", post(recovery::change_password)),
+        ("/email/change", post(recovery::request_email_change)),
+        (
+            "/email/change/confirm",
+            post(recovery::confirm_email_change),
+        ),
+        (
+            "/verify-email",
+            get(pages::verify_email_page).post(pages::verify_email_form),
+        ),
+        (
+            "/reset-password",
+            get(pages::reset_password_page).post(pages::reset_password_form),
+        ),
     ];
     // Bodies, but no per-address limit: password guessing from a shared address must not stop
     // the people behind it from logging out.

@@ -28,7 +28,7 @@ pub enum Attempt {
 }
 
 /// Reads the row returned by the attempt statement: `(accepted, attempts)`, or none if dead.
-fn attempt_from(row: Option<(bool, i64)>, max_attempts: u32) -> Result<Attempt> {
+pub(super) fn attempt_from(row: Option<(bool, i64)>, max_attempts: u32) -> Result<Attempt> {
     Ok(match row {
         None => Attempt::Dead,
         Some((true, _)) => Attempt::Accepted,

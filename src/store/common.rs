@@ -129,6 +129,7 @@ pub struct UserRow {
     last_name: Option<String>,
     two_factor_enabled: bool,
     created_at: Time,
+    email_verified_at: Option<Time>,
 }
 
 impl From<UserRow> for User {
@@ -140,9 +141,20 @@ impl From<UserRow> for User {
             last_name: row.last_name,
             two_factor_enabled: row.two_factor_enabled,
             created_at: row.created_at.0,
+            email_verified: row.email_verified_at.is_some(),
+            email_verified_at: row.email_verified_at.map(|t| t.0),
         }
     }
 }
+
+/// The public columns of a user (what [`UserRow`] reads), for `concat!` into a statement.
+macro_rules! user_columns {
+    () => {
+        "id, email, first_name, last_name, two_factor_enabled, created_at, email_verified_at"
+    };
+}
+
+pub(super) use user_columns;
 
 /// Writes methods once for both stores: the body is expanded into `impl PgStore` and into
 /// `impl SqliteStore`, one invocation per topic file. Parameters are `$n` on both databases,

@@ -10,6 +10,8 @@ use crate::error::Result;
 pub struct Pruned {
     /// Login challenges past their expiry (dead whether used or not).
     pub challenges: u64,
+    /// Emailed account codes (verification, reset, email change) past their expiry.
+    pub account_codes: u64,
     /// Sessions past either expiry, or revoked.
     pub sessions: u64,
     /// Throttle rows untouched for [`THROTTLE_MEMORY_DAYS`] that lock nothing now.
@@ -46,6 +48,11 @@ statements! {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let account_codes = sqlx::query("DELETE FROM account_codes WHERE expires_at < $1")
+            .bind(Time(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         // A session's sliding expiry is never later than its absolute one.
         let sessions = sqlx::query(
             "DELETE FROM sessions WHERE expires_at < $1 OR revoked_at IS NOT NULL",
@@ -72,6 +79,7 @@ statements! {
         tx.commit().await?;
         Ok(Some(Pruned {
             challenges,
+            account_codes,
             sessions,
             throttles,
             events,

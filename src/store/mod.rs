@@ -2,10 +2,11 @@
 //! PostgreSQL for production and several instances, SQLite for a single instance.
 //!
 //! Statements are grouped by what they are about, one file per topic (`users`, `sessions`,
-//! `challenges`, `throttles`, `keys`, `audit`, `maintenance`, `migrations`), each written once
+//! `challenges`, `account_codes`, `throttles`, `keys`, `audit`, `maintenance`, `migrations`), each written once
 //! for both databases with `statements!` (see `common.rs`); `postgres.rs` and `sqlite.rs` keep
 //! only what really differs.
 
+mod account_codes;
 mod audit;
 mod challenges;
 mod common;
@@ -26,6 +27,7 @@ use crate::domain::{Email, User};
 use crate::error::{Error, Result};
 use crate::events::{EventQuery, RecordedEvent, SecurityEvent};
 
+pub use account_codes::{NewAccountCode, OpenCode, PasswordReset, Purpose};
 pub use challenges::{Attempt, NewChallenge};
 pub use keys::{NewSigningKey, Revocation, RevokedKey, SigningKeyRecord, Successor};
 pub use maintenance::{PRUNE_LOCK, Pruned, THROTTLE_MEMORY_DAYS};
@@ -230,6 +232,30 @@ impl Store {
         /// Counts a wrong code or consumes the challenge, in one statement: parallel guesses
         /// cannot pass `max_attempts` and a right code is accepted at most once.
         pub async fn attempt_challenge(&self, id: Uuid, user_id: Uuid, code_hash: &[u8], max_attempts: u32, now: DateTime<Utc>) -> Result<Attempt>;
+        /// Stores an emailed account code and retires the user's older live ones of its purpose.
+        pub async fn insert_account_code(&self, code: &NewAccountCode) -> Result<()>;
+        /// Removes an account code whose message could not be delivered.
+        pub async fn delete_account_code(&self, id: Uuid) -> Result<()>;
+        /// The user's newest live code of `purpose` that can still take a guess.
+        pub async fn open_account_code(&self, user_id: Uuid, purpose: Purpose, max_attempts: u32, now: DateTime<Utc>) -> Result<Option<OpenCode>>;
+        /// The live account code a link's token (its keyed hash) belongs to.
+        pub async fn find_account_code_by_token(&self, token_hash: &[u8], now: DateTime<Utc>) -> Result<Option<OpenCode>>;
+        /// Checks a typed account code in one statement: a wrong one uses an attempt, a right one
+        /// is accepted without being consumed (what it unlocks consumes it).
+        pub async fn check_account_code(&self, id: Uuid, code_hash: &[u8], max_attempts: u32, now: DateTime<Utc>) -> Result<Attempt>;
+        /// Consumes a `verify_email` or `change_email` code and proves its address (moving the
+        /// account to it for a change), in one transaction; None when it was used meanwhile.
+        pub async fn prove_address_with(&self, id: Uuid, purpose: Purpose, now: DateTime<Utc>) -> Result<Option<User>>;
+        /// Consumes a reset code and sets the new hash, ends every session and challenge of the
+        /// user and clears `counters`, in one transaction; None when it was used meanwhile.
+        pub async fn reset_password_with(&self, id: Uuid, password_hash: &str, counters: &[String], now: DateTime<Utc>) -> Result<Option<PasswordReset>>;
+        /// Sets a password hash, ends the user's sessions but `keep`, retires reset codes and
+        /// clears `counters`, in one transaction.
+        pub async fn set_password_hash(&self, user_id: Uuid, password_hash: &str, keep: Option<Uuid>, counters: &[String], now: DateTime<Utc>) -> Result<Option<PasswordReset>>;
+        /// Marks the user's current address proven.
+        pub async fn mark_email_verified(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Option<User>>;
+        /// When a session began (its login).
+        pub async fn session_started_at(&self, id: Uuid) -> Result<Option<DateTime<Utc>>>;
         /// Reserves one attempt of `key` in one statement, before the work it guards: it is
         /// counted as a failure at once (a success clears it), and refused while the key is
         /// locked, so a burst cannot get past the limit between a check and a count. The

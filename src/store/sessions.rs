@@ -134,7 +134,7 @@ statements! {
     ) -> Result<Option<User>> {
         let row: Option<UserRow> = sqlx::query_as(
             "SELECT u.id, u.email, u.first_name, u.last_name, u.two_factor_enabled,
-                    u.created_at
+                    u.created_at, u.email_verified_at
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL
                AND s.expires_at > $3 AND u.disabled_at IS NULL

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::common::{Time, UserRow, statements};
+use super::common::{Time, UserRow, statements, user_columns};
 use crate::domain::{Email, User};
 use crate::error::Result;
 
@@ -91,10 +91,10 @@ fn like_pattern(query: &UserQuery) -> Option<String> {
 statements! {
     pub async fn insert_user(&self, new: NewUser) -> Result<User> {
         let row: UserRow = sqlx::query_as(
-            "INSERT INTO users (id, email, password_hash, first_name, last_name,
+            concat!("INSERT INTO users (id, email, password_hash, first_name, last_name,
                                 two_factor_enabled, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
-             RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+             RETURNING ", user_columns!()),
         )
         .bind(new.id)
         .bind(&new.email)
@@ -111,7 +111,7 @@ statements! {
     pub async fn find_credentials(&self, email: &Email) -> Result<Option<Credentials>> {
         let row: Option<CredentialsRow> = sqlx::query_as(
             "SELECT id, email, first_name, last_name, two_factor_enabled, created_at,
-                    password_hash, disabled_at IS NOT NULL AS disabled
+                    email_verified_at, password_hash, disabled_at IS NOT NULL AS disabled
              FROM users WHERE email = $1",
         )
         .bind(email.as_str())
@@ -126,8 +126,8 @@ statements! {
 
     pub async fn find_user(&self, id: Uuid) -> Result<Option<User>> {
         let row: Option<UserRow> = sqlx::query_as(
-            "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
-             FROM users WHERE id = $1",
+            concat!("SELECT ", user_columns!(), "
+             FROM users WHERE id = $1"),
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -137,8 +137,8 @@ statements! {
 
     pub async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>> {
         let row: Option<UserRow> = sqlx::query_as(
-            "SELECT id, email, first_name, last_name, two_factor_enabled, created_at
-             FROM users WHERE email = $1",
+            concat!("SELECT ", user_columns!(), "
+             FROM users WHERE email = $1"),
         )
         .bind(email.as_str())
         .fetch_optional(&self.pool)
@@ -153,7 +153,7 @@ statements! {
     ) -> Result<Vec<UserListing>> {
         let rows: Vec<UserListingRow> = sqlx::query_as(
             r"SELECT u.id, u.email, u.first_name, u.last_name, u.two_factor_enabled,
-                     u.created_at, u.disabled_at IS NOT NULL AS disabled,
+                     u.created_at, u.email_verified_at, u.disabled_at IS NOT NULL AS disabled,
                      (SELECT count(*) FROM sessions s
                       WHERE s.user_id = u.id AND s.revoked_at IS NULL
                         AND s.expires_at > $3) AS sessions
@@ -181,10 +181,10 @@ statements! {
     ) -> Result<Option<User>> {
         let mut tx = self.pool.begin().await?;
         let row: Option<UserRow> = sqlx::query_as(
-            "UPDATE users
+            concat!("UPDATE users
              SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, $3) ELSE NULL END
              WHERE email = $1
-             RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+             RETURNING ", user_columns!()),
         )
         .bind(email.as_str())
         .bind(disabled)
@@ -220,8 +220,8 @@ statements! {
     ) -> Result<Option<User>> {
         let mut tx = self.pool.begin().await?;
         let row: Option<UserRow> = sqlx::query_as(
-            "DELETE FROM users WHERE email = $1
-             RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+            concat!("DELETE FROM users WHERE email = $1
+             RETURNING ", user_columns!()),
         )
         .bind(email.as_str())
         .fetch_optional(&mut *tx)
@@ -240,8 +240,8 @@ statements! {
 
     pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<Option<User>> {
         let row: Option<UserRow> = sqlx::query_as(
-            "UPDATE users SET two_factor_enabled = $2 WHERE email = $1
-             RETURNING id, email, first_name, last_name, two_factor_enabled, created_at",
+            concat!("UPDATE users SET two_factor_enabled = $2 WHERE email = $1
+             RETURNING ", user_columns!()),
         )
         .bind(email.as_str())
         .bind(enabled)

@@ -1,7 +1,7 @@
 //! One-time codes: uniform generation from the OS CSPRNG and keyed hashing for storage.
 
 use hmac::{Hmac, Mac};
-use rand::{Rng, TryRngCore, rngs::OsRng};
+use rand::{Rng, RngCore, TryRngCore, rngs::OsRng};
 use sha2::Sha256;
 use uuid::Uuid;
 
@@ -32,6 +32,29 @@ pub fn generate_code() -> Code {
     Code(format!("{n:0width$}", width = OTP_DIGITS))
 }
 
+/// The secret of an emailed link: 32 bytes from the OS CSPRNG, base64url without padding (43
+/// characters). Only the mail sees it; the store keeps its keyed hash.
+pub struct LinkToken(String);
+
+impl LinkToken {
+    pub fn generate() -> LinkToken {
+        use base64::Engine;
+        let mut bytes = [0u8; 32];
+        OsRng.unwrap_err().fill_bytes(&mut bytes);
+        LinkToken(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for LinkToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkToken(..)")
+    }
+}
+
 /// Hashes codes with a server-side key, bound to the challenge they belong to.
 /// Without the key a stolen hash cannot be brute-forced offline.
 #[derive(Clone)]
@@ -57,6 +80,16 @@ impl CodeHasher {
 
     pub fn hash_otp(&self, challenge_id: Uuid, otp: &Otp) -> Vec<u8> {
         self.hash(challenge_id, otp.as_str())
+    }
+
+    /// The keyed hash a link's token is stored and looked up by. Domain-separated from the
+    /// codes' hashes (which start with a 16-byte id, never with this label).
+    pub fn hash_link_token(&self, token: &str) -> Vec<u8> {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
+        mac.update(b"account link token v1\0");
+        mac.update(token.as_bytes());
+        mac.finalize().into_bytes().to_vec()
     }
 }
 
@@ -90,6 +123,28 @@ mod tests {
     fn codes_cover_leading_zeros() {
         // With 20,000 draws the chance of never seeing a leading zero is (0.9)^20000.
         assert!((0..20_000).any(|_| generate_code().0.starts_with('0')));
+    }
+
+    #[test]
+    fn link_tokens_are_43_url_safe_characters_and_vary() {
+        let a = LinkToken::generate();
+        let b = LinkToken::generate();
+        assert_eq!(a.as_str().len(), 43);
+        assert!(
+            a.as_str()
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_ne!(a.as_str(), b.as_str());
+        let hasher = CodeHasher::from_kek(&[1; 32]);
+        assert_eq!(
+            hasher.hash_link_token(a.as_str()),
+            hasher.hash_link_token(a.as_str())
+        );
+        assert_ne!(
+            hasher.hash_link_token(a.as_str()),
+            hasher.hash_link_token(b.as_str())
+        );
     }
 
     #[test]

@@ -274,8 +274,11 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Registers a user and returns the User body.
+    /// Registers a user and returns the User body, once the verification email registration
+    /// sends in the background is done with (delivered, or failed on a relay that misbehaves);
+    /// the sink then forgets it, so what a test counts next is its own.
     pub async fn register(&self, email: &str, two_factor: bool) -> Value {
+        let before = self.account_mails_done("verify_email").await;
         let response = self
             .post_json(
                 "/register",
@@ -283,7 +286,41 @@ impl TestApp {
             )
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
-        response.json().await.unwrap()
+        let user = response.json().await.unwrap();
+        self.wait_for_account_mails("verify_email", before + 1)
+            .await;
+        self.mail.forget(email);
+        user
+    }
+
+    /// Account emails of `kind` (`verify_email`, `reset_password`, `change_email`, ...) the
+    /// server is done with, whatever the outcome, from its metrics.
+    pub async fn account_mails_done(&self, kind: &str) -> i64 {
+        let text = self
+            .client
+            .get(&self.db.metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("authd_account_mails_total{{kind=\"{kind}\",");
+        text.lines()
+            .filter(|line| line.starts_with(&prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<i64>().ok())
+            .sum()
+    }
+
+    /// Waits (bounded) until the server is done with `count` account emails of `kind`.
+    pub async fn wait_for_account_mails(&self, kind: &str, count: i64) {
+        let mut done = 0;
+        let reached = wait_until(HTTP_TIMEOUT, async || {
+            done = self.account_mails_done(kind).await;
+            done >= count
+        })
+        .await;
+        assert!(reached, "{kind} emails done: {done}, expected {count}");
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Response {

@@ -10,5 +10,6 @@ mod lockout;
 mod otp_flow;
 pub mod process;
 mod prune;
+mod recovery;
 mod sessions;
 mod timing;
