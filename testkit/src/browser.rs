@@ -133,7 +133,7 @@ impl Browser {
             }
         };
         let stderr = child.stderr.take();
-        let process = Chromium {
+        let mut process = Chromium {
             child,
             profile,
             executable,
@@ -721,7 +721,7 @@ struct Chromium {
 impl Chromium {
     /// The `ws://` address Chromium prints on stderr once it listens; stderr is drained for the
     /// rest of its life so it never blocks on a full pipe.
-    async fn devtools_url(&self, stderr: std::process::ChildStderr) -> anyhow::Result<String> {
+    async fn devtools_url(&mut self, stderr: std::process::ChildStderr) -> anyhow::Result<String> {
         let (found, url) = oneshot::channel::<Result<String, Vec<String>>>();
         std::thread::spawn(move || {
             let mut found = Some(found);
@@ -746,14 +746,21 @@ impl Chromium {
                 let _ = sender.send(Err(tail));
             }
         });
+        let answer = timeout(LAUNCH_TIMEOUT, url).await;
         let executable = self.executable.display();
-        match timeout(LAUNCH_TIMEOUT, url).await {
+        match answer {
             Ok(Ok(Ok(url))) => Ok(url),
-            Ok(Ok(Err(tail))) => bail!(
-                "Chromium ({executable}) stopped before it listened for DevTools; its stderr \
-                 ended with:\n{}",
-                tail.join("\n")
-            ),
+            Ok(Ok(Err(tail))) => {
+                let status = match self.child.try_wait() {
+                    Ok(Some(status)) => status.to_string(),
+                    _ => "its stderr closed".to_owned(),
+                };
+                bail!(
+                    "Chromium ({executable}) stopped before it listened for DevTools ({status}); \
+                     its stderr ended with:\n{}",
+                    tail.join("\n")
+                )
+            }
             Ok(Err(_)) => bail!("Chromium ({executable}): its stderr reader stopped"),
             Err(_) => bail!(
                 "Chromium ({executable}) did not print its DevTools address within {} s",
