@@ -59,8 +59,8 @@ mod sys {
     pub const SIGKILL: i32 = 9;
 }
 
-/// A headless Chromium of its own: its process group is killed and its temporary profile
-/// removed when this is dropped.
+/// A headless Chromium of its own: its process group is killed and its temporary directory
+/// (profile, temporary files) removed when this is dropped.
 pub struct Browser {
     cdp: Arc<Cdp>,
     tasks: [JoinHandle<()>; 2],
@@ -70,12 +70,12 @@ pub struct Browser {
 impl Browser {
     /// Starts headless Chromium: `$AUTHD_TEST_CHROMIUM`, else `chromium` / `chromium-browser` on
     /// PATH; an error naming `apt-get install chromium` when there is none. A fresh profile in a
-    /// temporary directory, no sandbox when running as root (Chromium refuses to start there
+    /// temporary directory (its TMPDIR there too), no sandbox when running as root (Chromium refuses to start there
     /// otherwise), no GPU, no extensions, sync or background networking; the DevTools address
     /// (port 0: the system picks one) is read from its stderr, within 30 s.
     pub async fn launch() -> anyhow::Result<Browser> {
         let executable = find_chromium()?;
-        let profile = fresh_profile_dir()?;
+        let dir = fresh_temp_dir()?;
         let mut command = Command::new(&executable);
         command
             .args([
@@ -100,7 +100,11 @@ impl Browser {
                 "--password-store=basic",
                 "--mute-audio",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()));
+            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+            // Its temporary files (shared memory, with --disable-dev-shm-usage) and the default
+            // profile's place (crash reports) in the directory Drop removes, not /tmp or ~.
+            .env("TMPDIR", dir.join("tmp"))
+            .env("XDG_CONFIG_HOME", dir.join("config"));
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { sys::geteuid() } == 0 {
             command.arg("--no-sandbox");
@@ -123,7 +127,7 @@ impl Browser {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {
-                let _ = std::fs::remove_dir_all(&profile);
+                let _ = std::fs::remove_dir_all(&dir);
                 return Err(error).with_context(|| {
                     format!(
                         "cannot start Chromium ({}); {INSTALL_HINT}",
@@ -135,7 +139,7 @@ impl Browser {
         let stderr = child.stderr.take();
         let mut process = Chromium {
             child,
-            profile,
+            dir,
             executable,
         };
         let stderr = stderr.context("Chromium's stderr was not captured")?;
@@ -160,9 +164,9 @@ impl Browser {
         self.process.child.id()
     }
 
-    /// Chromium's temporary profile directory, removed on Drop.
-    pub fn profile_dir(&self) -> &Path {
-        &self.process.profile
+    /// This browser's temporary directory (its profile, its temporary files), removed on Drop.
+    pub fn temp_dir(&self) -> &Path {
+        &self.process.dir
     }
 
     /// Opens a new tab at `url` and waits (30 s at most) for its document's load event.
@@ -711,10 +715,10 @@ impl Cdp {
     }
 }
 
-/// The Chromium process group and its profile directory, both gone on Drop.
+/// The Chromium process group and its temporary directory, both gone on Drop.
 struct Chromium {
     child: Child,
-    profile: PathBuf,
+    dir: PathBuf,
     executable: PathBuf,
 }
 
@@ -777,7 +781,7 @@ impl Drop for Chromium {
         // child is not reaped yet, so its id cannot have been reused.
         unsafe { sys::kill(-group, sys::SIGKILL) };
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -814,8 +818,9 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// A new, empty directory for one browser's profile.
-fn fresh_profile_dir() -> anyhow::Result<PathBuf> {
+/// A new directory for one browser: `profile/` (its user data dir), `tmp/` (its TMPDIR) and
+/// `config/` (its XDG_CONFIG_HOME).
+fn fresh_temp_dir() -> anyhow::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -825,8 +830,22 @@ fn fresh_profile_dir() -> anyhow::Result<PathBuf> {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::create_dir(&dir)
-        .with_context(|| format!("cannot create a Chromium profile at {}", dir.display()))?;
+    let create = || -> std::io::Result<()> {
+        std::fs::create_dir(&dir)?;
+        for sub in ["profile", "tmp", "config"] {
+            std::fs::create_dir(dir.join(sub))?;
+        }
+        Ok(())
+    };
+    if let Err(error) = create() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(error).with_context(|| {
+            format!(
+                "cannot create Chromium's temporary directory {}",
+                dir.display()
+            )
+        });
+    }
     Ok(dir)
 }
 

@@ -276,18 +276,21 @@ async fn wait_for_text_gives_up_with_an_error_showing_the_text_it_saw() {
 }
 
 #[tokio::test]
-async fn a_dropped_browser_leaves_no_process_and_no_profile_behind() {
+async fn a_dropped_browser_leaves_no_process_and_no_file_behind() {
     let (base, _seen) = serve_site().await;
     let browser = launch().await;
     let page = browser.open(&format!("{base}/form")).await.unwrap();
     let pid = browser.pid();
-    let profile = browser.profile_dir().to_owned();
-    assert!(profile.is_dir());
+    let dir = browser.temp_dir().to_owned();
+    assert!(
+        dir.join("profile").join("Default").is_dir(),
+        "Chromium's profile is in it"
+    );
 
     drop(page);
     drop(browser);
 
     // Drop reaps the main process, so its /proc entry is gone, not a zombie's.
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
-    assert!(!profile.exists());
+    assert!(!dir.exists());
 }
