@@ -70,9 +70,9 @@ pub struct Browser {
 impl Browser {
     /// Starts headless Chromium: `$AUTHD_TEST_CHROMIUM`, else `chromium` / `chromium-browser` on
     /// PATH; an error naming `apt-get install chromium` when there is none. A fresh profile in a
-    /// temporary directory (its TMPDIR there too), no sandbox when running as root (Chromium refuses to start there
-    /// otherwise), no GPU, no extensions, sync or background networking; the DevTools address
-    /// (port 0: the system picks one) is read from its stderr, within 30 s.
+    /// temporary directory (its TMPDIR there too), no sandbox when running as root (Chromium
+    /// refuses to start there otherwise), no GPU, no extensions, sync or background networking;
+    /// the DevTools address (port 0: the system picks one) is read from its stderr, within 30 s.
     pub async fn launch() -> anyhow::Result<Browser> {
         let executable = find_chromium()?;
         let dir = fresh_temp_dir()?;
@@ -243,13 +243,17 @@ impl Page {
                 r#"(() => {{
                     const el = document.querySelector({selector});
                     if (!el) return {{ error: "no element matches it" }};
-                    el.scrollIntoView({{ block: "center", inline: "center", behavior: "instant" }});
+                    el.scrollIntoView({{
+                        block: "center", inline: "center", behavior: "instant"
+                    }});
                     const r = el.getBoundingClientRect();
-                    if (r.width === 0 || r.height === 0) return {{ error: "it has no size (hidden?)" }};
+                    if (r.width === 0 || r.height === 0)
+                        return {{ error: "it has no size (hidden?)" }};
                     const x = r.left + r.width / 2, y = r.top + r.height / 2;
                     const hit = document.elementFromPoint(x, y);
                     if (!hit || !(hit === el || el.contains(hit)))
-                        return {{ error: "its centre is covered by " + (hit ? hit.outerHTML.slice(0, 120) : "nothing") }};
+                        return {{ error: "its centre is covered by "
+                            + (hit ? hit.outerHTML.slice(0, 120) : "nothing") }};
                     return {{ x, y }};
                 }})()"#,
                 selector = js_string(selector)
@@ -313,7 +317,9 @@ impl Page {
                 r#"(() => {{
                     const el = document.querySelector({selector});
                     if (!el) return "no element matches it";
-                    el.scrollIntoView({{ block: "center", inline: "center", behavior: "instant" }});
+                    el.scrollIntoView({{
+                        block: "center", inline: "center", behavior: "instant"
+                    }});
                     el.focus();
                     return document.activeElement === el ? null : "it does not take the focus";
                 }})()"#,

@@ -71,7 +71,9 @@ const CSP_PAGE: &str = r#"<!doctype html>
 const LATE_PAGE: &str = r#"<!doctype html>
 <html><head><title>Late</title></head>
 <body><p>Waiting</p>
-<script>setTimeout(() => { document.body.insertAdjacentHTML("beforeend", "<p>Here at last</p>"); }, 300);</script>
+<script>
+  setTimeout(() => document.body.insertAdjacentHTML("beforeend", "<p>Here at last</p>"), 300);
+</script>
 </body></html>"#;
 
 async fn submit(State(seen): State<Seen>, Form(fields): Form<Fields>) -> Html<String> {
