@@ -246,7 +246,150 @@ pub struct MailSettings {
     /// Code emails per account within `codes_window_secs`; past it /login answers 429.
     pub max_codes_per_account: u32,
     pub codes_window_secs: u64,
+    /// The name the messages give the service, in their subjects and bodies.
+    pub product_name: String,
+    /// Where the links in the messages lead (`<this>/verify-email?token=...`,
+    /// `<this>/reset-password?token=...`). Empty: authd's own pages at `Settings::public_url()`.
+    pub link_base_url: String,
     pub smtp: SmtpSettings,
+}
+
+/// Longest `mail.product_name`, in characters: it goes into every subject, which stays short.
+pub const MAX_PRODUCT_NAME_CHARS: usize = 40;
+
+impl MailSettings {
+    /// Refuses mail settings that cannot work, with a one-line reason naming the setting.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.max_codes_per_account == 0 || self.codes_window_secs == 0 {
+            bail!("mail.max_codes_per_account and mail.codes_window_secs must be positive");
+        }
+        let name = self.product_name.trim();
+        if name.is_empty() || name.chars().count() > MAX_PRODUCT_NAME_CHARS {
+            bail!("mail.product_name must be 1 to {MAX_PRODUCT_NAME_CHARS} characters");
+        }
+        if name.chars().any(char::is_control) {
+            bail!("mail.product_name must not hold control characters (line breaks, tabs)");
+        }
+        // The code is the only six-digit word of a message: readers (and the tests) find it so.
+        let six_digits = |word: &str| {
+            let word = word.trim_matches(|c: char| c.is_ascii_punctuation());
+            word.len() == 6 && word.bytes().all(|b| b.is_ascii_digit())
+        };
+        if name.split_whitespace().any(six_digits) {
+            bail!(
+                "mail.product_name must not hold a six-digit number: it would be taken for the code"
+            );
+        }
+        if let Some(base) = self.link_base_url() {
+            check_link_base_url(base)?;
+        }
+        Ok(())
+    }
+
+    /// The configured base of the links, trimmed, without one trailing slash; None when empty.
+    pub fn link_base_url(&self) -> Option<&str> {
+        let base = self.link_base_url.trim();
+        let base = base.strip_suffix('/').unwrap_or(base);
+        (!base.is_empty()).then_some(base)
+    }
+}
+
+/// An absolute http(s) URL with a host and neither query nor fragment: the links append a path
+/// and `?token=` to it.
+fn check_link_base_url(base: &str) -> anyhow::Result<()> {
+    let reason = if base.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("must not hold spaces or control characters")
+    } else {
+        match url::Url::parse(base) {
+            Err(_) => Some("must be an absolute http:// or https:// URL"),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") || !url.has_host() => {
+                Some("must be an absolute http:// or https:// URL")
+            }
+            Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                Some("must have no query (?) or fragment (#): the links add their own ?token=")
+            }
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                Some("must not hold a user name or password")
+            }
+            Ok(_) => None,
+        }
+    };
+    match reason {
+        Some(reason) => bail!("mail.link_base_url {base:?} {reason}"),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod mail_settings_tests {
+    use super::*;
+
+    fn with_link_base(base: &str) -> anyhow::Result<()> {
+        let mut settings = Settings::defaults();
+        settings.mail.link_base_url = base.into();
+        settings.check()
+    }
+
+    #[test]
+    fn a_link_base_url_that_is_an_absolute_http_url_is_accepted_without_one_trailing_slash() {
+        for base in [
+            "https://app.example.com/account",
+            "https://app.example.com/account/",
+            "http://localhost:3000",
+            " https://app.example.com ",
+        ] {
+            with_link_base(base).unwrap_or_else(|e| panic!("{base}: {e}"));
+        }
+        let mut mail = Settings::defaults().mail;
+        assert_eq!(mail.link_base_url(), None);
+        mail.link_base_url = "https://app.example.com/account/".into();
+        assert_eq!(
+            mail.link_base_url(),
+            Some("https://app.example.com/account")
+        );
+        mail.link_base_url = "https://app.example.com//".into();
+        assert_eq!(mail.link_base_url(), Some("https://app.example.com/"));
+    }
+
+    #[test]
+    fn a_link_base_url_that_is_relative_not_http_or_has_a_query_or_fragment_is_refused_by_name() {
+        for base in [
+            "app.example.com/account",
+            "/account",
+            "ftp://app.example.com",
+            "javascript:alert(1)",
+            "https://app.example.com/account?x=1",
+            "https://app.example.com/account?",
+            "https://app.example.com/account#top",
+            "https://user:pw@app.example.com",
+            "https://app.example.com/a b",
+            "https://app.example.com/\nx",
+        ] {
+            let err = with_link_base(base).expect_err(base).to_string();
+            assert!(err.starts_with("mail.link_base_url"), "{base}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn a_product_name_that_is_empty_too_long_multiline_or_a_six_digit_number_is_refused_by_name() {
+        let long = "x".repeat(MAX_PRODUCT_NAME_CHARS + 1);
+        for name in [
+            "",
+            "  ",
+            long.as_str(),
+            "Acme\nBcc: x@example.test",
+            "Shop 123456",
+        ] {
+            let mut settings = Settings::defaults();
+            settings.mail.product_name = name.into();
+            let err = settings.check().expect_err(name).to_string();
+            assert!(err.starts_with("mail.product_name"), "{name}: {err}");
+        }
+        let mut settings = Settings::defaults();
+        settings.mail.product_name = "Acme <b>Shop</b> 2025".into();
+        settings.check().unwrap();
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -393,9 +536,7 @@ impl Settings {
                 self.rate_limit.ipv6_prefix_len
             );
         }
-        if self.mail.max_codes_per_account == 0 || self.mail.codes_window_secs == 0 {
-            bail!("mail.max_codes_per_account and mail.codes_window_secs must be positive");
-        }
+        self.mail.check()?;
         if self.audit.retention_days == 0 || self.audit.prune_interval_secs == 0 {
             bail!("audit.retention_days and audit.prune_interval_secs must be positive");
         }

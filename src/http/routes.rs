@@ -68,7 +68,7 @@ impl AppState {
                 issuer: settings.jwt.issuer.clone(),
                 max_age_secs: settings.keys.refresh_secs,
             },
-            pages: Pages::new("authd")?,
+            pages: Pages::new(&settings.mail.product_name)?,
         })))
     }
 }

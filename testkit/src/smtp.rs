@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use mail_parser::{MimeHeaders, PartType};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -31,6 +32,8 @@ pub enum Behaviour {
 }
 
 /// One message as the sink received it: the envelope recipients and the data, dot-unstuffed.
+/// The accessors read the data as MIME: headers decoded, parts found, transfer encodings
+/// (quoted-printable, base64) undone.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub rcpt: Vec<String>,
@@ -38,26 +41,93 @@ pub struct Received {
 }
 
 impl Received {
-    /// The six-digit code in the body: exactly one run of six digits with no digit either side.
-    /// Headers are skipped (a Message-ID may hold six digits by chance). None unless exactly one.
+    fn parsed(&self) -> Option<mail_parser::Message<'_>> {
+        mail_parser::MessageParser::default().parse(self.data.as_bytes())
+    }
+
+    /// The decoded Subject header; empty when there is none.
+    pub fn subject(&self) -> String {
+        self.parsed()
+            .and_then(|m| m.subject().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// The decoded text/plain part; the whole body when the message is not multipart.
+    pub fn text(&self) -> String {
+        let Some(message) = self.parsed() else {
+            return String::new();
+        };
+        message
+            .parts
+            .iter()
+            .find_map(|part| match &part.body {
+                PartType::Text(text) if is_plain(part) => Some(text.to_string()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The decoded text/html part, if there is one.
+    pub fn html(&self) -> Option<String> {
+        self.parsed()?
+            .parts
+            .iter()
+            .find_map(|part| match &part.body {
+                PartType::Html(html) => Some(html.to_string()),
+                _ => None,
+            })
+    }
+
+    /// The code: the one whitespace-delimited word of six ASCII digits (punctuation around it
+    /// trimmed) in the text part. None unless there is exactly one.
     pub fn code(&self) -> Option<String> {
-        let body = self
-            .data
-            .split_once("\r\n\r\n")
-            .or_else(|| self.data.split_once("\n\n"))
-            .map_or(self.data.as_str(), |(_, body)| body);
-        let mut runs = body
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|run| run.len() == 6);
-        match (runs.next(), runs.next()) {
+        let text = self.text();
+        let mut words = text
+            .split_whitespace()
+            .map(|word| word.trim_matches(|c: char| c.is_ascii_punctuation()))
+            .filter(|word| word.len() == 6 && word.bytes().all(|b| b.is_ascii_digit()));
+        match (words.next(), words.next()) {
             (Some(code), None) => Some(code.to_owned()),
             _ => None,
         }
     }
 
+    /// The first http:// or https:// URL in the text part.
+    pub fn link(&self) -> Option<String> {
+        let text = self.text();
+        text.split_whitespace().find_map(|word| {
+            let start = word.find("https://").or_else(|| word.find("http://"))?;
+            let url = word[start..].trim_end_matches(|c: char| {
+                matches!(
+                    c,
+                    '.' | ',' | ';' | ':' | '!' | '?' | ')' | ']' | '>' | '"' | '\''
+                )
+            });
+            url::Url::parse(url).ok().map(|_| url.to_owned())
+        })
+    }
+
+    /// The `token` query parameter of `link()`, percent-decoded.
+    pub fn token(&self) -> Option<String> {
+        let link = url::Url::parse(&self.link()?).ok()?;
+        link.query_pairs()
+            .find(|(name, _)| name == "token")
+            .map(|(_, value)| value.into_owned())
+    }
+
     fn is_to(&self, rcpt: &str) -> bool {
         self.rcpt.iter().any(|r| r.eq_ignore_ascii_case(rcpt))
     }
+}
+
+/// A text/plain part: one that says so, or one that says nothing (plain text is the default).
+fn is_plain(part: &mail_parser::MessagePart<'_>) -> bool {
+    part.content_type().is_none_or(|ct| {
+        ct.ctype().eq_ignore_ascii_case("text")
+            && ct
+                .subtype()
+                .is_none_or(|sub| sub.eq_ignore_ascii_case("plain"))
+    })
 }
 
 #[derive(Clone)]
@@ -240,6 +310,9 @@ impl MailSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lettre::Message;
+    use lettre::message::header::{ContentTransferEncoding, ContentType};
+    use lettre::message::{MultiPart, SinglePart};
 
     fn message(data: &str) -> Received {
         Received {
@@ -248,13 +321,136 @@ mod tests {
         }
     }
 
+    /// The message as the sink keeps it after an SMTP delivery: lines joined with "\n".
+    fn received(message: &Message) -> Received {
+        let formatted = String::from_utf8(message.formatted()).unwrap();
+        message_with_lf(&formatted)
+    }
+
+    fn message_with_lf(formatted: &str) -> Received {
+        let mut data = formatted.split("\r\n").collect::<Vec<_>>().join("\n");
+        if !data.ends_with('\n') {
+            data.push('\n');
+        }
+        message(&data)
+    }
+
+    fn builder() -> lettre::message::MessageBuilder {
+        Message::builder()
+            .from("authd <no-reply@example.test>".parse().unwrap())
+            .to("ada@example.test".parse().unwrap())
+    }
+
+    const LINK: &str = "https://app.example.com/account/verify-email?token=q8Zk1_-xT0kEn%2B";
+
+    /// A text long enough per line that lettre will not send it as 7bit.
+    fn long_text() -> String {
+        format!(
+            "Confirm your email address for Acme, a product whose name makes this line long.\n\n\
+             Your code: 042917\n\nOr open this link:\n{LINK}\n"
+        )
+    }
+
     #[test]
-    fn the_code_is_the_one_six_digit_run_of_the_body() {
+    fn the_code_is_the_one_six_digit_word_of_the_text() {
         assert_eq!(
             message("Message-ID: <123456@x>\n\nYour sign-in code is 042917.\n").code(),
             Some("042917".into())
         );
         assert_eq!(message("h: v\n\nno code 1234567 here\n").code(), None);
         assert_eq!(message("h: v\n\n111111 and 222222\n").code(), None);
+        assert_eq!(message("h: v\n\ncode:123456 is glued\n").code(), None);
+        assert_eq!(message("h: v\n\n(123456)\n").code(), Some("123456".into()));
+    }
+
+    #[test]
+    fn a_plain_message_is_read_whole_with_no_html() {
+        let plain = builder()
+            .subject("Your sign-in code for authd")
+            .body(String::from("Your sign-in code is 042917\n"))
+            .unwrap();
+        let got = received(&plain);
+        assert_eq!(got.subject(), "Your sign-in code for authd");
+        assert_eq!(got.text(), "Your sign-in code is 042917\n");
+        assert_eq!(got.html(), None);
+        assert_eq!(got.code(), Some("042917".into()));
+        assert_eq!(got.link(), None);
+        assert_eq!(got.token(), None);
+    }
+
+    #[test]
+    fn a_multipart_message_in_quoted_printable_gives_its_decoded_text_html_code_link_and_token() {
+        let html = format!(
+            "<p style=\"margin:0;font-family:Helvetica,Arial,sans-serif;font-size:15px;\">Code \
+             <b>042917</b></p><a href=\"{LINK}\">Confirm</a>"
+        );
+        let mail = builder()
+            .subject("Confirm your email for Acme")
+            .multipart(MultiPart::alternative_plain_html(long_text(), html.clone()))
+            .unwrap();
+        let raw = String::from_utf8(mail.formatted()).unwrap();
+        assert!(raw.contains("quoted-printable"), "the test needs QP: {raw}");
+        assert!(
+            !raw.contains(LINK),
+            "the link is QP-encoded in the raw data: {raw}"
+        );
+        let got = received(&mail);
+        assert_eq!(got.subject(), "Confirm your email for Acme");
+        assert_eq!(got.text().replace("\r\n", "\n"), long_text());
+        assert_eq!(got.html().map(|h| h.replace("\r\n", "\n")), Some(html));
+        assert_eq!(
+            got.code(),
+            Some("042917".into()),
+            "the HTML's copy does not count"
+        );
+        assert_eq!(got.link().as_deref(), Some(LINK));
+        assert_eq!(got.token().as_deref(), Some("q8Zk1_-xT0kEn+"));
+    }
+
+    #[test]
+    fn base64_parts_and_an_encoded_utf8_subject_are_decoded() {
+        let part = |content_type: ContentType, body: String| {
+            SinglePart::builder()
+                .header(content_type)
+                .header(ContentTransferEncoding::Base64)
+                .body(body)
+        };
+        let mail = builder()
+            .subject("Réinitialisez votre mot de passe Ωmega")
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(part(ContentType::TEXT_PLAIN, long_text()))
+                    .singlepart(part(ContentType::TEXT_HTML, "<p>042917</p>".into())),
+            )
+            .unwrap();
+        let raw = String::from_utf8(mail.formatted()).unwrap();
+        assert!(raw.contains("Content-Transfer-Encoding: base64"), "{raw}");
+        assert!(
+            !raw.contains("042917"),
+            "the code is base64 in the raw data: {raw}"
+        );
+        let got = received(&mail);
+        assert_eq!(got.subject(), "Réinitialisez votre mot de passe Ωmega");
+        assert_eq!(got.text().replace("\r\n", "\n"), long_text());
+        assert_eq!(got.html().as_deref(), Some("<p>042917</p>"));
+        assert_eq!(got.code(), Some("042917".into()));
+        assert_eq!(got.token().as_deref(), Some("q8Zk1_-xT0kEn+"));
+    }
+
+    #[test]
+    fn a_message_with_no_or_two_links_gives_the_first_and_its_token() {
+        let got = message(
+            "h: v\n\nOpen <https://a.example/reset-password?x=1&token=abc%3D>.\n\
+             Or http://b.example/?token=zzz\n",
+        );
+        assert_eq!(
+            got.link().as_deref(),
+            Some("https://a.example/reset-password?x=1&token=abc%3D")
+        );
+        assert_eq!(got.token().as_deref(), Some("abc="));
+        assert_eq!(
+            message("h: v\n\nno link, just http: and words\n").link(),
+            None
+        );
     }
 }

@@ -158,13 +158,8 @@ async fn five_wrong_codes_kill_a_verification_code_even_sent_at_once() {
     let message = register_for_mail(&app, "guess@example.test", false).await;
     let code = code_of(&message);
     let wrong = if code == "000000" { "111111" } else { "000000" };
-    let answers = join_all((0..12).map(|_| {
-        app.post_json(
-            "/email/verify",
-            &json!({"email": "guess@example.test", "code": wrong}),
-        )
-    }))
-    .await;
+    let body = json!({"email": "guess@example.test", "code": wrong});
+    let answers = join_all((0..12).map(|_| app.post_json("/email/verify", &body))).await;
     for answer in answers {
         problem(answer, StatusCode::BAD_REQUEST, "invalid_code").await;
     }
@@ -318,13 +313,8 @@ async fn a_burst_of_resends_sends_one_email_a_minute_and_a_few_a_day() {
     .await;
     register_for_mail(&app, "flood@example.test", false).await;
     let done = app.account_mails_done("verify_email").await;
-    let answers = join_all((0..20).map(|_| {
-        app.post_json(
-            "/email/verify/resend",
-            &json!({"email": "flood@example.test"}),
-        )
-    }))
-    .await;
+    let body = json!({"email": "flood@example.test"});
+    let answers = join_all((0..20).map(|_| app.post_json("/email/verify/resend", &body))).await;
     assert!(answers.iter().all(|a| a.status() == StatusCode::ACCEPTED));
     app.wait_for_account_mails("verify_email", done + 20).await;
     // Registration's email started the minute: nothing more within it.
@@ -505,12 +495,14 @@ async fn of_parallel_resets_with_one_code_exactly_one_succeeds() {
     app.register("race@example.test", false).await;
     let message = forgot(&app, "race@example.test", 1).await;
     let code = code_of(&message);
-    let answers = join_all((0..8).map(|n| {
-        app.post_json(
-            "/password/reset",
-            &json!({"email": "race@example.test", "code": code, "new_password": format!("{NEW_PASSWORD} {n}")}),
-        )
-    }))
+    let bodies: Vec<Value> = (0..8)
+        .map(|n| json!({"email": "race@example.test", "code": code, "new_password": format!("{NEW_PASSWORD} {n}")}))
+        .collect();
+    let answers = join_all(
+        bodies
+            .iter()
+            .map(|body| app.post_json("/password/reset", body)),
+    )
     .await;
     let winners: Vec<usize> = answers
         .iter()
