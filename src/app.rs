@@ -77,6 +77,15 @@ pub async fn build_core(settings: &Settings, door: Door) -> anyhow::Result<Core>
     Ok(Core { auth, audit_writer })
 }
 
+/// The settings with `http.public_url` set to `http://<listening>` when it is not configured.
+fn with_listening_url(settings: &Settings, listening: std::net::SocketAddr) -> Settings {
+    let mut settings = settings.clone();
+    if settings.http.public_url.trim().is_empty() {
+        settings.http.public_url = format!("http://{listening}");
+    }
+    settings
+}
+
 /// What an operator starting a server should know about its settings.
 fn warn_about_serving_with(settings: &Settings, store: &Store) {
     if store.backend() == Backend::Sqlite {
@@ -212,6 +221,12 @@ impl App {
     /// Connects the pieces and binds the listener (port 0 picks a free port).
     pub async fn build(settings: &Settings) -> anyhow::Result<App> {
         settings.check_production()?;
+        let listener = TcpListener::bind(&settings.http.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
+        // Without `http.public_url`, the URLs authd hands out (the links in its emails, the
+        // metadata) name the address it really listens on: with port 0, the port it was given.
+        let settings = &with_listening_url(settings, listener.local_addr()?);
         let Core { auth, audit_writer } = build_core(settings, Door::Server).await?;
         let pruner = AbortOnDrop(crate::prune::spawn_pruner(
             auth.clone(),
@@ -222,9 +237,6 @@ impl App {
             Duration::from_secs(settings.keys.refresh_secs),
         ));
         let state = AppState::new(auth, settings)?;
-        let listener = TcpListener::bind(&settings.http.addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.http.addr))?;
         let separate_metrics = settings.metrics.enabled && !settings.metrics.addr.trim().is_empty();
         let metrics = if separate_metrics {
             let addr = settings.metrics.addr.trim();

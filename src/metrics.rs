@@ -33,6 +33,8 @@ pub struct Metrics {
     pub audit_write_failures: IntCounter,
     db_connections: IntGaugeVec,
     account_mails: IntCounterVec,
+    /// Account emails being prepared or sent in the background right now.
+    pub account_mails_in_flight: IntGauge,
 }
 
 impl Default for Metrics {
@@ -158,8 +160,14 @@ impl Metrics {
             &["kind", "outcome"],
         )
         .expect("valid metric");
+        let account_mails_in_flight = IntGauge::new(
+            "account_mails_in_flight",
+            "Account emails being prepared or sent in the background right now (at most 64)",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(account_mails.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(account_mails_in_flight.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(logins.clone()),
@@ -196,6 +204,7 @@ impl Metrics {
             audit_write_failures,
             db_connections,
             account_mails,
+            account_mails_in_flight,
         }
     }
 

@@ -87,8 +87,11 @@ impl Auth {
         };
         match mailing.in_flight.clone().try_acquire_owned() {
             Ok(permit) => {
+                let in_flight = self.metrics.account_mails_in_flight.clone();
+                in_flight.inc();
                 tokio::spawn(async move {
                     work.await;
+                    in_flight.dec();
                     drop(permit);
                 });
             }

@@ -278,7 +278,6 @@ impl TestApp {
     /// sends in the background is done with (delivered, or failed on a relay that misbehaves);
     /// the sink then forgets it, so what a test counts next is its own.
     pub async fn register(&self, email: &str, two_factor: bool) -> Value {
-        let before = self.account_mails_done("verify_email").await;
         let response = self
             .post_json(
                 "/register",
@@ -287,40 +286,34 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
         let user = response.json().await.unwrap();
-        self.wait_for_account_mails("verify_email", before + 1)
-            .await;
+        self.wait_for_background_mail().await;
         self.mail.forget(email);
         user
     }
 
-    /// Account emails of `kind` (`verify_email`, `reset_password`, `change_email`, ...) the
-    /// server is done with, whatever the outcome, from its metrics.
-    pub async fn account_mails_done(&self, kind: &str) -> i64 {
-        let text = self
-            .client
-            .get(&self.db.metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let prefix = format!("authd_account_mails_total{{kind=\"{kind}\",");
-        text.lines()
-            .filter(|line| line.starts_with(&prefix))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<i64>().ok())
-            .sum()
-    }
-
-    /// Waits (bounded) until the server is done with `count` account emails of `kind`.
-    pub async fn wait_for_account_mails(&self, kind: &str, count: i64) {
-        let mut done = 0;
-        let reached = wait_until(HTTP_TIMEOUT, async || {
-            done = self.account_mails_done(kind).await;
-            done >= count
+    /// Waits (bounded) until the server has no account email in the background: every one a
+    /// request started (counted before the request answers) is delivered or given up.
+    pub async fn wait_for_background_mail(&self) {
+        let series = "authd_account_mails_in_flight";
+        let mut in_flight = None;
+        let settled = wait_until(HTTP_TIMEOUT, async || {
+            let text = self
+                .client
+                .get(&self.db.metrics_url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            in_flight = text
+                .lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .map(|value| value.trim().parse::<i64>().unwrap());
+            in_flight == Some(0)
         })
         .await;
-        assert!(reached, "{kind} emails done: {done}, expected {count}");
+        assert!(settled, "{series}: {in_flight:?}");
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Response {

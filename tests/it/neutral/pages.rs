@@ -24,14 +24,25 @@ async fn spawn() -> TestApp {
     .await
 }
 
-/// Every request the page made went to authd itself.
+/// Every request the page made went to authd itself, and the page broke no rule of its policy
+/// and threw nothing. (The browser also reports each page answered with an error status, a
+/// refused link or password, as a "problem": those are the pages' own answers, not breakage.)
 fn only_to(app: &TestApp, page: &Page) {
     let requests = page.requests();
     assert!(!requests.is_empty());
     for (_, url) in &requests {
         assert!(url.starts_with(&app.base), "a request elsewhere: {url}");
     }
-    assert!(page.problems().is_empty(), "{:?}", page.problems());
+    let status_of_a_page = |problem: &String| {
+        problem.starts_with("network: Failed to load resource: the server responded with a status of 4")
+            && (problem.ends_with("/verify-email)") || problem.ends_with("/reset-password)"))
+    };
+    let problems: Vec<String> = page
+        .problems()
+        .into_iter()
+        .filter(|p| !status_of_a_page(p))
+        .collect();
+    assert!(problems.is_empty(), "{problems:?}");
 }
 
 async fn verified(app: &TestApp, email: &str) -> bool {
