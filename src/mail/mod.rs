@@ -132,7 +132,7 @@ impl Mailer {
         let kind = mail.kind();
         let rendered = self.templates.render(&mail).map_err(Error::Internal)?;
         let message = self.build_message(to, &rendered)?;
-        let delivery = self.deliver(message, &rendered);
+        let delivery = self.deliver(message, &rendered, kind);
         match tokio::time::timeout(self.timeout, delivery).await {
             Ok(result) => result,
             Err(_) => {
@@ -158,10 +158,10 @@ impl Mailer {
         .await
     }
 
-    async fn deliver(&self, message: Message, rendered: &Rendered) -> Result<()> {
+    async fn deliver(&self, message: Message, rendered: &Rendered, kind: &str) -> Result<()> {
         match &self.transport {
             Transport::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|err| {
-                tracing::warn!(error = %err, "mail relay refused or failed");
+                tracing::warn!(kind, error = %err, "mail relay refused or failed");
                 Error::Unavailable("mail")
             }),
             Transport::Log => {
@@ -176,7 +176,7 @@ impl Mailer {
                 Ok(())
             }
             Transport::File(dir) => write_eml(dir, &message).await.map_err(|err| {
-                tracing::warn!(error = %err, dir = %dir.display(), "cannot write mail file");
+                tracing::warn!(kind, error = %err, dir = %dir.display(), "cannot write mail file");
                 Error::Unavailable("mail")
             }),
         }

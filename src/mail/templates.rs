@@ -253,3 +253,27 @@ fn describe_duration(secs: u64) -> String {
         format!("{count} {unit}s")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::describe_duration;
+
+    #[test]
+    fn a_validity_is_a_round_figure_never_shorter_than_the_real_one() {
+        for (secs, words) in [
+            (1, "1 minute"),
+            (60, "1 minute"),
+            (61, "2 minutes"),
+            (900, "15 minutes"),
+            (901, "16 minutes"),
+            (7_140, "119 minutes"),
+            (7_200, "2 hours"),
+            (7_201, "3 hours"),
+            (86_400, "24 hours"),
+            (172_800, "2 days"),
+            (7 * 86_400, "7 days"),
+        ] {
+            assert_eq!(describe_duration(secs), words, "{secs} s");
+        }
+    }
+}
