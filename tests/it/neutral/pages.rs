@@ -34,8 +34,9 @@ fn only_to(app: &TestApp, page: &Page) {
         assert!(url.starts_with(&app.base), "a request elsewhere: {url}");
     }
     let status_of_a_page = |problem: &String| {
-        problem.starts_with("network: Failed to load resource: the server responded with a status of 4")
-            && (problem.ends_with("/verify-email)") || problem.ends_with("/reset-password)"))
+        problem.starts_with(
+            "network: Failed to load resource: the server responded with a status of 4",
+        ) && (problem.ends_with("/verify-email)") || problem.ends_with("/reset-password)"))
     };
     let problems: Vec<String> = page
         .problems()
