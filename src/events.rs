@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn each_kind_has_the_outcome_the_readme_gives_it() {
         use EventKind::*;
-        let expected: [(EventKind, &str); 23] = [
+        let expected: [(EventKind, &str); 34] = [
             (UserRegistered, "success"),
             (UserAddedByAdmin, "success"),
             (LoginSucceeded, "success"),
@@ -245,6 +245,17 @@ mod tests {
             (UserDisabled, "success"),
             (UserEnabled, "success"),
             (UserDeleted, "success"),
+            (EmailVerificationSent, "success"),
+            (EmailVerified, "success"),
+            (PasswordResetRequested, "success"),
+            (PasswordReset, "success"),
+            (PasswordChanged, "success"),
+            (PasswordChangeFailed, "failure"),
+            (EmailChangeRequested, "success"),
+            (EmailChanged, "success"),
+            (AccountCodeRejected, "failure"),
+            (AccountMailLimited, "throttled"),
+            (LoginUnverified, "failure"),
             (KeyCreated, "success"),
             (KeyActivated, "success"),
             (KeyRevoked, "success"),

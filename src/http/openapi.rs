@@ -257,8 +257,13 @@ mod tests {
                 if path == "/register" {
                     expected[0] = "201";
                 }
-                if path == "/logout" || method == "delete" {
+                if path == "/logout" || path == "/password/change" || method == "delete" {
                     expected[0] = "204";
+                }
+                if ["/email/verify/resend", "/password/forgot", "/email/change"]
+                    .contains(&path.as_str())
+                {
+                    expected[0] = "202";
                 }
                 if has_body {
                     // Every body route but logout is behind the per-address limit, and each

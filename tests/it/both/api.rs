@@ -29,7 +29,7 @@ async fn register_returns_201_with_location_and_the_user_without_any_hash() {
     let keys: Vec<&String> = user.as_object().unwrap().keys().collect();
     assert_eq!(
         keys.len(),
-        6,
+        8,
         "unexpected fields in {user}: nothing else, and never a hash"
     );
     let stored = app.db.text("SELECT password_hash FROM users").await;

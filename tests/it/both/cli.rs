@@ -17,9 +17,11 @@ use crate::helpers::{PASSWORD, SECRET, TestApp, TestDb, create_empty_database, f
 const NO_DATABASE: &str = "postgres://postgres@127.0.0.1:1/x";
 
 /// The fields of the public User object, as `POST /register` returns it.
-const USER_FIELDS: [&str; 6] = [
+const USER_FIELDS: [&str; 8] = [
     "created_at",
     "email",
+    "email_verified",
+    "email_verified_at",
     "first_name",
     "id",
     "last_name",

@@ -171,7 +171,7 @@ async fn tokens_carry_the_kid_of_the_current_key_and_verify_against_the_jwks_ind
         assert_eq!(metadata["issuer"], app.settings.jwt.issuer);
         assert_eq!(
             metadata["jwks_uri"],
-            format!("{}/.well-known/jwks.json", app.settings.public_url())
+            format!("{}/.well-known/jwks.json", app.base)
         );
         assert_eq!(metadata["grant_types_supported"], json!([]));
         assert_eq!(metadata["response_types_supported"], json!([]));

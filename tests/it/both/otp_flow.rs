@@ -361,17 +361,27 @@ async fn the_file_mail_transport_writes_one_eml_per_code_that_logs_in() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    assert_eq!(files[0].extension().unwrap(), "eml");
+    // The registration's verification email and the login's code.
+    assert_eq!(files.len(), 2, "{files:?}");
     // The messages carry live codes: only authd's user may read them.
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
-    assert_eq!(mode(&files[0]), 0o600);
-    let message = crate::smtp_sink::Received {
-        rcpt: vec!["files@example.test".into()],
-        data: std::fs::read_to_string(&files[0]).unwrap(),
-    };
+    let messages: Vec<_> = files
+        .iter()
+        .map(|file| {
+            assert_eq!(file.extension().unwrap(), "eml");
+            assert_eq!(mode(file), 0o600);
+            crate::smtp_sink::Received {
+                rcpt: vec!["files@example.test".into()],
+                data: std::fs::read_to_string(file).unwrap(),
+            }
+        })
+        .collect();
+    let message = messages
+        .into_iter()
+        .find(|m| m.subject().contains("sign-in code"))
+        .expect("the login's code is one of the files");
     assert!(message.data.contains("To: files@example.test"));
     let code = crate::smtp_sink::extract_code(&message);
     assert_eq!(

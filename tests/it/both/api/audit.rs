@@ -3,7 +3,7 @@
 
 use authd::audit::EventKind;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
@@ -46,6 +46,8 @@ async fn outcomes(db: &TestDb, kind: &str) -> Vec<String> {
     }
 }
 
+const NEW_PASSWORD: &str = "a brand new passphrase";
+
 fn wrong(code: &str) -> String {
     let first = (code.as_bytes()[0] - b'0' + 1) % 10;
     format!("{first}{}", &code[1..])
@@ -72,9 +74,19 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     let broken = TestApp::spawn_on(settings(refused.port), refused, db_url.clone()).await;
     let data_dir = TempDir::new("authd-audit");
 
-    // user_registered, login_succeeded: a user of the API without a second step.
-    let plain = app.register("plain@example.test", false).await;
+    // user_registered, email_verification_sent, login_succeeded: a user of the API without a
+    // second step.
+    let plain: Value = app
+        .post_json(
+            "/register",
+            &json!({"email": "plain@example.test", "password": PASSWORD}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     let plain = Uuid::parse_str(plain["id"].as_str().unwrap()).unwrap();
+    let verification = app.mail.wait_for("plain@example.test", 1).await;
     let plain_login: Value = app
         .login("plain@example.test", PASSWORD)
         .await
@@ -82,6 +94,31 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
         .await
         .unwrap();
     let plain_refresh = plain_login["refresh_token"].as_str().unwrap().to_owned();
+    let plain_access = plain_login["access_token"].as_str().unwrap().to_owned();
+
+    // password_change_failed: a wrong current password.
+    problem(
+        app.post_json_with_token(
+            "/password/change",
+            &plain_access,
+            &json!({"current_password": "not the password", "new_password": NEW_PASSWORD}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    // email_change_requested: a code to the new address, a notice to the old one.
+    let response = app
+        .post_json_with_token(
+            "/email/change",
+            &plain_access,
+            &json!({"new_email": "moved@example.test"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let change = app.mail.wait_for("moved@example.test", 1).await;
+    app.wait_for_background_mail().await;
 
     // user_added_by_admin, two_factor_changed: an account made and switched by the CLI.
     let added = admin(
@@ -197,6 +234,17 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
         .await
         .unwrap();
     assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    // login_unverified: the right password of the admin-made (so unproven) account, on an
+    // instance that requires a proven address.
+    let mut strict_settings = settings(app.mail.port);
+    strict_settings.registration.require_verified_email = true;
+    let strict = TestApp::spawn_on(strict_settings, app.mail.clone(), db_url.clone()).await;
+    problem(
+        strict.login("admin@example.test", PASSWORD).await,
+        StatusCode::FORBIDDEN,
+        "email_not_verified",
+    )
+    .await;
     for args in [
         &["session", "revoke", "--user", "admin@example.test"][..],
         &["user", "disable", "admin@example.test"],
@@ -205,6 +253,60 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     ] {
         admin(&db_url, &data_dir, args, "").await;
     }
+    // account_code_rejected, email_verified: the registration's code, wrong once, then right.
+    let code = extract_code(&verification);
+    problem(
+        app.post_json(
+            "/email/verify",
+            &json!({"email": "plain@example.test", "code": wrong(&code)}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_code",
+    )
+    .await;
+    let verify = json!({"email": "plain@example.test", "code": code});
+    assert_eq!(
+        app.post_json("/email/verify", &verify).await.status(),
+        StatusCode::OK
+    );
+    // email_changed: the change's link, through the verification route.
+    let moved = json!({"token": change.token().unwrap()});
+    assert_eq!(
+        app.post_json("/email/verify", &moved).await.status(),
+        StatusCode::OK
+    );
+    // password_reset_requested, then account_mail_limited: a second reset within
+    // verification.resend_interval_secs. (The account's email quota of two, used by the
+    // verification and the change notice, starts a new window first.)
+    app.db.end_locks().await;
+    let forgot = json!({"email": "moved@example.test"});
+    for _ in 0..2 {
+        let response = app.post_json("/password/forgot", &forgot).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        app.wait_for_background_mail().await;
+    }
+    let reset = app.mail.wait_for("moved@example.test", 2).await;
+    // password_reset: its code.
+    let body = json!({"email": "moved@example.test", "code": extract_code(&reset), "new_password": NEW_PASSWORD});
+    assert_eq!(
+        app.post_json("/password/reset", &body).await.status(),
+        StatusCode::OK
+    );
+    app.wait_for_background_mail().await;
+    // password_changed: set by an administrator.
+    admin(
+        &db_url,
+        &data_dir,
+        &[
+            "user",
+            "reset-password",
+            "moved@example.test",
+            "--password-stdin",
+        ],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
     // The key events: the first start made one key, then a rotation and a revocation.
     let first = kid_in_state(&db_url, &data_dir, "current").await;
     rotate_now(&db_url, &data_dir).await;
@@ -220,7 +322,19 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     }
 
     let expected_user = |kind: &str| match kind {
-        "user_registered" | "login_succeeded" | "refresh_token_reused" => Some(plain),
+        "user_registered"
+        | "login_succeeded"
+        | "refresh_token_reused"
+        | "email_verification_sent"
+        | "email_verified"
+        | "password_reset_requested"
+        | "password_reset"
+        | "password_changed"
+        | "password_change_failed"
+        | "email_change_requested"
+        | "email_changed"
+        | "account_code_rejected"
+        | "account_mail_limited" => Some(plain),
         "login_failed" | "login_throttled" => None,
         _ => Some(admin_made),
     };
@@ -258,4 +372,5 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
         "no other events were recorded"
     );
     drop(broken);
+    drop(strict);
 }
