@@ -8,7 +8,7 @@ use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::error::Problem;
-use super::{handlers, recovery};
+use super::{handlers, pages, recovery};
 use crate::domain::User;
 use crate::error::FieldError;
 
@@ -32,6 +32,10 @@ use crate::error::FieldError;
         recovery::change_password,
         recovery::request_email_change,
         recovery::confirm_email_change,
+        pages::account::verify_email_page,
+        pages::account::verify_email_form,
+        pages::account::reset_password_page,
+        pages::account::reset_password_form,
         handlers::me,
         handlers::sessions,
         handlers::delete_session,
@@ -46,6 +50,7 @@ use crate::error::FieldError;
         (name = "auth", description = "Registration, login, refresh and logout"),
         (name = "users", description = "The signed-in user and their sessions"),
         (name = "account", description = "Proving the address, password reset and change, email change"),
+        (name = "pages", description = "The HTML pages the emailed links open (when `mail.link_base_url` is not set): a GET shows a page and changes nothing; its form's POST does the change"),
         (name = "keys", description = "The public signing keys and the server metadata, for services that verify authd's tokens"),
         (name = "operations", description = "Health checks"),
     )
@@ -101,7 +106,11 @@ impl Modify for CommonResponses {
 }
 
 fn add_common_responses(operation: &mut Operation) {
-    let has_body = operation.request_body.is_some();
+    let form_body = operation
+        .request_body
+        .as_ref()
+        .is_some_and(|body| matches!(body, RefOr::T(body) if body.content.contains_key(FORM)));
+    let has_body = operation.request_body.is_some() && !form_body;
     let needs_token = operation
         .security
         .as_ref()
@@ -131,6 +140,15 @@ fn add_common_responses(operation: &mut Operation) {
                 "422",
                 "The JSON is not an object of the documented shape, or a field is invalid \
                  (`validation_failed`, see `errors`)",
+            ),
+        ]);
+    }
+    if form_body {
+        common.extend([
+            ("413", "Form larger than 64 KiB (`payload_too_large`)"),
+            (
+                "415",
+                "Body is not a form (`unsupported_media_type`): send `application/x-www-form-urlencoded`",
             ),
         ]);
     }
@@ -168,6 +186,9 @@ fn add_common_responses(operation: &mut Operation) {
         }
     }
 }
+
+/// The media type of the pages' forms.
+pub(super) const FORM: &str = "application/x-www-form-urlencoded";
 
 /// An error response: problem details, `application/problem+json`.
 fn problem_response(description: &str) -> RefOr<Response> {
@@ -253,6 +274,7 @@ mod tests {
                     .get("security")
                     .and_then(|s| s.as_array())
                     .is_some_and(|s| !s.is_empty());
+                let page = ["/verify-email", "/reset-password"].contains(&path.as_str());
                 let mut expected = vec!["200", "408", "500"];
                 if path == "/register" {
                     expected[0] = "201";
@@ -265,10 +287,20 @@ mod tests {
                 {
                     expected[0] = "202";
                 }
-                if has_body {
+                if page {
+                    // Behind the per-address limit; a form's size and type are checked.
+                    expected.extend(["400", "429"]);
+                    if has_body {
+                        expected.extend(["413", "415", "503"]);
+                    }
+                } else if has_body {
                     // Every body route but logout is behind the per-address limit, and each
-                    // may hash a password or query the database.
-                    expected.extend(["400", "413", "415", "422", "503"]);
+                    // may hash a password or query the database (but the two whose work comes
+                    // after the answer).
+                    expected.extend(["400", "413", "415", "422"]);
+                    if !["/email/verify/resend", "/password/forgot"].contains(&path.as_str()) {
+                        expected.push("503");
+                    }
                     if path != "/logout" {
                         expected.push("429");
                     }
@@ -291,6 +323,10 @@ mod tests {
                         continue;
                     }
                     let content = response["content"].as_object().unwrap();
+                    if page && content.contains_key("text/html") {
+                        // A page, whatever its status (the form's errors are pages too).
+                        continue;
+                    }
                     if status.starts_with('2') {
                         assert!(content.contains_key("application/json"), "{what}: JSON");
                         continue;

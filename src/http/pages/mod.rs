@@ -3,7 +3,7 @@
 //! and forms posting back to authd. A GET only shows a page; only a person pressing its button
 //! (a POST) changes anything, so a mail scanner that follows a link changes nothing.
 
-mod account;
+pub mod account;
 
 pub use account::{reset_password_form, reset_password_page, verify_email_form, verify_email_page};
 
