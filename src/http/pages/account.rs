@@ -52,15 +52,16 @@ fn usable(token: Option<String>) -> Option<String> {
 }
 
 /// A form that could not be read because of how it was sent (too large, too slow, not a
-/// form) gets the API's problem for that; one that is merely malformed is no form (None).
-fn unreadable<T>(form: Result<Form<T>, FormRejection>) -> Result<Option<T>, ApiError> {
+/// form): the status of the API's problem for that (`Err`). One that is merely malformed is no
+/// form (`Ok(None)`).
+fn unreadable<T>(form: Result<Form<T>, FormRejection>) -> Result<Option<T>, StatusCode> {
     match form {
         Ok(Form(form)) => Ok(Some(form)),
         Err(rejection) => match rejection.status() {
             status @ (StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::REQUEST_TIMEOUT
             | StatusCode::UNSUPPORTED_MEDIA_TYPE) => {
-                Err(ApiError::from_status(status))
+                Err(status)
             }
             _ => Ok(None),
         },
@@ -118,7 +119,7 @@ pub async fn verify_email_form(
     let pages = &state.pages;
     let form = match unreadable(form) {
         Ok(form) => form,
-        Err(problem) => return problem.into_response(),
+        Err(status) => return ApiError::from_status(status).into_response(),
     };
     let Some(token) = usable(form.and_then(|f| f.token)) else {
         return pages.error(VERIFY_TITLE, &Error::InvalidCode);
@@ -184,7 +185,7 @@ pub async fn reset_password_form(
     let pages = &state.pages;
     let Some(form) = (match unreadable(form) {
         Ok(form) => form,
-        Err(problem) => return problem.into_response(),
+        Err(status) => return ApiError::from_status(status).into_response(),
     }) else {
         return pages.error(RESET_TITLE, &Error::InvalidCode);
     };
