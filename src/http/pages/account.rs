@@ -11,8 +11,8 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::{Client, Proof};
-use crate::http::error::{ApiError, Problem};
 use crate::error::Error;
+use crate::http::error::{ApiError, Problem};
 use crate::http::routes::AppState;
 
 /// The longest token a page looks at: a real one has 43 characters.
@@ -60,9 +60,7 @@ fn unreadable<T>(form: Result<Form<T>, FormRejection>) -> Result<Option<T>, Stat
         Err(rejection) => match rejection.status() {
             status @ (StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::REQUEST_TIMEOUT
-            | StatusCode::UNSUPPORTED_MEDIA_TYPE) => {
-                Err(status)
-            }
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE) => Err(status),
             _ => Ok(None),
         },
     }
