@@ -6,7 +6,9 @@
 #   docker compose up --build     authd with PostgreSQL and a development mail inbox (make run-docker)
 #
 # Stages:
-#   toolchain  the Rust toolchain and the source; `make test-docker` runs `make test` in it
+#   toolchain  the Rust toolchain and the source
+#   test       the toolchain with Debian's chromium for the page tests; `make test-docker` runs
+#              `make test` in it
 #   builder    `cargo build --release --locked`, the same command as `make build`
 #   runtime    distroless: glibc, CA certificates, the binary, a non-root user; no shell, no
 #              package manager. SQLite is bundled and TLS is rustls, so nothing else is needed.
@@ -18,6 +20,14 @@
 FROM rust:1-bookworm AS toolchain
 WORKDIR /src
 COPY . .
+
+FROM toolchain AS test
+# The page tests drive a headless Chromium over the DevTools protocol. Not pinned to a version:
+# Debian replaces chromium with each security update and drops the old one from the archive.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends chromium \
+    && rm -rf /var/lib/apt/lists/*
 
 FROM toolchain AS builder
 # The caches keep downloaded crates and compiled dependencies between builds; they are not

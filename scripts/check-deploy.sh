@@ -341,12 +341,13 @@ class SmtpSink(socketserver.ThreadingTCPServer):
         self.messages = []
         self.arrived = threading.Condition()
 
-    def wait_for(self, recipient, timeout):
+    def wait_for(self, recipient, timeout, subject=""):
+        """The first message to `recipient` whose subject contains `subject`, or None."""
         deadline = time.monotonic() + timeout
         with self.arrived:
             while True:
                 for rcpts, data in self.messages:
-                    if recipient in rcpts:
+                    if recipient in rcpts and subject in subject_of(data):
                         return data
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -413,6 +414,11 @@ def http(method, url, body=None, token=None):
         return status, json.loads(raw)
     except ValueError:
         return status, raw.decode(errors="replace")
+
+
+def subject_of(message_bytes):
+    message = email.message_from_bytes(message_bytes, policy=email.policy.default)
+    return str(message["subject"] or "")
 
 
 def text_of(message_bytes):
@@ -507,7 +513,8 @@ def replay(binary):
         challenge = body.get("challenge_token") if isinstance(body, dict) else None
         check(status == 200 and body.get("otp_required") is True and challenge,
               f"POST /login answers 200 with otp_required and a challenge token (got {status})")
-        mail = sink.wait_for(address, timeout=15)
+        # The registration's verification email comes too; the login's is the sign-in code.
+        mail = sink.wait_for(address, timeout=15, subject="sign-in code")
         code = re.search(r"\b(\d{6})\b", text_of(mail)) if mail else None
         check(code is not None, "the code arrives by SMTP (host and port from the compose environment)")
         if code:
