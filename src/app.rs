@@ -102,6 +102,16 @@ fn warn_about_serving_with(settings: &Settings, store: &Store) {
     if !settings.rate_limit.enabled {
         tracing::warn!("rate_limit.enabled = false: no brute-force protection");
     }
+    let links = settings
+        .mail
+        .link_base_url()
+        .map_or_else(|| settings.public_url(), str::to_owned);
+    if settings.env == Environment::Production && !links.starts_with("https://") {
+        tracing::warn!(
+            links = %links,
+            "the links in verification and reset emails are not https: set http.public_url (authd's own pages) or mail.link_base_url (yours)"
+        );
+    }
     if settings.env == Environment::Production && !settings.jwt.issuer.starts_with("https://") {
         tracing::warn!(
             issuer = %settings.jwt.issuer,
