@@ -125,6 +125,16 @@ impl Database {
     /// phase or run measures on the database it had before.
     pub async fn remove_accounts(&self, prefix: &str) -> Result<()> {
         let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        // The codes first, in one statement: the only index on their `user_id` covers open
+        // codes alone, so the cascade would scan the table once per account.
+        sqlx::query(
+            "DELETE FROM account_codes WHERE user_id IN
+                 (SELECT id FROM users WHERE email LIKE $1 || '%')",
+        )
+        .bind(prefix)
+        .execute(&mut conn)
+        .await
+        .context("cannot remove the phase's codes")?;
         sqlx::query("DELETE FROM users WHERE email LIKE $1 || '%'")
             .bind(prefix)
             .execute(&mut conn)

@@ -23,7 +23,7 @@ use crate::workload::{Run, Workload};
 /// the per-account email limits (one reset email per `verification.resend_interval_secs`)
 /// never turn a known address into the cheap path. Past the pool, addresses are asked again
 /// (and the background reports them `limited`).
-const ACCOUNTS_PER_SEC: u64 = 8_000;
+const ACCOUNTS_PER_SEC: u64 = 12_000;
 
 /// The longest the phase waits for authd's background work to account for every request.
 const SETTLE: Duration = Duration::from_secs(30);
