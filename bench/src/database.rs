@@ -155,9 +155,10 @@ impl Database {
         let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut conn)
             .await?;
-        conn.close().await?;
+        // Read while the connection is open: once closed, its backend may be gone.
         let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))
             .context("PostgreSQL must run on this machine")?;
+        conn.close().await?;
         stat_field(&stat, 4)
             .map(|ppid| ppid as u32)
             .context("no parent in /proc stat")
