@@ -6,6 +6,7 @@ use sqlx::Connection;
 use crate::cpu::stat_field;
 
 /// The bench's own database on the server DATABASE_URL points at.
+#[derive(Clone)]
 pub struct Database {
     admin_url: String,
     name: String,
@@ -70,15 +71,94 @@ impl Database {
         Ok(())
     }
 
+    /// Adds `count` accounts `<prefix><i>@bench.test` (i from 1), all with `password_hash`, in
+    /// one set-based statement: the pools of the account-route phases, which need thousands of
+    /// addresses and cannot register them at bcrypt's pace. `prefix` has no `%` or `_`.
+    pub async fn add_accounts(
+        &self,
+        prefix: &str,
+        count: usize,
+        password_hash: &str,
+    ) -> Result<()> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, two_factor_enabled, created_at)
+             SELECT gen_random_uuid(), $2 || i || '@bench.test', $3, false, now()
+             FROM generate_series(1, $1) AS i",
+        )
+        .bind(i64::try_from(count)?)
+        .bind(prefix)
+        .bind(password_hash)
+        .execute(&mut conn)
+        .await
+        .context("cannot add the phase's accounts")?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// Gives every account `<prefix>...` one live verification code, as registration would,
+    /// but with a random stored hash: no code typed at it is right, and each takes authd's full
+    /// number of wrong tries before it dies.
+    pub async fn add_verification_codes(&self, prefix: &str) -> Result<()> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        sqlx::query(
+            "INSERT INTO account_codes (id, user_id, purpose, email, code_hash, token_hash,
+                                        attempts, expires_at, created_at)
+             SELECT gen_random_uuid(), id, 'verify_email', email,
+                    sha256(convert_to(gen_random_uuid()::text, 'UTF8')),
+                    sha256(convert_to(gen_random_uuid()::text, 'UTF8')),
+                    0, now() + interval '1 day', now()
+             FROM users WHERE email LIKE $1 || '%'",
+        )
+        .bind(prefix)
+        .execute(&mut conn)
+        .await
+        .context("cannot add the verification codes")?;
+        sqlx::query("ANALYZE users, account_codes")
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    /// Removes the accounts `<prefix>...` and what hangs on them (codes, sessions), so a later
+    /// phase or run measures on the database it had before.
+    pub async fn remove_accounts(&self, prefix: &str) -> Result<()> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        // The codes first, in one statement, then VACUUM: the only index on their `user_id`
+        // covers open codes alone, so the cascade of each account's delete scans the whole
+        // table, and the dead rows of the codes too until a vacuum takes them out.
+        sqlx::query(
+            "DELETE FROM account_codes WHERE user_id IN
+                 (SELECT id FROM users WHERE email LIKE $1 || '%')",
+        )
+        .bind(prefix)
+        .execute(&mut conn)
+        .await
+        .context("cannot remove the phase's codes")?;
+        sqlx::query("VACUUM account_codes")
+            .execute(&mut conn)
+            .await
+            .context("cannot vacuum account_codes")?;
+        sqlx::query("DELETE FROM users WHERE email LIKE $1 || '%'")
+            .bind(prefix)
+            .execute(&mut conn)
+            .await
+            .context("cannot remove the phase's accounts")?;
+        conn.close().await?;
+        Ok(())
+    }
+
     /// The PostgreSQL server process whose children serve our connections.
     pub async fn postmaster_pid(&self) -> Result<u32> {
         let mut conn = sqlx::PgConnection::connect(&self.url).await?;
         let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut conn)
             .await?;
-        conn.close().await?;
+        // Read while the connection is open: once closed, its backend may be gone.
         let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))
             .context("PostgreSQL must run on this machine")?;
+        conn.close().await?;
         stat_field(&stat, 4)
             .map(|ppid| ppid as u32)
             .context("no parent in /proc stat")

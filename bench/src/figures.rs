@@ -33,6 +33,22 @@ pub struct Figures {
     pub logouts: u64,
     pub logout_p50_ms: f64,
     pub logout_p99_ms: f64,
+    /// `POST /password/forgot` for addresses that have an account (`known`) and that have none,
+    /// alternating on each connection: answers per second, p50, p99 of each.
+    pub forgot_known_per_sec: f64,
+    pub forgot_known_p50_ms: f64,
+    pub forgot_known_p99_ms: f64,
+    pub forgot_unknown_per_sec: f64,
+    pub forgot_unknown_p50_ms: f64,
+    pub forgot_unknown_p99_ms: f64,
+    /// What authd's background work did with the phase's requests, by outcome (`sent`,
+    /// `limited`, `no_account`, `dropped`, `failed`): its `account_mails_total` counters.
+    pub forgot_mails: BTreeMap<String, u64>,
+    /// `POST /email/verify` with a wrong code for an account with a live code: guesses per
+    /// second, p50, p99.
+    pub verify_guesses_per_sec: f64,
+    pub verify_p50_ms: f64,
+    pub verify_p99_ms: f64,
     /// CPU per `/users/me` answer, microseconds: [server, PostgreSQL, this load generator].
     pub me_cpu_us: [f64; 3],
     pub ceiling_cpu_us: [f64; 3],
@@ -86,9 +102,13 @@ pub fn ratio(a: f64, b: f64) -> f64 {
 pub fn median_figures(runs: &[Figures]) -> Figures {
     let m = |get: fn(&Figures) -> f64| median(runs.iter().map(get).collect());
     let mut errors = BTreeMap::new();
+    let mut forgot_mails = BTreeMap::new();
     for run in runs {
         for (k, v) in &run.errors {
             *errors.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &run.forgot_mails {
+            *forgot_mails.entry(k.clone()).or_insert(0) += v;
         }
     }
     Figures {
@@ -119,6 +139,16 @@ pub fn median_figures(runs: &[Figures]) -> Figures {
         logouts: runs.iter().map(|f| f.logouts).sum(),
         logout_p50_ms: m(|f| f.logout_p50_ms),
         logout_p99_ms: m(|f| f.logout_p99_ms),
+        forgot_known_per_sec: m(|f| f.forgot_known_per_sec),
+        forgot_known_p50_ms: m(|f| f.forgot_known_p50_ms),
+        forgot_known_p99_ms: m(|f| f.forgot_known_p99_ms),
+        forgot_unknown_per_sec: m(|f| f.forgot_unknown_per_sec),
+        forgot_unknown_p50_ms: m(|f| f.forgot_unknown_p50_ms),
+        forgot_unknown_p99_ms: m(|f| f.forgot_unknown_p99_ms),
+        forgot_mails,
+        verify_guesses_per_sec: m(|f| f.verify_guesses_per_sec),
+        verify_p50_ms: m(|f| f.verify_p50_ms),
+        verify_p99_ms: m(|f| f.verify_p99_ms),
         token_costs: std::array::from_fn(|i| TokenCost {
             sign_us: median(runs.iter().map(|f| f.token_costs[i].sign_us).collect()),
             verify_us: median(runs.iter().map(|f| f.token_costs[i].verify_us).collect()),

@@ -67,3 +67,45 @@ impl Http {
         Ok(response.bytes().await?.to_vec())
     }
 }
+
+/// authd's `authd_account_mails_total` counters of one kind of account email (`reset_password`,
+/// `verify_email`, ...), by outcome, from `GET /metrics`: what the background work behind
+/// `POST /password/forgot` did with each request.
+pub async fn account_mails(
+    client: &reqwest::Client,
+    base: &str,
+    kind: &str,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    let response = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .with_context(|| format!("GET {base}/metrics"))?;
+    ensure!(
+        response.status().is_success(),
+        "GET {base}/metrics answered {}",
+        response.status()
+    );
+    let text = response.text().await?;
+    let kind_label = format!("kind=\"{kind}\"");
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("authd_account_mails_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once('}') else {
+            continue;
+        };
+        if !labels.split(',').any(|l| l == kind_label) {
+            continue;
+        }
+        let outcome = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("outcome=\""))
+            .and_then(|o| o.strip_suffix('"'));
+        if let (Some(outcome), Ok(value)) = (outcome, value.trim().parse::<f64>()) {
+            counts.insert(outcome.to_owned(), value as u64);
+        }
+    }
+    Ok(counts)
+}

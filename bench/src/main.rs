@@ -21,7 +21,11 @@
 //! 7. `/users/me` p99 at the same pace while registrations with the policy's worst-case
 //!    passwords run;
 //! 8. `POST /token/refresh` per second, p50/p99, each client rotating its own session's chain;
-//! 9. `POST /logout` latency, each logout after an untimed login.
+//! 9. `POST /logout` latency, each logout after an untimed login;
+//! 10. the cost of signing and verifying one access token, per algorithm;
+//! 11. `POST /password/forgot` per second, p50/p99, for addresses with an account and without,
+//!     alternating (the answer must not tell them apart), and what the background did;
+//! 12. `POST /email/verify` with a wrong code per second, p50/p99: the cost of a guess.
 //!
 //! And what explains them: the CPU each process (authd, the ceiling, PostgreSQL, this load
 //! generator) spends per `/users/me` answer, read from /proc; a control that sends the same
@@ -256,6 +260,7 @@ async fn bench_on(
             ceiling: ceiling.process.pid(),
             postmaster: database.postmaster_pid().await?,
         },
+        database: database.clone(),
     };
     let mut runs = Vec::new();
     for run in 1..=options.runs {
@@ -315,5 +320,7 @@ async fn measure(w: &Workload) -> Result<Figures> {
     phases::refresh::measure(w, &mut run).await;
     phases::logout::measure(w, &mut run).await;
     phases::tokens::measure(w, &mut run).await?;
+    phases::forgot::measure(w, &mut run).await?;
+    phases::verify::measure(w, &mut run).await?;
     Ok(run.finish())
 }

@@ -9,6 +9,8 @@ pub mod burst;
 pub mod control;
 /// The two-factor login flow per second.
 pub mod flow;
+/// `POST /password/forgot` for known and unknown addresses, alternating.
+pub mod forgot;
 /// `POST /login` per second at saturation.
 pub mod login;
 /// `POST /logout` latency.
@@ -25,3 +27,5 @@ pub mod refresh;
 pub mod register;
 /// The cost of signing and verifying one access token, per algorithm.
 pub mod tokens;
+/// `POST /email/verify` with a wrong code: the cost of a guess.
+pub mod verify;

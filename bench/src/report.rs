@@ -138,6 +138,35 @@ pub fn print_table(f: &Figures, o: &Options, final_table: bool) -> bool {
             );
         }
     }
+    if ran(&["forgot"]) {
+        println!(
+            "11  POST /password/forgot, has an account   {:.0} /s, p50 {:.2} ms, p99 {:.2} ms",
+            f.forgot_known_per_sec, f.forgot_known_p50_ms, f.forgot_known_p99_ms
+        );
+        println!(
+            "    POST /password/forgot, no account       {:.0} /s, p50 {:.2} ms, p99 {:.2} ms   (p50 {:.2} x, p99 {:.2} x the known's)",
+            f.forgot_unknown_per_sec,
+            f.forgot_unknown_p50_ms,
+            f.forgot_unknown_p99_ms,
+            ratio(f.forgot_unknown_p50_ms, f.forgot_known_p50_ms),
+            ratio(f.forgot_unknown_p99_ms, f.forgot_known_p99_ms)
+        );
+        let outcome = |name: &str| f.forgot_mails.get(name).copied().unwrap_or(0);
+        println!(
+            "    in the background: {} reset emails sent, {} limited, {} no account, {} dropped (64 in flight), {} failed",
+            outcome("sent"),
+            outcome("limited"),
+            outcome("no_account"),
+            outcome("dropped"),
+            outcome("failed")
+        );
+    }
+    if ran(&["verify"]) {
+        println!(
+            "12  POST /email/verify, wrong code          {:.0} guesses/s, p50 {:.2} ms, p99 {:.2} ms",
+            f.verify_guesses_per_sec, f.verify_p50_ms, f.verify_p99_ms
+        );
+    }
     if f.burst_ok + f.burst_refused > 0 {
         println!(
             "    burst of {BURST_LOGINS} logins at once: {} answered, {} refused with 503 (median refusal {:.1} ms)",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use testkit::smtp::MailSink;
 
 use crate::cpu::CpuMeter;
+use crate::database::Database;
 use crate::figures::Figures;
 use crate::options::Options;
 use crate::tally::{Tally, Window};
@@ -22,10 +23,13 @@ pub struct Workload {
     pub sink: MailSink,
     pub stored_hash: String,
     pub cpu: CpuMeter,
+    /// The bench's database: the account-route phases add (and remove) their own accounts.
+    pub database: Database,
 }
 
 impl Workload {
-    /// The window of the login, paced, registration, 2FA, refresh and logout phases: two
+    /// The window of the login, paced, registration, 2FA, refresh, logout, forgot and verify
+    /// phases: two
     /// seconds of warm-up, then 2 x `--secs`. Logins take a quarter second each, so they need a
     /// longer window for a steady count; a p99 needs many samples, so the paced windows are as
     /// long as the login ones.
