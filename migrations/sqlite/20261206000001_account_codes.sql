@@ -17,6 +17,6 @@ CREATE TABLE account_codes (
     CONSTRAINT account_codes_purpose CHECK (purpose IN ('verify_email', 'reset_password', 'change_email'))
 );
 
-CREATE INDEX account_codes_user_open ON account_codes (user_id, purpose)
-    WHERE consumed_at IS NULL AND retired_at IS NULL;
+-- Not partial: deleting a user (ON DELETE CASCADE) finds its codes through it too.
+CREATE INDEX account_codes_user_purpose ON account_codes (user_id, purpose);
 CREATE INDEX account_codes_expires_at ON account_codes (expires_at);

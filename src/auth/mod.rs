@@ -36,7 +36,7 @@ mod sessions;
 pub use challenge::CodeEmailQuota;
 pub use keys::{Activated, Activation, KekWitness, key_algorithm, settle_kek};
 pub use login::LoginOutcome;
-pub use recovery::{ChangeProof, MailOutcome, Proof};
+pub use recovery::{ChangeProof, MAX_CODE_ATTEMPTS, MailOutcome, Proof};
 pub use register::{Registration, RegistrationInput};
 pub use sessions::{LogoutScope, OwnSession, SessionTokens};
 

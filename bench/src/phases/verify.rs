@@ -12,11 +12,11 @@ use crate::http::client;
 use crate::tally::{Outcome, Tally, Window, error_kind, join_tallies, status_outcome};
 use crate::workload::{Run, Workload};
 
-/// Wrong tries one code takes before it dies: authd's `MAX_CODE_ATTEMPTS` (5, in the README's
-/// `invalid_code` row; not exported by the library). Each account is guessed at exactly this
-/// many times, so every guess meets a live code with tries left and pays the whole check (the
-/// atomic `UPDATE` and the audit event), never the shortcut of a dead one.
-const GUESSES_PER_CODE: usize = 5;
+/// Wrong tries one code takes before it dies: authd's own `MAX_CODE_ATTEMPTS`. Each account is
+/// guessed at exactly this many times, so every guess meets a live code with tries left and
+/// pays the whole check (the atomic `UPDATE` and the audit event), never the shortcut of a dead
+/// one.
+const GUESSES_PER_CODE: usize = authd::auth::MAX_CODE_ATTEMPTS as usize;
 
 /// Accounts with a live code made for each run, per second of its window (warm-up included):
 /// enough for several thousand guesses a second. A guess past them is counted as an error
