@@ -11,12 +11,13 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::register::personal_words;
+use super::sessions::seconds;
 use super::{Auth, Client, login_key, micros_of};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::{Email, Otp, Password, User};
 use crate::error::{Error, Result};
 use crate::mail::Mail;
-use crate::store::{Attempt, NewAccountCode, OpenCode, Purpose};
+use crate::store::{Attempt, NewAccountCode, OpenCode, PasswordTarget, Purpose};
 use crate::token::codes::{LinkToken, generate_code};
 
 /// Wrong guesses one emailed code (verification, reset, email change) takes before it dies.
@@ -191,7 +192,7 @@ impl Auth {
                 email: to.as_str().to_owned(),
                 code_hash: mailing.codes.hash(id, code.as_str()),
                 token_hash: mailing.codes.hash_link_token(token.as_str()),
-                expires_at: now + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(0)),
+                expires_at: now + seconds(ttl),
                 created_at: now,
             })
             .await?;
@@ -551,7 +552,13 @@ impl Auth {
         let email = Email::parse(&user.email).map_err(|e| anyhow::anyhow!("stored email: {e}"))?;
         let reset = self
             .store
-            .reset_password_with(open.id, &hash, &[login_key(&email)], Utc::now())
+            .set_password(
+                PasswordTarget::Code(open.id),
+                &hash,
+                None,
+                &[login_key(&email)],
+                Utc::now(),
+            )
             .await?
             .ok_or(Error::InvalidCode)?;
         tracing::info!(user_id = %user.id, sessions_ended = reset.sessions_ended, "password reset");
@@ -622,7 +629,13 @@ impl Auth {
         let hash = self.new_password_hash(&user, &new_password).await?;
         let changed = self
             .store
-            .set_password_hash(user.id, &hash, Some(session), &[], Utc::now())
+            .set_password(
+                PasswordTarget::User(user.id),
+                &hash,
+                Some(session),
+                &[],
+                Utc::now(),
+            )
             .await?
             .ok_or(Error::InvalidToken("this access token's user is gone"))?;
         self.audit.record(
@@ -649,7 +662,13 @@ impl Auth {
         let hash = self.new_password_hash(&user, password).await?;
         let changed = self
             .store
-            .set_password_hash(user.id, &hash, None, &[login_key(email)], Utc::now())
+            .set_password(
+                PasswordTarget::User(user.id),
+                &hash,
+                None,
+                &[login_key(email)],
+                Utc::now(),
+            )
             .await?
             .ok_or(Error::UserNotFound)?;
         self.record_admin_change(
@@ -775,10 +794,7 @@ impl Auth {
             .session_started_at(session)
             .await?
             .ok_or(Error::ReauthenticationRequired)?;
-        let fresh = chrono::Duration::seconds(
-            i64::try_from(self.sessions.fresh_login_secs).unwrap_or(i64::MAX),
-        );
-        if Utc::now() - started > fresh {
+        if Utc::now() - started > seconds(self.sessions.fresh_login_secs) {
             return Err(Error::ReauthenticationRequired);
         }
         Ok(())

@@ -322,7 +322,7 @@ impl Auth {
     }
 }
 
-fn seconds(secs: u64) -> chrono::Duration {
+pub(super) fn seconds(secs: u64) -> chrono::Duration {
     chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 

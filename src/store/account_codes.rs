@@ -65,7 +65,16 @@ pub struct OpenCode {
     pub email: String,
 }
 
-/// What consuming a password-reset code did.
+/// Whose password [`set_password`](crate::store::Store::set_password) sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordTarget {
+    /// The user a live `reset_password` code belongs to, consuming it.
+    Code(Uuid),
+    /// This user (a change by its user, or an administrator's).
+    User(Uuid),
+}
+
+/// What setting a password did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PasswordReset {
     pub user: User,
@@ -272,88 +281,36 @@ statements! {
         Ok(Some(row.into()))
     }
 
-    /// Consumes a `reset_password` code and, in the same transaction, sets the new hash, ends
-    /// every session and open login challenge of the user, retires their other reset codes and
-    /// clears the throttle `counters` (the password locks). None when the code was used (by a
-    /// parallel reset), retired or expired: then nothing changed.
-    pub async fn reset_password_with(
+    /// Sets a user's password hash and, in the same transaction, ends their sessions (but
+    /// `keep`) and open logins, retires their reset codes and clears the throttle `counters`
+    /// (the password locks). With [`PasswordTarget::Code`] a live `reset_password` code is
+    /// consumed first and names the user: of parallel resets with one code exactly one gets
+    /// here. None (nothing changed) when the code was used, retired or expired meanwhile, or
+    /// the user is gone.
+    pub async fn set_password(
         &self,
-        id: Uuid,
-        password_hash: &str,
-        counters: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<Option<PasswordReset>> {
-        let mut tx = self.pool.begin().await?;
-        let Some((user_id, _)) = sqlx::query_as::<_, (Uuid, String)>(CONSUME)
-            .bind(id)
-            .bind(Purpose::ResetPassword.as_str())
-            .bind(Time(now))
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let Some(row) = sqlx::query_as::<_, UserRow>(concat!(
-            "UPDATE users SET password_hash = $2 WHERE id = $1 RETURNING ",
-            user_columns!()
-        ))
-        .bind(user_id)
-        .bind(password_hash)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
-            return Ok(None);
-        };
-        let sessions_ended = sqlx::query(
-            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(Time(now))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "UPDATE otp_challenges SET retired_at = $2
-             WHERE user_id = $1 AND consumed_at IS NULL AND retired_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(Time(now))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE account_codes SET retired_at = $2
-             WHERE user_id = $1 AND purpose = 'reset_password'
-               AND consumed_at IS NULL AND retired_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(Time(now))
-        .execute(&mut *tx)
-        .await?;
-        for key in counters {
-            sqlx::query("DELETE FROM throttles WHERE key = $1")
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Some(PasswordReset {
-            user: row.into(),
-            sessions_ended,
-        }))
-    }
-
-    /// Sets a user's password hash (a change by its user, or an administrator's), ends their
-    /// sessions but `keep`, retires their open reset codes and clears the throttle `counters`,
-    /// in one transaction. The user, or None when there is no such user.
-    pub async fn set_password_hash(
-        &self,
-        user_id: Uuid,
+        target: PasswordTarget,
         password_hash: &str,
         keep: Option<Uuid>,
         counters: &[String],
         now: DateTime<Utc>,
     ) -> Result<Option<PasswordReset>> {
         let mut tx = self.pool.begin().await?;
+        let user_id = match target {
+            PasswordTarget::User(user_id) => user_id,
+            PasswordTarget::Code(id) => {
+                let consumed: Option<(Uuid, String)> = sqlx::query_as(CONSUME)
+                    .bind(id)
+                    .bind(Purpose::ResetPassword.as_str())
+                    .bind(Time(now))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some((user_id, _)) = consumed else {
+                    return Ok(None);
+                };
+                user_id
+            }
+        };
         let Some(row) = sqlx::query_as::<_, UserRow>(concat!(
             "UPDATE users SET password_hash = $2 WHERE id = $1 RETURNING ",
             user_columns!()
@@ -375,6 +332,14 @@ statements! {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        sqlx::query(
+            "UPDATE otp_challenges SET retired_at = $2
+             WHERE user_id = $1 AND consumed_at IS NULL AND retired_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(Time(now))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE account_codes SET retired_at = $2
              WHERE user_id = $1 AND purpose = 'reset_password'

@@ -27,7 +27,7 @@ use crate::domain::{Email, User};
 use crate::error::{Error, Result};
 use crate::events::{EventQuery, RecordedEvent, SecurityEvent};
 
-pub use account_codes::{NewAccountCode, OpenCode, PasswordReset, Purpose};
+pub use account_codes::{NewAccountCode, OpenCode, PasswordReset, PasswordTarget, Purpose};
 pub use challenges::{Attempt, NewChallenge};
 pub use keys::{NewSigningKey, Revocation, RevokedKey, SigningKeyRecord, Successor};
 pub use maintenance::{PRUNE_LOCK, Pruned, THROTTLE_MEMORY_DAYS};
@@ -246,12 +246,10 @@ impl Store {
         /// Consumes a `verify_email` or `change_email` code and proves its address (moving the
         /// account to it for a change), in one transaction; None when it was used meanwhile.
         pub async fn prove_address_with(&self, id: Uuid, purpose: Purpose, now: DateTime<Utc>) -> Result<Option<User>>;
-        /// Consumes a reset code and sets the new hash, ends every session and challenge of the
-        /// user and clears `counters`, in one transaction; None when it was used meanwhile.
-        pub async fn reset_password_with(&self, id: Uuid, password_hash: &str, counters: &[String], now: DateTime<Utc>) -> Result<Option<PasswordReset>>;
-        /// Sets a password hash, ends the user's sessions but `keep`, retires reset codes and
-        /// clears `counters`, in one transaction.
-        pub async fn set_password_hash(&self, user_id: Uuid, password_hash: &str, keep: Option<Uuid>, counters: &[String], now: DateTime<Utc>) -> Result<Option<PasswordReset>>;
+        /// Sets a password hash (consuming a reset code first, for [`PasswordTarget::Code`]),
+        /// ends the user's sessions but `keep` and open logins, retires reset codes and clears
+        /// `counters`, in one transaction; None when the code was used meanwhile.
+        pub async fn set_password(&self, target: PasswordTarget, password_hash: &str, keep: Option<Uuid>, counters: &[String], now: DateTime<Utc>) -> Result<Option<PasswordReset>>;
         /// Marks the user's current address proven.
         pub async fn mark_email_verified(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Option<User>>;
         /// When a session began (its login).
