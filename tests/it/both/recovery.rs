@@ -644,18 +644,22 @@ async fn wrong_current_passwords_lock_the_account_like_failed_logins() {
         "rate_limited",
     )
     .await;
-    // Even the right one is refused while the lock lasts.
+    // Even the right one is refused while the lock lasts...
+    let right = json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD});
     problem(
-        app.post_json_with_token(
-            "/password/change",
-            &access,
-            &json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
-        )
-        .await,
+        app.post_json_with_token("/password/change", &access, &right)
+            .await,
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
     )
     .await;
+    // ...and taken once it is over.
+    app.db.end_locks().await;
+    let response = app
+        .post_json_with_token("/password/change", &access, &right)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    login_tokens(&app, "locked@example.test", NEW_PASSWORD).await;
 }
 
 #[tokio::test]
@@ -889,4 +893,40 @@ async fn an_admin_sets_a_password_or_emails_a_reset() {
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     login_tokens(&app, "admin-reset@example.test", "yet another passphrase").await;
+}
+
+#[tokio::test]
+async fn clients_that_hang_up_at_once_still_get_no_more_than_one_email_a_minute() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        s.rate_limit.requests_per_ip_per_minute = 100_000;
+    })
+    .await;
+    app.register("hangups@example.test", false).await;
+    let addr = app.base.strip_prefix("http://").unwrap().to_string();
+    let body = r#"{"email":"hangups@example.test"}"#;
+    let request = format!(
+        "POST /password/forgot HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Twenty clients ask for a reset and vanish without reading the answer.
+    for _ in 0..20 {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        drop(socket);
+    }
+    // One that reads its answer, after them on the same server.
+    let response = app
+        .post_json(
+            "/password/forgot",
+            &json!({"email": "hangups@example.test"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    app.wait_for_background_mail().await;
+    assert_eq!(
+        app.mail.messages_to("hangups@example.test").len(),
+        1,
+        "one reset email within verification.resend_interval_secs, however the clients behave"
+    );
 }
