@@ -4,7 +4,7 @@
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::sessions::SessionTokens;
+use super::sessions::{SessionProof, SessionTokens};
 use super::{Auth, Client, SignIn, mail_key, micros_of, otp_key, seconds_until};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::{Email, Otp, User};
@@ -55,6 +55,7 @@ impl Auth {
         &self,
         sign_in: &SignIn,
         user: &User,
+        verified_hash: &str,
     ) -> Result<IssuedToken> {
         let mailing = self.mailing()?;
         let email = Email::parse(&user.email).map_err(|e| anyhow::anyhow!("stored email: {e}"))?;
@@ -64,15 +65,21 @@ impl Auth {
         let code = generate_code();
         let ttl = sign_in.tokens.ttl_secs(TokenKind::Challenge);
         let now = Utc::now();
-        self.store
+        // Refused if the password was changed (reset) since the login checked it.
+        if !self
+            .store
             .insert_challenge(&NewChallenge {
                 id,
                 user_id: user.id,
                 code_hash: mailing.codes.hash(id, code.as_str()),
                 expires_at: now + chrono::Duration::seconds(ttl as i64),
                 created_at: now,
+                password_hash: verified_hash.to_owned(),
             })
-            .await?;
+            .await?
+        {
+            return Err(Error::InvalidCredentials);
+        }
         if let Err(err) = mailing.mailer.send_code(&email, &code, ttl).await {
             if let Err(cleanup) = self.store.delete_challenge(id).await {
                 tracing::warn!(error = %cleanup, "could not delete undelivered challenge");
@@ -138,8 +145,14 @@ impl Auth {
                 self.clear_failures(&key).await?;
                 self.audit.record(event(EventKind::CodeAccepted));
                 self.metrics.code("accepted");
-                self.open_session(sign_in, claims.sub, &client, true, dead_challenge)
-                    .await
+                self.open_session(
+                    sign_in,
+                    claims.sub,
+                    &client,
+                    SessionProof::SecondStep,
+                    dead_challenge,
+                )
+                .await
             }
             Attempt::Rejected { remaining } => {
                 tracing::info!(user_id = %claims.sub, remaining, "wrong code");

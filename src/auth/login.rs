@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 
-use super::sessions::SessionTokens;
+use super::sessions::{SessionProof, SessionTokens};
 use super::{Auth, Client, login_key, micros_of, otp_key, seconds_until};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::{Email, Password};
@@ -142,11 +142,8 @@ impl Auth {
             .hasher
             .verify_admitted(slot, password, stored_hash)
             .await?;
-        let user = match credentials {
-            Some(c) if matched && !c.disabled => {
-                self.upgrade_hash(&c, password);
-                c.user
-            }
+        let verified = match credentials {
+            Some(c) if matched && !c.disabled => c,
             known => {
                 tracing::info!("login refused: invalid credentials");
                 let mut event = SecurityEvent::new(EventKind::LoginFailed).client(client.ip);
@@ -169,6 +166,7 @@ impl Auth {
                 return Err(Error::InvalidCredentials);
             }
         };
+        let user = verified.user.clone();
         if let Some(email) = &email {
             self.clear_failures(&login_key(email)).await?;
         }
@@ -189,11 +187,18 @@ impl Auth {
                     .user(user.id, &user.email)
                     .client(client.ip),
             );
+            // No session if the password was changed (reset) since it was checked.
             let tokens = self
-                .open_session(sign_in, user.id, &client, false, || {
-                    Error::InvalidCredentials
-                })
+                .open_session(
+                    sign_in,
+                    user.id,
+                    &client,
+                    SessionProof::Password(&verified.password_hash),
+                    || Error::InvalidCredentials,
+                )
                 .await?;
+            // Only once the session holds: a new hash before it would refuse it.
+            self.upgrade_hash(&verified, password);
             return Ok(LoginOutcome::Access(tokens));
         }
         if let Err(err) = self
@@ -217,7 +222,12 @@ impl Auth {
             self.metrics.throttle("code_email");
             return Err(err);
         }
-        let sent = self.start_challenge(sign_in, &user).await;
+        let sent = self
+            .start_challenge(sign_in, &user, &verified.password_hash)
+            .await;
+        if sent.is_ok() {
+            self.upgrade_hash(&verified, password);
+        }
         let kind = if sent.is_ok() {
             self.metrics.code("sent");
             EventKind::CodeSent

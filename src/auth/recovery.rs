@@ -17,7 +17,7 @@ use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::{Email, Otp, Password, User};
 use crate::error::{Error, Result};
 use crate::mail::Mail;
-use crate::store::{Attempt, NewAccountCode, OpenCode, PasswordTarget, Purpose};
+use crate::store::{Attempt, NewAccountCode, OpenCode, PasswordChange, PasswordTarget, Purpose};
 use crate::token::codes::{LinkToken, generate_code};
 
 /// Wrong guesses one emailed code (verification, reset, email change) takes before it dies.
@@ -59,15 +59,29 @@ impl MailOutcome {
     }
 }
 
-/// The quota key of an account's own address: account emails have a quota of their own, of
-/// the login codes' size, so a verification or a notice never costs the user a login code.
-fn account_key(user_id: Uuid) -> String {
-    format!("account-mail:{user_id}")
+/// A day, in seconds: the window of the daily limits.
+const DAY_SECS: u64 = 86_400;
+
+/// Whose inbox an account email goes to, for its recipient limit.
+enum Recipient<'a> {
+    /// An account's own address, for a code or link: a quota of its own, of the login codes'
+    /// size, so a verification never costs the user a login code.
+    Account(Uuid),
+    /// An account's own address, for a notice: a quota of its own again, so nobody can use up
+    /// what a user's reset needs by making authd send them notices.
+    Notice(Uuid),
+    /// An address that is no account's (yet): the new address of an email change.
+    Address(&'a Email),
 }
 
-/// The quota key of a recipient that is not (yet) any account's address.
-fn address_key(email: &Email) -> String {
-    format!("account-mail-to:{email}")
+impl Recipient<'_> {
+    fn key(&self) -> String {
+        match self {
+            Recipient::Account(user_id) => format!("account-mail:{user_id}"),
+            Recipient::Notice(user_id) => format!("notice-mail:{user_id}"),
+            Recipient::Address(email) => format!("account-mail-to:{email}"),
+        }
+    }
 }
 
 /// The kind label of an account email, for the metric and the log.
@@ -103,58 +117,62 @@ impl Auth {
         }
     }
 
-    /// Takes one unit of each limit an email of `purpose` to `to` is under: the recipient's
-    /// (`mail.max_codes_per_account` per `mail.codes_window_secs`, as for the login codes), and
-    /// for codes, once per `verification.resend_interval_secs` and `verification.max_per_day`
-    /// a day per account and purpose. False when one is used up.
-    async fn take_mail_limits(
-        &self,
-        recipient_key: &str,
-        purpose: Option<(Purpose, Uuid)>,
-    ) -> Result<bool> {
+    /// Takes one unit of an account's limits for emails of `purpose`: one per
+    /// `verification.resend_interval_secs` and `verification.max_per_day` a day. False when
+    /// one is used up.
+    async fn take_purpose_limits(&self, purpose: Purpose, user_id: Uuid) -> Result<bool> {
         if !self.limits.enabled {
             return Ok(true);
         }
-        let now = Utc::now();
-        if let Some((purpose, user_id)) = purpose {
-            let name = purpose.as_str();
-            let interval = self.verification.resend_interval_secs;
-            if interval > 0
-                && self
-                    .store
-                    .take_quota(
-                        &format!("{name}-interval:{user_id}"),
-                        1,
-                        micros_of(interval),
-                        now,
-                    )
-                    .await?
-                    .is_err()
-            {
-                return Ok(false);
-            }
-            if self
-                .store
-                .take_quota(
-                    &format!("{name}-day:{user_id}"),
+        let name = purpose.as_str();
+        let interval = self.verification.resend_interval_secs;
+        if interval > 0
+            && !self
+                .take_unit(&format!("{name}-interval:{user_id}"), 1, interval)
+                .await?
+        {
+            return Ok(false);
+        }
+        self.take_unit(
+            &format!("{name}-day:{user_id}"),
+            self.verification.max_per_day,
+            DAY_SECS,
+        )
+        .await
+    }
+
+    /// Takes one unit of a recipient's limit: `mail.max_codes_per_account` per
+    /// `mail.codes_window_secs`, as for the login codes (but a quota of its own); an address
+    /// that is no account's also `verification.max_per_day` a day, whichever accounts ask.
+    async fn take_recipient_limit(&self, recipient: &Recipient<'_>) -> Result<bool> {
+        if !self.limits.enabled {
+            return Ok(true);
+        }
+        let key = recipient.key();
+        if let Recipient::Address(_) = recipient
+            && !self
+                .take_unit(
+                    &format!("{key}-day"),
                     self.verification.max_per_day,
-                    micros_of(86_400),
-                    now,
+                    DAY_SECS,
                 )
                 .await?
-                .is_err()
-            {
-                return Ok(false);
-            }
+        {
+            return Ok(false);
         }
+        self.take_unit(
+            &key,
+            self.code_emails.max_per_account,
+            self.code_emails.window_secs,
+        )
+        .await
+    }
+
+    /// One unit of the quota `key` of `max` per `window_secs`.
+    async fn take_unit(&self, key: &str, max: u32, window_secs: u64) -> Result<bool> {
         Ok(self
             .store
-            .take_quota(
-                recipient_key,
-                self.code_emails.max_per_account,
-                micros_of(self.code_emails.window_secs),
-                now,
-            )
+            .take_quota(key, max, micros_of(window_secs), Utc::now())
             .await?
             .is_ok())
     }
@@ -162,18 +180,21 @@ impl Auth {
     /// Issues a code and link of `purpose` for `user`, to `to`, and emails them: stored first,
     /// and deleted again if the relay fails (a code that never arrived is no use to anyone).
     /// A newer code retires the user's older ones of the same purpose.
+    /// The account's limits for `purpose` are taken here, unless the caller already took them
+    /// (`limits_taken`).
     async fn send_account_code(
         &self,
         user: &User,
         purpose: Purpose,
         to: &Email,
-        recipient_key: &str,
+        recipient: &Recipient<'_>,
+        limits_taken: bool,
     ) -> Result<MailOutcome> {
         let mailing = self.mailing()?;
-        if !self
-            .take_mail_limits(recipient_key, Some((purpose, user.id)))
-            .await?
-        {
+        if !limits_taken && !self.take_purpose_limits(purpose, user.id).await? {
+            return Ok(MailOutcome::Limited);
+        }
+        if !self.take_recipient_limit(recipient).await? {
             return Ok(MailOutcome::Limited);
         }
         let ttl = match purpose {
@@ -222,16 +243,20 @@ impl Auth {
         Ok(MailOutcome::Sent)
     }
 
-    /// Emails a notice (nothing to act on) within the recipient's limit.
+    /// Emails a notice (nothing to act on) within the recipient's limit for notices, which is
+    /// its own: notices never use up what a verification or a reset needs.
     async fn send_notice(
         &self,
         kind: &'static str,
         to: &Email,
-        recipient_key: &str,
+        user_id: Uuid,
         mail: Mail<'_>,
     ) -> Result<MailOutcome> {
         let mailing = self.mailing()?;
-        if !self.take_mail_limits(recipient_key, None).await? {
+        if !self
+            .take_recipient_limit(&Recipient::Notice(user_id))
+            .await?
+        {
             return Ok(MailOutcome::Limited);
         }
         Ok(match mailing.mailer.send(to, mail).await {
@@ -284,8 +309,14 @@ impl Auth {
     async fn send_verification(&self, user: &User, client: &Client) {
         let outcome = match Email::parse(&user.email) {
             Ok(to) => {
-                self.send_account_code(user, Purpose::VerifyEmail, &to, &account_key(user.id))
-                    .await
+                self.send_account_code(
+                    user,
+                    Purpose::VerifyEmail,
+                    &to,
+                    &Recipient::Account(user.id),
+                    false,
+                )
+                .await
             }
             Err(err) => Err(Error::Internal(anyhow::anyhow!("stored email: {err}"))),
         };
@@ -412,22 +443,30 @@ impl Auth {
         let open = self
             .checked_code(user.as_ref().zip(code), token, purposes, &client)
             .await?;
-        self.prove_address(open, &client).await
+        self.prove_address(open, None, &client).await
     }
 
-    /// Consumes a checked verification or email-change code and proves its address.
-    async fn prove_address(&self, open: OpenCode, client: &Client) -> Result<User> {
+    /// Consumes a checked verification or email-change code and proves its address. An
+    /// address change ends the user's sessions but `keep` (the one confirming it, if any).
+    async fn prove_address(
+        &self,
+        open: OpenCode,
+        keep: Option<Uuid>,
+        client: &Client,
+    ) -> Result<User> {
         let before = self.store.find_user(open.user_id).await?;
-        let user = self
+        let proven = self
             .store
-            .prove_address_with(open.id, open.purpose, Utc::now())
+            .prove_address_with(&open, keep, Utc::now())
             .await?
             .ok_or(Error::InvalidCode)?;
+        let user = proven.user;
         let event = if open.purpose == Purpose::ChangeEmail {
             tracing::info!(user_id = %user.id, "email address changed");
             SecurityEvent::new(EventKind::EmailChanged).detail(format!(
-                "from {}",
-                before.map(|b| b.email).unwrap_or_default()
+                "from {}: {} other sessions ended",
+                before.map(|b| b.email).unwrap_or_default(),
+                proven.sessions_ended
             ))
         } else {
             tracing::info!(user_id = %user.id, "email address verified");
@@ -469,17 +508,30 @@ impl Auth {
     }
 
     async fn send_reset(&self, user: &User, to: &Email) -> Result<MailOutcome> {
-        self.send_account_code(user, Purpose::ResetPassword, to, &account_key(user.id))
-            .await
+        self.send_account_code(
+            user,
+            Purpose::ResetPassword,
+            to,
+            &Recipient::Account(user.id),
+            false,
+        )
+        .await
     }
 
     /// `authd user reset-password --send-link`: emails a reset to the user now; how it went.
     pub async fn send_password_reset(&self, email: &Email) -> Result<MailOutcome> {
-        let user = self
+        let credentials = self
             .store
-            .find_user_by_email(email)
+            .find_credentials(email)
             .await?
             .ok_or(Error::UserNotFound)?;
+        if credentials.disabled {
+            return Err(Error::validation(
+                "email",
+                "belongs to a disabled account: `authd user enable` it first",
+            ));
+        }
+        let user = credentials.user;
         let outcome = self.send_reset(&user, email).await;
         let reported = *outcome.as_ref().unwrap_or(&MailOutcome::Failed);
         self.record_mail(
@@ -553,10 +605,14 @@ impl Auth {
         let reset = self
             .store
             .set_password(
-                PasswordTarget::Code(open.id),
-                &hash,
-                None,
-                &[login_key(&email)],
+                &PasswordChange {
+                    user_id: user.id,
+                    target: PasswordTarget::Code(open.id),
+                    password_hash: &hash,
+                    expected: None,
+                    keep: None,
+                    counters: &[login_key(&email)],
+                },
                 Utc::now(),
             )
             .await?
@@ -577,13 +633,8 @@ impl Auth {
         self.in_background("password_changed", async move {
             let outcome = match Email::parse(&user.email) {
                 Ok(to) => {
-                    auth.send_notice(
-                        "password_changed",
-                        &to,
-                        &account_key(user.id),
-                        Mail::PasswordChanged,
-                    )
-                    .await
+                    auth.send_notice("password_changed", &to, user.id, Mail::PasswordChanged)
+                        .await
                 }
                 Err(err) => Err(Error::Internal(anyhow::anyhow!("stored email: {err}"))),
             };
@@ -630,14 +681,23 @@ impl Auth {
         let changed = self
             .store
             .set_password(
-                PasswordTarget::User(user.id),
-                &hash,
-                Some(session),
-                &[],
+                &PasswordChange {
+                    user_id: user.id,
+                    target: PasswordTarget::User,
+                    password_hash: &hash,
+                    expected: stored,
+                    keep: Some(session),
+                    counters: &[],
+                },
                 Utc::now(),
             )
             .await?
-            .ok_or(Error::InvalidToken("this access token's user is gone"))?;
+            // A reset (or another change) came first: it ended this session too.
+            .ok_or_else(|| {
+                Error::InvalidToken(
+                    "this access token's session has ended, or its password changed meanwhile: log in again",
+                )
+            })?;
         self.audit.record(
             SecurityEvent::new(EventKind::PasswordChanged)
                 .user(user.id, &user.email)
@@ -663,10 +723,14 @@ impl Auth {
         let changed = self
             .store
             .set_password(
-                PasswordTarget::User(user.id),
-                &hash,
-                None,
-                &[login_key(email)],
+                &PasswordChange {
+                    user_id: user.id,
+                    target: PasswordTarget::User,
+                    password_hash: &hash,
+                    expected: None,
+                    keep: None,
+                    counters: &[login_key(email)],
+                },
                 Utc::now(),
             )
             .await?
@@ -710,7 +774,22 @@ impl Auth {
         Ok(())
     }
 
+    /// The requester's limits for address changes are taken first, whether or not the new
+    /// address is another account's: so neither the emails that go out nor the limits say
+    /// which it is, and nobody can send an account's owner more notices than their own limits.
     async fn send_email_change(&self, user: &User, new_email: &Email, client: &Client) {
+        match self
+            .take_purpose_limits(Purpose::ChangeEmail, user.id)
+            .await
+        {
+            Ok(true) => {}
+            limited => {
+                // record_mail logs an error and counts it as failed.
+                let outcome = limited.map(|_| MailOutcome::Limited);
+                self.record_mail(kind_of(Purpose::ChangeEmail), outcome, user, client, None);
+                return;
+            }
+        }
         let taken_by = match self.store.find_user_by_email(new_email).await {
             Ok(found) => found,
             Err(err) => {
@@ -723,12 +802,7 @@ impl Auth {
         let detail = match &taken_by {
             Some(other) => {
                 let outcome = self
-                    .send_notice(
-                        "address_in_use",
-                        new_email,
-                        &account_key(other.id),
-                        Mail::AddressInUse,
-                    )
+                    .send_notice("address_in_use", new_email, other.id, Mail::AddressInUse)
                     .await;
                 self.record_mail("address_in_use", outcome, other, client, None);
                 format!("to {new_email} (another account's: nothing sent to it but a notice)")
@@ -739,7 +813,8 @@ impl Auth {
                         user,
                         Purpose::ChangeEmail,
                         new_email,
-                        &address_key(new_email),
+                        &Recipient::Address(new_email),
+                        true,
                     )
                     .await;
                 self.record_mail(kind_of(Purpose::ChangeEmail), outcome, user, client, None);
@@ -757,7 +832,7 @@ impl Auth {
                 self.send_notice(
                     "email_change_requested",
                     &old,
-                    &account_key(user.id),
+                    user.id,
                     Mail::EmailChangeRequested {
                         new_email: new_email.as_str(),
                     },
@@ -773,18 +848,21 @@ impl Auth {
     /// user) or the link's token moves the account to the new address, which then counts as
     /// proven. `EmailTaken` when another account took it meanwhile (nothing changes).
     pub async fn confirm_email_change(&self, proof: ChangeProof, client: Client) -> Result<User> {
-        let open = match &proof {
+        let (open, keep) = match &proof {
             ChangeProof::Code { access_token, code } => {
-                let (user, _) = self.authenticate(access_token).await?;
-                self.checked_code(Some((&user, code)), None, &[Purpose::ChangeEmail], &client)
-                    .await?
+                let (user, session) = self.authenticate(access_token).await?;
+                let open = self
+                    .checked_code(Some((&user, code)), None, &[Purpose::ChangeEmail], &client)
+                    .await?;
+                (open, Some(session))
             }
-            ChangeProof::Token(token) => {
+            ChangeProof::Token(token) => (
                 self.checked_code(None, Some(token), &[Purpose::ChangeEmail], &client)
-                    .await?
-            }
+                    .await?,
+                None,
+            ),
         };
-        self.prove_address(open, &client).await
+        self.prove_address(open, keep, &client).await
     }
 
     /// Refuses unless the session's login is younger than `session.fresh_login_secs`.

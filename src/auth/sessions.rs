@@ -21,6 +21,16 @@ pub struct SessionTokens {
     pub refresh_expires_in: u64,
 }
 
+/// What a new session rests on.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum SessionProof<'a> {
+    /// A password-only login: the hash the password was checked against, which must still be
+    /// the user's (a reset in between refuses the session).
+    Password(&'a str),
+    /// The second step of a challenge (which a password change retires).
+    SecondStep,
+}
+
 /// Which sessions `POST /logout` ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogoutScope {
@@ -94,7 +104,7 @@ impl Auth {
         sign_in: &SignIn,
         user_id: Uuid,
         client: &Client,
-        after_second_step: bool,
+        proof: SessionProof<'_>,
         refused: fn() -> Error,
     ) -> Result<SessionTokens> {
         self.check_signer().await?;
@@ -117,7 +127,11 @@ impl Auth {
                     absolute_expires_at,
                     client_ip: client.ip.map(|ip| ip.to_string()),
                     user_agent: client.user_agent.clone(),
-                    after_second_step,
+                    after_second_step: matches!(proof, SessionProof::SecondStep),
+                    password_hash: match proof {
+                        SessionProof::Password(hash) => Some(hash.to_owned()),
+                        SessionProof::SecondStep => None,
+                    },
                 },
                 self.sessions.max_per_user,
             )

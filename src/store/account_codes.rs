@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::challenges::{Attempt, attempt_from};
-use super::common::{Count, Time, UserRow, statements, user_columns};
+use super::common::{Count, Time, UserRow, lock_user, statements, user_columns};
 use crate::domain::User;
 use crate::error::Result;
 
@@ -65,13 +65,35 @@ pub struct OpenCode {
     pub email: String,
 }
 
-/// Whose password [`set_password`](crate::store::Store::set_password) sets.
+/// How [`set_password`](crate::store::Store::set_password) is allowed to set a password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PasswordTarget {
-    /// The user a live `reset_password` code belongs to, consuming it.
+    /// By this live `reset_password` code of the user, consuming it.
     Code(Uuid),
-    /// This user (a change by its user, or an administrator's).
-    User(Uuid),
+    /// By the user (knowing the current password) or an administrator.
+    User,
+}
+
+/// A new password hash for a user, and what it may replace.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordChange<'a> {
+    pub user_id: Uuid,
+    pub target: PasswordTarget,
+    pub password_hash: &'a str,
+    /// The hash it replaces, when it must still be that one (a change that checked it).
+    pub expected: Option<&'a str>,
+    /// A session of the user that stays (the one making the change); it must be live.
+    pub keep: Option<Uuid>,
+    /// Throttle keys cleared with it (the password locks).
+    pub counters: &'a [String],
+}
+
+/// What proving an address did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressProven {
+    pub user: User,
+    /// Sessions that ended (an address change ends all but the confirming one).
+    pub sessions_ended: u64,
 }
 
 /// What setting a password did.
@@ -100,6 +122,22 @@ fn open_code(row: Option<OpenCodeRow>) -> Option<OpenCode> {
     })
 }
 
+/// Inside a transaction `$tx`: ends the live sessions of `$user` but `$keep`; how many.
+macro_rules! end_sessions {
+    ($tx:expr, $user:expr, $keep:expr, $now:expr) => {
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $3
+             WHERE user_id = $1 AND revoked_at IS NULL AND ($2 IS NULL OR id <> $2)",
+        )
+        .bind($user)
+        .bind($keep)
+        .bind(Time($now))
+        .execute(&mut *$tx)
+        .await?
+        .rows_affected()
+    };
+}
+
 /// `consume`: marks a live code used, once. $1 id, $2 purpose, $3 now.
 const CONSUME: &str = "UPDATE account_codes SET consumed_at = $3
      WHERE id = $1 AND purpose = $2 AND consumed_at IS NULL AND retired_at IS NULL
@@ -111,6 +149,7 @@ statements! {
     /// transaction: only the newest message of a kind works.
     pub async fn insert_account_code(&self, code: &NewAccountCode) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        lock_user!(tx, code.user_id);
         sqlx::query(
             "UPDATE account_codes SET retired_at = $3
              WHERE user_id = $1 AND purpose = $2 AND consumed_at IS NULL AND retired_at IS NULL",
@@ -215,31 +254,34 @@ statements! {
         attempt_from(row, max_attempts)
     }
 
-    /// Consumes a `verify_email` or `change_email` code and marks its address proven; for a
-    /// change, the account moves to the new address (`EmailTaken` if another account took it
-    /// since, and then nothing changes) and the user's other live codes retire. None when the
-    /// code was used (by a parallel request), retired or expired, or the account's address is no
-    /// longer the one the code proves.
+    /// Consumes a `verify_email` or `change_email` code of `open.user_id` and marks its
+    /// address proven. For a change, the account moves to the new address (`EmailTaken` if
+    /// another account took it since, and then nothing changes), the user's other live codes
+    /// and open logins retire, and their sessions but `keep` end. None when the code was used
+    /// (by a parallel request), retired or expired, the account is disabled, or its address is
+    /// no longer the one the code proves.
     pub async fn prove_address_with(
         &self,
-        id: Uuid,
-        purpose: Purpose,
+        open: &OpenCode,
+        keep: Option<Uuid>,
         now: DateTime<Utc>,
-    ) -> Result<Option<User>> {
+    ) -> Result<Option<AddressProven>> {
         let mut tx = self.pool.begin().await?;
-        let Some((user_id, email)) = sqlx::query_as::<_, (Uuid, String)>(CONSUME)
-            .bind(id)
-            .bind(purpose.as_str())
+        lock_user!(tx, open.user_id);
+        let consumed: Option<(Uuid, String)> = sqlx::query_as(CONSUME)
+            .bind(open.id)
+            .bind(open.purpose.as_str())
             .bind(Time(now))
             .fetch_optional(&mut *tx)
-            .await?
-        else {
+            .await?;
+        let Some((user_id, email)) = consumed.filter(|(user, _)| *user == open.user_id) else {
             return Ok(None);
         };
-        let row: Option<UserRow> = match purpose {
+        let row: Option<UserRow> = match open.purpose {
             Purpose::ChangeEmail => {
                 sqlx::query_as(concat!(
-                    "UPDATE users SET email = $2, email_verified_at = $3 WHERE id = $1
+                    "UPDATE users SET email = $2, email_verified_at = $3
+                     WHERE id = $1 AND disabled_at IS NULL
                      RETURNING ",
                     user_columns!()
                 ))
@@ -252,7 +294,7 @@ statements! {
             _ => {
                 sqlx::query_as(concat!(
                     "UPDATE users SET email_verified_at = coalesce(email_verified_at, $3)
-                     WHERE id = $1 AND email = $2
+                     WHERE id = $1 AND email = $2 AND disabled_at IS NULL
                      RETURNING ",
                     user_columns!()
                 ))
@@ -266,89 +308,108 @@ statements! {
         let Some(row) = row else {
             return Ok(None);
         };
-        if purpose == Purpose::ChangeEmail {
-            // Codes sent to the old address (or for another new one) prove nothing any more.
-            sqlx::query(
+        let mut sessions_ended = 0;
+        if open.purpose == Purpose::ChangeEmail {
+            // Codes sent to the old address (or for another new one), and logins waiting for
+            // a code sent there, prove nothing any more; the sessions but the confirming one end.
+            for retire in [
                 "UPDATE account_codes SET retired_at = $2
                  WHERE user_id = $1 AND consumed_at IS NULL AND retired_at IS NULL",
-            )
-            .bind(user_id)
-            .bind(Time(now))
-            .execute(&mut *tx)
-            .await?;
+                "UPDATE otp_challenges SET retired_at = $2
+                 WHERE user_id = $1 AND consumed_at IS NULL AND retired_at IS NULL",
+            ] {
+                sqlx::query(retire)
+                    .bind(user_id)
+                    .bind(Time(now))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sessions_ended = end_sessions!(tx, user_id, keep, now);
         }
         tx.commit().await?;
-        Ok(Some(row.into()))
+        Ok(Some(AddressProven {
+            user: row.into(),
+            sessions_ended,
+        }))
     }
 
-    /// Sets a user's password hash and, in the same transaction, ends their sessions (but
-    /// `keep`) and open logins, retires their reset codes and clears the throttle `counters`
-    /// (the password locks). With [`PasswordTarget::Code`] a live `reset_password` code is
-    /// consumed first and names the user: of parallel resets with one code exactly one gets
-    /// here. None (nothing changed) when the code was used, retired or expired meanwhile, or
-    /// the user is gone.
+    /// Sets a user's password hash (`change`) and, in the same transaction, ends their sessions (but
+    /// `keep`, which must still be live) and open logins, retires their reset and
+    /// address-change codes (neither may outlive a new password) and clears the throttle
+    /// `counters` (the password locks). The user's row is locked first, so a login that checked
+    /// the old password opens no session afterwards. With [`PasswordTarget::Code`] a live
+    /// `reset_password` code of `user_id` is consumed first (of parallel resets with one code
+    /// exactly one gets here) and a disabled account is refused; with `expected`, the hash
+    /// must still be that one. None (nothing changed) when any of that does not hold.
     pub async fn set_password(
         &self,
-        target: PasswordTarget,
-        password_hash: &str,
-        keep: Option<Uuid>,
-        counters: &[String],
+        change: &PasswordChange<'_>,
         now: DateTime<Utc>,
     ) -> Result<Option<PasswordReset>> {
+        let PasswordChange {
+            user_id,
+            target,
+            password_hash,
+            expected,
+            keep,
+            counters,
+        } = *change;
         let mut tx = self.pool.begin().await?;
-        let user_id = match target {
-            PasswordTarget::User(user_id) => user_id,
-            PasswordTarget::Code(id) => {
-                let consumed: Option<(Uuid, String)> = sqlx::query_as(CONSUME)
-                    .bind(id)
-                    .bind(Purpose::ResetPassword.as_str())
-                    .bind(Time(now))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some((user_id, _)) = consumed else {
-                    return Ok(None);
-                };
-                user_id
+        lock_user!(tx, user_id);
+        if let PasswordTarget::Code(id) = target {
+            let consumed: Option<(Uuid, String)> = sqlx::query_as(CONSUME)
+                .bind(id)
+                .bind(Purpose::ResetPassword.as_str())
+                .bind(Time(now))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if consumed.is_none_or(|(owner, _)| owner != user_id) {
+                return Ok(None);
             }
-        };
+        }
+        if let Some(keep) = keep {
+            let live: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM sessions
+                                WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL)",
+            )
+            .bind(keep)
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !live {
+                return Ok(None);
+            }
+        }
         let Some(row) = sqlx::query_as::<_, UserRow>(concat!(
-            "UPDATE users SET password_hash = $2 WHERE id = $1 RETURNING ",
+            "UPDATE users SET password_hash = $2
+             WHERE id = $1 AND (CAST($3 AS TEXT) IS NULL OR password_hash = $3)
+               AND ($4 OR disabled_at IS NULL)
+             RETURNING ",
             user_columns!()
         ))
         .bind(user_id)
         .bind(password_hash)
+        .bind(expected)
+        .bind(matches!(target, PasswordTarget::User))
         .fetch_optional(&mut *tx)
         .await?
         else {
             return Ok(None);
         };
-        let sessions_ended = sqlx::query(
-            "UPDATE sessions SET revoked_at = $3
-             WHERE user_id = $1 AND revoked_at IS NULL AND ($2 IS NULL OR id <> $2)",
-        )
-        .bind(user_id)
-        .bind(keep)
-        .bind(Time(now))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query(
+        for retire in [
             "UPDATE otp_challenges SET retired_at = $2
              WHERE user_id = $1 AND consumed_at IS NULL AND retired_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(Time(now))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
             "UPDATE account_codes SET retired_at = $2
-             WHERE user_id = $1 AND purpose = 'reset_password'
+             WHERE user_id = $1 AND purpose IN ('reset_password', 'change_email')
                AND consumed_at IS NULL AND retired_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(Time(now))
-        .execute(&mut *tx)
-        .await?;
+        ] {
+            sqlx::query(retire)
+                .bind(user_id)
+                .bind(Time(now))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let sessions_ended = end_sessions!(tx, user_id, keep, now);
         for key in counters {
             sqlx::query("DELETE FROM throttles WHERE key = $1")
                 .bind(key)

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::common::{Count, Time, statements};
+use super::common::{Count, Time, lock_user, statements};
 use crate::error::Result;
 
 /// A new login challenge: the keyed hash of the emailed code and when it dies.
@@ -14,6 +14,9 @@ pub struct NewChallenge {
     pub code_hash: Vec<u8>,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// The hash the login checked the password against: no challenge starts if the password
+    /// was changed (reset) since, or the user was disabled.
+    pub password_hash: String,
 }
 
 /// The result of submitting one code to a challenge, decided atomically in the database.
@@ -39,19 +42,25 @@ pub(super) fn attempt_from(row: Option<(bool, i64)>, max_attempts: u32) -> Resul
 }
 
 statements! {
-    pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<()> {
-        sqlx::query(
+    pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        lock_user!(tx, challenge.user_id);
+        let inserted = sqlx::query(
             "INSERT INTO otp_challenges (id, user_id, code_hash, expires_at, created_at)
-             VALUES ($1, $2, $3, $4, $5)",
+             SELECT $1, $2, $3, $4, $5 FROM users
+             WHERE id = $2 AND disabled_at IS NULL AND password_hash = $6",
         )
         .bind(challenge.id)
         .bind(challenge.user_id)
         .bind(&challenge.code_hash)
         .bind(Time(challenge.expires_at))
         .bind(Time(challenge.created_at))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(&challenge.password_hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(inserted > 0)
     }
 
     pub async fn delete_challenge(&self, id: Uuid) -> Result<()> {

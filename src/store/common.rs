@@ -156,6 +156,20 @@ macro_rules! user_columns {
 
 pub(super) use user_columns;
 
+/// Inside a transaction `$tx` of a `statements!` body: takes the row lock of user `$user` on
+/// PostgreSQL (`LOCK_SESSION_USER`; SQLite has one writer at a time anyway). Every transaction
+/// that changes a user's password, address, sessions or codes takes it first, so they queue in
+/// one order (no deadlock) and each sees what the one before it committed.
+macro_rules! lock_user {
+    ($tx:expr, $user:expr) => {
+        if let Some(lock) = Self::LOCK_SESSION_USER {
+            sqlx::query(lock).bind($user).execute(&mut *$tx).await?;
+        }
+    };
+}
+
+pub(super) use lock_user;
+
 /// Writes methods once for both stores: the body is expanded into `impl PgStore` and into
 /// `impl SqliteStore`, one invocation per topic file. Parameters are `$n` on both databases,
 /// every time is bound as a [`Time`] (a length of time as a [`Span`]), and a counter comes back

@@ -27,7 +27,9 @@ use crate::domain::{Email, User};
 use crate::error::{Error, Result};
 use crate::events::{EventQuery, RecordedEvent, SecurityEvent};
 
-pub use account_codes::{NewAccountCode, OpenCode, PasswordReset, PasswordTarget, Purpose};
+pub use account_codes::{
+    AddressProven, NewAccountCode, OpenCode, PasswordChange, PasswordReset, PasswordTarget, Purpose,
+};
 pub use challenges::{Attempt, NewChallenge};
 pub use keys::{NewSigningKey, Revocation, RevokedKey, SigningKeyRecord, Successor};
 pub use maintenance::{PRUNE_LOCK, Pruned, THROTTLE_MEMORY_DAYS};
@@ -221,7 +223,9 @@ impl Store {
         pub async fn replace_password_hash(&self, id: Uuid, old: &str, new: &str) -> Result<bool>;
         pub async fn set_two_factor(&self, email: &Email, enabled: bool) -> Result<Option<User>>;
         pub async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>>;
-        pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<()>;
+        /// Starts a challenge, unless the user's password hash is no longer the one the login
+        /// checked (or the user is disabled): false then.
+        pub async fn insert_challenge(&self, challenge: &NewChallenge) -> Result<bool>;
         /// Removes a challenge whose code could not be delivered.
         pub async fn delete_challenge(&self, id: Uuid) -> Result<()>;
         /// Retires the user's open challenges started before `keep` (ids are time-ordered), and
@@ -244,12 +248,14 @@ impl Store {
         /// is accepted without being consumed (what it unlocks consumes it).
         pub async fn check_account_code(&self, id: Uuid, code_hash: &[u8], max_attempts: u32, now: DateTime<Utc>) -> Result<Attempt>;
         /// Consumes a `verify_email` or `change_email` code and proves its address (moving the
-        /// account to it for a change), in one transaction; None when it was used meanwhile.
-        pub async fn prove_address_with(&self, id: Uuid, purpose: Purpose, now: DateTime<Utc>) -> Result<Option<User>>;
-        /// Sets a password hash (consuming a reset code first, for [`PasswordTarget::Code`]),
-        /// ends the user's sessions but `keep` and open logins, retires reset codes and clears
-        /// `counters`, in one transaction; None when the code was used meanwhile.
-        pub async fn set_password(&self, target: PasswordTarget, password_hash: &str, keep: Option<Uuid>, counters: &[String], now: DateTime<Utc>) -> Result<Option<PasswordReset>>;
+        /// account to it, and ending its sessions but `keep`, for a change), in one
+        /// transaction; None when it was used meanwhile.
+        pub async fn prove_address_with(&self, open: &OpenCode, keep: Option<Uuid>, now: DateTime<Utc>) -> Result<Option<AddressProven>>;
+        /// Sets a password hash (consuming a reset code first, for [`PasswordTarget::Code`];
+        /// only over `expected`, when given), ends the user's sessions but `keep` and open
+        /// logins, retires reset and address-change codes and clears `counters`, in one
+        /// transaction that locks the user first; None when something changed meanwhile.
+        pub async fn set_password(&self, change: &PasswordChange<'_>, now: DateTime<Utc>) -> Result<Option<PasswordReset>>;
         /// Marks the user's current address proven.
         pub async fn mark_email_verified(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Option<User>>;
         /// When a session began (its login).

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::common::{Time, UserRow, statements};
+use super::common::{Time, UserRow, lock_user, statements};
 use crate::domain::User;
 use crate::error::Result;
 
@@ -26,6 +26,9 @@ pub struct NewSession {
     /// Whether the login passed the second step; a password-only login opens no session for a
     /// user whose second step was switched on meanwhile.
     pub after_second_step: bool,
+    /// The hash a password-only login checked the password against: no session opens if the
+    /// password was changed (reset) since.
+    pub password_hash: Option<String>,
 }
 
 /// A session as its refresh chain sees it: what a refresh decides on.
@@ -156,19 +159,15 @@ statements! {
         max_per_user: u32,
     ) -> Result<Option<u64>> {
         let mut tx = self.pool.begin().await?;
-        if let Some(lock) = Self::LOCK_SESSION_USER {
-            sqlx::query(lock)
-                .bind(session.user_id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        lock_user!(tx, session.user_id);
         let inserted = sqlx::query(
             "INSERT INTO sessions (id, user_id, family, refresh_hash, created_at,
                                    last_used_at, expires_at, absolute_expires_at,
                                    client_ip, user_agent)
              SELECT $1, $2, $3, $4, $5, $5, $6, $7, $8, $9 FROM users
              WHERE id = $2 AND disabled_at IS NULL
-               AND ($10 OR two_factor_enabled = $11)",
+               AND ($10 OR two_factor_enabled = $11)
+               AND (CAST($12 AS TEXT) IS NULL OR password_hash = $12)",
         )
         .bind(session.id)
         .bind(session.user_id)
@@ -181,6 +180,7 @@ statements! {
         .bind(&session.user_agent)
         .bind(session.after_second_step)
         .bind(false)
+        .bind(&session.password_hash)
         .execute(&mut *tx)
         .await?
         .rows_affected();

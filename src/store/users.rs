@@ -192,7 +192,8 @@ statements! {
         .fetch_optional(&mut *tx)
         .await?;
         if let (Some(user), true) = (&row, disabled) {
-            // Every session ends, and so does a login waiting for its code.
+            // Every session ends, and so does a login waiting for its code, and every emailed
+            // code or link (a reset or an address change must not outlive the disable).
             sqlx::query(
                 "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
             )
@@ -202,6 +203,14 @@ statements! {
             .await?;
             sqlx::query(
                 "UPDATE otp_challenges SET retired_at = $2
+                 WHERE user_id = $1 AND consumed_at IS NULL AND retired_at IS NULL",
+            )
+            .bind(user.id)
+            .bind(Time(now))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE account_codes SET retired_at = $2
                  WHERE user_id = $1 AND consumed_at IS NULL AND retired_at IS NULL",
             )
             .bind(user.id)

@@ -930,3 +930,186 @@ async fn clients_that_hang_up_at_once_still_get_no_more_than_one_email_a_minute(
         "one reset email within verification.resend_interval_secs, however the clients behave"
     );
 }
+
+#[tokio::test]
+async fn a_password_reset_cancels_a_pending_email_change() {
+    let app = spawn().await;
+    app.register("victim@example.test", false).await;
+    // Someone with the victim's session asks to move the account to their own address...
+    let (stolen, _) = login_tokens(&app, "victim@example.test", PASSWORD).await;
+    app.post_json_with_token(
+        "/email/change",
+        &stolen,
+        &json!({"new_email": "thief@example.test"}),
+    )
+    .await;
+    let change = app.mail.wait_for("thief@example.test", 1).await;
+    app.wait_for_background_mail().await;
+    // ...the victim, warned, resets the password...
+    let reset = forgot(&app, "victim@example.test", 2).await;
+    let response = app
+        .post_json(
+            "/password/reset",
+            &json!({"token": token_of(&reset), "new_password": NEW_PASSWORD}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // ...and the change's code and link are dead.
+    for body in [json!({"token": token_of(&change)})] {
+        problem(
+            app.post_json("/email/verify", &body).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_code",
+        )
+        .await;
+    }
+    let (fresh, _) = login_tokens(&app, "victim@example.test", NEW_PASSWORD).await;
+    assert_eq!(me(&app, &fresh).await["email"], "victim@example.test");
+    // So is the session that asked for it.
+    problem(
+        app.post_json_with_token(
+            "/email/change/confirm",
+            &stolen,
+            &json!({"code": code_of(&change)}),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logins_with_the_old_password_racing_a_reset_leave_no_session_behind() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        open_limits(s);
+        s.password.max_queue = 200;
+        s.rate_limit.login_failures_per_account = 1000;
+    })
+    .await;
+    app.register("raced@example.test", false).await;
+    for round in 0..3 {
+        let reset = forgot(&app, "raced@example.test", round * 2 + 1).await;
+        let new_password = format!("{NEW_PASSWORD} {round}");
+        let old_password = if round == 0 {
+            PASSWORD.to_owned()
+        } else {
+            format!("{NEW_PASSWORD} {}", round - 1)
+        };
+        let body = json!({"token": token_of(&reset), "new_password": new_password});
+        let logins = join_all((0..12).map(|_| app.login("raced@example.test", &old_password)));
+        let (reset, logins) = tokio::join!(app.post_json("/password/reset", &body), logins);
+        assert_eq!(reset.status(), StatusCode::OK);
+        for login in logins {
+            assert!(
+                [StatusCode::OK, StatusCode::UNAUTHORIZED].contains(&login.status()),
+                "{login:?}"
+            );
+        }
+        // Whatever the order, nothing opened with the old password outlives the reset.
+        assert_eq!(
+            app.db
+                .int("SELECT CAST(count(*) AS BIGINT) FROM sessions WHERE revoked_at IS NULL")
+                .await,
+            0,
+            "round {round}"
+        );
+        app.wait_for_background_mail().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn codes_of_one_account_used_at_once_never_fail_with_a_server_error() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        open_limits(s);
+        s.password.max_queue = 200;
+    })
+    .await;
+    let verification = register_for_mail(&app, "busy@example.test", false).await;
+    let (access, _) = login_tokens(&app, "busy@example.test", PASSWORD).await;
+    app.post_json_with_token(
+        "/email/change",
+        &access,
+        &json!({"new_email": "busier@example.test"}),
+    )
+    .await;
+    let change = app.mail.wait_for("busier@example.test", 1).await;
+    app.wait_for_background_mail().await;
+    let reset = forgot(&app, "busy@example.test", 3).await;
+    let verify = json!({"token": token_of(&verification)});
+    let confirm = json!({"token": token_of(&change)});
+    let reset = json!({"token": token_of(&reset), "new_password": NEW_PASSWORD});
+    let change_password =
+        json!({"current_password": PASSWORD, "new_password": "another passphrase here"});
+    let (a, b, c, d) = tokio::join!(
+        app.post_json("/email/verify", &verify),
+        app.post_json("/email/verify", &confirm),
+        app.post_json("/password/reset", &reset),
+        app.post_json_with_token("/password/change", &access, &change_password),
+    );
+    for answer in [a, b, c, d] {
+        assert!(
+            answer.status().is_success() || answer.status().is_client_error(),
+            "{answer:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn asking_to_move_to_a_taken_address_over_and_over_sends_its_owner_one_notice() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        s.rate_limit.requests_per_ip_per_minute = 100_000;
+    })
+    .await;
+    app.register("mallory@example.test", false).await;
+    app.register("alice@example.test", false).await;
+    let (access, _) = login_tokens(&app, "mallory@example.test", PASSWORD).await;
+    for _ in 0..7 {
+        let response = app
+            .post_json_with_token(
+                "/email/change",
+                &access,
+                &json!({"new_email": "alice@example.test"}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        app.wait_for_background_mail().await;
+    }
+    assert_eq!(app.mail.messages_to("alice@example.test").len(), 1);
+    // And alice's own reset still goes out.
+    forgot(&app, "alice@example.test", 2).await;
+}
+
+#[tokio::test]
+async fn a_reset_sent_before_a_disable_does_not_work_after_it() {
+    let app = spawn().await;
+    let data_dir = TempDir::new("authd-recovery");
+    app.register("shut@example.test", false).await;
+    let reset = forgot(&app, "shut@example.test", 1).await;
+    admin(
+        &app.db_url,
+        &data_dir,
+        &["user", "disable", "shut@example.test"],
+        "",
+    )
+    .await;
+    problem(
+        app.post_json(
+            "/password/reset",
+            &json!({"token": token_of(&reset), "new_password": NEW_PASSWORD}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_code",
+    )
+    .await;
+    let refused = admin_output(
+        &app.db_url,
+        &data_dir,
+        &["user", "reset-password", "shut@example.test", "--send-link"],
+        "",
+    )
+    .await;
+    let line = refused_line(refused, "a disabled account");
+    assert!(line.contains("disabled"), "{line}");
+}
