@@ -18,6 +18,7 @@ pub fn spawn_pruner(auth: Auth, interval: Duration) -> JoinHandle<()> {
             match auth.prune(false).await {
                 Ok(Some(pruned)) => tracing::info!(
                     challenges = pruned.challenges,
+                    account_codes = pruned.account_codes,
                     sessions = pruned.sessions,
                     throttles = pruned.throttles,
                     events = pruned.events,

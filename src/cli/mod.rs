@@ -76,7 +76,8 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Audit(audit::AuditArgs),
     /// Delete what has expired now (the server also does it every audit.prune_interval_secs):
-    /// expired challenges, idle throttle rows, audit events older than audit.retention_days.
+    /// expired challenges and account codes, ended sessions, idle throttle rows, audit events
+    /// older than audit.retention_days, retired keys past their tokens' expiry.
     #[command(after_help = EXIT_CODES)]
     Prune(audit::PruneArgs),
 }
