@@ -27,6 +27,37 @@ pub struct User {
     pub email_verified: bool,
     /// RFC 3339: when the current address was proven; null while it is not.
     pub email_verified_at: Option<DateTime<Utc>>,
+    /// What the next login asks after the password: `totp` (an authenticator app, once one is
+    /// confirmed), else `email` (the emailed code, `two_factor_enabled`), else `none`.
+    pub second_factor: SecondFactor,
+}
+
+/// The second step a login asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SecondFactor {
+    None,
+    Email,
+    Totp,
+}
+
+impl SecondFactor {
+    /// The factor of an account with these switches: an authenticator app wins over email.
+    pub fn of(totp_enabled: bool, email_code: bool) -> SecondFactor {
+        match (totp_enabled, email_code) {
+            (true, _) => SecondFactor::Totp,
+            (false, true) => SecondFactor::Email,
+            (false, false) => SecondFactor::None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecondFactor::None => "none",
+            SecondFactor::Email => "email",
+            SecondFactor::Totp => "totp",
+        }
+    }
 }
 
 /// Longest address SMTP can carry (RFC 5321 path limit less the angle brackets).

@@ -43,6 +43,9 @@ pub enum Error {
     /// A sensitive action needs a login younger than `session.fresh_login_secs`.
     #[error("this needs a recent login: log in again, then retry")]
     ReauthenticationRequired,
+    /// An authenticator app is on already: turn it off before enrolling another.
+    #[error("an authenticator app is already set up for this account: turn it off first")]
+    AlreadyEnrolled,
     #[error("no user with this email address")]
     UserNotFound,
     /// No live session with this id belongs to the caller (or, for an admin, exists).

@@ -87,6 +87,17 @@ event_kinds! {
     /// The right password of an account whose address is not proven, with
     /// `registration.require_verified_email` on: 403, no session, no code.
     LoginUnverified => "login_unverified",
+    /// An authenticator app became the account's second factor (confirmed by its first code,
+    /// or `authd user totp-enroll`).
+    TotpEnabled => "totp_enabled",
+    /// The account's authenticator app was turned off by its user (with a code or the password).
+    TotpDisabled => "totp_disabled",
+    /// A recovery code finished a login (each works once).
+    RecoveryCodeUsed => "recovery_code_used",
+    /// A new set of recovery codes replaced the old one.
+    RecoveryCodesRegenerated => "recovery_codes_regenerated",
+    /// `authd user mfa --reset`: the app and the recovery codes removed, sessions ended.
+    MfaReset => "mfa_reset",
     /// A signing key made: `next` by `authd keys rotate`, or `current` by a first start.
     KeyCreated => "key_created",
     /// `authd keys rotate --activate`: a next key became current, the old current retired.

@@ -8,10 +8,29 @@ use super::sessions::{SessionProof, SessionTokens};
 use super::{Auth, Client, SignIn, mail_key, micros_of, otp_key, seconds_until};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::{Email, Otp, User};
+use crate::token::totp::RecoveryCode;
 use crate::error::{Error, Result};
-use crate::store::{Attempt, NewChallenge};
+use crate::store::{Attempt, ChallengeAnswer, NewChallenge};
 use crate::token::codes::generate_code;
 use crate::token::{IssuedToken, TokenError, TokenKind, Verified};
+
+/// An answer to the second step of a login.
+#[derive(Debug)]
+pub enum SecondStepAnswer {
+    /// Six digits: the emailed code, or the authenticator app's for an account with one.
+    Otp(Otp),
+    /// One of the account's recovery codes.
+    RecoveryCode(RecoveryCode),
+}
+
+/// How the answer to a challenge reaches the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// A code is emailed.
+    Email,
+    /// The user's authenticator app shows it; nothing is sent.
+    App,
+}
 
 /// The code-email quota of one account.
 #[derive(Debug, Clone, Copy)]
@@ -50,12 +69,15 @@ impl Auth {
 
     /// Stores a hashed code, emails it, and only then retires older challenges and hands out
     /// the challenge token. If the mail fails the new challenge is deleted, and since its
-    /// token was never issued nothing usable is left behind.
+    /// token was never issued nothing usable is left behind. For an authenticator app nothing
+    /// is emailed: the challenge's code is one nobody knows, and its answers are checked
+    /// against the app (see `verify_otp`).
     pub(super) async fn start_challenge(
         &self,
         sign_in: &SignIn,
         user: &User,
         verified_hash: &str,
+        delivery: Delivery,
     ) -> Result<IssuedToken> {
         let mailing = self.mailing()?;
         let email = Email::parse(&user.email).map_err(|e| anyhow::anyhow!("stored email: {e}"))?;
@@ -80,7 +102,9 @@ impl Auth {
         {
             return Err(Error::InvalidCredentials);
         }
-        if let Err(err) = mailing.mailer.send_code(&email, &code, ttl).await {
+        if delivery == Delivery::Email
+            && let Err(err) = mailing.mailer.send_code(&email, &code, ttl).await
+        {
             if let Err(cleanup) = self.store.delete_challenge(id).await {
                 tracing::warn!(error = %cleanup, "could not delete undelivered challenge");
             }
@@ -94,11 +118,12 @@ impl Auth {
         sign_in.tokens.issue(TokenKind::Challenge, user.id, id)
     }
 
-    /// Exchanges a challenge token and the emailed code for an access token, at most once.
+    /// Exchanges a challenge token and the answer to its second step (the emailed code, the
+    /// authenticator app's code, or a recovery code) for an access token, at most once.
     pub async fn verify_otp(
         &self,
         challenge_token: &str,
-        otp: &Otp,
+        answer: &SecondStepAnswer,
         client: Client,
     ) -> Result<SessionTokens> {
         let sign_in = self.sign_in()?;
@@ -134,16 +159,46 @@ impl Auth {
                 return Err(err);
             }
         };
-        let hash = codes.hash_otp(claims.jti, otp);
+        // The answer is checked against what the user has now: an app once it is on (an emailed
+        // code of the same challenge is then never accepted), else the emailed code.
+        let state = self.store.mfa_state(claims.sub).await?;
+        let app = state.as_ref().and_then(|s| s.totp_secret.clone());
+        let hash;
+        let checked = match (answer, app) {
+            (SecondStepAnswer::Otp(otp), None) => {
+                hash = codes.hash_otp(claims.jti, otp);
+                ChallengeAnswer::Code(&hash)
+            }
+            (SecondStepAnswer::Otp(otp), Some(sealed)) => {
+                ChallengeAnswer::Checked(self.app_code_taken(claims.sub, &sealed, otp).await?)
+            }
+            (SecondStepAnswer::RecoveryCode(code), _) => {
+                let hash = codes.hash_recovery_code(claims.sub, code);
+                ChallengeAnswer::Checked(
+                    self.store
+                        .use_recovery_code(claims.sub, &hash, Utc::now())
+                        .await?,
+                )
+            }
+        };
         match self
             .store
-            .attempt_challenge(claims.jti, claims.sub, &hash, self.max_attempts, Utc::now())
+            .attempt_challenge(
+                claims.jti,
+                claims.sub,
+                checked,
+                self.max_attempts,
+                Utc::now(),
+            )
             .await?
         {
             Attempt::Accepted => {
                 tracing::info!(user_id = %claims.sub, "second step succeeded");
                 self.clear_failures(&key).await?;
-                self.audit.record(event(EventKind::CodeAccepted));
+                self.audit.record(event(match answer {
+                    SecondStepAnswer::RecoveryCode(_) => EventKind::RecoveryCodeUsed,
+                    SecondStepAnswer::Otp(_) => EventKind::CodeAccepted,
+                }));
                 self.metrics.code("accepted");
                 self.open_session(
                     sign_in,

@@ -3,10 +3,11 @@
 
 use chrono::Utc;
 
+use super::challenge::Delivery;
 use super::sessions::{SessionProof, SessionTokens};
-use super::{Auth, Client, login_key, micros_of, otp_key, seconds_until};
+use super::{Auth, Client, SignIn, login_key, micros_of, otp_key, seconds_until};
 use crate::audit::{EventKind, SecurityEvent};
-use crate::domain::{Email, Password};
+use crate::domain::{Email, Password, SecondFactor, User};
 use crate::error::{Error, Result};
 use crate::store::{Credentials, Reservation, ThrottleRule};
 use crate::token::IssuedToken;
@@ -16,8 +17,19 @@ use crate::token::IssuedToken;
 pub enum LoginOutcome {
     /// No second step: a session is open, here are its tokens.
     Access(SessionTokens),
-    /// A code was emailed; this token lets the client submit it.
-    Challenge(IssuedToken),
+    /// A second step: this token lets the client submit its answer.
+    Challenge(Challenge),
+}
+
+/// A started second step.
+#[derive(Debug)]
+pub struct Challenge {
+    pub token: IssuedToken,
+    /// What the login asks for: `email` (a code was emailed) or `totp` (the app's code).
+    pub factor: SecondFactor,
+    /// Every way the user can finish: `email` or `totp`, and `recovery_code` while they have
+    /// recovery codes left.
+    pub methods: Vec<&'static str>,
 }
 
 /// A `ThrottleRule::every` that no count reaches.
@@ -180,7 +192,7 @@ impl Auth {
             );
             return Err(Error::EmailNotVerified);
         }
-        if !user.two_factor_enabled {
+        if user.second_factor == SecondFactor::None {
             tracing::info!(user_id = %user.id, "login succeeded");
             self.audit.record(
                 SecurityEvent::new(EventKind::LoginSucceeded)
@@ -213,6 +225,11 @@ impl Auth {
             self.metrics.throttle("code");
             return Err(err);
         }
+        if user.second_factor == SecondFactor::Totp {
+            return self
+                .start_app_challenge(sign_in, &user, &verified.password_hash, password, &verified)
+                .await;
+        }
         if let Err(err) = self.take_code_email(user.id).await {
             self.audit.record(
                 SecurityEvent::new(EventKind::CodeEmailLimited)
@@ -223,7 +240,7 @@ impl Auth {
             return Err(err);
         }
         let sent = self
-            .start_challenge(sign_in, &user, &verified.password_hash)
+            .start_challenge(sign_in, &user, &verified.password_hash, Delivery::Email)
             .await;
         if sent.is_ok() {
             self.upgrade_hash(&verified, password);
@@ -240,7 +257,38 @@ impl Auth {
                 .user(user.id, &user.email)
                 .client(client.ip),
         );
-        sent.map(LoginOutcome::Challenge)
+        sent.map(|token| {
+            LoginOutcome::Challenge(Challenge {
+                token,
+                factor: SecondFactor::Email,
+                methods: vec!["email"],
+            })
+        })
+    }
+
+    /// The second step of an account with an authenticator app: a challenge and no email.
+    async fn start_app_challenge(
+        &self,
+        sign_in: &SignIn,
+        user: &User,
+        verified_hash: &str,
+        password: &str,
+        verified: &Credentials,
+    ) -> Result<LoginOutcome> {
+        let token = self
+            .start_challenge(sign_in, user, verified_hash, Delivery::App)
+            .await?;
+        self.upgrade_hash(verified, password);
+        let mut methods = vec!["totp"];
+        if self.recovery_codes_left(user.id).await? > 0 {
+            methods.push("recovery_code");
+        }
+        tracing::info!(user_id = %user.id, "authenticator code asked for");
+        Ok(LoginOutcome::Challenge(Challenge {
+            token,
+            factor: SecondFactor::Totp,
+            methods,
+        }))
     }
 
     /// After a successful login with a hash of another cost than `password.bcrypt_cost`, hashes

@@ -29,13 +29,15 @@ mod challenge;
 mod keys;
 mod login;
 mod maintenance;
+mod mfa;
 mod recovery;
 mod register;
 mod sessions;
 
-pub use challenge::CodeEmailQuota;
+pub use challenge::{CodeEmailQuota, SecondStepAnswer};
 pub use keys::{Activated, Activation, KekWitness, key_algorithm, settle_kek};
-pub use login::LoginOutcome;
+pub use login::{Challenge, LoginOutcome};
+pub use mfa::{ENROLMENT_TTL_SECS, Enrolment, MfaSummary, RECOVERY_CODES, TotpProof};
 pub use recovery::{ChangeProof, MAX_CODE_ATTEMPTS, MailOutcome, Proof};
 pub use register::{Registration, RegistrationInput};
 pub use sessions::{LogoutScope, OwnSession, SessionTokens};
@@ -63,10 +65,33 @@ pub struct Auth {
     reset_ttl_secs: u64,
     /// `registration.require_verified_email`.
     require_verified_email: bool,
+    /// `mail.product_name`: the issuer an authenticator app shows.
+    product_name: String,
+    /// The key-encryption key an admin command was given (`Auth::with_kek`); the server's is
+    /// in its key ring.
+    admin_kek: Option<AdminKek>,
     /// A retired signing key is dropped this long after it retired.
     key_horizon_secs: u64,
     audit: AuditLog,
     metrics: Metrics,
+}
+
+/// A key-encryption key handed to an admin command; never printed.
+#[derive(Clone)]
+struct AdminKek(std::sync::Arc<[u8; 32]>);
+
+impl std::ops::Deref for AdminKek {
+    type Target = [u8; 32];
+
+    fn deref(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminKek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKek(..)")
+    }
 }
 
 /// The signing keys: needed to log someone in, by no administrative use case.
@@ -234,10 +259,17 @@ impl Auth {
     /// An `Auth` for the admin commands that also emails codes and links (`authd user
     /// reset-password --send-link`): the mailer, and the code key derived from `kek`, the
     /// key-encryption key the server uses, so that the server accepts what this one sends.
-    /// Refuses a KEK that is not the database's (its codes would not be the server's).
-    pub async fn with_mailing(mut self, settings: &Settings, kek: &[u8; 32]) -> Result<Auth> {
+    /// An `Auth` for the admin commands that emails codes and links (`authd user
+    /// reset-password --send-link`) and seals second-factor secrets (`authd user
+    /// totp-enroll`) like the server: the mailer, the servers' key-encryption key (a KEK that
+    /// is not the database's is refused: its codes would not be the server's) and the code key
+    /// derived from it.
+    pub async fn with_kek(mut self, settings: &Settings, kek: &[u8; 32]) -> Result<Auth> {
         self.check_kek(kek).await?;
-        self.mailing = Some(Mailing::new(settings, kek)?);
+        self.admin_kek = Some(AdminKek(std::sync::Arc::new(*kek)));
+        if self.mailing.is_none() {
+            self.mailing = Some(Mailing::new(settings, kek)?);
+        }
         Ok(self)
     }
 
@@ -269,6 +301,8 @@ impl Auth {
             verification: settings.verification.clone(),
             reset_ttl_secs: settings.password.reset_ttl_secs,
             require_verified_email: settings.registration.require_verified_email,
+            product_name: settings.mail.product_name.trim().to_owned(),
+            admin_kek: None,
             mailing: None,
             key_horizon_secs: TokenKeys::retired_horizon_secs(settings),
             audit,

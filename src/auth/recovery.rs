@@ -866,7 +866,7 @@ impl Auth {
     }
 
     /// Refuses unless the session's login is younger than `session.fresh_login_secs`.
-    async fn ensure_fresh_login(&self, session: Uuid) -> Result<()> {
+    pub(super) async fn ensure_fresh_login(&self, session: Uuid) -> Result<()> {
         let started = self
             .store
             .session_started_at(session)

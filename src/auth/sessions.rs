@@ -8,7 +8,7 @@ use super::{Auth, Client, SignIn};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::User;
 use crate::error::{Error, Result};
-use crate::store::{NewSession, SessionInfo};
+use crate::store::{NewSession, SessionInfo, SessionUser};
 use crate::token::refresh::{Presented, new_family};
 use crate::token::{IssuedToken, Subject};
 
@@ -79,10 +79,20 @@ impl Auth {
     /// the session: a revoked or expired session, or a disabled or deleted user, is refused at
     /// the token's next use on every instance.
     pub async fn current_user(&self, access_token: &str) -> Result<User> {
-        Ok(self.authenticate(access_token).await?.0)
+        Ok(self.session_user(access_token).await?.0.user)
+    }
+
+    /// [`Auth::current_user`] with the recovery codes they have left (`GET /users/me`).
+    pub async fn me(&self, access_token: &str) -> Result<SessionUser> {
+        Ok(self.session_user(access_token).await?.0)
     }
 
     pub(super) async fn authenticate(&self, access_token: &str) -> Result<(User, Uuid)> {
+        let (found, session) = self.session_user(access_token).await?;
+        Ok((found.user, session))
+    }
+
+    async fn session_user(&self, access_token: &str) -> Result<(SessionUser, Uuid)> {
         let Subject { user, session, kid } = self.access_subject(access_token).await?;
         // Tokens issued before sessions existed carry no `sid`: they belong to no session.
         let session = session.ok_or_else(dead_session)?;

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::auth::{Actor, MailOutcome, Registration, RegistrationInput};
 use crate::config::Settings;
-use crate::domain::{Email, Password, User};
+use crate::domain::{Email, Password, SecondFactor, User};
 use crate::error::Error;
 use crate::store::{UserListing, UserQuery};
 
@@ -54,6 +54,25 @@ pub enum UserCommand {
     /// or created before verification existed, when registration.require_verified_email is on).
     #[command(name = "verify-email", after_help = EXIT_CODES)]
     VerifyEmail(UnlockArgs),
+    /// Show a user's second factor (authenticator app, emailed code or none) and recovery codes
+    /// left; with --reset, remove the app and the recovery codes (the second step is then the
+    /// emailed code if it is on, else none) and end every session of the user.
+    #[command(after_help = EXIT_CODES)]
+    Mfa(MfaArgs),
+    /// Turn an authenticator app on for a user at once (service accounts, tests): prints the
+    /// otpauth URI, a QR code for a terminal and the recovery codes, once. Ends the user's
+    /// sessions. Needs the servers' key-encryption key.
+    #[command(name = "totp-enroll", after_help = EXIT_CODES)]
+    TotpEnroll(UnlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MfaArgs {
+    /// Email address of the user.
+    email: String,
+    /// Remove the authenticator app and the recovery codes, and end the user's sessions.
+    #[arg(long)]
+    reset: bool,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +168,8 @@ pub async fn run(command: UserCommand, settings: &Settings) -> anyhow::Result<()
         UserCommand::Delete(args) => delete(args, settings).await,
         UserCommand::ResetPassword(args) => reset_password(args, settings).await,
         UserCommand::VerifyEmail(args) => verify_email(&args.email, settings).await,
+        UserCommand::Mfa(args) => mfa(args, settings).await,
+        UserCommand::TotpEnroll(args) => totp_enroll(&args.email, settings).await,
     }
 }
 
@@ -183,7 +204,7 @@ async fn reset_password(args: ResetPasswordArgs, settings: &Settings) -> anyhow:
     if args.send_link {
         let kek = crate::keys::load_key_encryption_key(settings, false)?;
         let outcome = with_auth(settings, async |auth| {
-            let auth = auth.clone().with_mailing(settings, &kek).await?;
+            let auth = auth.clone().with_kek(settings, &kek).await?;
             auth.send_password_reset(&email)
                 .await
                 .with_context(|| format!("cannot send a password reset to {email}"))
@@ -234,6 +255,82 @@ async fn reset_password(args: ResetPasswordArgs, settings: &Settings) -> anyhow:
         "set a new password for {}: every session of theirs ended and their password lock is cleared",
         user.email
     );
+    Ok(())
+}
+
+async fn mfa(args: MfaArgs, settings: &Settings) -> anyhow::Result<()> {
+    let email = parse_email(&args.email)?;
+    if args.reset {
+        let reset = with_auth(settings, async |auth| {
+            auth.reset_mfa(&email)
+                .await
+                .with_context(|| format!("cannot reset the second factor of {email}"))
+        })
+        .await?;
+        match reset {
+            Some(user) => println!(
+                "removed the authenticator app and recovery codes of {}: their second step is now {}; their sessions ended",
+                user.email,
+                factor_words(user.second_factor)
+            ),
+            None => println!("{email} has no authenticator app or recovery codes: nothing changed"),
+        }
+        return Ok(());
+    }
+    let summary = with_auth(settings, async |auth| {
+        auth.mfa_summary(&email)
+            .await
+            .with_context(|| format!("cannot read the second factor of {email}"))
+    })
+    .await?;
+    println!(
+        "{}: second step {}; {} recovery codes left{}",
+        summary.user.email,
+        factor_words(summary.user.second_factor),
+        summary.recovery_codes_left,
+        if summary.pending {
+            "; an authenticator app enrolment is waiting for its first code"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// The second step in a table cell: `totp`, `email` or `off`.
+fn factor_label(factor: SecondFactor) -> &'static str {
+    match factor {
+        SecondFactor::None => "off",
+        other => other.as_str(),
+    }
+}
+
+fn factor_words(factor: SecondFactor) -> &'static str {
+    match factor {
+        SecondFactor::Totp => "an authenticator app (TOTP)",
+        SecondFactor::Email => "a code sent by email",
+        SecondFactor::None => "none (password only)",
+    }
+}
+
+async fn totp_enroll(raw: &str, settings: &Settings) -> anyhow::Result<()> {
+    let email = parse_email(raw)?;
+    let kek = crate::keys::load_key_encryption_key(settings, false)?;
+    let (enrolment, codes) = with_auth(settings, async |auth| {
+        let auth = auth.clone().with_kek(settings, &kek).await?;
+        auth.enroll_totp_for(&email)
+            .await
+            .with_context(|| format!("cannot turn an authenticator app on for {email}"))
+    })
+    .await?;
+    println!("authenticator app on for {email}; their sessions ended");
+    println!("otpauth URI: {}", enrolment.otpauth_uri);
+    println!("secret: {}", enrolment.secret);
+    println!("{}", crate::token::totp::qr_terminal(&enrolment.otpauth_uri));
+    println!("recovery codes (each works once, shown only now):");
+    for code in codes {
+        println!("  {code}");
+    }
     Ok(())
 }
 
@@ -453,7 +550,7 @@ fn users_table(users: &[UserListing]) -> Table {
             user.email.clone(),
             full_name(user),
             yes_no(user.email_verified).to_owned(),
-            on_off(user.two_factor_enabled).to_owned(),
+            factor_label(user.second_factor).to_owned(),
             format_utc(user.created_at),
             if listing.disabled {
                 "disabled"
@@ -478,7 +575,7 @@ fn user_details_table(user: &User) -> Table {
         "verified".to_owned(),
         yes_no(user.email_verified).to_owned(),
     ]);
-    table.add_row(["2FA".to_owned(), on_off(user.two_factor_enabled).to_owned()]);
+    table.add_row(["2FA".to_owned(), factor_label(user.second_factor).to_owned()]);
     table.add_row(["created".to_owned(), format_utc(user.created_at)]);
     table
 }

@@ -151,6 +151,9 @@ impl From<Error> for ApiError {
                 "reauthentication_required",
                 err.to_string(),
             ),
+            Error::AlreadyEnrolled => {
+                ApiError::new(StatusCode::CONFLICT, "mfa_already_enabled", err.to_string())
+            }
             Error::UserNotFound => {
                 ApiError::new(StatusCode::NOT_FOUND, "user_not_found", err.to_string())
             }

@@ -11,8 +11,10 @@ use super::error::{ApiError, Problem};
 use super::extract::{BearerToken, Json, OptionalJson};
 use super::routes::AppState;
 use crate::auth::{
-    Client, LoginOutcome, LogoutScope, OwnSession, Registration, RegistrationInput, SessionTokens,
+    Client, LoginOutcome, LogoutScope, OwnSession, Registration, RegistrationInput,
+    SecondStepAnswer, SessionTokens,
 };
+use crate::token::totp::RecoveryCode;
 use crate::domain::{Otp, User};
 use crate::error::{Error, FieldError};
 
@@ -45,9 +47,13 @@ pub struct LoginRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OtpRequest {
-    /// The six digits from the email.
-    #[schema(required = true, value_type = String, example = "123456")]
+    /// The six digits from the email, or from the authenticator app for an account with one.
+    #[schema(example = "123456")]
     pub otp: Option<String>,
+    /// Instead of `otp`: one of the account's recovery codes (`XXXXX-XXXXX`; any letter case,
+    /// with or without the dash). Each works once.
+    #[schema(example = "7KQ2M-XR4PT")]
+    pub recovery_code: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -94,6 +100,16 @@ pub struct LoginResponse {
     /// With the access token: seconds until the refresh token dies unless used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_expires_in: Option<u64>,
+    /// With the challenge token: what the second step asks for, `email` (a code was emailed)
+    /// or `totp` (the authenticator app's code; nothing was emailed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "totp")]
+    pub second_factor: Option<&'static str>,
+    /// With the challenge token: every way the user can finish (`email`, `totp`,
+    /// `recovery_code`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!(["totp", "recovery_code"]))]
+    pub methods: Option<Vec<&'static str>>,
 }
 
 /// An access token and its session's refresh token.
@@ -166,7 +182,7 @@ pub struct Health {
 }
 
 /// Token responses must never be cached (RFC 6749 section 5.1).
-fn no_store<T: Serialize>(body: T) -> Response {
+pub(super) fn no_store<T: Serialize>(body: T) -> Response {
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -256,15 +272,19 @@ pub async fn login(
             expires_in: tokens.access.expires_in,
             refresh_token: Some(tokens.refresh_token),
             refresh_expires_in: Some(tokens.refresh_expires_in),
+            second_factor: None,
+            methods: None,
         },
-        LoginOutcome::Challenge(token) => LoginResponse {
+        LoginOutcome::Challenge(challenge) => LoginResponse {
             otp_required: true,
             access_token: None,
-            challenge_token: Some(token.token),
+            challenge_token: Some(challenge.token.token),
             token_type: "Bearer",
-            expires_in: token.expires_in,
+            expires_in: challenge.token.expires_in,
             refresh_token: None,
             refresh_expires_in: None,
+            second_factor: Some(challenge.factor.as_str()),
+            methods: Some(challenge.methods),
         },
     }))
 }
@@ -288,8 +308,22 @@ pub async fn login_otp(
     BearerToken(token): BearerToken,
     Json(body): Json<OtpRequest>,
 ) -> Result<Response, ApiError> {
-    let otp = Otp::parse(&require("otp", body.otp)?).map_err(|m| Error::validation("otp", m))?;
-    let tokens = state.auth.verify_otp(&token, &otp, client).await?;
+    let answer = match (body.otp, body.recovery_code) {
+        (Some(otp), None) => {
+            SecondStepAnswer::Otp(Otp::parse(&otp).map_err(|m| Error::validation("otp", m))?)
+        }
+        (None, Some(code)) => SecondStepAnswer::RecoveryCode(RecoveryCode::parse(&code).ok_or_else(
+            || Error::validation("recovery_code", "must be 10 letters and digits, as XXXXX-XXXXX"),
+        )?),
+        _ => {
+            return Err(Error::validation(
+                "otp",
+                "give either `otp` (six digits) or `recovery_code`",
+            )
+            .into());
+        }
+    };
+    let tokens = state.auth.verify_otp(&token, &answer, client).await?;
     Ok(no_store(TokenResponse::from(tokens)))
 }
 
@@ -407,7 +441,7 @@ pub async fn delete_session(
     get, path = "/users/me", tag = "users",
     security(("access_token" = [])),
     responses(
-        (status = 200, description = "The current user", body = User),
+        (status = 200, description = "The current user, with the recovery codes they have left", body = Me),
         (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
@@ -415,8 +449,21 @@ pub async fn delete_session(
 pub async fn me(
     State(state): State<AppState>,
     BearerToken(token): BearerToken,
-) -> Result<Json<User>, ApiError> {
-    Ok(Json(state.auth.current_user(&token).await?))
+) -> Result<Json<Me>, ApiError> {
+    let found = state.auth.me(&token).await?;
+    Ok(Json(Me {
+        user: found.user,
+        recovery_codes_left: found.recovery_codes_left,
+    }))
+}
+
+/// `GET /users/me`: the User, and the recovery codes left.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    #[serde(flatten)]
+    pub user: User,
+    /// Recovery codes not used yet (0 without an authenticator app).
+    pub recovery_codes_left: i64,
 }
 
 /// Liveness: 200 while the process runs.

@@ -13,6 +13,8 @@ pub mod extract;
 pub mod handlers;
 /// The per-address request limit and the connection caps.
 pub mod limits;
+/// Handlers of the second factors: authenticator apps and recovery codes.
+pub mod mfa;
 /// The OpenAPI document.
 pub mod openapi;
 /// The HTML pages the emailed links open.

@@ -8,7 +8,7 @@ use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::error::Problem;
-use super::{handlers, pages, recovery};
+use super::{handlers, mfa, pages, recovery};
 use crate::domain::User;
 use crate::error::FieldError;
 
@@ -32,6 +32,10 @@ use crate::error::FieldError;
         recovery::change_password,
         recovery::request_email_change,
         recovery::confirm_email_change,
+        mfa::enroll,
+        mfa::confirm,
+        mfa::disable,
+        mfa::regenerate,
         pages::account::verify_email_page,
         pages::account::verify_email_form,
         pages::account::reset_password_page,
@@ -50,6 +54,7 @@ use crate::error::FieldError;
         (name = "auth", description = "Registration, login, refresh and logout"),
         (name = "users", description = "The signed-in user and their sessions"),
         (name = "account", description = "Proving the address, password reset and change, email change"),
+        (name = "mfa", description = "Second factors: an authenticator app (TOTP) and recovery codes"),
         (name = "pages", description = "The HTML pages the emailed links open (when `mail.link_base_url` is not set): a GET shows a page and changes nothing; its form's POST does the change"),
         (name = "keys", description = "The public signing keys and the server metadata, for services that verify authd's tokens"),
         (name = "operations", description = "Health checks"),

@@ -17,7 +17,7 @@ use super::client::ClientAddress;
 use super::envelope::{HandlerLogs, HttpService, with_common_layers};
 use super::limits::{IpLimiter, limit_per_ip};
 use super::pages::Pages;
-use super::{handlers, openapi, pages, recovery};
+use super::{handlers, mfa, openapi, pages, recovery};
 use crate::auth::Auth;
 use crate::config::{HttpSettings, Settings};
 
@@ -92,6 +92,10 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
             "/email/change/confirm",
             post(recovery::confirm_email_change),
         ),
+        ("/mfa/totp/enroll", post(mfa::enroll)),
+        ("/mfa/totp/confirm", post(mfa::confirm)),
+        ("/mfa/totp", delete(mfa::disable)),
+        ("/mfa/recovery-codes", post(mfa::regenerate)),
         (
             "/verify-email",
             get(pages::verify_email_page).post(pages::verify_email_form),

@@ -19,6 +19,16 @@ pub struct NewChallenge {
     pub password_hash: String,
 }
 
+/// One answer to a challenge.
+#[derive(Debug, Clone, Copy)]
+pub enum ChallengeAnswer<'a> {
+    /// The keyed hash of an emailed code: compared with the challenge's in the statement.
+    Code(&'a [u8]),
+    /// An answer checked before (an authenticator app's code, a recovery code, each already
+    /// used up atomically): whether it was right.
+    Checked(bool),
+}
+
 /// The result of submitting one code to a challenge, decided atomically in the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
@@ -122,14 +132,18 @@ statements! {
         &self,
         id: Uuid,
         user_id: Uuid,
-        code_hash: &[u8],
+        answer: ChallengeAnswer<'_>,
         max_attempts: u32,
         now: DateTime<Utc>,
     ) -> Result<Attempt> {
+        let (code_hash, checked): (&[u8], bool) = match answer {
+            ChallengeAnswer::Code(hash) => (hash, false),
+            ChallengeAnswer::Checked(accepted) => (&[], accepted),
+        };
         let row: Option<(bool, Count)> = sqlx::query_as(
             "UPDATE otp_challenges
-             SET attempts = attempts + CASE WHEN code_hash = $3 THEN 0 ELSE 1 END,
-                 consumed_at = CASE WHEN code_hash = $3 THEN $5 ELSE NULL END
+             SET attempts = attempts + CASE WHEN $6 OR code_hash = $3 THEN 0 ELSE 1 END,
+                 consumed_at = CASE WHEN $6 OR code_hash = $3 THEN $5 ELSE NULL END
              WHERE id = $1 AND user_id = $2
                AND consumed_at IS NULL AND retired_at IS NULL
                AND expires_at > $5 AND attempts < $4
@@ -141,6 +155,7 @@ statements! {
         .bind(code_hash)
         .bind(i64::from(max_attempts))
         .bind(Time(now))
+        .bind(checked)
         .fetch_optional(&self.pool)
         .await?;
         attempt_from(row, max_attempts)

@@ -130,6 +130,7 @@ pub struct UserRow {
     two_factor_enabled: bool,
     created_at: Time,
     email_verified_at: Option<Time>,
+    totp_enabled: bool,
 }
 
 impl From<UserRow> for User {
@@ -143,6 +144,10 @@ impl From<UserRow> for User {
             created_at: row.created_at.0,
             email_verified: row.email_verified_at.is_some(),
             email_verified_at: row.email_verified_at.map(|t| t.0),
+            second_factor: crate::domain::SecondFactor::of(
+                row.totp_enabled,
+                row.two_factor_enabled,
+            ),
         }
     }
 }
@@ -150,7 +155,8 @@ impl From<UserRow> for User {
 /// The public columns of a user (what [`UserRow`] reads), for `concat!` into a statement.
 macro_rules! user_columns {
     () => {
-        "id, email, first_name, last_name, two_factor_enabled, created_at, email_verified_at"
+        "id, email, first_name, last_name, two_factor_enabled, created_at, email_verified_at, \
+         totp_secret IS NOT NULL AS totp_enabled"
     };
 }
 

@@ -12,6 +12,7 @@ mod challenges;
 mod common;
 mod keys;
 mod maintenance;
+mod mfa;
 mod migrations;
 mod postgres;
 mod sessions;
@@ -30,11 +31,12 @@ use crate::events::{EventQuery, RecordedEvent, SecurityEvent};
 pub use account_codes::{
     AddressProven, NewAccountCode, OpenCode, PasswordChange, PasswordReset, PasswordTarget, Purpose,
 };
-pub use challenges::{Attempt, NewChallenge};
+pub use challenges::{Attempt, ChallengeAnswer, NewChallenge};
+pub use mfa::MfaState;
 pub use keys::{NewSigningKey, Revocation, RevokedKey, SigningKeyRecord, Successor};
 pub use maintenance::{PRUNE_LOCK, Pruned, THROTTLE_MEMORY_DAYS};
 pub use postgres::PgStore;
-pub use sessions::{NewSession, SessionChain, SessionInfo};
+pub use sessions::{NewSession, SessionChain, SessionInfo, SessionUser};
 pub use sqlite::SqliteStore;
 pub use throttles::{Reservation, ThrottleRule};
 pub use users::{Credentials, NewUser, UserListing, UserQuery};
@@ -193,7 +195,7 @@ impl Store {
         pub async fn list_users(&self, query: &UserQuery, now: DateTime<Utc>) -> Result<Vec<UserListing>>;
         /// The user of a live session (not revoked or expired, user not disabled), in one query:
         /// what every request with an access token reads.
-        pub async fn find_session_user(&self, user_id: Uuid, session_id: Uuid, kid: Option<&str>, now: DateTime<Utc>) -> Result<Option<User>>;
+        pub async fn find_session_user(&self, user_id: Uuid, session_id: Uuid, kid: Option<&str>, now: DateTime<Utc>) -> Result<Option<SessionUser>>;
         /// Disables or enables a user; disabling revokes every session of theirs in the same
         /// transaction. None when there is no such user.
         pub async fn set_disabled(&self, email: &Email, disabled: bool, now: DateTime<Utc>) -> Result<Option<User>>;
@@ -235,7 +237,23 @@ impl Store {
         pub async fn challenge_is_open(&self, id: Uuid, user_id: Uuid, max_attempts: u32, now: DateTime<Utc>) -> Result<bool>;
         /// Counts a wrong code or consumes the challenge, in one statement: parallel guesses
         /// cannot pass `max_attempts` and a right code is accepted at most once.
-        pub async fn attempt_challenge(&self, id: Uuid, user_id: Uuid, code_hash: &[u8], max_attempts: u32, now: DateTime<Utc>) -> Result<Attempt>;
+        pub async fn attempt_challenge(&self, id: Uuid, user_id: Uuid, answer: ChallengeAnswer<'_>, max_attempts: u32, now: DateTime<Utc>) -> Result<Attempt>;
+        /// The user's authenticator app, pending enrolment and recovery codes left.
+        pub async fn mfa_state(&self, user_id: Uuid) -> Result<Option<MfaState>>;
+        /// Keeps a new, unconfirmed enrolment (replacing any earlier one).
+        pub async fn set_totp_pending(&self, user_id: Uuid, sealed: &[u8], expires_at: DateTime<Utc>) -> Result<bool>;
+        /// Confirms the pending enrolment with its first code's step, replaces the recovery
+        /// codes and ends the sessions but `keep`, in one transaction; None when it changed.
+        pub async fn confirm_totp(&self, user_id: Uuid, pending: &[u8], step: i64, recovery_hashes: &[Vec<u8>], keep: Option<Uuid>, now: DateTime<Utc>) -> Result<Option<u64>>;
+        /// Accepts a code of time step `step` only if no code of it or a later one was (one statement).
+        pub async fn accept_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool>;
+        /// Uses one recovery code, once (one statement).
+        pub async fn use_recovery_code(&self, user_id: Uuid, code_hash: &[u8], now: DateTime<Utc>) -> Result<bool>;
+        /// Replaces the recovery codes of a user with an authenticator app; false without one.
+        pub async fn replace_recovery_codes(&self, user_id: Uuid, recovery_hashes: &[Vec<u8>], now: DateTime<Utc>) -> Result<bool>;
+        /// Removes the authenticator app and the recovery codes (and, with `end_sessions`,
+        /// every session and open login); whether there was anything to remove.
+        pub async fn remove_totp(&self, user_id: Uuid, end_sessions: bool, now: DateTime<Utc>) -> Result<bool>;
         /// Stores an emailed account code and retires the user's older live ones of its purpose.
         pub async fn insert_account_code(&self, code: &NewAccountCode) -> Result<()>;
         /// Removes an account code whose message could not be delivered.

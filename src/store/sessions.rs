@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::common::{Time, UserRow, lock_user, statements};
+use super::common::{Count, Time, UserRow, lock_user, statements};
 use crate::domain::User;
 use crate::error::Result;
 
@@ -29,6 +29,21 @@ pub struct NewSession {
     /// The hash a password-only login checked the password against: no session opens if the
     /// password was changed (reset) since.
     pub password_hash: Option<String>,
+}
+
+/// The user of a live session, as every authenticated request reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionUser {
+    pub user: User,
+    /// Recovery codes not used yet.
+    pub recovery_codes_left: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionUserRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    recovery_codes_left: Count,
 }
 
 /// A session as its refresh chain sees it: what a refresh decides on.
@@ -134,10 +149,12 @@ statements! {
         session_id: Uuid,
         kid: Option<&str>,
         now: DateTime<Utc>,
-    ) -> Result<Option<User>> {
-        let row: Option<UserRow> = sqlx::query_as(
+    ) -> Result<Option<SessionUser>> {
+        let row: Option<SessionUserRow> = sqlx::query_as(
             "SELECT u.id, u.email, u.first_name, u.last_name, u.two_factor_enabled,
-                    u.created_at, u.email_verified_at
+                    u.created_at, u.email_verified_at, u.totp_secret IS NOT NULL AS totp_enabled,
+                    (SELECT CAST(count(*) AS BIGINT) FROM recovery_codes r
+                     WHERE r.user_id = u.id AND r.used_at IS NULL) AS recovery_codes_left
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.id = $1 AND s.user_id = $2 AND s.revoked_at IS NULL
                AND s.expires_at > $3 AND u.disabled_at IS NULL
@@ -150,7 +167,10 @@ statements! {
         .bind(kid)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(User::from))
+        Ok(row.map(|row| SessionUser {
+            user: row.user.into(),
+            recovery_codes_left: row.recovery_codes_left,
+        }))
     }
 
     pub async fn insert_session(
@@ -166,7 +186,7 @@ statements! {
                                    client_ip, user_agent)
              SELECT $1, $2, $3, $4, $5, $5, $6, $7, $8, $9 FROM users
              WHERE id = $2 AND disabled_at IS NULL
-               AND ($10 OR two_factor_enabled = $11)
+               AND ($10 OR (two_factor_enabled = $11 AND totp_secret IS NULL))
                AND (CAST($12 AS TEXT) IS NULL OR password_hash = $12)",
         )
         .bind(session.id)

@@ -111,7 +111,8 @@ statements! {
     pub async fn find_credentials(&self, email: &Email) -> Result<Option<Credentials>> {
         let row: Option<CredentialsRow> = sqlx::query_as(
             "SELECT id, email, first_name, last_name, two_factor_enabled, created_at,
-                    email_verified_at, password_hash, disabled_at IS NOT NULL AS disabled
+                    email_verified_at, totp_secret IS NOT NULL AS totp_enabled,
+                    password_hash, disabled_at IS NOT NULL AS disabled
              FROM users WHERE email = $1",
         )
         .bind(email.as_str())
@@ -153,7 +154,8 @@ statements! {
     ) -> Result<Vec<UserListing>> {
         let rows: Vec<UserListingRow> = sqlx::query_as(
             r"SELECT u.id, u.email, u.first_name, u.last_name, u.two_factor_enabled,
-                     u.created_at, u.email_verified_at, u.disabled_at IS NOT NULL AS disabled,
+                     u.created_at, u.email_verified_at, u.totp_secret IS NOT NULL AS totp_enabled,
+                     u.disabled_at IS NOT NULL AS disabled,
                      (SELECT count(*) FROM sessions s
                       WHERE s.user_id = u.id AND s.revoked_at IS NULL
                         AND s.expires_at > $3) AS sessions
