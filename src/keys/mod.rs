@@ -1,6 +1,7 @@
 //! Key material: the key-encryption key (KEK) and the HS256 secret (`kek`), the signing key
-//! pairs and their sealing under the KEK (`sealed`), the key set one instance signs and verifies
-//! with (`key_set`), and the crypto provider that computes the signatures (`crypto`).
+//! pairs and their sealing under the KEK, which also seals the other secrets a row keeps
+//! (`sealed`), the key set one instance signs and verifies with (`key_set`), and the crypto
+//! provider that computes the signatures (`crypto`).
 //!
 //! What is done with the keys (rotation, revocation, reloads) is a use case: `crate::auth`'s
 //! `keys.rs`. What a token is and how it is checked: `crate::token`.
@@ -16,5 +17,5 @@ pub use kek::{
 pub use key_set::{KeyMaterial, KeySet};
 pub use sealed::{
     KeyAlgorithm, KeyError, KeyState, PrivateKey, derive_key, kek_check_value, new_kid,
-    new_signing_key,
+    new_signing_key, seal_bytes, unseal_bytes,
 };

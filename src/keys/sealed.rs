@@ -1,10 +1,11 @@
 //! Signing keys: asymmetric key pairs that other services can verify with, the sealing of their
-//! private halves for the database, and the keys derived from the key-encryption key.
+//! private halves (and of any other secret a row keeps, such as a TOTP secret) for the database,
+//! and the keys derived from the key-encryption key.
 //!
 //! No cryptography of our own: `p256` and `ed25519-dalek` make the key pairs (from
 //! operating-system randomness) and write them as PKCS#8, `jsonwebtoken` signs and verifies with
-//! them and derives their public JWKs, `aes-gcm` seals the private halves under the
-//! key-encryption key.
+//! them and derives their public JWKs, `aes-gcm` seals the private halves and the other secrets
+//! under the key-encryption key.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -214,25 +215,10 @@ impl PrivateKey {
         Ok(jwk)
     }
 
-    /// The private half sealed for storage: AES-256-GCM under the key-encryption key, with a
-    /// random 96-bit nonce in front, and the key's id and algorithm as associated data (so a
-    /// sealed key cannot be passed off as another row's).
+    /// The private half sealed for storage by [`seal_bytes`], with the key's id and algorithm
+    /// as associated data (so a sealed key cannot be passed off as another row's).
     pub fn seal(&self, kek: &[u8; 32], kid: &str) -> Result<Vec<u8>, KeyError> {
-        let cipher = Aes256Gcm::new(kek.into());
-        let nonce = random_bytes::<12>()?;
-        let aad = associated_data(kid, self.algorithm);
-        let sealed = cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: &self.der,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| KeyError::Encoding)?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&sealed);
-        Ok(out)
+        seal_bytes(kek, &associated_data(kid, self.algorithm), &self.der)
     }
 
     /// Opens what [`PrivateKey::seal`] made, for the same id and algorithm.
@@ -242,21 +228,45 @@ impl PrivateKey {
         kid: &str,
         algorithm: KeyAlgorithm,
     ) -> Result<PrivateKey, KeyError> {
-        let (nonce, ciphertext) = sealed.split_at_checked(12).ok_or(KeyError::Unsealing)?;
-        let nonce: [u8; 12] = nonce.try_into().map_err(|_| KeyError::Unsealing)?;
-        let cipher = Aes256Gcm::new(kek.into());
-        let aad = associated_data(kid, algorithm);
-        let der = cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| KeyError::Unsealing)?;
+        let der = unseal_bytes(kek, &associated_data(kid, algorithm), sealed)?;
         Ok(PrivateKey { algorithm, der })
     }
+}
+
+/// The length of the nonce in front of every sealed value: 96 bits, AES-GCM's own size.
+const NONCE_LEN: usize = 12;
+
+/// `plain` sealed for storage: AES-256-GCM under the key-encryption key, with a random 96-bit
+/// nonce in front (`nonce || ciphertext || tag`). `aad` binds the ciphertext to its row: it
+/// opens only with the same `aad`, so a sealed value copied into another row does not.
+pub fn seal_bytes(kek: &[u8; 32], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let cipher = Aes256Gcm::new(kek.into());
+    let nonce = random_bytes::<NONCE_LEN>()?;
+    let sealed = cipher
+        .encrypt(&Nonce::from(nonce), Payload { msg: plain, aad })
+        .map_err(|_| KeyError::Encoding)?;
+    let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Opens what [`seal_bytes`] made under the same KEK and `aad`; [`KeyError::Unsealing`] for
+/// another KEK, another `aad`, or a value altered or cut short.
+pub fn unseal_bytes(kek: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let (nonce, ciphertext) = sealed
+        .split_at_checked(NONCE_LEN)
+        .ok_or(KeyError::Unsealing)?;
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| KeyError::Unsealing)?;
+    Aes256Gcm::new(kek.into())
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .map_err(|_| KeyError::Unsealing)
 }
 
 fn associated_data(kid: &str, algorithm: KeyAlgorithm) -> Vec<u8> {
@@ -351,5 +361,69 @@ mod tests {
         );
         // Two seals of one key differ (fresh nonce each time).
         assert_ne!(key.seal(&kek, "k1").unwrap(), sealed);
+    }
+
+    #[test]
+    fn sealed_bytes_open_only_with_their_kek_and_associated_data_and_unaltered() {
+        let kek = [7u8; 32];
+        let plain = b"a TOTP secret of twenty bytes".to_vec();
+        let sealed = seal_bytes(&kek, b"user 1", &plain).unwrap();
+        assert_eq!(sealed.len(), NONCE_LEN + plain.len() + 16);
+        assert!(!sealed.windows(plain.len()).any(|w| w == plain.as_slice()));
+        assert_eq!(unseal_bytes(&kek, b"user 1", &sealed).unwrap(), plain);
+        let mut refused = vec![
+            unseal_bytes(&[8u8; 32], b"user 1", &sealed),
+            unseal_bytes(&kek, b"user 2", &sealed),
+            unseal_bytes(&kek, b"", &sealed),
+            unseal_bytes(&kek, b"user 1", &sealed[..NONCE_LEN - 1]),
+            unseal_bytes(&kek, b"user 1", &sealed[..sealed.len() - 1]),
+            unseal_bytes(&kek, b"user 1", &[]),
+        ];
+        for i in 0..sealed.len() {
+            let mut altered = sealed.clone();
+            altered[i] ^= 0x80;
+            refused.push(unseal_bytes(&kek, b"user 1", &altered));
+        }
+        for result in refused {
+            assert_eq!(result.unwrap_err(), KeyError::Unsealing);
+        }
+        // An empty secret seals and opens too (nothing but the tag after the nonce).
+        let empty = seal_bytes(&kek, b"row", b"").unwrap();
+        assert_eq!(unseal_bytes(&kek, b"row", &empty).unwrap(), b"");
+        // Two seals of one value differ (fresh nonce each time).
+        assert_ne!(seal_bytes(&kek, b"user 1", &plain).unwrap(), sealed);
+    }
+
+    /// The stored format of a signing key, written out here independently of `seal`: keys
+    /// sealed before `seal_bytes` existed must go on opening, and new ones must be readable by
+    /// anything that reads the old layout.
+    #[test]
+    fn sealed_signing_keys_keep_their_stored_layout_and_associated_data() {
+        let kek = [9u8; 32];
+        let key = PrivateKey::generate(KeyAlgorithm::EdDsa).unwrap();
+        let aad = b"authd signing key v1\0k1\0EdDSA";
+        let nonce = [3u8; 12];
+        let mut stored = nonce.to_vec();
+        stored.extend(
+            Aes256Gcm::new(&kek.into())
+                .encrypt(&Nonce::from(nonce), Payload { msg: &key.der, aad })
+                .unwrap(),
+        );
+        let opened = PrivateKey::unseal(&stored, &kek, "k1", KeyAlgorithm::EdDsa).unwrap();
+        assert_eq!(opened.der, key.der);
+
+        let sealed = key.seal(&kek, "k1").unwrap();
+        let (nonce, ciphertext) = sealed.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().unwrap();
+        let plain = Aes256Gcm::new(&kek.into())
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
+            .unwrap();
+        assert_eq!(plain, key.der);
     }
 }

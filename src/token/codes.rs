@@ -1,10 +1,12 @@
-//! One-time codes: uniform generation from the OS CSPRNG and keyed hashing for storage.
+//! One-time codes: uniform generation from the OS CSPRNG and keyed hashing for storage (of the
+//! emailed codes, the link tokens and the recovery codes of `totp`).
 
 use hmac::{Hmac, Mac};
 use rand::{Rng, RngCore, TryRngCore, rngs::OsRng};
 use sha2::Sha256;
 use uuid::Uuid;
 
+use super::totp::RecoveryCode;
 use crate::domain::{OTP_DIGITS, Otp};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -91,6 +93,20 @@ impl CodeHasher {
         mac.update(token.as_bytes());
         mac.finalize().into_bytes().to_vec()
     }
+
+    /// The keyed hash a recovery code is stored and looked up by, bound to its user: a code
+    /// of one user never matches a row of another. Domain-separated from the codes' hashes
+    /// (which start with a challenge id, whose ninth byte, a UUID's variant, is never ASCII)
+    /// and from the link tokens' (another label; both labels end in NUL, so neither is a
+    /// prefix of the other).
+    pub fn hash_recovery_code(&self, user_id: Uuid, code: &RecoveryCode) -> Vec<u8> {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
+        mac.update(b"recovery code v1\0");
+        mac.update(user_id.as_bytes());
+        mac.update(code.as_str().as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
 }
 
 impl std::fmt::Debug for CodeHasher {
@@ -145,6 +161,25 @@ mod tests {
             hasher.hash_link_token(a.as_str()),
             hasher.hash_link_token(b.as_str())
         );
+    }
+
+    #[test]
+    fn recovery_code_hashes_depend_on_key_user_and_code_and_match_no_other_kind_of_hash() {
+        let a = CodeHasher::from_kek(&[1; 32]);
+        let b = CodeHasher::from_kek(&[2; 32]);
+        let user = Uuid::new_v4();
+        let code = RecoveryCode::parse("ABCDE-FGHJK").unwrap();
+        let same = RecoveryCode::parse(" abcdefghjk ").unwrap();
+        let hash = a.hash_recovery_code(user, &code);
+        assert_eq!(hash.len(), 32);
+        // What the user types, in whichever form, hashes as the one stored form.
+        assert_eq!(a.hash_recovery_code(user, &same), hash);
+        assert_ne!(b.hash_recovery_code(user, &code), hash);
+        assert_ne!(a.hash_recovery_code(Uuid::new_v4(), &code), hash);
+        let other = RecoveryCode::parse("ABCDE-FGHJM").unwrap();
+        assert_ne!(a.hash_recovery_code(user, &other), hash);
+        assert_ne!(a.hash(user, code.as_str()), hash);
+        assert_ne!(a.hash_link_token(code.as_str()), hash);
     }
 
     #[test]

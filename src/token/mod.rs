@@ -18,6 +18,7 @@ mod cache;
 pub mod codes;
 mod inspect;
 pub mod refresh;
+pub mod totp;
 mod verify;
 
 use cache::{MAX_VERIFIED_TOKENS, VerifiedTokens};
