@@ -87,7 +87,7 @@ async fn me(State(state): State<Route>) -> Result<axum::Json<User>, StatusCode> 
         )
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
-        .map(axum::Json)
+        .map(|found| axum::Json(found.user))
         .ok_or(StatusCode::NOT_FOUND)
 }
 

@@ -8,10 +8,10 @@ use super::sessions::{SessionProof, SessionTokens};
 use super::{Auth, Client, SignIn, mail_key, micros_of, otp_key, seconds_until};
 use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::{Email, Otp, User};
-use crate::token::totp::RecoveryCode;
 use crate::error::{Error, Result};
 use crate::store::{Attempt, ChallengeAnswer, NewChallenge};
 use crate::token::codes::generate_code;
+use crate::token::totp::RecoveryCode;
 use crate::token::{IssuedToken, TokenError, TokenKind, Verified};
 
 /// An answer to the second step of a login.

@@ -74,8 +74,11 @@ impl Auth {
     fn open_secret(&self, user_id: Uuid, sealed: &[u8]) -> Result<TotpSecret> {
         let plain = unseal_bytes(self.sealing_key()?, &secret_aad(user_id), sealed)
             .map_err(|_| anyhow::anyhow!("a stored authenticator secret does not open"))?;
-        TotpSecret::from_bytes(plain)
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("a stored authenticator secret is malformed")))
+        TotpSecret::from_bytes(plain).ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!(
+                "a stored authenticator secret is malformed"
+            ))
+        })
     }
 
     async fn mfa_of(&self, user_id: Uuid) -> Result<MfaState> {
@@ -93,7 +96,10 @@ impl Auth {
             .iter()
             .map(|code| codes.hash_recovery_code(user_id, code))
             .collect();
-        Ok((generated.iter().map(RecoveryCode::display).collect(), hashes))
+        Ok((
+            generated.iter().map(RecoveryCode::display).collect(),
+            hashes,
+        ))
     }
 
     /// `POST /mfa/totp/enroll`: a new secret for the access token's user, waiting
@@ -117,9 +123,12 @@ impl Auth {
             .set_totp_pending(user.id, &sealed, expires_at)
             .await?;
         let otpauth_uri = secret.otpauth_uri(&self.product_name, &user.email);
+        // An address and a product name of their longest still fit a QR code by far.
+        let qr_svg = qr_svg(&otpauth_uri)
+            .ok_or_else(|| anyhow::anyhow!("the otpauth URI does not fit a QR code"))?;
         Ok(Enrolment {
             secret: secret.to_base32(),
-            qr_svg: qr_svg(&otpauth_uri),
+            qr_svg,
             otpauth_uri,
         })
     }
@@ -128,7 +137,12 @@ impl Auth {
     /// the user's second factor, ends their other sessions and gives them
     /// [`RECOVERY_CODES`] recovery codes (shown once). Wrong codes count toward a lock like
     /// wrong passwords.
-    pub async fn confirm_totp(&self, access_token: &str, code: &Otp, client: Client) -> Result<Vec<String>> {
+    pub async fn confirm_totp(
+        &self,
+        access_token: &str,
+        code: &Otp,
+        client: Client,
+    ) -> Result<Vec<String>> {
         let (user, session) = self.authenticate(access_token).await?;
         let key = format!("totp-confirm:{}", user.id);
         self.reserve(&key, &self.login_rule()).await?;
@@ -140,11 +154,20 @@ impl Auth {
             return Err(Error::InvalidCode);
         }
         let secret = self.open_secret(user.id, &sealed)?;
-        let step = secret.check(code.as_str(), unix_now()).ok_or(Error::InvalidCode)?;
+        let step = secret
+            .check(code.as_str(), unix_now())
+            .ok_or(Error::InvalidCode)?;
         let (shown, hashes) = self.new_recovery_codes(user.id)?;
         let ended = self
             .store
-            .confirm_totp(user.id, &sealed, step_of(step), &hashes, Some(session), Utc::now())
+            .confirm_totp(
+                user.id,
+                &sealed,
+                step_of(step),
+                &hashes,
+                Some(session),
+                Utc::now(),
+            )
             .await?
             .ok_or(Error::InvalidCode)?;
         self.clear_failures(&key).await?;
@@ -177,7 +200,10 @@ impl Auth {
     /// Counted like a login's second step: wrong codes toward the second-step lock.
     async fn check_totp_now(&self, user: &User, state: &MfaState, code: &Otp) -> Result<()> {
         let Some(sealed) = &state.totp_secret else {
-            return Err(Error::validation("code", "this account has no authenticator app"));
+            return Err(Error::validation(
+                "code",
+                "this account has no authenticator app",
+            ));
         };
         let key = otp_key(user.id);
         self.reserve(&key, &self.otp_rule()).await?;
@@ -190,15 +216,25 @@ impl Auth {
     /// `DELETE /mfa/totp`: turns the app off with one of its codes or the password; the
     /// recovery codes go with it. The second step is the emailed code again if it is on, else
     /// none.
-    pub async fn disable_totp(&self, access_token: &str, proof: TotpProof, client: Client) -> Result<User> {
+    pub async fn disable_totp(
+        &self,
+        access_token: &str,
+        proof: TotpProof,
+        client: Client,
+    ) -> Result<User> {
         let (user, _) = self.authenticate(access_token).await?;
         let state = self.mfa_of(user.id).await?;
         if state.totp_secret.is_none() {
-            return Err(Error::validation("code", "this account has no authenticator app"));
+            return Err(Error::validation(
+                "code",
+                "this account has no authenticator app",
+            ));
         }
         match &proof {
             TotpProof::Code(code) => self.check_totp_now(&user, &state, code).await?,
-            TotpProof::Password(password) => self.check_own_password(&user, password, &client).await?,
+            TotpProof::Password(password) => {
+                self.check_own_password(&user, password, &client).await?
+            }
         }
         self.store.remove_totp(user.id, false, Utc::now()).await?;
         self.audit.record(
@@ -226,14 +262,22 @@ impl Auth {
                     .client(client.ip)
                     .detail("to turn off the authenticator app"),
             );
-            return Err(Error::validation("password", "is not this account's password"));
+            return Err(Error::validation(
+                "password",
+                "is not this account's password",
+            ));
         }
         self.clear_failures(&key).await
     }
 
     /// `POST /mfa/recovery-codes`: a code of the app now, then a whole new set of recovery
     /// codes (the old ones stop working).
-    pub async fn regenerate_recovery_codes(&self, access_token: &str, code: &Otp, client: Client) -> Result<Vec<String>> {
+    pub async fn regenerate_recovery_codes(
+        &self,
+        access_token: &str,
+        code: &Otp,
+        client: Client,
+    ) -> Result<Vec<String>> {
         let (user, _) = self.authenticate(access_token).await?;
         let state = self.mfa_of(user.id).await?;
         self.check_totp_now(&user, &state, code).await?;
@@ -243,7 +287,10 @@ impl Auth {
             .replace_recovery_codes(user.id, &hashes, Utc::now())
             .await?
         {
-            return Err(Error::validation("code", "this account has no authenticator app"));
+            return Err(Error::validation(
+                "code",
+                "this account has no authenticator app",
+            ));
         }
         self.audit.record(
             SecurityEvent::new(EventKind::RecoveryCodesRegenerated)
@@ -265,7 +312,11 @@ impl Auth {
             .find_user_by_email(email)
             .await?
             .ok_or(Error::UserNotFound)?;
-        let state = self.store.mfa_state(user.id).await?.ok_or(Error::UserNotFound)?;
+        let state = self
+            .store
+            .mfa_state(user.id)
+            .await?
+            .ok_or(Error::UserNotFound)?;
         Ok(MfaSummary {
             recovery_codes_left: state.recovery_codes_left,
             pending: state.pending.is_some(),
@@ -285,7 +336,11 @@ impl Auth {
         if !self.store.remove_totp(user.id, true, Utc::now()).await? {
             return Ok(None);
         }
-        let user = self.store.find_user(user.id).await?.ok_or(Error::UserNotFound)?;
+        let user = self
+            .store
+            .find_user(user.id)
+            .await?
+            .ok_or(Error::UserNotFound)?;
         self.record_admin_change(
             SecurityEvent::new(EventKind::MfaReset)
                 .user(user.id, &user.email)
@@ -309,9 +364,15 @@ impl Auth {
             .await?
             .ok_or(Error::UserNotFound)?;
         let enrolment = self.start_enrolment(&user).await?;
-        let state = self.store.mfa_state(user.id).await?.ok_or(Error::UserNotFound)?;
+        let state = self
+            .store
+            .mfa_state(user.id)
+            .await?
+            .ok_or(Error::UserNotFound)?;
         let Some((sealed, _)) = state.pending else {
-            return Err(Error::Internal(anyhow::anyhow!("the enrolment was not kept")));
+            return Err(Error::Internal(anyhow::anyhow!(
+                "the enrolment was not kept"
+            )));
         };
         let (shown, hashes) = self.new_recovery_codes(user.id)?;
         // Step 0: every code of the app from now on is later.
@@ -322,7 +383,10 @@ impl Auth {
         self.record_admin_change(
             SecurityEvent::new(EventKind::TotpEnabled)
                 .user(user.id, &user.email)
-                .detail(format!("{}: enrolled without a confirming code, sessions ended", Actor::Cli.as_str())),
+                .detail(format!(
+                    "{}: enrolled without a confirming code, sessions ended",
+                    Actor::Cli.as_str()
+                )),
         )
         .await?;
         Ok((enrolment, shown))

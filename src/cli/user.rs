@@ -326,7 +326,10 @@ async fn totp_enroll(raw: &str, settings: &Settings) -> anyhow::Result<()> {
     println!("authenticator app on for {email}; their sessions ended");
     println!("otpauth URI: {}", enrolment.otpauth_uri);
     println!("secret: {}", enrolment.secret);
-    println!("{}", crate::token::totp::qr_terminal(&enrolment.otpauth_uri));
+    match crate::token::totp::qr_terminal(&enrolment.otpauth_uri) {
+        Some(qr) => println!("{qr}"),
+        None => println!("(the URI is too long for a QR code: type the secret instead)"),
+    }
     println!("recovery codes (each works once, shown only now):");
     for code in codes {
         println!("  {code}");
@@ -575,7 +578,10 @@ fn user_details_table(user: &User) -> Table {
         "verified".to_owned(),
         yes_no(user.email_verified).to_owned(),
     ]);
-    table.add_row(["2FA".to_owned(), factor_label(user.second_factor).to_owned()]);
+    table.add_row([
+        "2FA".to_owned(),
+        factor_label(user.second_factor).to_owned(),
+    ]);
     table.add_row(["created".to_owned(), format_utc(user.created_at)]);
     table
 }

@@ -14,9 +14,9 @@ use crate::auth::{
     Client, LoginOutcome, LogoutScope, OwnSession, Registration, RegistrationInput,
     SecondStepAnswer, SessionTokens,
 };
-use crate::token::totp::RecoveryCode;
 use crate::domain::{Otp, User};
 use crate::error::{Error, FieldError};
+use crate::token::totp::RecoveryCode;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
@@ -312,9 +312,14 @@ pub async fn login_otp(
         (Some(otp), None) => {
             SecondStepAnswer::Otp(Otp::parse(&otp).map_err(|m| Error::validation("otp", m))?)
         }
-        (None, Some(code)) => SecondStepAnswer::RecoveryCode(RecoveryCode::parse(&code).ok_or_else(
-            || Error::validation("recovery_code", "must be 10 letters and digits, as XXXXX-XXXXX"),
-        )?),
+        (None, Some(code)) => {
+            SecondStepAnswer::RecoveryCode(RecoveryCode::parse(&code).ok_or_else(|| {
+                Error::validation(
+                    "recovery_code",
+                    "must be 10 letters and digits, as XXXXX-XXXXX",
+                )
+            })?)
+        }
         _ => {
             return Err(Error::validation(
                 "otp",

@@ -32,9 +32,9 @@ pub use account_codes::{
     AddressProven, NewAccountCode, OpenCode, PasswordChange, PasswordReset, PasswordTarget, Purpose,
 };
 pub use challenges::{Attempt, ChallengeAnswer, NewChallenge};
-pub use mfa::MfaState;
 pub use keys::{NewSigningKey, Revocation, RevokedKey, SigningKeyRecord, Successor};
 pub use maintenance::{PRUNE_LOCK, Pruned, THROTTLE_MEMORY_DAYS};
+pub use mfa::MfaState;
 pub use postgres::PgStore;
 pub use sessions::{NewSession, SessionChain, SessionInfo, SessionUser};
 pub use sqlite::SqliteStore;

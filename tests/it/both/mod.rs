@@ -7,6 +7,7 @@ mod key_trust;
 mod keys;
 mod limits;
 mod lockout;
+mod mfa;
 mod otp_flow;
 pub mod process;
 mod prune;
