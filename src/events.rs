@@ -235,7 +235,7 @@ mod tests {
     #[test]
     fn each_kind_has_the_outcome_the_readme_gives_it() {
         use EventKind::*;
-        let expected: [(EventKind, &str); 34] = [
+        let expected: [(EventKind, &str); 39] = [
             (UserRegistered, "success"),
             (UserAddedByAdmin, "success"),
             (LoginSucceeded, "success"),
@@ -267,6 +267,11 @@ mod tests {
             (AccountCodeRejected, "failure"),
             (AccountMailLimited, "throttled"),
             (LoginUnverified, "failure"),
+            (TotpEnabled, "success"),
+            (TotpDisabled, "success"),
+            (RecoveryCodeUsed, "success"),
+            (RecoveryCodesRegenerated, "success"),
+            (MfaReset, "success"),
             (KeyCreated, "success"),
             (KeyActivated, "success"),
             (KeyRevoked, "success"),

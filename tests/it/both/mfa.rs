@@ -22,14 +22,14 @@ fn unix_now() -> u64 {
 }
 
 /// The app's code `offset` steps from the step of `at`.
-fn code_at(secret: &[u8], at: u64, offset: i64) -> String {
+pub(crate) fn code_at(secret: &[u8], at: u64, offset: i64) -> String {
     let time = u64::try_from(i64::try_from(at).unwrap() + offset * 30).unwrap();
     totp_custom::<Sha1>(30, 6, secret, time)
 }
 
 /// Waits (at most a step) until the current 30 s step has at least 5 s left, so codes made
 /// now for steps around it keep their distance from the server's step while a request runs.
-async fn steady_step() -> u64 {
+pub(crate) async fn steady_step() -> u64 {
     assert!(
         wait_until(std::time::Duration::from_secs(31), async || unix_now() % 30
             < 25)

@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::both::mfa::{code_at, steady_step};
 use crate::helpers::{
     PASSWORD, TempDir, TestApp, TestDb, admin, fresh_database, kid_in_state, problem, rotate_now,
     test_settings,
@@ -201,6 +202,68 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     assert_eq!(app.mail.messages_to("admin@example.test").len(), 1);
     extract_code(&app.mail.messages_to("admin@example.test")[0]);
 
+    // totp_enabled, recovery_codes_regenerated: the admin-made user enrols an app (with the
+    // session of the code above) and asks for new recovery codes with the next code.
+    let enrolment: Value = app
+        .post_json_with_token("/mfa/totp/enroll", &admin_access, &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = totp_rs::Secret::try_from_base32(enrolment["secret"].as_str().unwrap()).unwrap();
+    let secret = secret.as_ref().to_vec();
+    let now = steady_step().await;
+    let confirm = json!({"code": code_at(&secret, now, 0)});
+    let confirmed = app
+        .post_json_with_token("/mfa/totp/confirm", &admin_access, &confirm)
+        .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    let regenerate = json!({"code": code_at(&secret, now, 1)});
+    let regenerated: Value = app
+        .post_json_with_token("/mfa/recovery-codes", &admin_access, &regenerate)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let recovery = regenerated["recovery_codes"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // recovery_code_used: a login finished with one.
+    let body: Value = app
+        .login("admin@example.test", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let used = app
+        .post_json_with_token(
+            "/login/otp",
+            body["challenge_token"].as_str().unwrap(),
+            &json!({"recovery_code": recovery}),
+        )
+        .await;
+    assert_eq!(used.status(), StatusCode::OK);
+    let recovered = used.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // totp_disabled: the app turned off with the password; then an enrolment left waiting,
+    // which `authd user mfa --reset` removes below (mfa_reset).
+    let disabled = app
+        .client
+        .delete(app.url("/mfa/totp"))
+        .bearer_auth(&recovered)
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), StatusCode::NO_CONTENT);
+    let pending = app
+        .post_json_with_token("/mfa/totp/enroll", &recovered, &json!({}))
+        .await;
+    assert_eq!(pending.status(), StatusCode::OK);
+
     // refresh_token_reused: the plain user's first refresh token, presented again after it
     // was rotated.
     let refresh = |token: String| {
@@ -247,6 +310,7 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     .await;
     for args in [
         &["session", "revoke", "--user", "admin@example.test"][..],
+        &["user", "mfa", "admin@example.test", "--reset"],
         &["user", "disable", "admin@example.test"],
         &["user", "enable", "admin@example.test"],
         &["user", "delete", "admin@example.test", "--yes"],
