@@ -163,7 +163,7 @@ macro_rules! user_columns {
 pub(super) use user_columns;
 
 /// Inside a transaction `$tx` of a `statements!` body: takes the row lock of user `$user` on
-/// PostgreSQL (`LOCK_SESSION_USER`; SQLite has one writer at a time anyway). Every transaction
+/// PostgreSQL, SQLite's write lock (`LOCK_SESSION_USER`). Every transaction
 /// that changes a user's password, address, sessions or codes takes it first, so they queue in
 /// one order (no deadlock) and each sees what the one before it committed.
 macro_rules! lock_user {

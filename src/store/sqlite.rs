@@ -84,9 +84,12 @@ fn warn_if_readable_by_others(path: &std::path::Path) {
 impl SqliteStore {
     pub(super) const MIGRATOR: &'static Migrator = &MIGRATOR;
 
-    /// SQLite has one writer at a time: the session's insert, the first write of its
-    /// transaction, already waits for a disable, a delete or another login.
-    pub(super) const LOCK_SESSION_USER: Option<&'static str> = None;
+    /// SQLite has one writer at a time, but a transaction that reads first and writes later
+    /// cannot wait for its write lock (SQLite refuses at once with SQLITE_BUSY): so the
+    /// transactions that lock a user begin with a write that changes nothing, which takes the
+    /// write lock at once (waiting `busy_timeout` for it like any write).
+    pub(super) const LOCK_SESSION_USER: Option<&'static str> =
+        Some("UPDATE users SET email = email WHERE id = $1");
 
     /// Opens (creating if needed) the database file and its directory.
     pub fn connect_lazy(url: &str, settings: &DatabaseSettings) -> anyhow::Result<SqliteStore> {
