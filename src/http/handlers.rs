@@ -230,8 +230,10 @@ pub async fn register(
 
 /// Log in with email and password.
 ///
-/// Without two-factor authentication the answer carries the access token. With it, a
-/// six-digit code is emailed and the answer carries a challenge token for `POST /login/otp`.
+/// Without a second step the answer carries the access token. With one, the answer carries a
+/// challenge token for `POST /login/otp`, says which (`second_factor`: `email`, a six-digit
+/// code was emailed; `totp`, the authenticator app's code, nothing emailed) and lists every
+/// way to finish (`methods`).
 #[utoipa::path(
     post, path = "/login", tag = "auth",
     request_body = LoginRequest,
@@ -289,7 +291,9 @@ pub async fn login(
     }))
 }
 
-/// Exchange the emailed code for an access token.
+/// Finish the second step: the emailed code, the authenticator app's code, or a recovery code.
+///
+/// An app's code works once (a later step's code only); a recovery code works once.
 #[utoipa::path(
     post, path = "/login/otp", tag = "auth",
     request_body = OtpRequest,
@@ -297,7 +301,7 @@ pub async fn login(
     responses(
         (status = 200, description = "Access token", body = TokenResponse),
         (status = 401, description = "Bad challenge token (`invalid_token`) or wrong code (`invalid_otp`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The code is missing or not six digits (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Neither `otp` nor `recovery_code` (or both), a code that is not six digits, or a recovery code that is not 10 letters and digits (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many requests from this address (`rate_limited`, with `Retry-After`); or the second step is locked after `rate_limit.otp_failures_per_account` consecutive wrong codes until an administrator unlocks it (`second_factor_locked`, no `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
