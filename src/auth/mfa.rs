@@ -307,11 +307,7 @@ impl Auth {
 
     /// `authd user mfa EMAIL`.
     pub async fn mfa_summary(&self, email: &Email) -> Result<MfaSummary> {
-        let user = self
-            .store
-            .find_user_by_email(email)
-            .await?
-            .ok_or(Error::UserNotFound)?;
+        let user = self.user_by_email(email).await?;
         let state = self
             .store
             .mfa_state(user.id)
@@ -328,11 +324,7 @@ impl Auth {
     /// session; the user as they are now (their second step: email or none). None when there
     /// was nothing to remove.
     pub async fn reset_mfa(&self, email: &Email) -> Result<Option<User>> {
-        let user = self
-            .store
-            .find_user_by_email(email)
-            .await?
-            .ok_or(Error::UserNotFound)?;
+        let user = self.user_by_email(email).await?;
         if !self.store.remove_totp(user.id, true, Utc::now()).await? {
             return Ok(None);
         }
@@ -358,11 +350,7 @@ impl Auth {
     /// the confirming code; the user's sessions end. The enrolment (to print) and the recovery
     /// codes.
     pub async fn enroll_totp_for(&self, email: &Email) -> Result<(Enrolment, Vec<String>)> {
-        let user = self
-            .store
-            .find_user_by_email(email)
-            .await?
-            .ok_or(Error::UserNotFound)?;
+        let user = self.user_by_email(email).await?;
         let enrolment = self.start_enrolment(&user).await?;
         let state = self
             .store

@@ -333,6 +333,15 @@ impl Auth {
         })
     }
 
+    /// The user with this address, or `UserNotFound` (what every admin command on a user
+    /// starts with).
+    async fn user_by_email(&self, email: &Email) -> Result<crate::domain::User> {
+        self.store
+            .find_user_by_email(email)
+            .await?
+            .ok_or(Error::UserNotFound)
+    }
+
     /// Where the use cases count what they do; the HTTP door adds its request figures.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

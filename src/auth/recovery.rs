@@ -714,11 +714,7 @@ impl Auth {
     /// `authd user reset-password`: an administrator sets a user's password (the registration
     /// policy applies). Every session of the user ends and the password locks are cleared.
     pub async fn set_password(&self, email: &Email, password: &Password) -> Result<User> {
-        let user = self
-            .store
-            .find_user_by_email(email)
-            .await?
-            .ok_or(Error::UserNotFound)?;
+        let user = self.user_by_email(email).await?;
         let hash = self.new_password_hash(&user, password).await?;
         let changed = self
             .store
@@ -880,11 +876,7 @@ impl Auth {
 
     /// `authd user verify-email`: an administrator vouches for a user's address.
     pub async fn mark_email_verified(&self, email: &Email) -> Result<User> {
-        let user = self
-            .store
-            .find_user_by_email(email)
-            .await?
-            .ok_or(Error::UserNotFound)?;
+        let user = self.user_by_email(email).await?;
         let user = self
             .store
             .mark_email_verified(user.id, Utc::now())
