@@ -513,10 +513,13 @@ async fn set_two_factor(args: SetTwoFactorArgs, settings: &Settings) -> anyhow::
             .with_context(|| format!("cannot change two-factor login for {email}"))
     })
     .await?;
-    let next_login = if enabled {
-        "password, then a code sent by email"
-    } else {
-        "password only"
+    // An authenticator app, when there is one, stays the second step whatever this says.
+    let next_login = match user.second_factor {
+        SecondFactor::Email => "password, then a code sent by email",
+        SecondFactor::Totp => {
+            "password, then a code of their authenticator app (it stays on: `authd user mfa --reset` removes it)"
+        }
+        SecondFactor::None => "password only",
     };
     println!(
         "two-factor login is {} for {}: next login asks for the {next_login}",
