@@ -87,6 +87,9 @@ event_kinds! {
     /// The right password of an account whose address is not proven, with
     /// `registration.require_verified_email` on: 403, no session, no code.
     LoginUnverified => "login_unverified",
+    /// The right password of an account with an authenticator app: its code is asked for
+    /// (nothing is sent; the counterpart of `code_sent`).
+    AppCodeAsked => "app_code_asked",
     /// An authenticator app became the account's second factor (confirmed by its first code,
     /// or `authd user totp-enroll`).
     TotpEnabled => "totp_enabled",
@@ -235,7 +238,7 @@ mod tests {
     #[test]
     fn each_kind_has_the_outcome_the_readme_gives_it() {
         use EventKind::*;
-        let expected: [(EventKind, &str); 39] = [
+        let expected: [(EventKind, &str); 40] = [
             (UserRegistered, "success"),
             (UserAddedByAdmin, "success"),
             (LoginSucceeded, "success"),
@@ -267,6 +270,7 @@ mod tests {
             (AccountCodeRejected, "failure"),
             (AccountMailLimited, "throttled"),
             (LoginUnverified, "failure"),
+            (AppCodeAsked, "success"),
             (TotpEnabled, "success"),
             (TotpDisabled, "success"),
             (RecoveryCodeUsed, "success"),

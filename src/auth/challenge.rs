@@ -113,7 +113,9 @@ impl Auth {
         self.store
             .retire_challenges_except(user.id, id, Utc::now())
             .await?;
-        tracing::info!(user_id = %user.id, "login code sent");
+        if delivery == Delivery::Email {
+            tracing::info!(user_id = %user.id, "login code sent");
+        }
         self.check_signer().await?;
         sign_in.tokens.issue(TokenKind::Challenge, user.id, id)
     }
@@ -170,17 +172,22 @@ impl Auth {
                 ChallengeAnswer::Code(&hash)
             }
             (SecondStepAnswer::Otp(otp), Some(sealed)) => {
-                ChallengeAnswer::Checked(self.app_code_taken(claims.sub, &sealed, otp).await?)
+                match self.app_step(claims.sub, &sealed, otp)? {
+                    Some(step) => ChallengeAnswer::AppStep(step),
+                    None => ChallengeAnswer::Wrong,
+                }
             }
             (SecondStepAnswer::RecoveryCode(code), _) => {
-                let hash = codes.hash_recovery_code(claims.sub, code);
-                ChallengeAnswer::Checked(
-                    self.store
-                        .use_recovery_code(claims.sub, &hash, Utc::now())
-                        .await?,
-                )
+                hash = codes.hash_recovery_code(claims.sub, code);
+                ChallengeAnswer::RecoveryCode(&hash)
             }
         };
+        let via = match checked {
+            ChallengeAnswer::Code(_) => "emailed code",
+            ChallengeAnswer::RecoveryCode(_) => "recovery code",
+            ChallengeAnswer::AppStep(_) | ChallengeAnswer::Wrong => "authenticator app",
+        };
+        let event = |kind| event(kind).detail(via);
         match self
             .store
             .attempt_challenge(

@@ -227,7 +227,14 @@ impl Auth {
         }
         if user.second_factor == SecondFactor::Totp {
             return self
-                .start_app_challenge(sign_in, &user, &verified.password_hash, password, &verified)
+                .start_app_challenge(
+                    sign_in,
+                    &user,
+                    &verified.password_hash,
+                    password,
+                    &verified,
+                    &client,
+                )
                 .await;
         }
         if let Err(err) = self.take_code_email(user.id).await {
@@ -274,6 +281,7 @@ impl Auth {
         verified_hash: &str,
         password: &str,
         verified: &Credentials,
+        client: &Client,
     ) -> Result<LoginOutcome> {
         let token = self
             .start_challenge(sign_in, user, verified_hash, Delivery::App)
@@ -284,6 +292,11 @@ impl Auth {
             methods.push("recovery_code");
         }
         tracing::info!(user_id = %user.id, "authenticator code asked for");
+        self.audit.record(
+            SecurityEvent::new(EventKind::AppCodeAsked)
+                .user(user.id, &user.email)
+                .client(client.ip),
+        );
         Ok(LoginOutcome::Challenge(Challenge {
             token,
             factor: SecondFactor::Totp,

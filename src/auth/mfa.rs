@@ -111,26 +111,36 @@ impl Auth {
         if user.second_factor == SecondFactor::Totp {
             return Err(Error::AlreadyEnrolled);
         }
-        self.start_enrolment(&user).await
+        Ok(self.start_enrolment(&user).await?.0)
     }
 
-    async fn start_enrolment(&self, user: &User) -> Result<Enrolment> {
+    /// A new secret waiting for its first code, and its sealed form; `AlreadyEnrolled` when an
+    /// app is on (checked in the statement that keeps it, so an enrolment racing a
+    /// confirmation cannot leave a second app waiting).
+    async fn start_enrolment(&self, user: &User) -> Result<(Enrolment, Vec<u8>)> {
         let secret = TotpSecret::generate();
         let sealed = seal_bytes(self.sealing_key()?, &secret_aad(user.id), secret.as_bytes())
             .map_err(|_| anyhow::anyhow!("cannot seal an authenticator secret"))?;
         let expires_at = Utc::now() + chrono::Duration::seconds(ENROLMENT_TTL_SECS);
-        self.store
+        if !self
+            .store
             .set_totp_pending(user.id, &sealed, expires_at)
-            .await?;
+            .await?
+        {
+            return Err(Error::AlreadyEnrolled);
+        }
         let otpauth_uri = secret.otpauth_uri(&self.product_name, &user.email);
         // An address and a product name of their longest still fit a QR code by far.
         let qr_svg = qr_svg(&otpauth_uri)
             .ok_or_else(|| anyhow::anyhow!("the otpauth URI does not fit a QR code"))?;
-        Ok(Enrolment {
-            secret: secret.to_base32(),
-            qr_svg,
-            otpauth_uri,
-        })
+        Ok((
+            Enrolment {
+                secret: secret.to_base32(),
+                qr_svg,
+                otpauth_uri,
+            },
+            sealed,
+        ))
     }
 
     /// `POST /mfa/totp/confirm`: the first right code of the pending enrolment makes the app
@@ -181,24 +191,23 @@ impl Auth {
         Ok(shown)
     }
 
-    /// Whether `code` is the app's (sealed in `sealed`) now, using its time step up: a code is
-    /// taken at most once, and never one of a step before the last one taken.
-    pub(super) async fn app_code_taken(
-        &self,
-        user_id: Uuid,
-        sealed: &[u8],
-        code: &Otp,
-    ) -> Result<bool> {
+    /// The time step `code` is the app's (sealed in `sealed`) code of now, within a step
+    /// either side; not yet whether it was taken before.
+    pub(super) fn app_step(&self, user_id: Uuid, sealed: &[u8], code: &Otp) -> Result<Option<i64>> {
         let secret = self.open_secret(user_id, sealed)?;
-        match secret.check(code.as_str(), unix_now()) {
-            Some(step) => self.store.accept_totp_step(user_id, step_of(step)).await,
-            None => Ok(false),
-        }
+        Ok(secret.check(code.as_str(), unix_now()).map(step_of))
     }
 
-    /// Checks a code of the user's app now and uses its time step up (no code works twice).
-    /// Counted like a login's second step: wrong codes toward the second-step lock.
-    async fn check_totp_now(&self, user: &User, state: &MfaState, code: &Otp) -> Result<()> {
+    /// Checks a code of the user's app now and uses its time step up: a code is taken at most
+    /// once, and never one of a step before the last one taken. Counted and recorded like a
+    /// login's second step: wrong codes toward the second-step lock.
+    async fn check_totp_now(
+        &self,
+        user: &User,
+        state: &MfaState,
+        code: &Otp,
+        client: &Client,
+    ) -> Result<()> {
         let Some(sealed) = &state.totp_secret else {
             return Err(Error::validation(
                 "code",
@@ -206,8 +215,28 @@ impl Auth {
             ));
         };
         let key = otp_key(user.id);
-        self.reserve(&key, &self.otp_rule()).await?;
-        if !self.app_code_taken(user.id, sealed, code).await? {
+        let event = |kind| {
+            SecurityEvent::new(kind)
+                .user(user.id, &user.email)
+                .client(client.ip)
+                .detail("authenticator app")
+        };
+        let locks_if_wrong = match self.reserve(&key, &self.otp_rule()).await {
+            Ok(locks) => locks,
+            Err(err) => {
+                self.audit.record(event(EventKind::CodeThrottled));
+                return Err(err);
+            }
+        };
+        let taken = match self.app_step(user.id, sealed, code)? {
+            Some(step) => self.store.accept_totp_step(user.id, step).await?,
+            None => false,
+        };
+        if !taken {
+            self.audit.record(event(EventKind::CodeRejected));
+            if locks_if_wrong {
+                self.audit.record(event(EventKind::SecondFactorLocked));
+            }
             return Err(Error::InvalidCode);
         }
         self.clear_failures(&key).await
@@ -222,7 +251,7 @@ impl Auth {
         proof: TotpProof,
         client: Client,
     ) -> Result<User> {
-        let (user, _) = self.authenticate(access_token).await?;
+        let (user, session) = self.authenticate(access_token).await?;
         let state = self.mfa_of(user.id).await?;
         if state.totp_secret.is_none() {
             return Err(Error::validation(
@@ -231,12 +260,18 @@ impl Auth {
             ));
         }
         match &proof {
-            TotpProof::Code(code) => self.check_totp_now(&user, &state, code).await?,
+            TotpProof::Code(code) => self.check_totp_now(&user, &state, code, &client).await?,
+            // The password alone is what a thief who has it also has: only with a recent login.
             TotpProof::Password(password) => {
+                self.ensure_fresh_login(session).await?;
                 self.check_own_password(&user, password, &client).await?
             }
         }
-        self.store.remove_totp(user.id, false, Utc::now()).await?;
+        // The other sessions, and logins waiting for a code, end with the factor that guarded
+        // them.
+        self.store
+            .remove_totp(user.id, Some(Some(session)), Utc::now())
+            .await?;
         self.audit.record(
             SecurityEvent::new(EventKind::TotpDisabled)
                 .user(user.id, &user.email)
@@ -257,7 +292,7 @@ impl Auth {
         let stored = credentials.as_ref().map(|c| c.password_hash.as_str());
         if !self.hasher.verify_admitted(slot, password, stored).await? {
             self.audit.record(
-                SecurityEvent::new(EventKind::PasswordChangeFailed)
+                SecurityEvent::new(EventKind::LoginFailed)
                     .user(user.id, &user.email)
                     .client(client.ip)
                     .detail("to turn off the authenticator app"),
@@ -280,7 +315,7 @@ impl Auth {
     ) -> Result<Vec<String>> {
         let (user, _) = self.authenticate(access_token).await?;
         let state = self.mfa_of(user.id).await?;
-        self.check_totp_now(&user, &state, code).await?;
+        self.check_totp_now(&user, &state, code, &client).await?;
         let (shown, hashes) = self.new_recovery_codes(user.id)?;
         if !self
             .store
@@ -325,7 +360,11 @@ impl Auth {
     /// was nothing to remove.
     pub async fn reset_mfa(&self, email: &Email) -> Result<Option<User>> {
         let user = self.user_by_email(email).await?;
-        if !self.store.remove_totp(user.id, true, Utc::now()).await? {
+        if !self
+            .store
+            .remove_totp(user.id, Some(None), Utc::now())
+            .await?
+        {
             return Ok(None);
         }
         let user = self
@@ -351,23 +390,14 @@ impl Auth {
     /// codes.
     pub async fn enroll_totp_for(&self, email: &Email) -> Result<(Enrolment, Vec<String>)> {
         let user = self.user_by_email(email).await?;
-        let enrolment = self.start_enrolment(&user).await?;
-        let state = self
-            .store
-            .mfa_state(user.id)
-            .await?
-            .ok_or(Error::UserNotFound)?;
-        let Some((sealed, _)) = state.pending else {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "the enrolment was not kept"
-            )));
-        };
+        let (enrolment, sealed) = self.start_enrolment(&user).await?;
         let (shown, hashes) = self.new_recovery_codes(user.id)?;
         // Step 0: every code of the app from now on is later.
         self.store
             .confirm_totp(user.id, &sealed, 0, &hashes, None, Utc::now())
             .await?
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("the enrolment changed meanwhile")))?;
+            // Replaced by an enrolment of the user's own meanwhile: theirs wins.
+            .ok_or(Error::AlreadyEnrolled)?;
         self.record_admin_change(
             SecurityEvent::new(EventKind::TotpEnabled)
                 .user(user.id, &user.email)

@@ -24,9 +24,13 @@ pub struct NewChallenge {
 pub enum ChallengeAnswer<'a> {
     /// The keyed hash of an emailed code: compared with the challenge's in the statement.
     Code(&'a [u8]),
-    /// An answer checked before (an authenticator app's code, a recovery code, each already
-    /// used up atomically): whether it was right.
-    Checked(bool),
+    /// An authenticator app's code that matched a time step: right if no code of that step or
+    /// a later one was taken before.
+    AppStep(i64),
+    /// The keyed hash of a recovery code: right if it is one of the user's, unused.
+    RecoveryCode(&'a [u8]),
+    /// An answer known to be wrong (an app's code that matches no step).
+    Wrong,
 }
 
 /// The result of submitting one code to a challenge, decided atomically in the database.
@@ -136,9 +140,40 @@ statements! {
         max_attempts: u32,
         now: DateTime<Utc>,
     ) -> Result<Attempt> {
+        let mut tx = self.pool.begin().await?;
+        lock_user!(tx, user_id);
+        // What the answer uses up (an app's time step, a recovery code) is used up in the
+        // transaction that settles the challenge: rolled back with it when the challenge
+        // turns out dead, so nothing is spent on a login that cannot finish.
         let (code_hash, checked): (&[u8], bool) = match answer {
             ChallengeAnswer::Code(hash) => (hash, false),
-            ChallengeAnswer::Checked(accepted) => (&[], accepted),
+            ChallengeAnswer::Wrong => (&[], false),
+            ChallengeAnswer::AppStep(step) => {
+                let taken = sqlx::query(
+                    "UPDATE users SET totp_last_step = $2
+                     WHERE id = $1 AND totp_secret IS NOT NULL
+                       AND (totp_last_step IS NULL OR totp_last_step < $2)",
+                )
+                .bind(user_id)
+                .bind(step)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                (&[], taken > 0)
+            }
+            ChallengeAnswer::RecoveryCode(hash) => {
+                let used = sqlx::query(
+                    "UPDATE recovery_codes SET used_at = $3
+                     WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+                )
+                .bind(user_id)
+                .bind(hash)
+                .bind(Time(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                (&[], used > 0)
+            }
         };
         let row: Option<(bool, Count)> = sqlx::query_as(
             "UPDATE otp_challenges
@@ -156,9 +191,13 @@ statements! {
         .bind(i64::from(max_attempts))
         .bind(Time(now))
         .bind(checked)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        attempt_from(row, max_attempts)
+        let attempt = attempt_from(row, max_attempts)?;
+        if attempt != Attempt::Dead {
+            tx.commit().await?;
+        }
+        Ok(attempt)
     }
 }
 

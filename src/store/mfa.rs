@@ -64,7 +64,8 @@ statements! {
         }))
     }
 
-    /// Keeps a new, unconfirmed enrolment (replacing any earlier one).
+    /// Keeps a new, unconfirmed enrolment (replacing any earlier one), unless an app is on:
+    /// false then (and for no such user).
     pub async fn set_totp_pending(
         &self,
         user_id: Uuid,
@@ -72,7 +73,8 @@ statements! {
         expires_at: DateTime<Utc>,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE users SET totp_pending = $2, totp_pending_expires_at = $3 WHERE id = $1",
+            "UPDATE users SET totp_pending = $2, totp_pending_expires_at = $3
+             WHERE id = $1 AND totp_secret IS NULL",
         )
         .bind(user_id)
         .bind(sealed)
@@ -100,7 +102,8 @@ statements! {
         let confirmed = sqlx::query(
             "UPDATE users SET totp_secret = totp_pending, totp_last_step = $3,
                               totp_pending = NULL, totp_pending_expires_at = NULL
-             WHERE id = $1 AND totp_pending = $2 AND totp_pending_expires_at > $4",
+             WHERE id = $1 AND totp_pending = $2 AND totp_pending_expires_at > $4
+               AND totp_secret IS NULL",
         )
         .bind(user_id)
         .bind(pending)
@@ -193,12 +196,12 @@ statements! {
     }
 
     /// Removes the authenticator app, a pending enrolment and the recovery codes; with
-    /// `end_sessions`, every session and open login of the user ends too. Whether there was an
-    /// app or codes to remove.
+    /// `end_sessions` (`Some(keep)`), the user's sessions but `keep`, and their open logins,
+    /// end too. Whether there was an app, an enrolment or codes to remove.
     pub async fn remove_totp(
         &self,
         user_id: Uuid,
-        end_sessions: bool,
+        end_sessions: Option<Option<Uuid>>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
@@ -217,18 +220,24 @@ statements! {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if end_sessions {
-            for end in [
-                "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+        if let Some(keep) = end_sessions {
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = $3
+                 WHERE user_id = $1 AND revoked_at IS NULL AND ($2 IS NULL OR id <> $2)",
+            )
+            .bind(user_id)
+            .bind(keep)
+            .bind(Time(now))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
                 "UPDATE otp_challenges SET retired_at = $2
                  WHERE user_id = $1 AND consumed_at IS NULL AND retired_at IS NULL",
-            ] {
-                sqlx::query(end)
-                    .bind(user_id)
-                    .bind(Time(now))
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            )
+            .bind(user_id)
+            .bind(Time(now))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(had_app + had_codes > 0)

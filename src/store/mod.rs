@@ -251,9 +251,9 @@ impl Store {
         pub async fn use_recovery_code(&self, user_id: Uuid, code_hash: &[u8], now: DateTime<Utc>) -> Result<bool>;
         /// Replaces the recovery codes of a user with an authenticator app; false without one.
         pub async fn replace_recovery_codes(&self, user_id: Uuid, recovery_hashes: &[Vec<u8>], now: DateTime<Utc>) -> Result<bool>;
-        /// Removes the authenticator app and the recovery codes (and, with `end_sessions`,
-        /// every session and open login); whether there was anything to remove.
-        pub async fn remove_totp(&self, user_id: Uuid, end_sessions: bool, now: DateTime<Utc>) -> Result<bool>;
+        /// Removes the authenticator app and the recovery codes (and, with `end_sessions`
+        /// = `Some(keep)`, every session but `keep` and open login); whether there was anything.
+        pub async fn remove_totp(&self, user_id: Uuid, end_sessions: Option<Option<Uuid>>, now: DateTime<Utc>) -> Result<bool>;
         /// Stores an emailed account code and retires the user's older live ones of its purpose.
         pub async fn insert_account_code(&self, code: &NewAccountCode) -> Result<()>;
         /// Removes an account code whose message could not be delivered.

@@ -451,3 +451,155 @@ async fn an_admin_sees_and_resets_the_second_factor_and_enrols_a_service_account
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn turning_the_app_off_with_the_password_needs_a_recent_login_and_ends_the_other_sessions() {
+    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
+        s.rate_limit.requests_per_ip_per_minute = 100_000;
+        s.session.fresh_login_secs = 60;
+    })
+    .await;
+    let (access, secret, _) = enrol(&app, "guard@example.test").await;
+    let now = steady_step().await;
+    let codes = confirm(&app, &access, &code_at(&secret, now, 0)).await;
+    let token = challenge(&app, "guard@example.test").await;
+    let other = answer(&app, &token, json!({"otp": code_at(&secret, now, 1)})).await;
+    assert_eq!(other.status(), StatusCode::OK);
+    let other = access_of(&other.json().await.unwrap());
+    // Sessions whose logins are old, and the password: refused.
+    app.db
+        .exec(
+            "UPDATE sessions SET created_at = created_at - interval '61 seconds'",
+            "UPDATE sessions SET created_at = created_at - 61000000",
+        )
+        .await;
+    let off = json!({"password": PASSWORD});
+    let delete = async |token: &str| {
+        app.client
+            .delete(app.url("/mfa/totp"))
+            .bearer_auth(token)
+            .json(&off)
+            .send()
+            .await
+            .unwrap()
+    };
+    problem(
+        delete(&access).await,
+        StatusCode::FORBIDDEN,
+        "reauthentication_required",
+    )
+    .await;
+    // A recent login (with a recovery code) turns it off, and every other session ends.
+    let token = challenge(&app, "guard@example.test").await;
+    let fresh = answer(&app, &token, json!({"recovery_code": codes[0]})).await;
+    assert_eq!(fresh.status(), StatusCode::OK);
+    let fresh = access_of(&fresh.json().await.unwrap());
+    assert_eq!(delete(&fresh).await.status(), StatusCode::NO_CONTENT);
+    for ended in [&access, &other] {
+        problem(
+            app.get_with_token("/users/me", ended).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        )
+        .await;
+    }
+    let me: Value = app
+        .get_with_token("/users/me", &fresh)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["second_factor"], "none");
+    assert_eq!(me["recovery_codes_left"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enrolment_racing_a_confirmation_never_leaves_a_second_app_waiting() {
+    let app = spawn().await;
+    let (access, secret, _) = enrol(&app, "racer@example.test").await;
+    let code = json!({"code": code_at(&secret, steady_step().await, 0)});
+    let empty = json!({});
+    let enrolments =
+        join_all((0..8).map(|_| app.post_json_with_token("/mfa/totp/enroll", &access, &empty)));
+    let (confirmed, enrolments) = tokio::join!(
+        app.post_json_with_token("/mfa/totp/confirm", &access, &code),
+        enrolments
+    );
+    for enrolment in enrolments {
+        assert!(
+            [StatusCode::OK, StatusCode::CONFLICT].contains(&enrolment.status()),
+            "{enrolment:?}"
+        );
+    }
+    if confirmed.status() == StatusCode::OK {
+        assert_eq!(
+            app.db
+                .int(
+                    "SELECT CAST(count(*) AS BIGINT) FROM users
+                     WHERE totp_secret IS NOT NULL AND totp_pending IS NOT NULL"
+                )
+                .await,
+            0,
+            "an app is on and another waits"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovery_codes_sent_at_once_to_one_login_spend_only_the_one_that_finished_it() {
+    let app = spawn().await;
+    let (access, secret, _) = enrol(&app, "spend@example.test").await;
+    let codes = confirm(&app, &access, &code_at(&secret, steady_step().await, 0)).await;
+    let token = challenge(&app, "spend@example.test").await;
+    let answers = join_all(
+        codes[..6]
+            .iter()
+            .map(|code| answer(&app, &token, json!({"recovery_code": code}))),
+    )
+    .await;
+    let finished = answers
+        .iter()
+        .filter(|a| a.status() == StatusCode::OK)
+        .count();
+    assert_eq!(finished, 1, "{answers:?}");
+    let me: Value = app
+        .get_with_token("/users/me", &access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["recovery_codes_left"], 9, "the others are not spent");
+    app.db.expect_events("recovery_code_used", 1).await;
+}
+
+#[tokio::test]
+async fn wrong_app_codes_outside_a_login_are_in_the_trail_and_count() {
+    let app = spawn().await;
+    let (access, secret, _) = enrol(&app, "trail@example.test").await;
+    let right = code_at(&secret, steady_step().await, 0);
+    confirm(&app, &access, &right).await;
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    problem(
+        app.post_json_with_token("/mfa/recovery-codes", &access, &json!({"code": wrong}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_code",
+    )
+    .await;
+    app.db.expect_events("code_rejected", 1).await;
+    // An enrolment while the app is on, by an admin too, is refused.
+    let data_dir = TempDir::new("authd-mfa");
+    let refused = crate::helpers::admin_output(
+        &app.db_url,
+        &data_dir,
+        &["user", "totp-enroll", "trail@example.test"],
+        "",
+    )
+    .await;
+    let line = crate::helpers::refused_line(refused, "an app already on");
+    assert!(line.contains("already"), "{line}");
+}

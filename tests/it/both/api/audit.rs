@@ -287,12 +287,14 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     )
     .await;
 
-    // logout: the admin-made user's session from the code above; then session_revoked,
+    // logout: the admin-made user's live session; then session_revoked,
     // user_disabled, user_enabled and user_deleted from the command line.
+    // (The session of the code above ended when the app was turned off: the recovered one is
+    // the admin-made user's live session.)
     let logout = app
         .client
         .post(app.url("/logout"))
-        .bearer_auth(&admin_access)
+        .bearer_auth(&recovered)
         .send()
         .await
         .unwrap();
