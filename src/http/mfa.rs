@@ -116,8 +116,9 @@ pub async fn confirm(
 
 /// Turn the authenticator app off.
 ///
-/// With one of its codes or the account's password. The recovery codes go with it; the second
-/// step becomes the emailed code if that is on (`two_factor_enabled`), else none.
+/// With one of its codes, or the account's password from a session whose login is less than
+/// `session.fresh_login_secs` old. The recovery codes go with it, the user's other sessions end;
+/// the second step becomes the emailed code if that is on (`two_factor_enabled`), else none.
 #[utoipa::path(
     delete, path = "/mfa/totp", tag = "mfa",
     request_body = DisableTotpRequest,
@@ -125,6 +126,7 @@ pub async fn confirm(
     responses(
         (status = 204, description = "The app is off"),
         (status = 400, description = "A wrong code, or one already used (`invalid_code`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The password from a session whose login is older than `session.fresh_login_secs` (`reauthentication_required`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Neither `code` nor `password`, a wrong password, or no app is on (`validation_failed`)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The account's password or second step is locked, or too many requests from this address (`rate_limited` with `Retry-After`, or `second_factor_locked`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable, or too many passwords waiting to be checked (`unavailable`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
