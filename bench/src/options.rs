@@ -44,7 +44,7 @@ pub struct Flags {
     /// fails)
     #[arg(long)]
     strict: bool,
-    /// watchdog: give up after this long (default 60 + 40 x secs x runs)
+    /// watchdog: give up after this long (default 60 + 48 x secs x runs)
     #[arg(long, default_value_t = 0)]
     max_secs: u64,
     /// comma list of bound,me,ceiling,login,probe,mixed,control,burst,flow,register,refresh,
@@ -99,8 +99,8 @@ impl Flags {
         let authd = std::path::absolute(&authd)
             .map_err(|err| anyhow::anyhow!("--authd {}: {err}", authd.display()))?;
         let max_secs = match self.max_secs {
-            // A run takes about 20 windows of `secs` plus setup: leave it twice that.
-            0 => 60 + 40 * self.secs * self.runs,
+            // A run takes about 24 windows of `secs` plus setup: leave it twice that.
+            0 => 60 + 48 * self.secs * self.runs,
             set => set,
         };
         let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
