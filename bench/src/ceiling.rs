@@ -75,7 +75,16 @@ pub fn main(args: &Args) -> Result<()> {
     })
 }
 
-async fn me(State(state): State<Route>) -> Result<axum::Json<User>, StatusCode> {
+/// authd's `/users/me` body: the user and the recovery codes they have left, both from the
+/// one query of `find_session_user`.
+#[derive(serde::Serialize)]
+struct Me {
+    #[serde(flatten)]
+    user: User,
+    recovery_codes_left: i64,
+}
+
+async fn me(State(state): State<Route>) -> Result<axum::Json<Me>, StatusCode> {
     // A kid, as /users/me passes its token's: the same revoked-key lookup is made.
     state
         .store
@@ -87,7 +96,12 @@ async fn me(State(state): State<Route>) -> Result<axum::Json<User>, StatusCode> 
         )
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
-        .map(|found| axum::Json(found.user))
+        .map(|found| {
+            axum::Json(Me {
+                user: found.user,
+                recovery_codes_left: found.recovery_codes_left,
+            })
+        })
         .ok_or(StatusCode::NOT_FOUND)
 }
 

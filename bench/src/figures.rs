@@ -49,6 +49,21 @@ pub struct Figures {
     pub verify_guesses_per_sec: f64,
     pub verify_p50_ms: f64,
     pub verify_p99_ms: f64,
+    /// `POST /mfa/totp/enroll` with a fresh login: answers per second, p50, p99, CPU per
+    /// answer in microseconds ([authd, PostgreSQL, this load generator]), and what drawing one
+    /// answer's QR code (`qr_svg`) costs on one core, in microseconds, and its size in bytes.
+    pub enroll_per_sec: f64,
+    pub enroll_p50_ms: f64,
+    pub enroll_p99_ms: f64,
+    pub enroll_cpu_us: [f64; 3],
+    pub enroll_qr_us: f64,
+    pub enroll_svg_bytes: usize,
+    /// `POST /login/otp` with a wrong code of an authenticator app: guesses per second, p50,
+    /// p99, CPU per guess in microseconds ([authd, PostgreSQL, this load generator]).
+    pub totp_guesses_per_sec: f64,
+    pub totp_p50_ms: f64,
+    pub totp_p99_ms: f64,
+    pub totp_cpu_us: [f64; 3],
     /// CPU per `/users/me` answer, microseconds: [server, PostgreSQL, this load generator].
     pub me_cpu_us: [f64; 3],
     pub ceiling_cpu_us: [f64; 3],
@@ -149,6 +164,16 @@ pub fn median_figures(runs: &[Figures]) -> Figures {
         verify_guesses_per_sec: m(|f| f.verify_guesses_per_sec),
         verify_p50_ms: m(|f| f.verify_p50_ms),
         verify_p99_ms: m(|f| f.verify_p99_ms),
+        enroll_per_sec: m(|f| f.enroll_per_sec),
+        enroll_p50_ms: m(|f| f.enroll_p50_ms),
+        enroll_p99_ms: m(|f| f.enroll_p99_ms),
+        enroll_cpu_us: [0, 1, 2].map(|i| median(runs.iter().map(|f| f.enroll_cpu_us[i]).collect())),
+        enroll_qr_us: m(|f| f.enroll_qr_us),
+        enroll_svg_bytes: runs.iter().map(|f| f.enroll_svg_bytes).max().unwrap_or(0),
+        totp_guesses_per_sec: m(|f| f.totp_guesses_per_sec),
+        totp_p50_ms: m(|f| f.totp_p50_ms),
+        totp_p99_ms: m(|f| f.totp_p99_ms),
+        totp_cpu_us: [0, 1, 2].map(|i| median(runs.iter().map(|f| f.totp_cpu_us[i]).collect())),
         token_costs: std::array::from_fn(|i| TokenCost {
             sign_us: median(runs.iter().map(|f| f.token_costs[i].sign_us).collect()),
             verify_us: median(runs.iter().map(|f| f.token_costs[i].verify_us).collect()),

@@ -25,7 +25,11 @@
 //! 10. the cost of signing and verifying one access token, per algorithm;
 //! 11. `POST /password/forgot` per second, p50/p99, for addresses with an account and without,
 //!     alternating (the answer must not tell them apart), and what the background did;
-//! 12. `POST /email/verify` with a wrong code per second, p50/p99: the cost of a guess.
+//! 12. `POST /email/verify` with a wrong code per second, p50/p99: the cost of a guess;
+//! 13. `POST /mfa/totp/enroll` per second, p50/p99, authd's CPU per answer and what drawing
+//!     the QR code costs of it;
+//! 14. `POST /login/otp` with a wrong code of an authenticator app per second, p50/p99 and
+//!     authd's CPU per guess: the cost of a guess at an app.
 //!
 //! And what explains them: the CPU each process (authd, the ceiling, PostgreSQL, this load
 //! generator) spends per `/users/me` answer, read from /proc; a control that sends the same
@@ -39,6 +43,7 @@
 //! Each phase is a file in `phases/`; what they share is in files named by role.
 
 mod accounts;
+mod authenticator;
 mod ceiling;
 mod cpu;
 mod database;
@@ -322,5 +327,7 @@ async fn measure(w: &Workload) -> Result<Figures> {
     phases::tokens::measure(w, &mut run).await?;
     phases::forgot::measure(w, &mut run).await?;
     phases::verify::measure(w, &mut run).await?;
+    phases::enroll::measure(w, &mut run).await?;
+    phases::totp::measure(w, &mut run).await?;
     Ok(run.finish())
 }

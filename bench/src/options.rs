@@ -44,11 +44,11 @@ pub struct Flags {
     /// fails)
     #[arg(long)]
     strict: bool,
-    /// watchdog: give up after this long (default 60 + 40 x secs x runs)
+    /// watchdog: give up after this long (default 60 + 48 x secs x runs)
     #[arg(long, default_value_t = 0)]
     max_secs: u64,
     /// comma list of bound,me,ceiling,login,probe,mixed,control,burst,flow,register,refresh,
-    /// logout,tokens,forgot,verify
+    /// logout,tokens,forgot,verify,enroll,totp
     #[arg(long, value_delimiter = ',', value_parser = PHASES)]
     only: Option<Vec<String>>,
     /// before measuring, add this many users with one live session each (COPY-free:
@@ -58,9 +58,9 @@ pub struct Flags {
 }
 
 /// Every phase `--only` can name.
-pub const PHASES: [&str; 15] = [
+pub const PHASES: [&str; 17] = [
     "bound", "me", "ceiling", "login", "probe", "mixed", "control", "burst", "flow", "register",
-    "refresh", "logout", "tokens", "forgot", "verify",
+    "refresh", "logout", "tokens", "forgot", "verify", "enroll", "totp",
 ];
 
 /// The options with their defaults resolved, for the run.
@@ -99,8 +99,8 @@ impl Flags {
         let authd = std::path::absolute(&authd)
             .map_err(|err| anyhow::anyhow!("--authd {}: {err}", authd.display()))?;
         let max_secs = match self.max_secs {
-            // A run takes about 20 windows of `secs` plus setup: leave it twice that.
-            0 => 60 + 40 * self.secs * self.runs,
+            // A run takes about 24 windows of `secs` plus setup: leave it twice that.
+            0 => 60 + 48 * self.secs * self.runs,
             set => set,
         };
         let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);

@@ -7,6 +7,8 @@ pub mod bound;
 pub mod burst;
 /// The paced `/users/me` load sent to the ceiling, idle and under the login storm.
 pub mod control;
+/// `POST /mfa/totp/enroll` with fresh logins, and what the QR code costs of it.
+pub mod enroll;
 /// The two-factor login flow per second.
 pub mod flow;
 /// `POST /password/forgot` for known and unknown addresses, alternating.
@@ -27,5 +29,7 @@ pub mod refresh;
 pub mod register;
 /// The cost of signing and verifying one access token, per algorithm.
 pub mod tokens;
+/// `POST /login/otp` with a wrong code of an authenticator app: the cost of a guess.
+pub mod totp;
 /// `POST /email/verify` with a wrong code: the cost of a guess.
 pub mod verify;

@@ -52,6 +52,12 @@ impl Authd {
             .env("AUTHD_HTTP__MAX_CONNECTIONS_PER_IP", "100000")
             // The 2FA phase logs the same few accounts in many times a second.
             .env("AUTHD_MAIL__MAX_CODES_PER_ACCOUNT", "1000000000")
+            // The totp phase guesses at one challenge per client for its whole window: a
+            // challenge's tries and an account's wrong codes would end it after 5 and 100, and
+            // only a login (bcrypt) makes another challenge. A guess runs the same statements
+            // whatever the bound; no other phase sends a wrong code.
+            .env("AUTHD_OTP__MAX_ATTEMPTS", "1000000000")
+            .env("AUTHD_RATE_LIMIT__OTP_FAILURES_PER_ACCOUNT", "1000000000")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

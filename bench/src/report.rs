@@ -167,6 +167,31 @@ pub fn print_table(f: &Figures, o: &Options, final_table: bool) -> bool {
             f.verify_guesses_per_sec, f.verify_p50_ms, f.verify_p99_ms
         );
     }
+    if ran(&["enroll"]) {
+        println!(
+            "13  POST /mfa/totp/enroll, fresh login      {:.0} /s, p50 {:.2} ms, p99 {:.2} ms",
+            f.enroll_per_sec, f.enroll_p50_ms, f.enroll_p99_ms
+        );
+        println!(
+            "    CPU per answer, us: authd {:.0} + postgres {:.0} + load generator {:.0}; the QR code SVG ({} bytes) alone {:.0} us = {:.0}% of authd's",
+            f.enroll_cpu_us[0],
+            f.enroll_cpu_us[1],
+            f.enroll_cpu_us[2],
+            f.enroll_svg_bytes,
+            f.enroll_qr_us,
+            ratio(f.enroll_qr_us, f.enroll_cpu_us[0]) * 100.0
+        );
+    }
+    if ran(&["totp"]) {
+        println!(
+            "14  POST /login/otp, wrong app code         {:.0} guesses/s, p50 {:.2} ms, p99 {:.2} ms",
+            f.totp_guesses_per_sec, f.totp_p50_ms, f.totp_p99_ms
+        );
+        println!(
+            "    CPU per guess, us: authd {:.0} + postgres {:.0} + load generator {:.0}",
+            f.totp_cpu_us[0], f.totp_cpu_us[1], f.totp_cpu_us[2]
+        );
+    }
     if f.burst_ok + f.burst_refused > 0 {
         println!(
             "    burst of {BURST_LOGINS} logins at once: {} answered, {} refused with 503 (median refusal {:.1} ms)",
