@@ -130,8 +130,12 @@ impl Auth {
             return Err(Error::AlreadyEnrolled);
         }
         let otpauth_uri = secret.otpauth_uri(&self.product_name, &user.email);
+        // About a millisecond of CPU (the QR code's masks are scored): off the async workers.
         // An address and a product name of their longest still fit a QR code by far.
-        let qr_svg = qr_svg(&otpauth_uri)
+        let uri = otpauth_uri.clone();
+        let qr_svg = tokio::task::spawn_blocking(move || qr_svg(&uri))
+            .await
+            .map_err(|err| anyhow::anyhow!("drawing the QR code failed: {err}"))?
             .ok_or_else(|| anyhow::anyhow!("the otpauth URI does not fit a QR code"))?;
         Ok((
             Enrolment {
