@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::common::{Count, Time, lock_user, statements};
+use super::mfa::{SPEND_RECOVERY_CODE, TAKE_TOTP_STEP};
 use crate::error::Result;
 
 /// A new login challenge: the keyed hash of the emailed code and when it dies.
@@ -149,11 +150,7 @@ statements! {
             ChallengeAnswer::Code(hash) => (hash, false),
             ChallengeAnswer::Wrong => (&[], false),
             ChallengeAnswer::AppStep(step) => {
-                let taken = sqlx::query(
-                    "UPDATE users SET totp_last_step = $2
-                     WHERE id = $1 AND totp_secret IS NOT NULL
-                       AND (totp_last_step IS NULL OR totp_last_step < $2)",
-                )
+                let taken = sqlx::query(TAKE_TOTP_STEP)
                 .bind(user_id)
                 .bind(step)
                 .execute(&mut *tx)
@@ -162,10 +159,7 @@ statements! {
                 (&[], taken > 0)
             }
             ChallengeAnswer::RecoveryCode(hash) => {
-                let used = sqlx::query(
-                    "UPDATE recovery_codes SET used_at = $3
-                     WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
-                )
+                let used = sqlx::query(SPEND_RECOVERY_CODE)
                 .bind(user_id)
                 .bind(hash)
                 .bind(Time(now))

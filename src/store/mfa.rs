@@ -26,6 +26,16 @@ struct MfaRow {
     recovery_codes_left: Count,
 }
 
+/// Takes the app's time step $2 for user $1 if no code of it or a later one was taken: one
+/// statement, so of parallel submissions of one code exactly one is taken.
+pub(super) const TAKE_TOTP_STEP: &str = "UPDATE users SET totp_last_step = $2
+     WHERE id = $1 AND totp_secret IS NOT NULL
+       AND (totp_last_step IS NULL OR totp_last_step < $2)";
+
+/// Spends recovery code (hash) $2 of user $1 at $3, once: one statement.
+pub(super) const SPEND_RECOVERY_CODE: &str = "UPDATE recovery_codes SET used_at = $3
+     WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL";
+
 /// Inside a transaction `$tx`: replaces user `$user`'s recovery codes by `$hashes`.
 macro_rules! replace_codes {
     ($tx:expr, $user:expr, $hashes:expr, $now:expr) => {
@@ -141,33 +151,10 @@ statements! {
     /// Accepts a code of time step `step` if no code of that step or a later one was: one
     /// statement, so of parallel submissions of one code exactly one is accepted.
     pub async fn accept_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE users SET totp_last_step = $2
-             WHERE id = $1 AND totp_secret IS NOT NULL
-               AND (totp_last_step IS NULL OR totp_last_step < $2)",
-        )
-        .bind(user_id)
-        .bind(step)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    /// Uses one recovery code, once: one statement.
-    pub async fn use_recovery_code(
-        &self,
-        user_id: Uuid,
-        code_hash: &[u8],
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE recovery_codes SET used_at = $3
-             WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(code_hash)
-        .bind(Time(now))
-        .execute(&self.pool)
+        let done = sqlx::query(TAKE_TOTP_STEP)
+            .bind(user_id)
+            .bind(step)
+            .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
     }

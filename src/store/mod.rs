@@ -247,8 +247,6 @@ impl Store {
         pub async fn confirm_totp(&self, user_id: Uuid, pending: &[u8], step: i64, recovery_hashes: &[Vec<u8>], keep: Option<Uuid>, now: DateTime<Utc>) -> Result<Option<u64>>;
         /// Accepts a code of time step `step` only if no code of it or a later one was (one statement).
         pub async fn accept_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool>;
-        /// Uses one recovery code, once (one statement).
-        pub async fn use_recovery_code(&self, user_id: Uuid, code_hash: &[u8], now: DateTime<Utc>) -> Result<bool>;
         /// Replaces the recovery codes of a user with an authenticator app; false without one.
         pub async fn replace_recovery_codes(&self, user_id: Uuid, recovery_hashes: &[Vec<u8>], now: DateTime<Utc>) -> Result<bool>;
         /// Removes the authenticator app and the recovery codes (and, with `end_sessions`
