@@ -13,6 +13,7 @@ use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::{Email, Otp, SecondFactor, User};
 use crate::error::{Error, Result};
 use crate::keys::{seal_bytes, unseal_bytes};
+use crate::mail::Mail;
 use crate::store::MfaState;
 use crate::token::totp::{RecoveryCode, TotpSecret, generate_recovery_codes, qr_svg};
 
@@ -51,6 +52,15 @@ pub struct MfaSummary {
 /// The associated data that binds a sealed TOTP secret to its user.
 fn secret_aad(user_id: Uuid) -> Vec<u8> {
     format!("authd totp secret v1\0{user_id}").into_bytes()
+}
+
+/// What a login asks for after the password, in a notice's words.
+fn factor_words(factor: SecondFactor) -> &'static str {
+    match factor {
+        SecondFactor::Totp => "a code of your authenticator app",
+        SecondFactor::Email => "a code sent by email",
+        SecondFactor::None => "nothing more than the password",
+    }
 }
 
 /// Seconds since the Unix epoch, for the time steps.
@@ -186,6 +196,9 @@ impl Auth {
             .ok_or(Error::InvalidCode)?;
         self.clear_failures(&key).await?;
         tracing::info!(user_id = %user.id, "authenticator app on");
+        if let Some(now) = self.store.find_user(user.id).await? {
+            self.notify_second_factor(now, client.clone());
+        }
         self.audit.record(
             SecurityEvent::new(EventKind::TotpEnabled)
                 .user(user.id, &user.email)
@@ -282,7 +295,9 @@ impl Auth {
                 .client(client.ip)
                 .detail("by user"),
         );
-        self.current_user(access_token).await
+        let now = self.current_user(access_token).await?;
+        self.notify_second_factor(now.clone(), client);
+        Ok(now)
     }
 
     /// Checks the user's own password, counted toward the account's password lock like a
@@ -337,6 +352,17 @@ impl Auth {
                 .client(client.ip),
         );
         Ok(shown)
+    }
+
+    /// Tells the user their second step changed, and what a login asks for now.
+    fn notify_second_factor(&self, user: User, client: Client) {
+        let factor = factor_words(user.second_factor);
+        self.notify(
+            "second_factor_changed",
+            user,
+            client,
+            Mail::SecondFactorChanged { factor },
+        );
     }
 
     /// Recovery codes the access token's user has left (for `GET /users/me`).
@@ -411,6 +437,23 @@ impl Auth {
                 )),
         )
         .await?;
+        // A command ends before a background task would: the notice goes out now.
+        if let Some(now) = self.store.find_user(user.id).await? {
+            let to = Email::parse(&now.email).map_err(|e| anyhow::anyhow!("stored email: {e}"))?;
+            let mail = Mail::SecondFactorChanged {
+                factor: factor_words(now.second_factor),
+            };
+            let outcome = self
+                .send_notice("second_factor_changed", &to, now.id, mail)
+                .await;
+            self.record_mail(
+                "second_factor_changed",
+                outcome,
+                &now,
+                &Client::default(),
+                None,
+            );
+        }
         Ok((enrolment, shown))
     }
 }

@@ -245,7 +245,7 @@ impl Auth {
 
     /// Emails a notice (nothing to act on) within the recipient's limit for notices, which is
     /// its own: notices never use up what a verification or a reset needs.
-    async fn send_notice(
+    pub(super) async fn send_notice(
         &self,
         kind: &'static str,
         to: &Email,
@@ -269,7 +269,7 @@ impl Auth {
     }
 
     /// Counts, logs and records how an account email went.
-    fn record_mail(
+    pub(super) fn record_mail(
         &self,
         kind: &'static str,
         outcome: Result<MailOutcome>,
@@ -629,16 +629,25 @@ impl Auth {
     }
 
     fn notify_password_changed(&self, user: User, client: Client) {
+        self.notify("password_changed", user, client, Mail::PasswordChanged);
+    }
+
+    /// Emails `user` a notice (`kind`, for the metric) in the background, within the
+    /// recipient's limit for notices.
+    pub(super) fn notify(
+        &self,
+        kind: &'static str,
+        user: User,
+        client: Client,
+        mail: Mail<'static>,
+    ) {
         let auth = self.clone();
-        self.in_background("password_changed", async move {
+        self.in_background(kind, async move {
             let outcome = match Email::parse(&user.email) {
-                Ok(to) => {
-                    auth.send_notice("password_changed", &to, user.id, Mail::PasswordChanged)
-                        .await
-                }
+                Ok(to) => auth.send_notice(kind, &to, user.id, mail).await,
                 Err(err) => Err(Error::Internal(anyhow::anyhow!("stored email: {err}"))),
             };
-            auth.record_mail("password_changed", outcome, &user, &client, None);
+            auth.record_mail(kind, outcome, &user, &client, None);
         });
     }
 

@@ -50,6 +50,9 @@ pub enum Mail<'a> {
     EmailChangeRequested { new_email: &'a str },
     /// Notice to the owner of an address someone tried to move another account to (nothing changed).
     AddressInUse,
+    /// Notice: the account's second step changed (an authenticator app turned on or off); what
+    /// a login asks for now, in words.
+    SecondFactorChanged { factor: &'a str },
 }
 
 impl Mail<'_> {
@@ -63,6 +66,7 @@ impl Mail<'_> {
             Mail::PasswordChanged => "password_changed",
             Mail::EmailChangeRequested { .. } => "email_change_requested",
             Mail::AddressInUse => "address_in_use",
+            Mail::SecondFactorChanged { .. } => "second_factor_changed",
         }
     }
 }
@@ -295,6 +299,9 @@ mod tests {
                 new_email: "new@example.test",
             },
             Mail::AddressInUse,
+            Mail::SecondFactorChanged {
+                factor: "a code of your authenticator app",
+            },
         ]
     }
 

@@ -67,6 +67,14 @@ const TEMPLATES: &[(&str, &str)] = &[
         "address_in_use.html",
         include_str!("../../templates/mail/address_in_use.html"),
     ),
+    (
+        "second_factor_changed.txt",
+        include_str!("../../templates/mail/second_factor_changed.txt"),
+    ),
+    (
+        "second_factor_changed.html",
+        include_str!("../../templates/mail/second_factor_changed.html"),
+    ),
 ];
 
 /// A message ready to be built: its subject and its two bodies.
@@ -104,6 +112,7 @@ impl Templates {
     /// The subject and both bodies of `mail`. Holds the code and the token: never log it.
     pub fn render(&self, mail: &Mail<'_>) -> anyhow::Result<Rendered> {
         let product = self.product.as_str();
+        let mut factor = None;
         let (name, subject, code, link, valid_for, new_email) = match *mail {
             Mail::LoginCode {
                 code,
@@ -176,6 +185,17 @@ impl Templates {
                 None,
                 None,
             ),
+            Mail::SecondFactorChanged { factor: now } => {
+                factor = Some(now);
+                (
+                    "second_factor_changed",
+                    format!("Your {product} second step changed"),
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            }
         };
         let ctx = context! {
             subject => subject.as_str(),
@@ -183,6 +203,7 @@ impl Templates {
             code => code,
             valid_for => valid_for,
             new_email => new_email,
+            factor => factor,
         };
         let text_link = context! { link => link.as_deref() };
         // Autoescaping would write every '/' of the link as "&#x2f;": valid, but not the address

@@ -110,6 +110,21 @@ async fn an_app_enrolled_with_its_first_code_becomes_the_second_step_and_emails_
     assert_eq!(me["second_factor"], "none");
     let codes = confirm(&app, &access, &code_at(&secret, steady_step().await, 0)).await;
     assert_eq!(codes.len(), 10);
+    // The owner is told.
+    let notice = app.mail.wait_for("app@example.test", 1).await;
+    assert!(
+        notice.subject().contains("second step"),
+        "{}",
+        notice.subject()
+    );
+    assert!(
+        notice.text().contains("authenticator app"),
+        "{}",
+        notice.text()
+    );
+    assert_eq!(notice.code(), None);
+    app.wait_for_background_mail().await;
+    app.mail.forget("app@example.test");
     assert!(
         codes
             .iter()
