@@ -66,8 +66,26 @@ fn unreadable<T>(form: Result<Form<T>, FormRejection>) -> Result<Option<T>, Stat
     }
 }
 
-fn query_token(query: Result<Query<TokenQuery>, QueryRejection>) -> Option<String> {
-    usable(query.ok().and_then(|Query(q)| q.token))
+/// The page a link opens: `template` with the link's token (400 and the template's
+/// "incomplete link" text when it has none). Changes nothing.
+fn link_page(
+    state: &AppState,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+    template: &str,
+    title: &str,
+) -> Response {
+    let token = usable(query.ok().and_then(|Query(q)| q.token));
+    let status = if token.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    state.pages.render(
+        status,
+        template,
+        title,
+        minijinja::context! { token => token },
+    )
 }
 
 /// The page of the verification link: a button that posts the token. Changes nothing.
@@ -85,18 +103,7 @@ pub async fn verify_email_page(
     State(state): State<AppState>,
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Response {
-    let token = query_token(query);
-    let status = if token.is_some() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    state.pages.render(
-        status,
-        "verify_email.html",
-        VERIFY_TITLE,
-        minijinja::context! { token => token },
-    )
+    link_page(&state, query, "verify_email.html", VERIFY_TITLE)
 }
 
 /// What the verification page's button posts: proves the address (or confirms an email change).
@@ -150,18 +157,7 @@ pub async fn reset_password_page(
     State(state): State<AppState>,
     query: Result<Query<TokenQuery>, QueryRejection>,
 ) -> Response {
-    let token = query_token(query);
-    let status = if token.is_some() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    state.pages.render(
-        status,
-        "reset_password.html",
-        RESET_TITLE,
-        minijinja::context! { token => token },
-    )
+    link_page(&state, query, "reset_password.html", RESET_TITLE)
 }
 
 /// What the reset page's form posts: sets the new password. A password the policy refuses,
