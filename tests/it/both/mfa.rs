@@ -618,3 +618,61 @@ async fn wrong_app_codes_outside_a_login_are_in_the_trail_and_count() {
     let line = crate::helpers::refused_line(refused, "an app already on");
     assert!(line.contains("already"), "{line}");
 }
+
+#[tokio::test]
+async fn an_enrolment_waits_ten_minutes_for_its_first_code_and_an_app_code_turns_it_off() {
+    let app = spawn().await;
+    let (access, secret, _) = enrol(&app, "late@example.test").await;
+    // Ten minutes later (the enrolment back-dated): its right code is refused.
+    app.db
+        .exec(
+            "UPDATE users SET totp_pending_expires_at = totp_pending_expires_at - interval '601 seconds'",
+            "UPDATE users SET totp_pending_expires_at = totp_pending_expires_at - 601000000",
+        )
+        .await;
+    let now = steady_step().await;
+    problem(
+        app.post_json_with_token(
+            "/mfa/totp/confirm",
+            &access,
+            &json!({"code": code_at(&secret, now, 0)}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_code",
+    )
+    .await;
+    let me: Value = app
+        .get_with_token("/users/me", &access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["second_factor"], "none");
+    // A new enrolment, confirmed; then a later code of the app turns it off.
+    let enrolment: Value = app
+        .post_json_with_token("/mfa/totp/enroll", &access, &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = totp_rs::Secret::try_from_base32(enrolment["secret"].as_str().unwrap()).unwrap();
+    let secret = secret.as_ref().to_vec();
+    confirm(&app, &access, &code_at(&secret, now, 0)).await;
+    let off = app
+        .client
+        .delete(app.url("/mfa/totp"))
+        .bearer_auth(&access)
+        .json(&json!({"code": code_at(&secret, now, 1)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status(), StatusCode::NO_CONTENT);
+    let me: Value = app
+        .get_with_token("/users/me", &access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["second_factor"], "none");
+}
