@@ -205,6 +205,24 @@ async fn an_expired_code_and_link_are_refused() {
         )
         .await;
     }
+    // A reset code past password.reset_ttl_secs too.
+    let reset = forgot(&app, "late@example.test", 2).await;
+    app.db
+        .exec(
+            "UPDATE account_codes SET expires_at = now() - interval '1 second'",
+            "UPDATE account_codes SET expires_at = expires_at - 100000000000",
+        )
+        .await;
+    problem(
+        app.post_json(
+            "/password/reset",
+            &json!({"email": "late@example.test", "code": code_of(&reset), "new_password": NEW_PASSWORD}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_code",
+    )
+    .await;
 }
 
 #[tokio::test]
