@@ -223,6 +223,26 @@ impl Drop for Browser {
     }
 }
 
+/// What a virtual authenticator ([`Page::add_virtual_authenticator`]) can do.
+#[derive(Clone, Copy, Debug)]
+pub struct VirtualAuthenticator {
+    /// It keeps discoverable credentials (resident keys): a passkey.
+    pub resident_key: bool,
+    /// It can verify the user (a PIN, a fingerprint).
+    pub user_verification: bool,
+    /// Whether that verification succeeds.
+    pub user_verified: bool,
+}
+
+impl VirtualAuthenticator {
+    /// A passkey authenticator: discoverable credentials, the user verified every time.
+    pub const PASSKEY: VirtualAuthenticator = VirtualAuthenticator {
+        resident_key: true,
+        user_verification: true,
+        user_verified: true,
+    };
+}
+
 /// One tab, attached to its own CDP session.
 pub struct Page {
     cdp: Arc<Cdp>,
@@ -429,6 +449,56 @@ impl Page {
             )
             .await?;
         string_at(&info, "/targetInfo/url")
+    }
+
+    /// Gives this tab a virtual WebAuthn authenticator (`WebAuthn.enable`, then
+    /// `WebAuthn.addVirtualAuthenticator`): CTAP2 over the `internal` transport (a platform
+    /// authenticator, like a laptop's or a phone's), presence simulated, so the page's
+    /// `navigator.credentials.create` and `.get` complete without a dialog. `options` says
+    /// whether it keeps discoverable credentials and verifies the user. Returns its id, for
+    /// [`Page::virtual_credentials`]. It lives as long as the tab.
+    ///
+    /// WebAuthn needs a secure context and a domain: open the page at `http://localhost:PORT`
+    /// (a potentially trustworthy origin); at `http://127.0.0.1:PORT` the browser refuses with
+    /// "This is an invalid domain" (an IP address is no RP id).
+    pub async fn add_virtual_authenticator(
+        &self,
+        options: VirtualAuthenticator,
+    ) -> anyhow::Result<String> {
+        self.call("WebAuthn.enable", json!({ "enableUI": false }))
+            .await?;
+        let added = self
+            .call(
+                "WebAuthn.addVirtualAuthenticator",
+                json!({ "options": {
+                    "protocol": "ctap2",
+                    "ctap2Version": "ctap2_1",
+                    "transport": "internal",
+                    "hasResidentKey": options.resident_key,
+                    "hasUserVerification": options.user_verification,
+                    "isUserVerified": options.user_verified,
+                    "automaticPresenceSimulation": true,
+                } }),
+            )
+            .await?;
+        string_at(&added, "/authenticatorId")
+    }
+
+    /// The credentials the virtual authenticator `authenticator` holds (`WebAuthn.getCredentials`),
+    /// as CDP gives them: `credentialId`, `isResidentCredential`, `rpId`, `userHandle`,
+    /// `signCount`, ...
+    pub async fn virtual_credentials(&self, authenticator: &str) -> anyhow::Result<Vec<Value>> {
+        let answer = self
+            .call(
+                "WebAuthn.getCredentials",
+                json!({ "authenticatorId": authenticator }),
+            )
+            .await?;
+        answer
+            .get("credentials")
+            .and_then(Value::as_array)
+            .cloned()
+            .context("WebAuthn.getCredentials gave no list of credentials")
     }
 
     async fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {

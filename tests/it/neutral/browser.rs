@@ -12,7 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Router};
-use testkit::browser::{Browser, Page};
+use testkit::browser::{Browser, Page, VirtualAuthenticator};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
@@ -76,6 +76,54 @@ const LATE_PAGE: &str = r#"<!doctype html>
 </script>
 </body></html>"#;
 
+/// A page that registers a passkey (`navigator.credentials.create`, a random challenge, a
+/// resident key and user verification required) and signs in with it as a discoverable
+/// credential (`navigator.credentials.get` with no `allowCredentials`), each on a button, and
+/// writes what happened into `#result`.
+const PASSKEY_PAGE: &str = r#"<!doctype html>
+<html><head><title>Passkey</title></head>
+<body>
+<button id="register">Register</button>
+<button id="signin">Sign in</button>
+<p id="result">nothing yet</p>
+<script>
+  const result = document.getElementById("result");
+  const random = (n) => crypto.getRandomValues(new Uint8Array(n));
+  const hex = (buffer) => Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
+  let userId = random(16);
+  document.getElementById("register").addEventListener("click", async () => {
+    try {
+      const credential = await navigator.credentials.create({ publicKey: {
+        rp: { name: "test" },
+        user: { id: userId, name: "ada@example.com", displayName: "Ada" },
+        challenge: random(32),
+        pubKeyCredParams: [{ type: "public-key", alg: -7 }],
+        authenticatorSelection: { residentKey: "required", userVerification: "required" },
+        extensions: { credProps: true },
+      } });
+      const client = JSON.parse(new TextDecoder().decode(credential.response.clientDataJSON));
+      const rk = credential.getClientExtensionResults().credProps?.rk;
+      result.textContent = `registered ${client.type} ${client.origin} rk=${rk}`;
+    } catch (error) {
+      result.textContent = `failed ${error.name}: ${error.message}`;
+    }
+  });
+  document.getElementById("signin").addEventListener("click", async () => {
+    try {
+      const assertion = await navigator.credentials.get({ publicKey: {
+        challenge: random(32),
+        userVerification: "required",
+      } });
+      const client = JSON.parse(new TextDecoder().decode(assertion.response.clientDataJSON));
+      const same = hex(assertion.response.userHandle) === hex(userId);
+      result.textContent = `signed in ${client.type} as the registered user: ${same}`;
+    } catch (error) {
+      result.textContent = `failed ${error.name}: ${error.message}`;
+    }
+  });
+</script>
+</body></html>"#;
+
 async fn submit(State(seen): State<Seen>, Form(fields): Form<Fields>) -> Html<String> {
     let field = fields
         .iter()
@@ -120,6 +168,7 @@ async fn serve_site() -> (String, Seen) {
             }),
         )
         .route("/late", get(|| async { Html(LATE_PAGE) }))
+        .route("/passkey", get(|| async { Html(PASSKEY_PAGE) }))
         .layer(middleware::from_fn_with_state(seen.clone(), record))
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -295,4 +344,65 @@ async fn a_dropped_browser_leaves_no_process_and_no_file_behind() {
     // Drop reaps the main process, so its /proc entry is gone, not a zombie's.
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn a_page_on_localhost_registers_a_passkey_and_signs_in_with_it_on_a_virtual_authenticator() {
+    let (base, _seen) = serve_site().await;
+    let port = base.rsplit(':').next().unwrap();
+    let origin = format!("http://localhost:{port}");
+    let browser = launch().await;
+    let page = browser.open(&format!("{origin}/passkey")).await.unwrap();
+    let authenticator = page
+        .add_virtual_authenticator(VirtualAuthenticator::PASSKEY)
+        .await
+        .unwrap();
+
+    page.click("#register").await.unwrap();
+    page.wait_for_text(
+        &format!("registered webauthn.create {origin} rk=true"),
+        PATIENCE,
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error:#}"));
+    let credentials = page.virtual_credentials(&authenticator).await.unwrap();
+    assert_eq!(credentials.len(), 1, "{credentials:?}");
+    assert_eq!(credentials[0]["isResidentCredential"], true);
+    assert_eq!(credentials[0]["rpId"], "localhost");
+
+    page.click("#signin").await.unwrap();
+    page.wait_for_text(
+        "signed in webauthn.get as the registered user: true",
+        PATIENCE,
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error:#}"));
+    let credentials = page.virtual_credentials(&authenticator).await.unwrap();
+    assert!(
+        credentials[0]["signCount"].as_u64().unwrap() >= 1,
+        "{credentials:?}"
+    );
+    assert_eq!(page.problems(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_page_on_127_0_0_1_cannot_register_a_passkey_because_an_ip_address_is_no_rp_id() {
+    let (base, _seen) = serve_site().await;
+    let browser = launch().await;
+    let page = browser.open(&format!("{base}/passkey")).await.unwrap();
+    let authenticator = page
+        .add_virtual_authenticator(VirtualAuthenticator::PASSKEY)
+        .await
+        .unwrap();
+
+    page.click("#register").await.unwrap();
+    page.wait_for_text("failed SecurityError", PATIENCE)
+        .await
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert!(
+        page.virtual_credentials(&authenticator)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
