@@ -30,6 +30,7 @@ mod keys;
 mod login;
 mod maintenance;
 mod mfa;
+mod passkeys;
 mod recovery;
 mod register;
 mod sessions;
