@@ -30,7 +30,7 @@ mod keys;
 mod login;
 mod maintenance;
 mod mfa;
-mod passkeys;
+pub mod passkeys;
 mod recovery;
 mod register;
 mod sessions;

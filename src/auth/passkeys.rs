@@ -1,7 +1,8 @@
 //! Passkeys (WebAuthn) as the relying party: the ceremonies of registering a discoverable
 //! credential and of signing in with one, with each ceremony's state as bytes a store can keep.
 //!
-//! A sketch for issue 24, not wired to routes yet. `webauthn-rs` does every CBOR, COSE and
+//! A sketch for issue 24, not wired to routes yet (public only so that the browser test
+//! `neutral::passkeys` can run both ceremonies against Chromium). `webauthn-rs` does every CBOR, COSE and
 //! signature check; this file only chooses the policy (resident key required, user verification
 //! required) and turns the state into bytes and back.
 
