@@ -40,6 +40,7 @@ use crate::error::FieldError;
         pages::account::verify_email_form,
         pages::account::reset_password_page,
         pages::account::reset_password_form,
+        pages::passkeys::passkeys_page,
         handlers::me,
         handlers::sessions,
         handlers::delete_session,
@@ -55,7 +56,7 @@ use crate::error::FieldError;
         (name = "users", description = "The signed-in user and their sessions"),
         (name = "account", description = "Proving the address, password reset and change, email change"),
         (name = "mfa", description = "Second factors: an authenticator app (TOTP) and recovery codes"),
-        (name = "pages", description = "The HTML pages the emailed links open (when `mail.link_base_url` is not set): a GET shows a page and changes nothing; its form's POST does the change"),
+        (name = "pages", description = "The HTML pages authd serves: those the emailed links open (when `mail.link_base_url` is not set), where a GET shows a page and changes nothing and its form's POST does the change; and `/ui/passkeys`, whose script calls the JSON API"),
         (name = "keys", description = "The public signing keys and the server metadata, for services that verify authd's tokens"),
         (name = "operations", description = "Health checks"),
     )
@@ -279,7 +280,8 @@ mod tests {
                     .get("security")
                     .and_then(|s| s.as_array())
                     .is_some_and(|s| !s.is_empty());
-                let page = ["/verify-email", "/reset-password"].contains(&path.as_str());
+                let link_page = ["/verify-email", "/reset-password"].contains(&path.as_str());
+                let page = link_page || path.starts_with("/ui/");
                 let mut expected = vec!["200", "408", "500"];
                 if path == "/register" {
                     expected[0] = "201";
@@ -292,7 +294,7 @@ mod tests {
                 {
                     expected[0] = "202";
                 }
-                if page {
+                if link_page {
                     // Behind the per-address limit; a form's size and type are checked.
                     expected.extend(["400", "429"]);
                     if has_body {

@@ -112,6 +112,8 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
         ("/users/me", get(handlers::me)),
         ("/sessions", get(handlers::sessions)),
         ("/sessions/{id}", delete(handlers::delete_session)),
+        // A page that only shows itself: what it does, it does through the routes above.
+        ("/ui/passkeys", get(pages::passkeys_page)),
         ("/.well-known/jwks.json", get(handlers::jwks)),
         (
             "/.well-known/oauth-authorization-server",

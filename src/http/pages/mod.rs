@@ -1,11 +1,15 @@
-//! The few HTML pages authd serves itself: one layout, no external resource, no script, and a
-//! content security policy that allows nothing but the page's own inline style (by its hash)
-//! and forms posting back to authd. A GET only shows a page; only a person pressing its button
-//! (a POST) changes anything, so a mail scanner that follows a link changes nothing.
+//! The few HTML pages authd serves itself: one layout, no external resource, and a content
+//! security policy that allows nothing but the page's own inline style (by its hash) and forms
+//! posting back to authd. The emailed links' pages have no script: a GET only shows a page;
+//! only a person pressing its button (a POST) changes anything, so a mail scanner that follows
+//! a link changes nothing. The passkeys page is the one with a script (WebAuthn has no form),
+//! allowed by its hash too, and calls the JSON API.
 
 pub mod account;
+pub mod passkeys;
 
 pub use account::{reset_password_form, reset_password_page, verify_email_form, verify_email_page};
+pub use passkeys::passkeys_page;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +22,11 @@ use crate::error::Error;
 /// The pages' one stylesheet, inlined into each page and allowed by its hash.
 const STYLE: &str = include_str!("../../../templates/pages/style.css");
 
+/// The base64 of the SHA-256 of `text`: how a policy names an inline style or script.
+fn sha256_base64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(text.as_bytes()))
+}
+
 /// Marks a response as a page: the envelope keeps its HTML (it would otherwise turn an error
 /// status into problem+json).
 #[derive(Clone, Copy)]
@@ -28,6 +37,8 @@ pub struct Pages {
     env: Environment<'static>,
     product: String,
     csp: HeaderValue,
+    /// The passkeys page's policy: its script too, and its calls to the API.
+    passkeys_csp: HeaderValue,
 }
 
 impl Pages {
@@ -51,19 +62,24 @@ impl Pages {
                 "result.html",
                 include_str!("../../../templates/pages/result.html"),
             ),
+            (
+                "passkeys.html",
+                include_str!("../../../templates/pages/passkeys.html"),
+            ),
         ] {
             env.add_template(name, source)?;
         }
-        let style_hash =
-            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(STYLE.as_bytes()));
+        let style_hash = sha256_base64(STYLE);
         let csp = HeaderValue::from_str(&format!(
             "default-src 'none'; style-src 'sha256-{style_hash}'; form-action 'self'; \
              frame-ancestors 'none'; base-uri 'none'"
         ))?;
+        let passkeys_csp = HeaderValue::from_str(&passkeys::policy(&style_hash))?;
         Ok(Pages {
             env,
             product: product.to_owned(),
             csp,
+            passkeys_csp,
         })
     }
 
@@ -71,6 +87,18 @@ impl Pages {
     /// of `status`. A template that fails to render is a bare 500 page, its cause logged.
     fn render(
         &self,
+        status: StatusCode,
+        template: &str,
+        title: &str,
+        context: minijinja::Value,
+    ) -> Response {
+        self.render_under(&self.csp, status, template, title, context)
+    }
+
+    /// [`Pages::render`] under the policy `csp`.
+    fn render_under(
+        &self,
+        csp: &HeaderValue,
         status: StatusCode,
         template: &str,
         title: &str,
@@ -100,7 +128,7 @@ impl Pages {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/html; charset=utf-8"),
         );
-        headers.insert(header::CONTENT_SECURITY_POLICY, self.csp.clone());
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
         response.extensions_mut().insert(HtmlPage);
         response
     }

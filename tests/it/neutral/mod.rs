@@ -1,11 +1,13 @@
 //! Tests of rules that do not touch the database at all, or touch it the same way whatever it
 //! is: the HTTP layer against hostile clients, and `authd serve` with no configuration (always
 //! SQLite) or refusing a production configuration before it opens a database; the headless
-//! browser harness against a site of its own, authd's pages in that browser, and passkey
-//! ceremonies between that browser and authd's relying party. Run once, in the PostgreSQL pass.
+//! browser harness against a site of its own, authd's pages in that browser, passkey
+//! ceremonies between that browser and authd's relying party, and authd's passkeys page there.
+//! Run once, in the PostgreSQL pass.
 
 mod browser;
 mod hostile;
 mod pages;
 mod passkeys;
+mod passkeys_page;
 mod zero_setup;
