@@ -2,10 +2,12 @@
 //! is: the HTTP layer against hostile clients, and `authd serve` with no configuration (always
 //! SQLite) or refusing a production configuration before it opens a database; the headless
 //! browser harness against a site of its own, authd's pages in that browser, and passkey
-//! ceremonies between that browser and authd's relying party. Run once, in the PostgreSQL pass.
+//! ceremonies between that browser, or testkit's software authenticator, and authd's relying
+//! party. Run once, in the PostgreSQL pass.
 
 mod browser;
 mod hostile;
 mod pages;
 mod passkeys;
+mod soft_passkey;
 mod zero_setup;
