@@ -30,6 +30,7 @@ pub struct Settings {
     pub keys: KeysSettings,
     pub registration: RegistrationSettings,
     pub verification: VerificationSettings,
+    pub webauthn: WebauthnSettings,
 }
 
 /// What a new account must do before it may log in.
@@ -50,6 +51,49 @@ pub struct VerificationSettings {
     pub resend_interval_secs: u64,
     /// At most this many verification (or reset) emails per address per day.
     pub max_per_day: u32,
+}
+
+/// Passkeys (WebAuthn): the relying party authd is to a browser.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebauthnSettings {
+    /// The domain passkeys are bound to. Empty: the host of `http.public_url` (`localhost` when
+    /// that is a loopback address, since WebAuthn takes no IP address).
+    pub rp_id: String,
+    /// The name an authenticator shows next to a passkey.
+    pub rp_name: String,
+    /// The origins pages that call the ceremonies are served from (a TOML array, or in the
+    /// environment a comma-separated list). Empty: `http.public_url`.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub origins: Vec<String>,
+}
+
+/// Where passkeys are bound, resolved from `webauthn.*` and `http.public_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelyingPartySettings {
+    pub rp_id: String,
+    pub rp_name: String,
+    pub origins: Vec<url::Url>,
+}
+
+/// A list setting given as a TOML array or as one comma-separated string (the environment).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        List(Vec<String>),
+        Commas(String),
+    }
+    let items = match Given::deserialize(deserializer)? {
+        Given::List(items) => items,
+        Given::Commas(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect())
 }
 
 /// The signing keys and the key-encryption key.
@@ -603,6 +647,7 @@ impl Settings {
         if !(public_url.is_empty() || absolute) {
             bail!("http.public_url must start with http:// or https://");
         }
+        self.relying_party()?;
         let url = self.database_url();
         if !(url.starts_with("postgres://")
             || url.starts_with("postgresql://")
@@ -682,6 +727,19 @@ impl Settings {
                 self.password.bcrypt_cost
             );
         }
+        if let Some(rp) = self.relying_party()? {
+            if rp.rp_id.eq_ignore_ascii_case("localhost") {
+                bail!(
+                    "refusing to start in production: passkeys would be bound to webauthn.rp_id = \"localhost\"; set http.public_url (https) or webauthn.rp_id to your domain"
+                );
+            }
+            if let Some(origin) = rp.origins.iter().find(|o| o.scheme() != "https") {
+                bail!(
+                    "refusing to start in production: the passkey origin {} is not https; set http.public_url or webauthn.origins to https URLs",
+                    origin.as_str().trim_end_matches('/')
+                );
+            }
+        }
         let smtp = &self.mail.smtp;
         let has_password = smtp
             .password
@@ -733,6 +791,73 @@ impl Settings {
         } else {
             configured.to_owned()
         }
+    }
+
+    /// Where passkeys are bound: `webauthn.rp_id` or the host of [`Settings::public_url`]
+    /// (`localhost` for a loopback address), and `webauthn.origins` or that URL. `None` when
+    /// nothing names a domain (the URL's host is an IP address other than loopback and no
+    /// `webauthn.rp_id` is set): passkeys are off. An origin that is not an http(s) URL of its
+    /// own (no path) is an error.
+    pub fn relying_party(&self) -> anyhow::Result<Option<RelyingPartySettings>> {
+        let public = url::Url::parse(&self.public_url()).context("http.public_url is not a URL")?;
+        let loopback_ip = matches!(public.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+            || matches!(public.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback());
+        let configured = self
+            .webauthn
+            .rp_id
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let rp_id = if !configured.is_empty() {
+            if configured.parse::<std::net::IpAddr>().is_ok()
+                || configured.contains(['/', ':', ' '])
+            {
+                bail!(
+                    "webauthn.rp_id must be a domain name (no scheme, port or IP address), not {configured:?}"
+                );
+            }
+            configured
+        } else {
+            match public.host() {
+                Some(url::Host::Domain(domain)) => domain.to_ascii_lowercase(),
+                _ if loopback_ip => "localhost".to_owned(),
+                _ => return Ok(None),
+            }
+        };
+        let origins = if self.webauthn.origins.is_empty() {
+            let mut origin = public.clone();
+            if loopback_ip && rp_id == "localhost" {
+                origin
+                    .set_host(Some("localhost"))
+                    .context("http.public_url cannot name localhost")?;
+            }
+            origin.set_path("");
+            vec![origin]
+        } else {
+            self.webauthn
+                .origins
+                .iter()
+                .map(|text| {
+                    let origin = url::Url::parse(text)
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                        .filter(|u| u.path() == "/" && u.query().is_none() && u.fragment().is_none())
+                        .with_context(|| {
+                            format!("webauthn.origins: {text:?} is not an origin (https://host[:port], no path)")
+                        })?;
+                    Ok(origin)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+        };
+        let rp_name = self.webauthn.rp_name.trim();
+        if rp_name.is_empty() {
+            bail!("webauthn.rp_name must not be empty");
+        }
+        Ok(Some(RelyingPartySettings {
+            rp_id,
+            rp_name: rp_name.to_owned(),
+            origins,
+        }))
     }
 
     /// Where a generated key-encryption key is kept when `keys.encryption_key` is not set.
@@ -934,6 +1059,104 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[test]
+    fn passkeys_are_bound_to_the_public_url_s_domain_or_to_localhost_for_a_loopback_address() {
+        let rp = |public_url: &str, rp_id: &str, origins: &[&str]| {
+            let mut settings = Settings::defaults();
+            settings.http.public_url = public_url.into();
+            settings.webauthn.rp_id = rp_id.into();
+            settings.webauthn.origins = origins.iter().map(|o| o.to_string()).collect();
+            settings.relying_party().map(|rp| {
+                rp.map(|rp| {
+                    let origins: Vec<String> = rp.origins.iter().map(|o| o.to_string()).collect();
+                    (rp.rp_id, origins)
+                })
+            })
+        };
+        let one = |id: &str, origin: &str| Some((id.to_owned(), vec![origin.to_owned()]));
+        assert_eq!(
+            rp("https://Auth.Example.com/", "", &[]).unwrap(),
+            one("auth.example.com", "https://auth.example.com/")
+        );
+        assert_eq!(
+            rp("http://127.0.0.1:5050", "", &[]).unwrap(),
+            one("localhost", "http://localhost:5050/")
+        );
+        assert_eq!(
+            rp("http://[::1]:8080", "", &[]).unwrap(),
+            one("localhost", "http://localhost:8080/")
+        );
+        assert_eq!(
+            rp("http://10.1.2.3:5050", "", &[]).unwrap(),
+            None,
+            "an IP address names no domain: passkeys off"
+        );
+        assert_eq!(
+            rp(
+                "https://auth.example.com",
+                "example.com",
+                &["https://app.example.com", " https://example.com "]
+            )
+            .unwrap(),
+            Some((
+                "example.com".to_owned(),
+                vec![
+                    "https://app.example.com/".to_owned(),
+                    "https://example.com/".to_owned()
+                ]
+            ))
+        );
+        for (rp_id, origins) in [
+            ("10.0.0.1", &[][..]),
+            ("https://example.com", &[]),
+            ("", &["https://example.com/login"]),
+            ("", &["ftp://example.com"]),
+            ("", &["example.com"]),
+        ] {
+            let err = rp("https://auth.example.com", rp_id, origins)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("webauthn."), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_passkeys_on_localhost_or_on_a_page_that_is_not_https() {
+        let mut settings = sound_production();
+        settings.http.public_url = "https://auth.example.com".into();
+        settings.check_production().unwrap();
+        // No domain at all: passkeys are off, nothing to refuse.
+        settings.http.public_url = String::new();
+        settings.check_production().unwrap();
+        for (public_url, rp_id, origins, expected) in [
+            (
+                "http://auth.example.com",
+                "",
+                vec![],
+                "http://auth.example.com is not https",
+            ),
+            ("http://127.0.0.1:5050", "", vec![], "rp_id = \"localhost\""),
+            ("https://localhost", "", vec![], "rp_id = \"localhost\""),
+            (
+                "https://auth.example.com",
+                "",
+                vec![
+                    "https://auth.example.com".to_owned(),
+                    "http://app.auth.example.com".to_owned(),
+                ],
+                "http://app.auth.example.com is not https",
+            ),
+        ] {
+            settings.http.public_url = public_url.into();
+            settings.webauthn.rp_id = rp_id.into();
+            settings.webauthn.origins = origins;
+            let err = settings.check_production().unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
     #[test]
     fn production_refuses_a_key_encryption_key_file_other_users_can_read() {
         use std::os::unix::fs::PermissionsExt;

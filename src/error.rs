@@ -51,6 +51,22 @@ pub enum Error {
     /// No live session with this id belongs to the caller (or, for an admin, exists).
     #[error("no such session")]
     SessionNotFound,
+    #[error("no such passkey")]
+    PasskeyNotFound,
+    #[error(
+        "passkeys are not set up on this server: it has no domain name (set http.public_url or webauthn.rp_id)"
+    )]
+    PasskeysUnavailable,
+    #[error(
+        "this passkey ceremony is unknown, already finished, expired or for something else: ask for new options"
+    )]
+    InvalidCeremony,
+    #[error("the passkey was not accepted: ask for new options and try again")]
+    PasskeyRejected,
+    #[error("the browser's answer does not register a passkey: ask for new options and try again")]
+    InvalidPasskey,
+    #[error("this account has the most passkeys it may have: remove one first")]
+    TooManyPasskeys,
     #[error("invalid input: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
     Validation(Vec<FieldError>),
     /// Too many failures or requests: try again after `retry_after_secs`.

@@ -101,6 +101,15 @@ event_kinds! {
     RecoveryCodesRegenerated => "recovery_codes_regenerated",
     /// `authd user mfa --reset`: the app and the recovery codes removed, sessions ended.
     MfaReset => "mfa_reset",
+    /// A passkey registered (its name in the detail).
+    PasskeyRegistered => "passkey_registered",
+    /// A passkey removed, by its user or `authd user passkeys --remove` (sessions ended).
+    PasskeyRemoved => "passkey_removed",
+    /// A sign-in with a passkey, alone or as the second step of a login.
+    PasskeyLogin => "passkey_login",
+    /// A passkey's answer refused (the detail says why: a bad signature, origin or RP id, an
+    /// unknown credential, a counter that went backwards, a lock).
+    PasskeyRejected => "passkey_rejected",
     /// A signing key made: `next` by `authd keys rotate`, or `current` by a first start.
     KeyCreated => "key_created",
     /// `authd keys rotate --activate`: a next key became current, the old current retired.
@@ -120,7 +129,8 @@ impl EventKind {
             | EventKind::RefreshTokenReused
             | EventKind::PasswordChangeFailed
             | EventKind::AccountCodeRejected
-            | EventKind::LoginUnverified => "failure",
+            | EventKind::LoginUnverified
+            | EventKind::PasskeyRejected => "failure",
             EventKind::LoginThrottled
             | EventKind::CodeThrottled
             | EventKind::SecondFactorLocked
@@ -238,7 +248,7 @@ mod tests {
     #[test]
     fn each_kind_has_the_outcome_the_readme_gives_it() {
         use EventKind::*;
-        let expected: [(EventKind, &str); 40] = [
+        let expected: [(EventKind, &str); 44] = [
             (UserRegistered, "success"),
             (UserAddedByAdmin, "success"),
             (LoginSucceeded, "success"),
@@ -276,6 +286,10 @@ mod tests {
             (RecoveryCodeUsed, "success"),
             (RecoveryCodesRegenerated, "success"),
             (MfaReset, "success"),
+            (PasskeyRegistered, "success"),
+            (PasskeyRemoved, "success"),
+            (PasskeyLogin, "success"),
+            (PasskeyRejected, "failure"),
             (KeyCreated, "success"),
             (KeyActivated, "success"),
             (KeyRevoked, "success"),

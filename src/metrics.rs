@@ -33,6 +33,7 @@ pub struct Metrics {
     pub audit_write_failures: IntCounter,
     db_connections: IntGaugeVec,
     account_mails: IntCounterVec,
+    passkeys: IntCounterVec,
     /// Account emails being prepared or sent in the background right now.
     pub account_mails_in_flight: IntGauge,
 }
@@ -160,6 +161,14 @@ impl Metrics {
             &["kind", "outcome"],
         )
         .expect("valid metric");
+        let passkeys = IntCounterVec::new(
+            Opts::new(
+                "passkeys_total",
+                "Passkey ceremonies by event: registered, sign_in, second_step, rejected",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
         let account_mails_in_flight = IntGauge::new(
             "account_mails_in_flight",
             "Account emails being prepared or sent in the background right now (at most 64)",
@@ -168,6 +177,7 @@ impl Metrics {
         for collector in [
             Box::new(account_mails.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(account_mails_in_flight.clone()),
+            Box::new(passkeys.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(logins.clone()),
@@ -205,6 +215,7 @@ impl Metrics {
             db_connections,
             account_mails,
             account_mails_in_flight,
+            passkeys,
         }
     }
 
@@ -215,6 +226,10 @@ impl Metrics {
 
     pub fn login(&self, outcome: &str) {
         self.logins.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn passkey(&self, event: &str) {
+        self.passkeys.with_label_values(&[event]).inc();
     }
 
     pub fn code(&self, event: &str) {

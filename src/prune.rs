@@ -19,6 +19,7 @@ pub fn spawn_pruner(auth: Auth, interval: Duration) -> JoinHandle<()> {
                 Ok(Some(pruned)) => tracing::info!(
                     challenges = pruned.challenges,
                     account_codes = pruned.account_codes,
+                    ceremonies = pruned.ceremonies,
                     sessions = pruned.sessions,
                     throttles = pruned.throttles,
                     events = pruned.events,

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::store::{Attempt, ChallengeAnswer, NewChallenge};
 use crate::token::codes::generate_code;
 use crate::token::totp::RecoveryCode;
-use crate::token::{IssuedToken, TokenError, TokenKind, Verified};
+use crate::token::{Claims, IssuedToken, TokenError, TokenKind, Verified};
 
 /// An answer to the second step of a login.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub struct CodeEmailQuota {
     pub window_secs: u64,
 }
 
-fn dead_challenge() -> Error {
+pub(super) fn dead_challenge() -> Error {
     Error::InvalidToken("this login challenge is used, expired or out of attempts: log in again")
 }
 
@@ -132,27 +132,14 @@ impl Auth {
         let codes = &self.mailing()?.codes;
         // Nothing used up while no token could be issued for it.
         self.ensure_can_sign().await?;
-        let Verified { claims, kid } = self.verified(TokenKind::Challenge, challenge_token).await?;
-        // A key revoked on another instance is refused at once here too.
-        if let Some(kid) = kid
-            && self.store.signing_key_state(&kid).await?.as_deref() == Some("revoked")
-        {
-            return Err(TokenError::RevokedKey.into());
-        }
+        // A dead challenge is refused before anything is reserved: it is not a guess.
+        let claims = self.open_challenge(challenge_token).await?;
         let key = otp_key(claims.sub);
         let event = |kind| {
             let mut event = SecurityEvent::new(kind).client(client.ip);
             event.user_id = Some(claims.sub);
             event
         };
-        // A dead challenge is refused before anything is reserved: it is not a guess.
-        if !self
-            .store
-            .challenge_is_open(claims.jti, claims.sub, self.max_attempts, Utc::now())
-            .await?
-        {
-            return Err(dead_challenge());
-        }
         let locks_if_wrong = match self.reserve(&key, &self.otp_rule()).await {
             Ok(locks) => locks,
             Err(err) => {
@@ -185,6 +172,7 @@ impl Auth {
         let via = match checked {
             ChallengeAnswer::Code(_) => "emailed code",
             ChallengeAnswer::RecoveryCode(_) => "recovery code",
+            ChallengeAnswer::Passkey(_) => "passkey",
             ChallengeAnswer::AppStep(_) | ChallengeAnswer::Wrong => "authenticator app",
         };
         let event = |kind| event(kind).detail(via);
@@ -235,5 +223,24 @@ impl Auth {
                 Err(dead_challenge())
             }
         }
+    }
+
+    /// The claims of a live challenge token: verified, its key not revoked (on any instance),
+    /// its challenge open.
+    pub(super) async fn open_challenge(&self, token: &str) -> Result<Claims> {
+        let Verified { claims, kid } = self.verified(TokenKind::Challenge, token).await?;
+        if let Some(kid) = kid
+            && self.store.signing_key_state(&kid).await?.as_deref() == Some("revoked")
+        {
+            return Err(TokenError::RevokedKey.into());
+        }
+        if !self
+            .store
+            .challenge_is_open(claims.jti, claims.sub, self.max_attempts, Utc::now())
+            .await?
+        {
+            return Err(dead_challenge());
+        }
+        Ok(claims)
     }
 }

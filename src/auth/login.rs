@@ -27,8 +27,8 @@ pub struct Challenge {
     pub token: IssuedToken,
     /// What the login asks for: `email` (a code was emailed) or `totp` (the app's code).
     pub factor: SecondFactor,
-    /// Every way the user can finish: `email` or `totp`, and `recovery_code` while they have
-    /// recovery codes left.
+    /// Every way the user can finish: `email` or `totp`, `passkey` when they have one, and
+    /// `recovery_code` while they have recovery codes left.
     pub methods: Vec<&'static str>,
 }
 
@@ -264,13 +264,16 @@ impl Auth {
                 .user(user.id, &user.email)
                 .client(client.ip),
         );
-        sent.map(|token| {
-            LoginOutcome::Challenge(Challenge {
-                token,
-                factor: SecondFactor::Email,
-                methods: vec!["email"],
-            })
-        })
+        let token = sent?;
+        let mut methods = vec!["email"];
+        if self.has_passkeys(user.id).await? {
+            methods.push("passkey");
+        }
+        Ok(LoginOutcome::Challenge(Challenge {
+            token,
+            factor: SecondFactor::Email,
+            methods,
+        }))
     }
 
     /// The second step of an account with an authenticator app: a challenge and no email.
@@ -288,6 +291,9 @@ impl Auth {
             .await?;
         self.upgrade_hash(verified, password);
         let mut methods = vec!["totp"];
+        if self.has_passkeys(user.id).await? {
+            methods.push("passkey");
+        }
         if self.recovery_codes_left(user.id).await? > 0 {
             methods.push("recovery_code");
         }

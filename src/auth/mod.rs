@@ -30,7 +30,7 @@ mod keys;
 mod login;
 mod maintenance;
 mod mfa;
-pub mod passkeys;
+mod passkeys;
 mod recovery;
 mod register;
 mod sessions;
@@ -39,6 +39,9 @@ pub use challenge::{CodeEmailQuota, SecondStepAnswer};
 pub use keys::{Activated, Activation, KekWitness, key_algorithm, settle_kek};
 pub use login::{Challenge, LoginOutcome};
 pub use mfa::{ENROLMENT_TTL_SECS, Enrolment, MfaSummary, RECOVERY_CODES, TotpProof};
+pub use passkeys::{
+    CEREMONY_TTL_SECS, CeremonyOptions, MAX_PASSKEYS_PER_USER, PasskeySummary, RelyingParty,
+};
 pub use recovery::{ChangeProof, MAX_CODE_ATTEMPTS, MailOutcome, Proof};
 pub use register::{Registration, RegistrationInput};
 pub use sessions::{LogoutScope, OwnSession, SessionTokens};
@@ -71,6 +74,9 @@ pub struct Auth {
     /// The key-encryption key an admin command was given (`Auth::with_kek`); the server's is
     /// in its key ring.
     admin_kek: Option<AdminKek>,
+    /// The WebAuthn relying party; absent when no domain is configured (passkeys off) and in
+    /// an `Auth` for the admin commands.
+    passkeys: Option<std::sync::Arc<passkeys::RelyingParty>>,
     /// A retired signing key is dropped this long after it retired.
     key_horizon_secs: u64,
     audit: AuditLog,
@@ -223,6 +229,7 @@ impl Auth {
         };
         let mut auth = Auth::new(settings, store, hasher, Some(sign_in), audit, metrics);
         auth.mailing = Some(Mailing::new(settings, &kek)?);
+        auth.passkeys = passkeys::relying_party_of(settings)?;
         match auth.key_records().await {
             // A current key that does not open (or cannot sign) stops the start: it is a
             // misconfiguration to fix before serving, not an outage to wait out.
@@ -304,6 +311,7 @@ impl Auth {
             require_verified_email: settings.registration.require_verified_email,
             product_name: settings.mail.product_name.trim().to_owned(),
             admin_kek: None,
+            passkeys: None,
             mailing: None,
             key_horizon_secs: TokenKeys::retired_horizon_secs(settings),
             audit,

@@ -29,6 +29,8 @@ pub(super) enum SessionProof<'a> {
     Password(&'a str),
     /// The second step of a challenge (which a password change retires).
     SecondStep,
+    /// A passkey, alone or as the second step: it must still be the user's.
+    Passkey(Uuid),
 }
 
 /// Which sessions `POST /logout` ends.
@@ -137,10 +139,15 @@ impl Auth {
                     absolute_expires_at,
                     client_ip: client.ip.map(|ip| ip.to_string()),
                     user_agent: client.user_agent.clone(),
-                    after_second_step: matches!(proof, SessionProof::SecondStep),
+                    // A passkey is two factors in one (the device and its PIN or biometric).
+                    after_second_step: !matches!(proof, SessionProof::Password(_)),
                     password_hash: match proof {
                         SessionProof::Password(hash) => Some(hash.to_owned()),
-                        SessionProof::SecondStep => None,
+                        SessionProof::SecondStep | SessionProof::Passkey(_) => None,
+                    },
+                    passkey_id: match proof {
+                        SessionProof::Passkey(id) => Some(id),
+                        SessionProof::Password(_) | SessionProof::SecondStep => None,
                     },
                 },
                 self.sessions.max_per_user,

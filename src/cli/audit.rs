@@ -65,9 +65,10 @@ pub async fn prune(args: PruneArgs, settings: &Settings) -> anyhow::Result<()> {
     .await?;
     match args.format {
         OutputFormat::Table => println!(
-            "removed {} expired challenges, {} expired account codes, {} ended sessions, {} idle throttle rows, {} audit events older than {} days, {} retired signing keys past their tokens' expiry",
+            "removed {} expired challenges, {} expired account codes, {} expired passkey ceremonies, {} ended sessions, {} idle throttle rows, {} audit events older than {} days, {} retired signing keys past their tokens' expiry",
             pruned.challenges,
             pruned.account_codes,
+            pruned.ceremonies,
             pruned.sessions,
             pruned.throttles,
             pruned.events,

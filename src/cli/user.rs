@@ -64,6 +64,23 @@ pub enum UserCommand {
     /// sessions. Needs the servers' key-encryption key.
     #[command(name = "totp-enroll", after_help = EXIT_CODES)]
     TotpEnroll(UnlockArgs),
+    /// List a user's passkeys (id, name, created, last used, backed up); with --remove ID,
+    /// remove one and end the sessions that signed in with it.
+    #[command(after_help = EXIT_CODES)]
+    Passkeys(PasskeysArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PasskeysArgs {
+    /// Email address of the user.
+    email: String,
+    /// Remove the passkey with this id (from the list) and end the sessions that signed in
+    /// with it.
+    #[arg(long, value_name = "ID")]
+    remove: Option<String>,
+    /// Output format of the list.
+    #[arg(long, value_enum, default_value_t)]
+    format: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -128,7 +145,7 @@ pub struct AddArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Output format: a table, or a JSON array of the User objects the API returns, each with
-    /// `disabled` and `sessions` (live sessions) added.
+    /// `disabled`, `sessions` (live sessions) and `passkeys` (how many) added.
     #[arg(long, value_enum, default_value_t)]
     format: OutputFormat,
     /// Show at most N users.
@@ -170,6 +187,7 @@ pub async fn run(command: UserCommand, settings: &Settings) -> anyhow::Result<()
         UserCommand::VerifyEmail(args) => verify_email(&args.email, settings).await,
         UserCommand::Mfa(args) => mfa(args, settings).await,
         UserCommand::TotpEnroll(args) => totp_enroll(&args.email, settings).await,
+        UserCommand::Passkeys(args) => passkeys(args, settings).await,
     }
 }
 
@@ -294,6 +312,63 @@ async fn mfa(args: MfaArgs, settings: &Settings) -> anyhow::Result<()> {
             ""
         }
     );
+    Ok(())
+}
+
+async fn passkeys(args: PasskeysArgs, settings: &Settings) -> anyhow::Result<()> {
+    let email = parse_email(&args.email)?;
+    if let Some(raw) = args.remove {
+        let id = uuid::Uuid::parse_str(raw.trim()).map_err(|_| {
+            Error::validation(
+                "--remove",
+                "is not a passkey id (see `authd user passkeys EMAIL`)",
+            )
+        })?;
+        let user = with_auth(settings, async |auth| {
+            auth.remove_user_passkey(&email, id)
+                .await
+                .with_context(|| format!("cannot remove passkey {id} of {email}"))
+        })
+        .await?;
+        println!(
+            "removed passkey {id} of {}: the sessions that signed in with it ended",
+            user.email
+        );
+        return Ok(());
+    }
+    let (user, passkeys) = with_auth(settings, async |auth| {
+        auth.user_passkeys(&email)
+            .await
+            .with_context(|| format!("cannot read the passkeys of {email}"))
+    })
+    .await?;
+    match args.format {
+        OutputFormat::Json => println!("{}", super::to_json(&passkeys)?),
+        OutputFormat::Table if passkeys.is_empty() => println!("{} has no passkeys", user.email),
+        OutputFormat::Table => {
+            let mut table = new_table();
+            table.set_header(["id", "name", "created", "last used", "backed up"]);
+            for passkey in &passkeys {
+                table.add_row([
+                    passkey.id.to_string(),
+                    passkey.name.clone(),
+                    format_utc(passkey.created_at),
+                    passkey
+                        .last_used_at
+                        .map_or_else(|| "never".to_owned(), format_utc),
+                    if passkey.backed_up {
+                        "yes (synced)"
+                    } else if passkey.backup_eligible {
+                        "no (can sync)"
+                    } else {
+                        "no (device-bound)"
+                    }
+                    .to_owned(),
+                ]);
+            }
+            println!("{table}");
+        }
+    }
     Ok(())
 }
 
@@ -548,7 +623,7 @@ async fn unlock(args: UnlockArgs, settings: &Settings) -> anyhow::Result<()> {
 fn users_table(users: &[UserListing]) -> Table {
     let mut table = new_table();
     table.set_header([
-        "email", "name", "verified", "2FA", "created", "state", "sessions",
+        "email", "name", "verified", "2FA", "created", "state", "sessions", "passkeys",
     ]);
     for listing in users {
         let user = &listing.user;
@@ -565,6 +640,7 @@ fn users_table(users: &[UserListing]) -> Table {
             }
             .to_owned(),
             listing.sessions.to_string(),
+            listing.passkeys.to_string(),
         ]);
     }
     table

@@ -160,6 +160,30 @@ impl From<Error> for ApiError {
             Error::SessionNotFound => {
                 ApiError::new(StatusCode::NOT_FOUND, "session_not_found", err.to_string())
             }
+            Error::PasskeyNotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "passkey_not_found", err.to_string())
+            }
+            Error::PasskeysUnavailable => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "passkeys_unavailable",
+                err.to_string(),
+            ),
+            Error::InvalidCeremony => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_ceremony", err.to_string())
+            }
+            Error::PasskeyRejected => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "passkey_rejected",
+                err.to_string(),
+            ),
+            Error::InvalidPasskey => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_passkey", err.to_string())
+            }
+            Error::TooManyPasskeys => ApiError::new(
+                StatusCode::CONFLICT,
+                "passkey_limit_reached",
+                err.to_string(),
+            ),
             Error::Validation(errors) => {
                 let mut api = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

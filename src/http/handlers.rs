@@ -105,11 +105,29 @@ pub struct LoginResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "totp")]
     pub second_factor: Option<&'static str>,
-    /// With the challenge token: every way the user can finish (`email`, `totp`,
-    /// `recovery_code`).
+    /// With the challenge token: every way the user can finish (`email` or `totp`; `passkey`
+    /// when the user has one, see `POST /login/passkey`; `recovery_code` while they have
+    /// recovery codes left).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = json!(["totp", "recovery_code"]))]
     pub methods: Option<Vec<&'static str>>,
+}
+
+impl LoginResponse {
+    /// A login that opened a session.
+    pub fn access(tokens: SessionTokens) -> LoginResponse {
+        LoginResponse {
+            otp_required: false,
+            access_token: Some(tokens.access.token),
+            challenge_token: None,
+            token_type: "Bearer",
+            expires_in: tokens.access.expires_in,
+            refresh_token: Some(tokens.refresh_token),
+            refresh_expires_in: Some(tokens.refresh_expires_in),
+            second_factor: None,
+            methods: None,
+        }
+    }
 }
 
 /// An access token and its session's refresh token.
@@ -266,17 +284,7 @@ pub async fn login(
     };
     let outcome = state.auth.login(&email, &password, client).await?;
     Ok(no_store(match outcome {
-        LoginOutcome::Access(tokens) => LoginResponse {
-            otp_required: false,
-            access_token: Some(tokens.access.token),
-            challenge_token: None,
-            token_type: "Bearer",
-            expires_in: tokens.access.expires_in,
-            refresh_token: Some(tokens.refresh_token),
-            refresh_expires_in: Some(tokens.refresh_expires_in),
-            second_factor: None,
-            methods: None,
-        },
+        LoginOutcome::Access(tokens) => LoginResponse::access(tokens),
         LoginOutcome::Challenge(challenge) => LoginResponse {
             otp_required: true,
             access_token: None,

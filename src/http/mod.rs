@@ -19,6 +19,8 @@ pub mod mfa;
 pub mod openapi;
 /// The HTML pages the emailed links open.
 pub mod pages;
+/// Passkeys: the WebAuthn ceremonies, listing and removing.
+pub mod passkeys;
 /// Handlers of the account lifecycle: verification, reset, password and email change.
 pub mod recovery;
 /// The route table and the state its handlers share.

@@ -8,7 +8,7 @@ use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::error::Problem;
-use super::{handlers, mfa, pages, recovery};
+use super::{handlers, mfa, pages, passkeys, recovery};
 use crate::domain::User;
 use crate::error::FieldError;
 
@@ -36,6 +36,12 @@ use crate::error::FieldError;
         mfa::confirm,
         mfa::disable,
         mfa::regenerate,
+        passkeys::register_options,
+        passkeys::register,
+        passkeys::list,
+        passkeys::remove,
+        passkeys::login_options,
+        passkeys::login,
         pages::account::verify_email_page,
         pages::account::verify_email_form,
         pages::account::reset_password_page,
@@ -56,6 +62,7 @@ use crate::error::FieldError;
         (name = "users", description = "The signed-in user and their sessions"),
         (name = "account", description = "Proving the address, password reset and change, email change"),
         (name = "mfa", description = "Second factors: an authenticator app (TOTP) and recovery codes"),
+        (name = "passkeys", description = "Passkeys (WebAuthn): registering, listing and removing them; signing in with one is under `auth`"),
         (name = "pages", description = "The HTML pages authd serves: those the emailed links open (when `mail.link_base_url` is not set), where a GET shows a page and changes nothing and its form's POST does the change; and `/ui/passkeys`, whose script calls the JSON API"),
         (name = "keys", description = "The public signing keys and the server metadata, for services that verify authd's tokens"),
         (name = "operations", description = "Health checks"),

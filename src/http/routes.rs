@@ -17,7 +17,7 @@ use super::client::ClientAddress;
 use super::envelope::{HandlerLogs, HttpService, with_common_layers};
 use super::limits::{IpLimiter, limit_per_ip};
 use super::pages::Pages;
-use super::{handlers, mfa, openapi, pages, recovery};
+use super::{handlers, mfa, openapi, pages, passkeys, recovery};
 use crate::auth::Auth;
 use crate::config::{HttpSettings, Settings};
 
@@ -97,6 +97,13 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
         ("/mfa/totp", delete(mfa::disable)),
         ("/mfa/recovery-codes", post(mfa::regenerate)),
         (
+            "/passkeys/register/options",
+            post(passkeys::register_options),
+        ),
+        ("/passkeys/register", post(passkeys::register)),
+        ("/login/passkey/options", post(passkeys::login_options)),
+        ("/login/passkey", post(passkeys::login)),
+        (
             "/verify-email",
             get(pages::verify_email_page).post(pages::verify_email_form),
         ),
@@ -112,6 +119,8 @@ pub fn router(state: AppState, http: &HttpSettings, serve_metrics_here: bool) ->
         ("/users/me", get(handlers::me)),
         ("/sessions", get(handlers::sessions)),
         ("/sessions/{id}", delete(handlers::delete_session)),
+        ("/passkeys", get(passkeys::list)),
+        ("/passkeys/{id}", delete(passkeys::remove)),
         // A page that only shows itself: what it does, it does through the routes above.
         ("/ui/passkeys", get(pages::passkeys_page)),
         ("/.well-known/jwks.json", get(handlers::jwks)),

@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 use super::common::{Count, Time, lock_user, statements};
 use super::mfa::{SPEND_RECOVERY_CODE, TAKE_TOTP_STEP};
+use super::passkeys::{PasskeyUse, USE_PASSKEY, use_passkey};
 use crate::error::Result;
 
 /// A new login challenge: the keyed hash of the emailed code and when it dies.
@@ -30,6 +31,8 @@ pub enum ChallengeAnswer<'a> {
     AppStep(i64),
     /// The keyed hash of a recovery code: right if it is one of the user's, unused.
     RecoveryCode(&'a [u8]),
+    /// A verified passkey assertion: right if its counter moved forward (taken with it).
+    Passkey(PasskeyUse<'a>),
     /// An answer known to be wrong (an app's code that matches no step).
     Wrong,
 }
@@ -156,6 +159,10 @@ statements! {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                (&[], taken > 0)
+            }
+            ChallengeAnswer::Passkey(used) => {
+                let taken = use_passkey!(used).execute(&mut *tx).await?.rows_affected();
                 (&[], taken > 0)
             }
             ChallengeAnswer::RecoveryCode(hash) => {

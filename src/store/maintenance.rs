@@ -12,6 +12,8 @@ pub struct Pruned {
     pub challenges: u64,
     /// Emailed account codes (verification, reset, email change) past their expiry.
     pub account_codes: u64,
+    /// Passkey ceremonies (options handed out, never finished) past their expiry.
+    pub ceremonies: u64,
     /// Sessions past either expiry, or revoked.
     pub sessions: u64,
     /// Throttle rows untouched for [`THROTTLE_MEMORY_DAYS`] that lock nothing now.
@@ -53,6 +55,11 @@ statements! {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let ceremonies = sqlx::query("DELETE FROM webauthn_ceremonies WHERE expires_at < $1")
+            .bind(Time(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         // A session's sliding expiry is never later than its absolute one.
         let sessions = sqlx::query(
             "DELETE FROM sessions WHERE expires_at < $1 OR revoked_at IS NOT NULL",
@@ -80,6 +87,7 @@ statements! {
         Ok(Some(Pruned {
             challenges,
             account_codes,
+            ceremonies,
             sessions,
             throttles,
             events,

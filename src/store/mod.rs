@@ -14,6 +14,7 @@ mod keys;
 mod maintenance;
 mod mfa;
 mod migrations;
+mod passkeys;
 mod postgres;
 mod sessions;
 mod sqlite;
@@ -35,6 +36,10 @@ pub use challenges::{Attempt, ChallengeAnswer, NewChallenge};
 pub use keys::{NewSigningKey, Revocation, RevokedKey, SigningKeyRecord, Successor};
 pub use maintenance::{PRUNE_LOCK, Pruned, THROTTLE_MEMORY_DAYS};
 pub use mfa::MfaState;
+pub use passkeys::{
+    Ceremony, CeremonyPurpose, FoundPasskey, NewCeremony, NewPasskey, PasskeyInsert, PasskeyRecord,
+    PasskeyUse,
+};
 pub use postgres::PgStore;
 pub use sessions::{NewSession, SessionChain, SessionInfo, SessionUser};
 pub use sqlite::SqliteStore;
@@ -252,6 +257,25 @@ impl Store {
         /// Removes the authenticator app and the recovery codes (and, with `end_sessions`
         /// = `Some(keep)`, every session but `keep` and open login); whether there was anything.
         pub async fn remove_totp(&self, user_id: Uuid, end_sessions: Option<Option<Uuid>>, now: DateTime<Utc>) -> Result<bool>;
+        /// Keeps a passkey ceremony until the browser answers.
+        pub async fn insert_ceremony(&self, ceremony: &NewCeremony) -> Result<()>;
+        /// Takes (deletes) a ceremony of `purpose`: of concurrent takes one gets it; None when
+        /// unknown, taken, of another purpose or expired.
+        pub async fn take_ceremony(&self, id: Uuid, purpose: CeremonyPurpose, now: DateTime<Utc>) -> Result<Option<Ceremony>>;
+        /// The user's WebAuthn user handle, made at the first ask.
+        pub async fn webauthn_handle(&self, user_id: Uuid) -> Result<Option<Uuid>>;
+        /// The user's passkeys, newest first.
+        pub async fn user_passkeys(&self, user_id: Uuid) -> Result<Vec<PasskeyRecord>>;
+        /// How many passkeys the user has.
+        pub async fn count_passkeys(&self, user_id: Uuid) -> Result<i64>;
+        /// The passkey of a credential id, if its user is not disabled.
+        pub async fn passkey_by_credential(&self, credential_id: &[u8]) -> Result<Option<FoundPasskey>>;
+        /// Registers a passkey under the user's lock (at most `max_per_user`, each credential once).
+        pub async fn insert_passkey(&self, passkey: &NewPasskey, max_per_user: u32) -> Result<PasskeyInsert>;
+        /// Records an assertion if its counter moved forward; false otherwise.
+        pub async fn use_passkey(&self, used: &PasskeyUse<'_>) -> Result<bool>;
+        /// Removes a passkey and ends the sessions that signed in with it; None if not the user's.
+        pub async fn remove_passkey(&self, user_id: Uuid, id: Uuid, now: DateTime<Utc>) -> Result<Option<u64>>;
         /// Stores an emailed account code and retires the user's older live ones of its purpose.
         pub async fn insert_account_code(&self, code: &NewAccountCode) -> Result<()>;
         /// Removes an account code whose message could not be delivered.

@@ -29,6 +29,9 @@ pub struct NewSession {
     /// The hash a password-only login checked the password against: no session opens if the
     /// password was changed (reset) since.
     pub password_hash: Option<String>,
+    /// The passkey the login was made with (alone or as its second step): it must still be
+    /// the user's, and removing it ends the session.
+    pub passkey_id: Option<Uuid>,
 }
 
 /// The user of a live session, as every authenticated request reads it.
@@ -183,11 +186,13 @@ statements! {
         let inserted = sqlx::query(
             "INSERT INTO sessions (id, user_id, family, refresh_hash, created_at,
                                    last_used_at, expires_at, absolute_expires_at,
-                                   client_ip, user_agent)
-             SELECT $1, $2, $3, $4, $5, $5, $6, $7, $8, $9 FROM users
+                                   client_ip, user_agent, passkey_id)
+             SELECT $1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $13 FROM users
              WHERE id = $2 AND disabled_at IS NULL
                AND ($10 OR (two_factor_enabled = $11 AND totp_secret IS NULL))
-               AND (CAST($12 AS TEXT) IS NULL OR password_hash = $12)",
+               AND (CAST($12 AS TEXT) IS NULL OR password_hash = $12)
+               AND ($13 IS NULL
+                    OR EXISTS (SELECT 1 FROM passkeys p WHERE p.id = $13 AND p.user_id = $2))",
         )
         .bind(session.id)
         .bind(session.user_id)
@@ -201,6 +206,7 @@ statements! {
         .bind(session.after_second_step)
         .bind(false)
         .bind(&session.password_hash)
+        .bind(session.passkey_id)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -36,6 +36,8 @@ pub struct UserListing {
     pub disabled: bool,
     /// Live sessions.
     pub sessions: i64,
+    /// Registered passkeys.
+    pub passkeys: i64,
 }
 
 /// Filters for listing users.
@@ -61,6 +63,7 @@ pub struct UserListingRow {
     user: UserRow,
     disabled: bool,
     sessions: i64,
+    passkeys: i64,
 }
 
 impl From<UserListingRow> for UserListing {
@@ -69,6 +72,7 @@ impl From<UserListingRow> for UserListing {
             user: row.user.into(),
             disabled: row.disabled,
             sessions: row.sessions,
+            passkeys: row.passkeys,
         }
     }
 }
@@ -158,7 +162,8 @@ statements! {
                      u.disabled_at IS NOT NULL AS disabled,
                      (SELECT count(*) FROM sessions s
                       WHERE s.user_id = u.id AND s.revoked_at IS NULL
-                        AND s.expires_at > $3) AS sessions
+                        AND s.expires_at > $3) AS sessions,
+                     (SELECT count(*) FROM passkeys p WHERE p.user_id = u.id) AS passkeys
               FROM users u
               WHERE $1 IS NULL
                  OR u.email LIKE $1 ESCAPE '\'

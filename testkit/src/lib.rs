@@ -1,8 +1,10 @@
 //! Support shared by authd's integration tests (`tests/it`) and its load benchmark (`bench/`):
-//! a loopback SMTP sink, throwaway PostgreSQL databases, free ports, and a headless Chromium for
-//! the tests of authd's HTML pages. Nothing here is linked into the server.
+//! a loopback SMTP sink, throwaway PostgreSQL databases, free ports, a headless Chromium for
+//! the tests of authd's HTML pages, and a software passkey authenticator.
+//! Nothing here is linked into the server.
 
 pub mod browser;
+pub mod passkey;
 pub mod postgres;
 pub mod smtp;
 

@@ -816,6 +816,7 @@ async fn a_disabled_or_deleted_user_gets_no_new_session_from_the_store() {
         user_agent: None,
         after_second_step,
         password_hash: None,
+        passkey_id: None,
     };
     assert_eq!(
         store.insert_session(&session(false), 5).await.unwrap(),

@@ -17,7 +17,7 @@ use testkit::browser::{Browser, VirtualAuthenticator};
 use uuid::Uuid;
 use webauthn_rs::prelude::{Passkey, PublicKeyCredential, RegisterPublicKeyCredential};
 
-use authd::auth::passkeys::RelyingParty;
+use authd::auth::RelyingParty;
 
 /// Long enough on a loaded machine for anything the page does here.
 const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -148,7 +148,7 @@ async fn serve_site() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = format!("http://localhost:{}", listener.local_addr().unwrap().port());
     let site = Arc::new(Site {
-        rp: RelyingParty::from_public_url(&origin, "authd test").unwrap(),
+        rp: RelyingParty::for_origin(&origin).unwrap(),
         user: Uuid::new_v4(),
         ceremony: Mutex::new(None),
         passkey: Mutex::new(None),
