@@ -150,9 +150,9 @@
     $("otp").value = "";
     const me = await authed("GET", "users/me");
     $("whoami").textContent = `Signed in as ${me.email}.`;
+    await listPasskeys();
     show("signed-in");
     say(`Signed in ${how}.`);
-    await listPasskeys();
   }
 
   function when(timestamp) {
@@ -160,7 +160,10 @@
   }
 
   async function listPasskeys() {
-    const { passkeys } = await authed("GET", "passkeys");
+    showPasskeys(await authed("GET", "passkeys"));
+  }
+
+  function showPasskeys({ passkeys }) {
     const items = passkeys.map((passkey) => {
       const item = document.createElement("li");
       item.className = "passkey";
@@ -177,8 +180,16 @@
       remove.addEventListener("click", () =>
         act(remove, async () => {
           await authed("DELETE", `passkeys/${encodeURIComponent(passkey.id)}`);
-          say(`Removed ${passkey.name}.`);
-          await listPasskeys();
+          // Removing a passkey ends the sessions that signed in with it: this one too, when
+          // it did. authd does not say which passkey a session used, so the next call tells.
+          try {
+            await call("GET", "passkeys", { token: tokens.access }).then(showPasskeys);
+            say(`Removed ${passkey.name}.`);
+          } catch (error) {
+            if (!(error instanceof Problem) || error.code !== "invalid_token") throw error;
+            forget();
+            say(`Removed ${passkey.name}. You had signed in with it, so this session has ended: sign in again.`);
+          }
         }),
       );
       item.append(name, about, remove);
@@ -262,8 +273,8 @@
       const credential = await createCredential(options.publicKey);
       await authed("POST", "passkeys/register", { ceremony: options.ceremony, credential, name });
       $("passkey-name").value = "";
-      say(`Added ${name}.`);
       await listPasskeys();
+      say(`Added ${name}.`);
     });
   });
 
