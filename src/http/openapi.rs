@@ -288,7 +288,7 @@ mod tests {
                     .is_some_and(|s| !s.is_empty());
                 let page = ["/verify-email", "/reset-password"].contains(&path.as_str());
                 let mut expected = vec!["200", "408", "500"];
-                if path == "/register" {
+                if path == "/register" || path == "/passkeys/register" {
                     expected[0] = "201";
                 }
                 if path == "/logout" || path == "/password/change" || method == "delete" {
