@@ -794,8 +794,8 @@ impl Settings {
     }
 
     /// Where passkeys are bound: `webauthn.rp_id` or the host of [`Settings::public_url`]
-    /// (`localhost` for a loopback address), and `webauthn.origins` or that URL. `None` when
-    /// nothing names a domain (the URL's host is an IP address other than loopback and no
+    /// (`localhost` for a loopback address, outside production), and `webauthn.origins` or
+    /// that URL. `None` when nothing names a domain (the URL's host is an IP address, and no
     /// `webauthn.rp_id` is set): passkeys are off. An origin that is not an http(s) URL of its
     /// own (no path) is an error.
     pub fn relying_party(&self) -> anyhow::Result<Option<RelyingPartySettings>> {
@@ -820,7 +820,9 @@ impl Settings {
         } else {
             match public.host() {
                 Some(url::Host::Domain(domain)) => domain.to_ascii_lowercase(),
-                _ if loopback_ip => "localhost".to_owned(),
+                // Development's zero configuration; in production a loopback address names
+                // no domain the server is reached at (behind a proxy): passkeys stay off.
+                _ if loopback_ip && self.env != Environment::Production => "localhost".to_owned(),
                 _ => return Ok(None),
             }
         };
@@ -1126,9 +1128,13 @@ mod tests {
         let mut settings = sound_production();
         settings.http.public_url = "https://auth.example.com".into();
         settings.check_production().unwrap();
-        // No domain at all: passkeys are off, nothing to refuse.
-        settings.http.public_url = String::new();
-        settings.check_production().unwrap();
+        // No domain at all: passkeys are off, nothing to refuse (a loopback address included:
+        // in production that is a proxy's upstream, not the address browsers use).
+        for public_url in ["", "http://127.0.0.1:5050", "http://10.0.0.7"] {
+            settings.http.public_url = public_url.into();
+            settings.check_production().unwrap();
+            assert_eq!(settings.relying_party().unwrap(), None, "{public_url}");
+        }
         for (public_url, rp_id, origins, expected) in [
             (
                 "http://auth.example.com",
@@ -1136,7 +1142,13 @@ mod tests {
                 vec![],
                 "http://auth.example.com is not https",
             ),
-            ("http://127.0.0.1:5050", "", vec![], "rp_id = \"localhost\""),
+            ("http://localhost:5050", "", vec![], "rp_id = \"localhost\""),
+            (
+                "http://127.0.0.1:5050",
+                "localhost",
+                vec![],
+                "rp_id = \"localhost\"",
+            ),
             ("https://localhost", "", vec![], "rp_id = \"localhost\""),
             (
                 "https://auth.example.com",

@@ -8,12 +8,12 @@ use testkit::passkey::SoftAuthenticator;
 use uuid::Uuid;
 use webauthn_rs::prelude::{Passkey, PublicKeyCredential, RegisterPublicKeyCredential};
 
-use authd::auth::passkeys::RelyingParty;
+use authd::auth::RelyingParty;
 
 const ORIGIN: &str = "http://localhost:8080";
 
 fn relying_party() -> RelyingParty {
-    RelyingParty::from_public_url(ORIGIN, "authd test").unwrap()
+    RelyingParty::for_origin(ORIGIN).unwrap()
 }
 
 /// A user who registered a passkey on `authenticator`, as the relying party stored it.
@@ -45,7 +45,7 @@ fn sign_in(
     authenticator: &mut SoftAuthenticator,
     origin: &str,
     passkey: &Passkey,
-) -> authd::error::Result<webauthn_rs::prelude::AuthenticationResult> {
+) -> Result<webauthn_rs::prelude::AuthenticationResult, webauthn_rs::prelude::WebauthnError> {
     let started = rp.start_discoverable_login().unwrap();
     let answer = authenticator
         .get(&started.options["publicKey"], origin)
