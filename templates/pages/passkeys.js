@@ -70,11 +70,18 @@
   }
 
   /// Calls authd with the access token; an expired one is refreshed once and the call retried.
+  /// A change that needs a recent login (`reauthentication_required`) signs the person out, so
+  /// that they sign in again, as the problem's detail asks.
   async function authed(method, path, body) {
     try {
       return await call(method, path, { token: tokens.access, body });
     } catch (error) {
-      if (!(error instanceof Problem) || error.code !== "invalid_token" || !tokens.refresh) throw error;
+      if (!(error instanceof Problem)) throw error;
+      if (error.code === "reauthentication_required") {
+        forget();
+        throw error;
+      }
+      if (error.code !== "invalid_token" || !tokens || !tokens.refresh) throw error;
       let renewed;
       try {
         renewed = await call("POST", "token/refresh", { body: { refresh_token: tokens.refresh } });

@@ -80,10 +80,10 @@ async fn assert_nothing_stored(page: &Page) {
 }
 
 /// Every request went to authd at the page's origin, and the page reported nothing wrong (no
-/// console error, no exception, no policy violation, no failed request) but one 401 answer for
-/// each path of `refused` (the browser reports every error status: those are answers the page
-/// expects and shows, not breakage).
-fn assert_clean(app: &TestApp, page: &Page, refused: &[&str]) {
+/// console error, no exception, no policy violation, no failed request) but the refusals in
+/// `refused`, (status, path) in order: the browser reports every error status, and those are
+/// answers the page expects and shows, not breakage.
+fn assert_clean(app: &TestApp, page: &Page, refused: &[(&str, &str)]) {
     let origin = page_url(app).replace("/ui/passkeys", "");
     let requests = page.requests();
     assert!(!requests.is_empty());
@@ -95,17 +95,16 @@ fn assert_clean(app: &TestApp, page: &Page, refused: &[&str]) {
     }
     let expected: Vec<String> = refused
         .iter()
-        .map(|path| {
+        .map(|(status, path)| {
             format!(
-                "network: Failed to load resource: the server responded with a status of 401 \
-                 (Unauthorized) ({origin}{path})"
+                "network: Failed to load resource: the server responded with a status of \
+                 {status} ({origin}{path})"
             )
         })
         .collect();
     assert_eq!(page.problems(), expected);
 }
 
-/// Signs in with the password; the email is typed unless the page kept it from before.
 async fn sign_in_with_the_password(page: &Page, email: &str) {
     let kept = page
         .eval("document.getElementById('email').value")
@@ -151,6 +150,18 @@ async fn a_person_adds_a_passkey_on_the_page_signs_in_with_it_alone_and_removes_
     let text = page.text().await.unwrap();
     assert!(!text.contains("Signed in as"), "{text}");
     assert!(!text.contains("Test laptop"), "{text}");
+    // The page ended its session at authd, not just forgot it: the test's own is the one left.
+    let sessions: Value = app
+        .get_with_token("/sessions", &access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        sessions["sessions"].as_array().unwrap().len(),
+        1,
+        "{sessions}"
+    );
 
     // No email, no password: the authenticator offers the passkey it holds for localhost.
     page.click("#passkey-signin").await.unwrap();
@@ -176,7 +187,7 @@ async fn a_person_adds_a_passkey_on_the_page_signs_in_with_it_alone_and_removes_
 
     assert_nothing_stored(&page).await;
     // The one refusal: the list asked for with the ended session's token, which told the page.
-    assert_clean(&app, &page, &["/passkeys"]);
+    assert_clean(&app, &page, &[("401 (Unauthorized)", "/passkeys")]);
 }
 
 #[tokio::test]
@@ -208,6 +219,40 @@ async fn the_pages_second_step_takes_a_passkey_instead_of_the_emailed_code() {
 
     assert_nothing_stored(&page).await;
     assert_clean(&app, &page, &[]);
+}
+
+#[tokio::test]
+async fn the_page_signs_the_person_out_when_adding_a_passkey_needs_a_recent_login() {
+    let app = spawn().await;
+    app.register("old@example.test", false).await;
+    let (_browser, page, authenticator) = open(&app).await;
+    sign_in_with_the_password(&page, "old@example.test").await;
+    wait_for(&page, "Signed in as old@example.test.").await;
+    // The page's login, an hour ago: older than `session.fresh_login_secs`.
+    app.db
+        .exec(
+            "UPDATE sessions SET created_at = created_at - interval '1 hour'",
+            "UPDATE sessions SET created_at = created_at - 3600000000",
+        )
+        .await;
+    page.type_into("#passkey-name", "Too late").await.unwrap();
+    page.click("#register-passkey").await.unwrap();
+    // authd's own words, and the way back: the sign-in form.
+    wait_for(&page, "this needs a recent login: log in again, then retry").await;
+    let text = page.text().await.unwrap();
+    assert!(!text.contains("Signed in as"), "{text}");
+    assert!(text.contains("Password"), "{text}");
+    assert!(
+        page.virtual_credentials(&authenticator)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_clean(
+        &app,
+        &page,
+        &[("403 (Forbidden)", "/passkeys/register/options")],
+    );
 }
 
 #[tokio::test]
