@@ -111,8 +111,8 @@ pub enum PasskeyInsert {
 }
 
 /// A verified assertion's effect on its passkey: the new counter and flags. Applied only if
-/// the counter moved forward (or the authenticator keeps none: 0), in one statement, so of two
-/// assertions with one counter value only one is taken.
+/// the counter moved forward (or the authenticator keeps none: 0 and 0), in one statement, so
+/// of two assertions with one counter value only one is taken.
 #[derive(Debug, Clone, Copy)]
 pub struct PasskeyUse<'a> {
     pub id: Uuid,
@@ -125,12 +125,12 @@ pub struct PasskeyUse<'a> {
 }
 
 /// Applies a [`PasskeyUse`] ($1 id, $2 user, $3 record, $4 counter, $5 eligible, $6 backed
-/// up, $7 time). A counter of 0 means the authenticator keeps none (many synced passkeys): then
-/// the stored one must be 0 too, which the relying party checked.
+/// up, $7 time). A counter of 0 means the authenticator keeps none (many synced passkeys): it
+/// is taken only while the stored one is 0 too.
 pub(super) const USE_PASSKEY: &str = "UPDATE passkeys
      SET credential = $3, sign_count = $4, backup_eligible = $5, backed_up = $6,
          last_used_at = $7
-     WHERE id = $1 AND user_id = $2 AND (sign_count < $4 OR $4 = 0)";
+     WHERE id = $1 AND user_id = $2 AND (sign_count < $4 OR (sign_count = 0 AND $4 = 0))";
 
 /// Binds a [`PasskeyUse`] to [`USE_PASSKEY`].
 macro_rules! use_passkey {
