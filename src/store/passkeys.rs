@@ -289,25 +289,25 @@ statements! {
         Ok(use_passkey!(used).execute(&self.pool).await?.rows_affected() > 0)
     }
 
-    /// Removes the user's passkey `id` and ends the sessions that signed in with it: the
-    /// number of sessions ended, or `None` when the user has no such passkey.
+    /// Removes the user's passkey `id` and ends the sessions that signed in with it: its name
+    /// and the number of sessions ended, or `None` when the user has no such passkey.
     pub async fn remove_passkey(
         &self,
         user_id: Uuid,
         id: Uuid,
         now: DateTime<Utc>,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<(String, u64)>> {
         let mut tx = self.pool.begin().await?;
         lock_user!(tx, user_id);
-        let removed = sqlx::query("DELETE FROM passkeys WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 0 {
+        let removed: Option<String> =
+            sqlx::query_scalar("DELETE FROM passkeys WHERE id = $1 AND user_id = $2 RETURNING name")
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(name) = removed else {
             return Ok(None);
-        }
+        };
         let ended = sqlx::query(
             "UPDATE sessions SET revoked_at = $3
              WHERE user_id = $1 AND passkey_id = $2 AND revoked_at IS NULL",
@@ -319,6 +319,6 @@ statements! {
         .await?
         .rows_affected();
         tx.commit().await?;
-        Ok(Some(ended))
+        Ok(Some((name, ended)))
     }
 }

@@ -143,6 +143,20 @@ async fn a_registered_passkey_signs_in_without_a_password_or_a_code() {
     assert_eq!(added["name"], "Laptop");
     assert_eq!(added["last_used_at"], Value::Null);
     assert_eq!(added["backed_up"], false);
+    // The owner hears of it.
+    app.wait_for_background_mail().await;
+    let notices: Vec<_> = app
+        .mail
+        .messages_to("ada@example.test")
+        .into_iter()
+        .filter(|m| m.subject().contains("A passkey was added"))
+        .collect();
+    assert_eq!(notices.len(), 1);
+    assert!(
+        notices[0].text().contains("\"Laptop\""),
+        "{}",
+        notices[0].text()
+    );
 
     let listed = json_of(app.get_with_token("/passkeys", &token).await).await;
     assert_eq!(listed["passkeys"].as_array().unwrap().len(), 1);
@@ -521,6 +535,14 @@ async fn removing_a_passkey_ends_its_sessions_and_its_sign_ins() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    app.wait_for_background_mail().await;
+    assert!(
+        app.mail
+            .messages_to("ada@example.test")
+            .iter()
+            .any(|m| m.subject().contains("A passkey was removed")),
+        "the owner hears of it"
+    );
     // The session it signed in is over; the password's session is not.
     problem(
         app.get_with_token("/users/me", passkey_session).await,

@@ -265,10 +265,15 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     assert_eq!(pending.status(), StatusCode::OK);
 
     // passkey_registered, passkey_login, passkey_rejected (another origin), passkey_removed:
-    // a passkey of the admin-made user, one sign-in with it and one refused, then removed.
-    let origin = app.base.replace("127.0.0.1", "localhost");
+    // a passkey of the admin-made user, one sign-in with it and one refused, then removed,
+    // through an instance whose mail quota leaves room for the two notices (the one above is
+    // used up by the app's).
+    let mut roomy_settings = settings(app.mail.port);
+    roomy_settings.mail.max_codes_per_account = 10;
+    let roomy = TestApp::spawn_on(roomy_settings, app.mail.clone(), db_url.clone()).await;
+    let origin = roomy.base.replace("127.0.0.1", "localhost");
     let mut authenticator = testkit::passkey::SoftAuthenticator::new();
-    let options: Value = app
+    let options: Value = roomy
         .post_json_with_token("/passkeys/register/options", &recovered, &json!({}))
         .await
         .json()
@@ -277,7 +282,7 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
     let credential = authenticator
         .create(&options["publicKey"], &origin)
         .unwrap();
-    let added = app
+    let added = roomy
         .post_json_with_token(
             "/passkeys/register",
             &recovered,
@@ -296,14 +301,14 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
             StatusCode::UNAUTHORIZED,
         ),
     ] {
-        let options: Value = app
+        let options: Value = roomy
             .post_json("/login/passkey/options", &json!({}))
             .await
             .json()
             .await
             .unwrap();
         let credential = authenticator.get(&options["publicKey"], &from).unwrap();
-        let answer = app
+        let answer = roomy
             .post_json(
                 "/login/passkey",
                 &json!({"ceremony": options["ceremony"], "credential": credential}),
@@ -311,9 +316,9 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
             .await;
         assert_eq!(answer.status(), status);
     }
-    let removed = app
+    let removed = roomy
         .client
-        .delete(app.url(&format!("/passkeys/{passkey_id}")))
+        .delete(roomy.url(&format!("/passkeys/{passkey_id}")))
         .bearer_auth(&recovered)
         .send()
         .await
