@@ -821,6 +821,21 @@ mod tests {
     }
 
     #[test]
+    fn an_origin_outside_the_rp_id_is_refused_at_start() {
+        let settings = |origin: &str| RelyingPartySettings {
+            rp_id: "example.com".to_owned(),
+            rp_name: "authd".to_owned(),
+            origins: vec![url::Url::parse(origin).unwrap()],
+        };
+        assert!(RelyingParty::new(&settings("https://auth.example.com")).is_ok());
+        assert!(RelyingParty::new(&settings("https://example.com")).is_ok());
+        let err = RelyingParty::new(&settings("https://example.org"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("example.com"), "{err}");
+    }
+
+    #[test]
     fn registration_options_require_a_resident_key_and_user_verification() {
         let rp = RelyingParty::for_origin("https://auth.example.com").unwrap();
         let started = rp
