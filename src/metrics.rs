@@ -156,7 +156,7 @@ impl Metrics {
         let account_mails = IntCounterVec::new(
             Opts::new(
                 "account_mails_total",
-                "Account emails (verify_email, reset_password, change_email, password_changed, email_change_requested, address_in_use, second_factor_changed) by outcome: sent, failed, limited, no_account, not_needed, dropped",
+                "Account emails (verify_email, reset_password, change_email, password_changed, email_change_requested, address_in_use, second_factor_changed, passkey_changed) by outcome: sent, failed, limited, no_account, not_needed, dropped",
             ),
             &["kind", "outcome"],
         )

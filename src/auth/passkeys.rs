@@ -24,6 +24,7 @@ use crate::audit::{EventKind, SecurityEvent};
 use crate::config::RelyingPartySettings;
 use crate::domain::{Email, PersonName, User};
 use crate::error::{Error, Result};
+use crate::mail::Mail;
 use crate::store::{
     Attempt, CeremonyPurpose, ChallengeAnswer, NewCeremony, NewPasskey, PasskeyInsert,
     PasskeyRecord, PasskeyUse,
@@ -442,6 +443,16 @@ impl Auth {
                 .client(client.ip)
                 .detail(format!("\"{}\"", new.name)),
         );
+        // Whoever holds a session could add a way in: the owner hears of it.
+        self.notify(
+            "passkey_changed",
+            user,
+            client,
+            Mail::PasskeyChanged {
+                name: new.name.clone(),
+                added: true,
+            },
+        );
         Ok(PasskeySummary {
             id: new.id,
             name: new.name,
@@ -478,17 +489,27 @@ impl Auth {
     ) -> Result<()> {
         let (user, session) = self.authenticate(access_token).await?;
         self.ensure_fresh_login(session).await?;
-        self.remove_passkey_of(&user, id, "by user", client).await
+        self.remove_passkey_of(&user, id, "by user", client.clone())
+            .await
+            .map(|name| {
+                self.notify(
+                    "passkey_changed",
+                    user,
+                    client,
+                    Mail::PasskeyChanged { name, added: false },
+                );
+            })
     }
 
+    /// Removes the passkey and ends its sessions; its name.
     async fn remove_passkey_of(
         &self,
         user: &User,
         id: Uuid,
         by: &str,
         client: Client,
-    ) -> Result<()> {
-        let ended = self
+    ) -> Result<String> {
+        let (name, ended) = self
             .store
             .remove_passkey(user.id, id, Utc::now())
             .await?
@@ -500,7 +521,7 @@ impl Auth {
                 .client(client.ip)
                 .detail(format!("{by}: {id}, {ended} sessions ended")),
         );
-        Ok(())
+        Ok(name)
     }
 
     /// `authd user passkeys EMAIL`: the user and their passkeys.
@@ -797,6 +818,21 @@ mod tests {
         assert!(RelyingParty::for_origin("http://localhost:8080").is_ok());
         assert!(RelyingParty::for_origin("https://auth.example.com").is_ok());
         assert!(RelyingParty::for_origin("http://127.0.0.1:8080").is_err());
+    }
+
+    #[test]
+    fn an_origin_outside_the_rp_id_is_refused_at_start() {
+        let settings = |origin: &str| RelyingPartySettings {
+            rp_id: "example.com".to_owned(),
+            rp_name: "authd".to_owned(),
+            origins: vec![url::Url::parse(origin).unwrap()],
+        };
+        assert!(RelyingParty::new(&settings("https://auth.example.com")).is_ok());
+        assert!(RelyingParty::new(&settings("https://example.com")).is_ok());
+        let err = RelyingParty::new(&settings("https://example.org"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("example.com"), "{err}");
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub enum Mail<'a> {
     /// Notice: the account's second step changed (an authenticator app turned on or off); what
     /// a login asks for now, in words.
     SecondFactorChanged { factor: &'a str },
+    /// Notice: a passkey named `name` was added to the account (or, `added: false`, removed).
+    PasskeyChanged { name: String, added: bool },
 }
 
 impl Mail<'_> {
@@ -67,6 +69,7 @@ impl Mail<'_> {
             Mail::EmailChangeRequested { .. } => "email_change_requested",
             Mail::AddressInUse => "address_in_use",
             Mail::SecondFactorChanged { .. } => "second_factor_changed",
+            Mail::PasskeyChanged { .. } => "passkey_changed",
         }
     }
 }
@@ -301,6 +304,10 @@ mod tests {
             Mail::AddressInUse,
             Mail::SecondFactorChanged {
                 factor: "a code of your authenticator app",
+            },
+            Mail::PasskeyChanged {
+                name: "Laptop".to_owned(),
+                added: true,
             },
         ]
     }

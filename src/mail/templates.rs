@@ -75,6 +75,14 @@ const TEMPLATES: &[(&str, &str)] = &[
         "second_factor_changed.html",
         include_str!("../../templates/mail/second_factor_changed.html"),
     ),
+    (
+        "passkey_changed.txt",
+        include_str!("../../templates/mail/passkey_changed.txt"),
+    ),
+    (
+        "passkey_changed.html",
+        include_str!("../../templates/mail/passkey_changed.html"),
+    ),
 ];
 
 /// A message ready to be built: its subject and its two bodies.
@@ -113,6 +121,7 @@ impl Templates {
     pub fn render(&self, mail: &Mail<'_>) -> anyhow::Result<Rendered> {
         let product = self.product.as_str();
         let mut factor = None;
+        let mut passkey = None;
         let (name, subject, code, link, valid_for, new_email) = match *mail {
             Mail::LoginCode {
                 code,
@@ -196,6 +205,21 @@ impl Templates {
                     None,
                 )
             }
+            Mail::PasskeyChanged { ref name, added } => {
+                passkey = Some(context! { name => name.as_str(), added => added });
+                (
+                    "passkey_changed",
+                    if added {
+                        format!("A passkey was added to your {product} account")
+                    } else {
+                        format!("A passkey was removed from your {product} account")
+                    },
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            }
         };
         let ctx = context! {
             subject => subject.as_str(),
@@ -204,6 +228,7 @@ impl Templates {
             valid_for => valid_for,
             new_email => new_email,
             factor => factor,
+            passkey => passkey,
         };
         let text_link = context! { link => link.as_deref() };
         // Autoescaping would write every '/' of the link as "&#x2f;": valid, but not the address

@@ -275,7 +275,7 @@ impl Store {
         /// Records an assertion if its counter moved forward; false otherwise.
         pub async fn use_passkey(&self, used: &PasskeyUse<'_>) -> Result<bool>;
         /// Removes a passkey and ends the sessions that signed in with it; None if not the user's.
-        pub async fn remove_passkey(&self, user_id: Uuid, id: Uuid, now: DateTime<Utc>) -> Result<Option<u64>>;
+        pub async fn remove_passkey(&self, user_id: Uuid, id: Uuid, now: DateTime<Utc>) -> Result<Option<(String, u64)>>;
         /// Stores an emailed account code and retires the user's older live ones of its purpose.
         pub async fn insert_account_code(&self, code: &NewAccountCode) -> Result<()>;
         /// Removes an account code whose message could not be delivered.

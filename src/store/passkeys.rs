@@ -111,8 +111,8 @@ pub enum PasskeyInsert {
 }
 
 /// A verified assertion's effect on its passkey: the new counter and flags. Applied only if
-/// the counter moved forward (or the authenticator keeps none: 0), in one statement, so of two
-/// assertions with one counter value only one is taken.
+/// the counter moved forward (or the authenticator keeps none: 0 and 0), in one statement, so
+/// of two assertions with one counter value only one is taken.
 #[derive(Debug, Clone, Copy)]
 pub struct PasskeyUse<'a> {
     pub id: Uuid,
@@ -125,12 +125,12 @@ pub struct PasskeyUse<'a> {
 }
 
 /// Applies a [`PasskeyUse`] ($1 id, $2 user, $3 record, $4 counter, $5 eligible, $6 backed
-/// up, $7 time). A counter of 0 means the authenticator keeps none (many synced passkeys): then
-/// the stored one must be 0 too, which the relying party checked.
+/// up, $7 time). A counter of 0 means the authenticator keeps none (many synced passkeys): it
+/// is taken only while the stored one is 0 too.
 pub(super) const USE_PASSKEY: &str = "UPDATE passkeys
      SET credential = $3, sign_count = $4, backup_eligible = $5, backed_up = $6,
          last_used_at = $7
-     WHERE id = $1 AND user_id = $2 AND (sign_count < $4 OR $4 = 0)";
+     WHERE id = $1 AND user_id = $2 AND (sign_count < $4 OR (sign_count = 0 AND $4 = 0))";
 
 /// Binds a [`PasskeyUse`] to [`USE_PASSKEY`].
 macro_rules! use_passkey {
@@ -289,25 +289,25 @@ statements! {
         Ok(use_passkey!(used).execute(&self.pool).await?.rows_affected() > 0)
     }
 
-    /// Removes the user's passkey `id` and ends the sessions that signed in with it: the
-    /// number of sessions ended, or `None` when the user has no such passkey.
+    /// Removes the user's passkey `id` and ends the sessions that signed in with it: its name
+    /// and the number of sessions ended, or `None` when the user has no such passkey.
     pub async fn remove_passkey(
         &self,
         user_id: Uuid,
         id: Uuid,
         now: DateTime<Utc>,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<(String, u64)>> {
         let mut tx = self.pool.begin().await?;
         lock_user!(tx, user_id);
-        let removed = sqlx::query("DELETE FROM passkeys WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 0 {
+        let removed: Option<String> =
+            sqlx::query_scalar("DELETE FROM passkeys WHERE id = $1 AND user_id = $2 RETURNING name")
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(name) = removed else {
             return Ok(None);
-        }
+        };
         let ended = sqlx::query(
             "UPDATE sessions SET revoked_at = $3
              WHERE user_id = $1 AND passkey_id = $2 AND revoked_at IS NULL",
@@ -319,6 +319,6 @@ statements! {
         .await?
         .rows_affected();
         tx.commit().await?;
-        Ok(Some(ended))
+        Ok(Some((name, ended)))
     }
 }

@@ -9,6 +9,7 @@ mod limits;
 mod lockout;
 mod mfa;
 mod otp_flow;
+mod passkeys;
 pub mod process;
 mod prune;
 mod recovery;

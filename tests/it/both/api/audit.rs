@@ -264,6 +264,67 @@ async fn every_documented_event_kind_is_recorded_exactly_once_with_its_user() {
         .await;
     assert_eq!(pending.status(), StatusCode::OK);
 
+    // passkey_registered, passkey_login, passkey_rejected (another origin), passkey_removed:
+    // a passkey of the admin-made user, one sign-in with it and one refused, then removed,
+    // through an instance whose mail quota leaves room for the two notices (the one above is
+    // used up by the app's).
+    let mut roomy_settings = settings(app.mail.port);
+    roomy_settings.mail.max_codes_per_account = 10;
+    let roomy = TestApp::spawn_on(roomy_settings, app.mail.clone(), db_url.clone()).await;
+    let origin = roomy.base.replace("127.0.0.1", "localhost");
+    let mut authenticator = testkit::passkey::SoftAuthenticator::new();
+    let options: Value = roomy
+        .post_json_with_token("/passkeys/register/options", &recovered, &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let credential = authenticator
+        .create(&options["publicKey"], &origin)
+        .unwrap();
+    let added = roomy
+        .post_json_with_token(
+            "/passkeys/register",
+            &recovered,
+            &json!({"ceremony": options["ceremony"], "credential": credential}),
+        )
+        .await;
+    assert_eq!(added.status(), StatusCode::CREATED);
+    let passkey_id = added.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (from, status) in [
+        (origin.clone(), StatusCode::OK),
+        (
+            origin.replace("localhost", "evil.example"),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let options: Value = roomy
+            .post_json("/login/passkey/options", &json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let credential = authenticator.get(&options["publicKey"], &from).unwrap();
+        let answer = roomy
+            .post_json(
+                "/login/passkey",
+                &json!({"ceremony": options["ceremony"], "credential": credential}),
+            )
+            .await;
+        assert_eq!(answer.status(), status);
+    }
+    let removed = roomy
+        .client
+        .delete(roomy.url(&format!("/passkeys/{passkey_id}")))
+        .bearer_auth(&recovered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+
     // refresh_token_reused: the plain user's first refresh token, presented again after it
     // was rotated.
     let refresh = |token: String| {
