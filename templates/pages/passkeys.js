@@ -32,7 +32,7 @@
     }
   }
 
-  /// An answer of authd that is not a success: its problem+json, when it has one.
+  // An answer of authd that is not a success: its problem+json, when it has one.
   class Problem extends Error {
     constructor(status, body) {
       const detail = body && typeof body.detail === "string" ? body.detail : null;
@@ -42,8 +42,8 @@
     }
   }
 
-  /// Calls authd: `method` on `path` with an optional bearer token and JSON body. The answer's
-  /// JSON (null for 204), or a Problem.
+  // Calls authd: `method` on `path` with an optional bearer token and JSON body. The answer's
+  // JSON (null for 204), or a Problem.
   async function call(method, path, { token, body } = {}) {
     const headers = { accept: "application/json" };
     if (token) headers.authorization = `Bearer ${token}`;
@@ -69,9 +69,9 @@
     return answer;
   }
 
-  /// Calls authd with the access token; an expired one is refreshed once and the call retried.
-  /// A change that needs a recent login (`reauthentication_required`) signs the person out, so
-  /// that they sign in again, as the problem's detail asks.
+  // Calls authd with the access token; an expired one is refreshed once and the call retried.
+  // A change that needs a recent login (`reauthentication_required`) signs the person out, so
+  // that they sign in again, as the problem's detail asks.
   async function authed(method, path, body) {
     try {
       return await call(method, path, { token: tokens.access, body });
@@ -115,7 +115,7 @@
     return credential.toJSON();
   }
 
-  /// A message for the person from whatever went wrong.
+  // A message for the person from whatever went wrong.
   function explain(error) {
     if (error instanceof Problem) return error.message;
     if (error && error.name === "NotAllowedError") {
@@ -127,7 +127,7 @@
     return "Something went wrong: try again.";
   }
 
-  /// Runs `work` while `button` is disabled; shows what went wrong in the status.
+  // Runs `work` while `button` is disabled; shows what went wrong in the status.
   async function act(button, work) {
     button.disabled = true;
     try {
@@ -149,7 +149,7 @@
     show("signed-out");
   }
 
-  /// A successful sign-in's answer (from /login, /login/otp or /login/passkey).
+  // A successful sign-in's answer (from /login, /login/otp or /login/passkey).
   async function signedIn(answer, how) {
     tokens = { access: answer.access_token, refresh: answer.refresh_token };
     challenge = null;
