@@ -153,7 +153,9 @@ fn test_key() -> &'static TestKey {
         )
         .unwrap();
         let record = authd::store::SigningKeyRecord::from(key);
-        let jwks = std::env::temp_dir().join(format!(
+        // In cargo's scratch directory for tests (under target/), not the system's: under
+        // nextest every test is a process of its own, and each writes one.
+        let jwks = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "authd-cli-test-jwks-{}-{}.json",
             std::process::id(),
             Uuid::new_v4().simple()
@@ -404,11 +406,12 @@ async fn user_list_json_is_the_api_user_shape_in_creation_order() {
     let grace = add_user(&db_url, "grace@example.test", &["--two-factor"]).await;
     let linus = add_user(&db_url, "linus@example.test", &[]).await;
 
-    // The API's User, with the account's state and its live sessions.
+    // The API's User, with the account's state, its live sessions and its passkeys.
     let listing = |user: &Value| {
         let mut listed = user.clone();
         listed["disabled"] = Value::Bool(false);
         listed["sessions"] = Value::from(0);
+        listed["passkeys"] = Value::from(0);
         listed
     };
     let (ada, grace, linus) = (listing(&ada), listing(&grace), listing(&linus));

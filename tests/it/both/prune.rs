@@ -93,7 +93,7 @@ async fn authd_prune_removes_what_expired_and_keeps_code_counters() {
     let again = prune(&[]).await;
     assert_eq!(
         String::from_utf8(again.stdout).unwrap(),
-        "removed 0 expired challenges, 0 expired account codes, 0 ended sessions, 0 idle throttle rows, 0 audit events older than 365 days, 0 retired signing keys past their tokens' expiry\n"
+        "removed 0 expired challenges, 0 expired account codes, 0 expired passkey ceremonies, 0 ended sessions, 0 idle throttle rows, 0 audit events older than 365 days, 0 retired signing keys past their tokens' expiry\n"
     );
 }
 
