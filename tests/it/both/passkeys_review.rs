@@ -995,3 +995,77 @@ async fn an_email_change_keeps_the_passkeys_signing_in() {
     .await;
     assert_eq!(me["email"], "new@example.test");
 }
+
+/// FINDING (low, denial of service): refused passkey sign-ins lock the account's passkey
+/// sign-ins (doubling up to a day, again and again), yet nothing is being guessed there: a
+/// signature cannot be brute-forced. What the lock takes is a credential id and the user
+/// handle, which WebAuthn treats as public: both are in any registration options the account
+/// ever fetched (`user.id`, `excludeCredentials`), so whoever once held a fresh session (or
+/// reads a browser's debug log) can keep the owner's passkeys locked out for good after being
+/// evicted, with no secret at all; and the passkey is the very way back in when the second step
+/// is frozen. Fix: do not lock on a refused signature (there is nothing to guess; keep the
+/// `passkey_rejected` event and the per-address request limit), or key the lock by the
+/// requesting address as well as the account.
+#[tokio::test]
+async fn an_attacker_with_no_secret_cannot_lock_the_owner_out_of_their_passkey() {
+    let app = spawn_with(|s| s.rate_limit.login_failures_per_account = 3).await;
+    let (token, mut victim) = user_with_passkey(&app, "ada@example.test").await;
+    // What any registration options of the account say (here: fetched with a stolen session).
+    let options = registration_options(&app, &token).await;
+    let excluded = unb64(
+        options["publicKey"]["excludeCredentials"][0]["id"]
+            .as_str()
+            .unwrap(),
+    );
+    let mut attacker = SoftAuthenticator::new();
+    attacker.behaviour.credential_id = Some(excluded);
+    // A credential of the attacker's own key, under the victim's id and user handle.
+    attacker
+        .create(&options["publicKey"], &origin(&app))
+        .unwrap();
+    for _ in 0..6 {
+        let status = sign_in(&app, &mut attacker).await.status();
+        assert!(
+            status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS,
+            "{status}"
+        );
+    }
+    assert_eq!(
+        sign_in(&app, &mut victim).await.status(),
+        StatusCode::OK,
+        "the owner's passkey still signs in"
+    );
+}
+
+/// Holds: without the password nothing says whether an address has passkeys: a wrong password
+/// and an unknown address answer alike, and a discoverable sign-in's options name no account.
+#[tokio::test]
+async fn nothing_tells_a_stranger_whether_an_address_has_passkeys() {
+    let app = spawn().await;
+    user_with_passkey(&app, "ada@example.test").await;
+    app.register("bob@example.test", false).await;
+    let mut answers = Vec::new();
+    for email in [
+        "ada@example.test",
+        "bob@example.test",
+        "nobody@example.test",
+    ] {
+        let body = problem(
+            app.login(email, "not the password").await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+        )
+        .await;
+        answers.push(body.to_string());
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    let options = login_options(&app).await;
+    let text = options.to_string();
+    assert!(
+        !text.contains("ada")
+            && options["publicKey"]["allowCredentials"]
+                .as_array()
+                .is_none_or(|l| l.is_empty()),
+        "{text}"
+    );
+}
