@@ -10,6 +10,7 @@ mod lockout;
 mod mfa;
 mod otp_flow;
 mod passkeys;
+mod passkeys_review;
 pub mod process;
 mod prune;
 mod recovery;
