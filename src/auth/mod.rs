@@ -22,7 +22,7 @@ use crate::store::Store;
 use crate::token::TokenKeys;
 use crate::token::codes::CodeHasher;
 use crate::token::refresh::RefreshKeys;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 mod admin;
 mod challenge;
@@ -154,6 +154,24 @@ impl Client {
             .collect();
         let cleaned = cleaned.trim();
         (!cleaned.is_empty()).then(|| cleaned.to_owned())
+    }
+}
+
+/// The key every per-address limit counts a client under: an IPv4 address as it is (an
+/// IPv4-mapped IPv6 address as its IPv4), an IPv6 address by its first `ipv6_prefix_len` bits,
+/// since one client usually holds a whole /64 and could otherwise take a fresh allowance per
+/// address.
+pub fn client_key(ip: IpAddr, ipv6_prefix_len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let len = u32::from(ipv6_prefix_len.min(128));
+                let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
     }
 }
 

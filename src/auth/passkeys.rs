@@ -36,6 +36,9 @@ pub const CEREMONY_TTL_SECS: i64 = 300;
 /// The most passkeys one account may have.
 pub const MAX_PASSKEYS_PER_USER: u32 = 25;
 
+/// The longest credential id WebAuthn allows (Level 3, 5.1.3 step 14 of registration).
+const MAX_CREDENTIAL_ID_BYTES: usize = 1023;
+
 /// What a passkey is called when its registration names none.
 const DEFAULT_NAME: &str = "Passkey";
 
@@ -294,6 +297,21 @@ fn passkey_use(
 }
 
 impl Auth {
+    /// The throttle key of an account's passkey sign-ins from one client address (IPv6: its
+    /// prefix). Apart from the password's, so password guessing does not lock a passkey out;
+    /// and per address, because the credential id and user handle it takes to be refused are no
+    /// secret (any registration options of the account name them): keyed by account alone, a
+    /// stranger could keep the owner's passkey locked, while a signature cannot be guessed.
+    fn passkey_key(&self, user_id: Uuid, client: &Client) -> String {
+        match client.ip {
+            Some(ip) => format!(
+                "passkey:{user_id}:{}",
+                super::client_key(ip, self.limits.ipv6_prefix_len)
+            ),
+            None => format!("passkey:{user_id}:-"),
+        }
+    }
+
     fn relying_party(&self) -> Result<&RelyingParty> {
         self.passkeys.as_deref().ok_or(Error::PasskeysUnavailable)
     }
@@ -400,6 +418,12 @@ impl Auth {
             }
         };
         let internals = Credential::from(passkey.clone());
+        // WebAuthn caps a credential id at 1023 bytes (the crate takes up to 4096): longer is
+        // refused, before it reaches an index.
+        if internals.cred_id.len() > MAX_CREDENTIAL_ID_BYTES {
+            self.reject(Some(&user), &client, "a credential id over 1023 bytes");
+            return Err(Error::InvalidPasskey);
+        }
         if !internals.user_verified {
             self.reject(Some(&user), &client, "the user was not verified");
             return Err(Error::InvalidPasskey);
@@ -441,7 +465,7 @@ impl Auth {
             SecurityEvent::new(EventKind::PasskeyRegistered)
                 .user(user.id, &user.email)
                 .client(client.ip)
-                .detail(format!("\"{}\"", new.name)),
+                .detail(format!("{}: \"{}\"", new.id, new.name)),
         );
         // Whoever holds a session could add a way in: the owner hears of it.
         self.notify(
@@ -621,11 +645,14 @@ impl Auth {
             SecurityEvent::new(EventKind::PasskeyLogin)
                 .user(user.id, &user.email)
                 .client(client.ip)
-                .detail(if challenge_token.is_some() {
-                    "second step"
-                } else {
-                    "sign-in"
-                }),
+                .detail(format!(
+                    "{}: {passkey_id}",
+                    if challenge_token.is_some() {
+                        "second step"
+                    } else {
+                        "sign-in"
+                    }
+                )),
         );
         Ok(tokens)
     }
@@ -656,10 +683,13 @@ impl Auth {
             .find_user(found.passkey.user_id)
             .await?
             .ok_or(Error::PasskeyRejected)?;
+        if found.disabled {
+            return Err(self.reject(Some(&user), client, "account disabled"));
+        }
         if found.webauthn_handle != Some(handle) {
             return Err(self.reject(Some(&user), client, "another user's handle"));
         }
-        let key = passkey_key(user.id);
+        let key = self.passkey_key(user.id, client);
         if let Err(error) = self.reserve(&key, &self.login_rule()).await {
             self.reject(
                 Some(&user),
@@ -723,11 +753,14 @@ impl Auth {
             .await?
             .ok_or(Error::PasskeyRejected)?;
         let key = otp_key(user.id);
-        if let Err(error) = self.reserve(&key, &self.otp_rule()).await {
-            self.reject(Some(&user), client, "the second step is locked");
-            self.metrics.throttle("code");
-            return Err(error);
-        }
+        let locks_if_wrong = match self.reserve(&key, &self.otp_rule()).await {
+            Ok(locks) => locks,
+            Err(error) => {
+                self.reject(Some(&user), client, "the second step is locked");
+                self.metrics.throttle("code");
+                return Err(error);
+            }
+        };
         let verified = rp
             .finish_second_step(credential, &taken.state)
             .map_err(|error| refusal(&error))
@@ -774,7 +807,17 @@ impl Auth {
                         "the signature counter did not move forward: a replayed or cloned authenticator?"
                     }
                 };
-                Err(self.reject(Some(&user), client, why))
+                let refused = self.reject(Some(&user), client, why);
+                if locks_if_wrong {
+                    tracing::warn!(user_id = %user.id, "second step locked until an admin unlocks it");
+                    self.audit.record(
+                        SecurityEvent::new(EventKind::SecondFactorLocked)
+                            .user(user.id, &user.email)
+                            .client(client.ip)
+                            .detail("passkey"),
+                    );
+                }
+                Err(refused)
             }
             Attempt::Dead => {
                 if self.limits.enabled {
@@ -784,12 +827,6 @@ impl Auth {
             }
         }
     }
-}
-
-/// The throttle key of an account's passkey sign-ins (apart from its password's, so password
-/// guessing does not lock a passkey out, nor the other way round).
-fn passkey_key(user_id: Uuid) -> String {
-    format!("passkey:{user_id}")
 }
 
 /// Builds the relying party when the settings name a domain; logs why passkeys are off when

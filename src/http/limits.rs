@@ -1,7 +1,7 @@
 //! The per-address request limit and the caps on open connections.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,25 +13,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::ApiError;
 use super::routes::AppState;
+pub use crate::auth::client_key;
 use crate::config::{HttpSettings, RateLimitSettings};
-
-/// The key every per-address limit counts a client under: an IPv4 address as it is (an
-/// IPv4-mapped IPv6 address as its IPv4), an IPv6 address by its first `ipv6_prefix_len` bits,
-/// since one client usually holds a whole /64 and could otherwise take a fresh allowance per
-/// address.
-pub fn client_key(ip: IpAddr, ipv6_prefix_len: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let len = u32::from(ipv6_prefix_len.min(128));
-                let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-            }
-        },
-    }
-}
 
 /// Requests per minute per client address (see [`client_key`]), kept in this process's memory.
 pub struct IpLimiter {

@@ -268,7 +268,7 @@ impl Store {
         pub async fn user_passkeys(&self, user_id: Uuid) -> Result<Vec<PasskeyRecord>>;
         /// How many passkeys the user has.
         pub async fn count_passkeys(&self, user_id: Uuid) -> Result<i64>;
-        /// The passkey of a credential id, if its user is not disabled.
+        /// The passkey of a credential id, its user's handle and whether the user is disabled.
         pub async fn passkey_by_credential(&self, credential_id: &[u8]) -> Result<Option<FoundPasskey>>;
         /// Registers a passkey under the user's lock (at most `max_per_user`, each credential once).
         pub async fn insert_passkey(&self, passkey: &NewPasskey, max_per_user: u32) -> Result<PasskeyInsert>;

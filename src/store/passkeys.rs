@@ -82,6 +82,8 @@ pub struct FoundPasskey {
     pub passkey: PasskeyRecord,
     /// The user handle the authenticator must have answered with.
     pub webauthn_handle: Option<Uuid>,
+    /// Its user is disabled: the answer is refused (and recorded against the user).
+    pub disabled: bool,
 }
 
 /// A passkey about to be registered.
@@ -226,13 +228,13 @@ statements! {
         Ok(count)
     }
 
-    /// The passkey of `credential_id` and its user's handle, if its user may sign in.
+    /// The passkey of `credential_id`, its user's handle and whether the user is disabled.
     pub async fn passkey_by_credential(&self, credential_id: &[u8]) -> Result<Option<FoundPasskey>> {
         Ok(sqlx::query_as(concat!(
             "SELECT ",
             passkey_columns!(),
-            ", u.webauthn_handle FROM passkeys p JOIN users u ON u.id = p.user_id
-             WHERE p.credential_id = $1 AND u.disabled_at IS NULL"
+            ", u.webauthn_handle, u.disabled_at IS NOT NULL AS disabled
+             FROM passkeys p JOIN users u ON u.id = p.user_id WHERE p.credential_id = $1"
         ))
         .bind(credential_id)
         .fetch_optional(&self.pool)

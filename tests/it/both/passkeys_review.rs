@@ -236,7 +236,7 @@ fn with_key(auth_data: &[u8], key: Cbor) -> Vec<u8> {
     data
 }
 
-/// FINDING (medium), FIXED ON MAIN since this branch started (27e85f2, `passkey_changed`
+/// Was a finding (medium), fixed (27e85f2, `passkey_changed`
 /// notices): on the branch point this fails. A passkey signs in alone, with no password and no
 /// second step, yet adding one told the owner nothing, while turning the second step on or off
 /// emails a notice. Whoever holds a stolen session for a few minutes (a fresh login is all
@@ -264,11 +264,11 @@ async fn a_passkey_added_to_an_account_is_told_to_its_owner_by_email() {
     assert_eq!(notices[0].code(), None, "a notice carries no code");
 }
 
-/// FINDING (medium on PostgreSQL, low on SQLite): WebAuthn (L3 §7.1) says a credential id over
+/// Was a finding (medium on PostgreSQL, low on SQLite), fixed as suggested: WebAuthn (L3 §7.1) says a credential id over
 /// 1023 bytes fails the registration; webauthn-rs 0.6 lets up to 4096 through and authd stores
 /// what it gets. On PostgreSQL a random id over ~2700 bytes does not fit the unique index
 /// `passkeys_credential_id_key` ("index row size exceeds btree maximum"): a 500 any user can
-/// cause at will. On SQLite the 4 KB id is stored. Fix: in `register_passkey`, refuse
+/// cause at will. On SQLite the 4 KB id is stored. Fixed: in `register_passkey`, refuse
 /// `internals.cred_id.len() > 1023` as `InvalidPasskey` (400) before the insert.
 #[tokio::test]
 async fn a_credential_id_longer_than_webauthn_allows_is_refused_not_stored_or_a_500() {
@@ -306,10 +306,10 @@ async fn a_credential_id_longer_than_webauthn_allows_is_refused_not_stored_or_a_
     assert_eq!(passkeys_stored(&app).await, 1, "only the real one");
 }
 
-/// FINDING (low, audit trail): when refused passkey answers are what locks an account's second
+/// Was a finding (low, audit trail), fixed as suggested: when refused passkey answers are what locks an account's second
 /// step (`rate_limit.otp_failures_per_account`, until `authd user unlock`), the trail has no
 /// `second_factor_locked` event, which wrong codes do record: an administrator sees a frozen
-/// account and no reason. `passkey_second_step` drops the `Ok(locks)` of `reserve`. Fix: keep
+/// account and no reason. `passkey_second_step` drops the `Ok(locks)` of `reserve`. Fixed: keep
 /// it, and on a refusal with `locks` record `SecondFactorLocked` (detail "passkey"), as
 /// `verify_otp` does.
 #[tokio::test]
@@ -837,11 +837,11 @@ async fn garbage_sign_in_answers_of_every_shape_get_a_4xx_and_open_no_session() 
     );
 }
 
-/// FINDING (low, audit trail): the trail cannot tie a passkey sign-in to the passkey that made
+/// Was a finding (low, audit trail), fixed as suggested: the trail cannot tie a passkey sign-in to the passkey that made
 /// it. `passkey_registered` names the passkey only by its (free, non-unique) name,
 /// `passkey_removed` only by its id, and `passkey_login` by neither ("sign-in"): after a
 /// takeover an administrator cannot tell which passkey signed in, whether it is the one
-/// registered from the attacker's address, or whether removing it was enough. Fix: put the
+/// registered from the attacker's address, or whether removing it was enough. Fixed: put the
 /// passkey id in the detail of all three (`registered`: `"{name}" {id}`; `login`:
 /// `sign-in with {id}`), as `passkey_removed` already does.
 #[tokio::test]
@@ -871,10 +871,10 @@ async fn passkey_events_name_the_passkey_so_a_sign_in_traces_to_its_registration
     );
 }
 
-/// FINDING (low, audit trail): a sign-in with a disabled account's passkey is recorded as "an
+/// Was a finding (low, audit trail), fixed as suggested: a sign-in with a disabled account's passkey is recorded as "an
 /// unknown credential" with no account, because `passkey_by_credential` filters disabled users
 /// out: an administrator watching a disabled (perhaps compromised) account does not see its
-/// passkey still being tried. Fix: look the passkey up whatever its user's state, then refuse
+/// passkey still being tried. Fixed: look the passkey up whatever its user's state, then refuse
 /// with the user on the event and the detail "the account is disabled" (same 401 to the client).
 #[tokio::test]
 async fn a_disabled_accounts_passkey_attempt_is_audited_against_that_account() {
@@ -994,19 +994,19 @@ async fn an_email_change_keeps_the_passkeys_signing_in() {
     assert_eq!(me["email"], "new@example.test");
 }
 
-/// FINDING (low, denial of service): refused passkey sign-ins lock the account's passkey
-/// sign-ins (doubling up to a day, again and again), yet nothing is being guessed there: a
-/// signature cannot be brute-forced. What the lock takes is a credential id and the user
-/// handle, which WebAuthn treats as public: both are in any registration options the account
-/// ever fetched (`user.id`, `excludeCredentials`), so whoever once held a fresh session (or
-/// reads a browser's debug log) can keep the owner's passkeys locked out for good after being
-/// evicted, with no secret at all; and the passkey is the very way back in when the second step
-/// is frozen. Fix: do not lock on a refused signature (there is nothing to guess; keep the
-/// `passkey_rejected` event and the per-address request limit), or key the lock by the
-/// requesting address as well as the account.
+/// Was a finding (low, denial of service): refused passkey sign-ins locked the account's
+/// passkey sign-ins whoever sent them, yet what the lock takes is a credential id and the user
+/// handle, which WebAuthn treats as public (any registration options of the account name both),
+/// and a signature cannot be guessed. Fixed by keying the lock by the account and the client's
+/// address: the attacker's address is locked, the owner's is not.
 #[tokio::test]
 async fn an_attacker_with_no_secret_cannot_lock_the_owner_out_of_their_passkey() {
-    let app = spawn_with(|s| s.rate_limit.login_failures_per_account = 3).await;
+    let app = spawn_with(|s| {
+        s.rate_limit.login_failures_per_account = 3;
+        // Clients told apart by the address a trusted proxy reports.
+        s.rate_limit.client_ip_header = "x-forwarded-for".into();
+    })
+    .await;
     let (token, mut victim) = user_with_passkey(&app, "ada@example.test").await;
     // What any registration options of the account say (here: fetched with a stolen session).
     let options = registration_options(&app, &token).await;
@@ -1021,17 +1021,55 @@ async fn an_attacker_with_no_secret_cannot_lock_the_owner_out_of_their_passkey()
     attacker
         .create(&options["publicKey"], &origin(&app))
         .unwrap();
+    let sign_in_from = async |authenticator: &mut SoftAuthenticator, address: &str| {
+        let options: Value = app
+            .client
+            .post(app.url("/login/passkey/options"))
+            .header("x-forwarded-for", address)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let credential = authenticator
+            .get(&options["publicKey"], &origin(&app))
+            .unwrap();
+        app.client
+            .post(app.url("/login/passkey"))
+            .header("x-forwarded-for", address)
+            .json(&json!({"ceremony": options["ceremony"], "credential": credential}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let mut statuses = Vec::new();
     for _ in 0..6 {
-        let status = sign_in(&app, &mut attacker).await.status();
-        assert!(
-            status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS,
-            "{status}"
-        );
+        statuses.push(sign_in_from(&mut attacker, "203.0.113.9").await);
     }
     assert_eq!(
-        sign_in(&app, &mut victim).await.status(),
+        statuses,
+        [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS,
+        ],
+        "the attacker's address is locked after the allowance"
+    );
+    assert_eq!(
+        sign_in_from(&mut victim, "198.51.100.7").await,
         StatusCode::OK,
-        "the owner's passkey still signs in"
+        "the owner's passkey still signs in from the owner's address"
+    );
+    // And from the attacker's address the real passkey waits out the lock like anyone.
+    assert_eq!(
+        sign_in_from(&mut victim, "203.0.113.9").await,
+        StatusCode::TOO_MANY_REQUESTS
     );
 }
 
