@@ -1,5 +1,6 @@
 //! Authenticator apps for the second-factor phases: fresh logins, enrolment and confirmation
-//! through authd's own routes, and the app's codes computed as an app computes them.
+//! through authd's own routes, and the app's codes computed as an app computes them; and the
+//! POST helpers of the phases' setups (the passkeys' too).
 
 use anyhow::{Context, Result, ensure};
 use authd::token::totp::{TOTP_STEP_SECS, TotpSecret};
@@ -8,11 +9,23 @@ use serde_json::{Value, json};
 use crate::accounts::PASSWORD;
 
 /// POST `path` with `body` (and a bearer token); the JSON answer, which must be a 200.
-async fn post_ok(
+pub async fn post_ok(
     client: &reqwest::Client,
     url: String,
     bearer: Option<&str>,
     body: &Value,
+) -> Result<Value> {
+    post_expecting(client, url, bearer, body, reqwest::StatusCode::OK).await
+}
+
+/// POST `path` with `body` (and a bearer token); the JSON answer, which must have `expected`
+/// status.
+pub async fn post_expecting(
+    client: &reqwest::Client,
+    url: String,
+    bearer: Option<&str>,
+    body: &Value,
+    expected: reqwest::StatusCode,
 ) -> Result<Value> {
     let mut request = client.post(&url).json(body);
     if let Some(token) = bearer {
@@ -24,7 +37,7 @@ async fn post_ok(
         .with_context(|| format!("POST {url}"))?;
     let status = response.status();
     ensure!(
-        status == reqwest::StatusCode::OK,
+        status == expected,
         "POST {url} answered {status}: {}",
         response.text().await.unwrap_or_default()
     );

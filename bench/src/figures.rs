@@ -64,6 +64,16 @@ pub struct Figures {
     pub totp_p50_ms: f64,
     pub totp_p99_ms: f64,
     pub totp_cpu_us: [f64; 3],
+    /// Whole passkey sign-ins (`POST /login/passkey/options`, the authenticator's assertion,
+    /// `POST /login/passkey`): sign-ins per second, p50, p99 of the two requests (the signing
+    /// between them left out), CPU per sign-in in microseconds ([authd, PostgreSQL, this load
+    /// generator]), and what the soft authenticator's signing of one assertion costs on one
+    /// core of this process, in microseconds.
+    pub passkey_per_sec: f64,
+    pub passkey_p50_ms: f64,
+    pub passkey_p99_ms: f64,
+    pub passkey_cpu_us: [f64; 3],
+    pub passkey_sign_us: f64,
     /// CPU per `/users/me` answer, microseconds: [server, PostgreSQL, this load generator].
     pub me_cpu_us: [f64; 3],
     pub ceiling_cpu_us: [f64; 3],
@@ -105,6 +115,10 @@ impl Figures {
     }
     pub fn flow_ratio(&self) -> f64 {
         ratio(self.flows_per_sec, self.bcrypt_bound)
+    }
+    /// Passkey sign-ins per second against password logins (bcrypt) per second.
+    pub fn passkey_ratio(&self) -> f64 {
+        ratio(self.passkey_per_sec, self.logins_per_sec)
     }
 }
 
@@ -174,6 +188,12 @@ pub fn median_figures(runs: &[Figures]) -> Figures {
         totp_p50_ms: m(|f| f.totp_p50_ms),
         totp_p99_ms: m(|f| f.totp_p99_ms),
         totp_cpu_us: [0, 1, 2].map(|i| median(runs.iter().map(|f| f.totp_cpu_us[i]).collect())),
+        passkey_per_sec: m(|f| f.passkey_per_sec),
+        passkey_p50_ms: m(|f| f.passkey_p50_ms),
+        passkey_p99_ms: m(|f| f.passkey_p99_ms),
+        passkey_cpu_us: [0, 1, 2]
+            .map(|i| median(runs.iter().map(|f| f.passkey_cpu_us[i]).collect())),
+        passkey_sign_us: m(|f| f.passkey_sign_us),
         token_costs: std::array::from_fn(|i| TokenCost {
             sign_us: median(runs.iter().map(|f| f.token_costs[i].sign_us).collect()),
             verify_us: median(runs.iter().map(|f| f.token_costs[i].verify_us).collect()),

@@ -29,7 +29,10 @@
 //! 13. `POST /mfa/totp/enroll` per second, p50/p99, authd's CPU per answer and what drawing
 //!     the QR code costs of it;
 //! 14. `POST /login/otp` with a wrong code of an authenticator app per second, p50/p99 and
-//!     authd's CPU per guess: the cost of a guess at an app.
+//!     authd's CPU per guess: the cost of a guess at an app;
+//! 15. whole passkey sign-ins per second (`POST /login/passkey/options`, the assertion of a
+//!     software authenticator in this process, `POST /login/passkey`), p50/p99 of the two
+//!     requests, authd's CPU per sign-in, and their ratio to password logins (figure 2).
 //!
 //! And what explains them: the CPU each process (authd, the ceiling, PostgreSQL, this load
 //! generator) spends per `/users/me` answer, read from /proc; a control that sends the same
@@ -329,5 +332,6 @@ async fn measure(w: &Workload) -> Result<Figures> {
     phases::verify::measure(w, &mut run).await?;
     phases::enroll::measure(w, &mut run).await?;
     phases::totp::measure(w, &mut run).await?;
+    phases::passkey::measure(w, &mut run).await?;
     Ok(run.finish())
 }

@@ -48,7 +48,7 @@ pub struct Flags {
     #[arg(long, default_value_t = 0)]
     max_secs: u64,
     /// comma list of bound,me,ceiling,login,probe,mixed,control,burst,flow,register,refresh,
-    /// logout,tokens,forgot,verify,enroll,totp
+    /// logout,tokens,forgot,verify,enroll,totp,passkey
     #[arg(long, value_delimiter = ',', value_parser = PHASES)]
     only: Option<Vec<String>>,
     /// before measuring, add this many users with one live session each (COPY-free:
@@ -58,9 +58,9 @@ pub struct Flags {
 }
 
 /// Every phase `--only` can name.
-pub const PHASES: [&str; 17] = [
+pub const PHASES: [&str; 18] = [
     "bound", "me", "ceiling", "login", "probe", "mixed", "control", "burst", "flow", "register",
-    "refresh", "logout", "tokens", "forgot", "verify", "enroll", "totp",
+    "refresh", "logout", "tokens", "forgot", "verify", "enroll", "totp", "passkey",
 ];
 
 /// The options with their defaults resolved, for the run.

@@ -21,6 +21,8 @@ pub mod logout;
 pub mod me;
 /// The paced `/users/me` under the login storm.
 pub mod mixed;
+/// Whole passkey sign-ins per second (options, assertion, sign-in), against password logins.
+pub mod passkey;
 /// The paced `/users/me` on an idle authd.
 pub mod probe;
 /// `POST /token/refresh` per second and latency.

@@ -192,6 +192,22 @@ pub fn print_table(f: &Figures, o: &Options, final_table: bool) -> bool {
             f.totp_cpu_us[0], f.totp_cpu_us[1], f.totp_cpu_us[2]
         );
     }
+    if ran(&["passkey"]) {
+        println!(
+            "15  passkey sign-ins (options, assertion)   {:.0} /s, p50 {:.2} ms, p99 {:.2} ms (the two requests; the client's signing left out)",
+            f.passkey_per_sec, f.passkey_p50_ms, f.passkey_p99_ms
+        );
+        if ran(&["login"]) {
+            println!(
+                "    against password logins (bcrypt)        {:.2} x the logins/s of figure 2",
+                f.passkey_ratio()
+            );
+        }
+        println!(
+            "    CPU per sign-in, us: authd {:.0} + postgres {:.0} + load generator {:.0}; the authenticator's signing alone {:.0} us (one core of the bench)",
+            f.passkey_cpu_us[0], f.passkey_cpu_us[1], f.passkey_cpu_us[2], f.passkey_sign_us
+        );
+    }
     if f.burst_ok + f.burst_refused > 0 {
         println!(
             "    burst of {BURST_LOGINS} logins at once: {} answered, {} refused with 503 (median refusal {:.1} ms)",

@@ -29,7 +29,7 @@ pub struct Workload {
 
 impl Workload {
     /// The window of the login, paced, registration, 2FA, refresh, logout, forgot, verify,
-    /// enroll and totp phases: two seconds of warm-up, then 2 x `--secs`. Logins take a quarter second each, so they need a
+    /// enroll, totp and passkey phases: two seconds of warm-up, then 2 x `--secs`. Logins take a quarter second each, so they need a
     /// longer window for a steady count; a p99 needs many samples, so the paced windows are as
     /// long as the login ones.
     pub fn long_window(&self) -> Window {
