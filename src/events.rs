@@ -110,6 +110,10 @@ event_kinds! {
     /// A passkey's answer refused (the detail says why: a bad signature, origin or RP id, an
     /// unknown credential, a counter that went backwards, a lock).
     PasskeyRejected => "passkey_rejected",
+    /// `authd user import`: one event for the whole import, with its counts and its source.
+    UsersImported => "users_imported",
+    /// `authd user export`: how many users, where to, and whether with password hashes.
+    UsersExported => "users_exported",
     /// A signing key made: `next` by `authd keys rotate`, or `current` by a first start.
     KeyCreated => "key_created",
     /// `authd keys rotate --activate`: a next key became current, the old current retired.
@@ -248,7 +252,7 @@ mod tests {
     #[test]
     fn each_kind_has_the_outcome_the_readme_gives_it() {
         use EventKind::*;
-        let expected: [(EventKind, &str); 44] = [
+        let expected: [(EventKind, &str); 46] = [
             (UserRegistered, "success"),
             (UserAddedByAdmin, "success"),
             (LoginSucceeded, "success"),
@@ -290,6 +294,8 @@ mod tests {
             (PasskeyRemoved, "success"),
             (PasskeyLogin, "success"),
             (PasskeyRejected, "failure"),
+            (UsersImported, "success"),
+            (UsersExported, "success"),
             (KeyCreated, "success"),
             (KeyActivated, "success"),
             (KeyRevoked, "success"),

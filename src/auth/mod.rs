@@ -34,6 +34,7 @@ mod passkeys;
 mod recovery;
 mod register;
 mod sessions;
+mod transfer;
 
 pub use challenge::{CodeEmailQuota, SecondStepAnswer};
 pub use keys::{Activated, Activation, KekWitness, key_algorithm, settle_kek};
@@ -45,6 +46,7 @@ pub use passkeys::{
 pub use recovery::{ChangeProof, MAX_CODE_ATTEMPTS, MailOutcome, Proof};
 pub use register::{Registration, RegistrationInput};
 pub use sessions::{LogoutScope, OwnSession, SessionTokens};
+pub use transfer::{ImportOptions, ImportRow, Refusal};
 
 /// The one entry into the core for every door: built once (see `crate::app`) and shared.
 /// Its parts are private so that a door can only do what a method allows.

@@ -6,6 +6,7 @@ mod keys;
 mod output;
 mod session;
 pub(crate) mod token;
+mod transfer;
 mod user;
 
 use std::io::IsTerminal;

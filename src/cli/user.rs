@@ -68,6 +68,17 @@ pub enum UserCommand {
     /// remove one and end the sessions that signed in with it.
     #[command(after_help = EXIT_CODES)]
     Passkeys(PasskeysArgs),
+    /// Bring users in from JSON Lines or CSV, with the password hashes they have (bcrypt,
+    /// Argon2id, Django pbkdf2_sha256) or plain passwords, every row checked as a registration
+    /// is. Refused rows are listed with their line and reason and do not stop the import.
+    /// Exit 0 when every row was imported (or was there already), 1 when some were refused, 2
+    /// on a system failure.
+    #[command(after_help = EXIT_CODES)]
+    Import(super::transfer::ImportArgs),
+    /// Write every user as JSON Lines or CSV (oldest first), the format `authd user import`
+    /// reads; password hashes only with --include-password-hashes.
+    #[command(after_help = EXIT_CODES)]
+    Export(super::transfer::ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +199,8 @@ pub async fn run(command: UserCommand, settings: &Settings) -> anyhow::Result<()
         UserCommand::Mfa(args) => mfa(args, settings).await,
         UserCommand::TotpEnroll(args) => totp_enroll(&args.email, settings).await,
         UserCommand::Passkeys(args) => passkeys(args, settings).await,
+        UserCommand::Import(args) => super::transfer::import(args, settings).await,
+        UserCommand::Export(args) => super::transfer::export(args, settings).await,
     }
 }
 

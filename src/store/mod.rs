@@ -19,6 +19,7 @@ mod postgres;
 mod sessions;
 mod sqlite;
 mod throttles;
+mod transfer;
 mod users;
 
 use chrono::{DateTime, Utc};
@@ -44,6 +45,7 @@ pub use postgres::PgStore;
 pub use sessions::{NewSession, SessionChain, SessionInfo, SessionUser};
 pub use sqlite::SqliteStore;
 pub use throttles::{Reservation, ThrottleRule};
+pub use transfer::{ExportCursor, ExportedUser, ImportCounts, ImportedUser};
 pub use users::{Credentials, NewUser, UserListing, UserQuery};
 
 /// The SQLite file the settings name is not an authd database, and the command may not make it
@@ -257,6 +259,12 @@ impl Store {
         /// Removes the authenticator app and the recovery codes (and, with `end_sessions`
         /// = `Some(keep)`, every session but `keep` and open login); whether there was anything.
         pub async fn remove_totp(&self, user_id: Uuid, end_sessions: Option<Option<Uuid>>, now: DateTime<Utc>) -> Result<bool>;
+        /// Writes a batch of imported users (emails unique within it) in one transaction; with
+        /// `update`, users already there take the row's profile and hash where they differ
+        /// (their sessions end when the hash changed).
+        pub async fn import_users(&self, batch: &[ImportedUser], update: bool, now: DateTime<Utc>) -> Result<ImportCounts>;
+        /// Up to `limit` users after `after`, in creation order, for an export.
+        pub async fn export_users_page(&self, after: Option<ExportCursor>, limit: u32) -> Result<Vec<ExportedUser>>;
         /// Keeps a passkey ceremony until the browser answers.
         pub async fn insert_ceremony(&self, ceremony: &NewCeremony) -> Result<()>;
         /// Takes (deletes) a ceremony of `purpose`: of concurrent takes one gets it; None when
