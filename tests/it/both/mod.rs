@@ -16,3 +16,4 @@ mod prune;
 mod recovery;
 mod sessions;
 mod timing;
+mod transfer;
