@@ -82,6 +82,15 @@ impl Refusal {
 /// The most a row's `created_at` may lie ahead of the import's clock (clocks differ a little).
 const CREATED_AT_SLACK_SECS: i64 = 300;
 
+/// A row's `created_at`: RFC 3339, or PostgreSQL's text form of a `timestamptz`
+/// (`2024-05-01 12:00:00.5+00`), which a `\copy` of the old table writes.
+fn parse_time(
+    text: &str,
+) -> std::result::Result<DateTime<chrono::FixedOffset>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(text)
+        .or_else(|_| DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z"))
+}
+
 /// Checks a hash from another system and returns it as it is stored.
 fn imported_hash(raw: &str) -> std::result::Result<String, String> {
     // TEMPORARY until the imported formats land in crate::password: bcrypt's shape only.
@@ -122,7 +131,7 @@ impl Auth {
         };
         let created_at = match row.created_at.as_deref().map(str::trim) {
             None | Some("") => now,
-            Some(text) => match DateTime::parse_from_rfc3339(text) {
+            Some(text) => match parse_time(text) {
                 Ok(at)
                     if at.with_timezone(&Utc)
                         > now + chrono::Duration::seconds(CREATED_AT_SLACK_SECS) =>
@@ -133,7 +142,7 @@ impl Auth {
                 Err(_) => {
                     return Ok(Err(Refusal::field(
                         "created_at",
-                        "is not an RFC 3339 time (2024-05-01T12:00:00Z)",
+                        "is not an RFC 3339 time (2024-05-01T12:00:00Z) or PostgreSQL's (2024-05-01 12:00:00+00)",
                     )));
                 }
             },
@@ -231,5 +240,39 @@ impl Auth {
             }
         )))
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_at_is_read_as_rfc_3339_or_as_postgresql_writes_it() {
+        let utc = |text: &str| parse_time(text).map(|t| t.with_timezone(&Utc).to_rfc3339());
+        assert_eq!(
+            utc("2024-05-01T12:00:00Z").unwrap(),
+            "2024-05-01T12:00:00+00:00"
+        );
+        assert_eq!(
+            utc("2024-05-01 12:00:00+00").unwrap(),
+            "2024-05-01T12:00:00+00:00"
+        );
+        assert_eq!(
+            utc("2024-05-01 14:00:00.25+02").unwrap(),
+            "2024-05-01T12:00:00.250+00:00"
+        );
+        assert_eq!(
+            utc("2024-05-01 14:30:00+02:30").unwrap(),
+            "2024-05-01T12:00:00+00:00"
+        );
+        for bad in [
+            "yesterday",
+            "2024-05-01",
+            "2024-05-01 12:00:00",
+            "2024-13-01T00:00:00Z",
+        ] {
+            assert!(utc(bad).is_err(), "{bad}");
+        }
     }
 }
