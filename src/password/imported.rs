@@ -36,9 +36,10 @@ const ARGON2_SALT_BYTES: std::ops::RangeInclusive<usize> = 8..=48;
 /// 2^(8·len)); 64 is the most a PHC string holds.
 const ARGON2_HASH_BYTES: std::ops::RangeInclusive<usize> = 16..=64;
 
-/// Most PBKDF2 iterations a Django hash may have: ten times Django 5.2's default (1,000,000),
-/// about as long on one core as the costliest Argon2id above.
-pub const PBKDF2_MAX_ITERATIONS: u32 = 10_000_000;
+/// Most PBKDF2 iterations a Django hash may have: five times Django 5.2's default (1,000,000),
+/// about as long on one core as the costliest Argon2id above (ring's SHA-256 is assembly, as
+/// fast in a debug build as in a release one).
+pub const PBKDF2_MAX_ITERATIONS: u32 = 5_000_000;
 /// Most characters of a Django salt (Django writes 22, older versions 12).
 const PBKDF2_MAX_SALT_CHARS: usize = 128;
 /// Django's pbkdf2_sha256 keeps the whole SHA-256 output.
@@ -416,13 +417,13 @@ mod tests {
     }
 
     #[test]
-    fn pbkdf2_iterations_outside_1_to_10_million_are_refused() {
+    fn pbkdf2_iterations_outside_1_to_5_million_are_refused() {
         assert_eq!(
-            refusal(&pbkdf2_with("10000001")),
-            "pbkdf2_sha256 iterations 10000001 are not within 1..=10000000 authd verifies"
+            refusal(&pbkdf2_with("5000001")),
+            "pbkdf2_sha256 iterations 5000001 are not within 1..=5000000 authd verifies"
         );
         assert!(refusal(&pbkdf2_with("0")).contains("iterations 0"));
-        assert!(parse(&pbkdf2_with("10000000")).is_ok());
+        assert!(parse(&pbkdf2_with("5000000")).is_ok());
         assert!(parse(&pbkdf2_with("1")).is_ok());
         for bad in ["", "01000", "+1000", "1e3", "99999999999"] {
             assert!(

@@ -774,7 +774,7 @@ mod import_checks {
         let over = "pbkdf2_sha256$20000000$salt$lqqdoUzoS01PIxiUgvUZyn4gl7mDxW1zzkcoTC+rtRg=";
         assert_eq!(
             refusal(over),
-            "pbkdf2_sha256 iterations 20000000 are not within 1..=10000000 authd verifies"
+            "pbkdf2_sha256 iterations 20000000 are not within 1..=5000000 authd verifies"
         );
     }
 
