@@ -29,7 +29,8 @@ pub mod keys;
 pub mod mail;
 /// Prometheus metrics in an app-owned registry.
 pub mod metrics;
-/// bcrypt (its own, yielding implementation) on a bounded pool off the async workers.
+/// bcrypt (its own, yielding implementation) on a bounded pool off the async workers, and the
+/// imported hashes (argon2id, pbkdf2_sha256) it verifies until a login replaces them.
 pub mod password;
 /// The password policy: refuses the most common passwords.
 pub mod policy;

@@ -117,8 +117,22 @@ fn raw_bcrypt_padded(cost: u32, salt: &[u8; 16], password: &[u8], padding: u64) 
     out[..23].try_into().expect("23 of 24 bytes")
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Rounds of the key setup this thread has run: what the tests count instead of timing.
+    static ROUNDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Rounds of bcrypt's key setup the calling thread has run so far (tests only).
+#[cfg(test)]
+pub(super) fn rounds_on_this_thread() -> u64 {
+    ROUNDS.with(std::cell::Cell::get)
+}
+
 /// One round of bcrypt's expensive key setup: `2^cost` of them make a bcrypt.
 fn expensive_round(state: &mut Blowfish, key: &[u8], salt: &[u8; 16]) {
+    #[cfg(test)]
+    ROUNDS.with(|rounds| rounds.set(rounds.get() + 1));
     state.bc_expand_key(key);
     state.bc_expand_key(salt);
     // A waiting task waits at most one round; a yield with nothing waiting costs next to
@@ -173,6 +187,53 @@ pub(super) fn verify_at_least(password: &[u8], stored: Option<&str>, floor: u32)
     raw_bcrypt_padded(parsed.cost, &parsed.salt, password, padding)
         .ct_eq(&parsed.hash)
         .into()
+}
+
+/// One bcrypt at `floor` whose result nobody reads: what a check of something that is not a
+/// bcrypt hash adds, so that it costs at least what a bcrypt at `floor` costs.
+pub(super) fn spend(floor: u32) {
+    std::hint::black_box(raw_bcrypt(
+        floor.clamp(MIN_COST, MAX_COST),
+        NO_USER_SALT,
+        b"",
+    ));
+}
+
+/// Whether `stored` is a well-formed bcrypt hash, or the one-line reason it is not. The
+/// decision is [`parse`]'s; the reasons only say which part of it failed.
+pub(super) fn check(stored: &str) -> Result<(), String> {
+    if parse(stored).is_some() {
+        return Ok(());
+    }
+    let Some(rest) = [Version::TwoA, Version::TwoB, Version::TwoY]
+        .into_iter()
+        .find_map(|version| stored.strip_prefix(version.prefix()))
+    else {
+        let version = stored.get(..4).unwrap_or(stored);
+        return Err(format!(
+            "bcrypt version {version} is not verified, only $2a$, $2b$ and $2y$"
+        ));
+    };
+    let Some((cost, rest)) = rest
+        .split_once('$')
+        .filter(|(cost, _)| cost.len() == 2 && cost.bytes().all(|b| b.is_ascii_digit()))
+    else {
+        return Err("bcrypt cost must be two digits".into());
+    };
+    let cost: u32 = cost.parse().unwrap_or(0);
+    if cost < MIN_COST {
+        return Err(format!("bcrypt cost {cost} is below {MIN_COST}"));
+    }
+    if cost > MAX_COST {
+        return Err(format!("bcrypt cost {cost} is over {MAX_COST}"));
+    }
+    if rest.len() != 53 {
+        return Err(format!(
+            "bcrypt salt and hash must be 53 characters, not {}",
+            rest.chars().count()
+        ));
+    }
+    Err("bcrypt salt or hash is not bcrypt's base64 as bcrypt writes it".into())
 }
 
 /// The cost of a well-formed bcrypt hash string.

@@ -3,8 +3,16 @@
 //!
 //! The bcrypt itself is `bcrypt.rs`, private to this module: an implementation that yields the
 //! core between rounds, checked against the `bcrypt` crate and the published test vectors.
+//! `imported.rs` verifies the hashes of other systems that `authd user import` brings in
+//! (Argon2id, Django's pbkdf2_sha256) until a login replaces them with a bcrypt.
 
 mod bcrypt;
+mod imported;
+
+pub use imported::{
+    ARGON2_MAX_LANES, ARGON2_MAX_MEMORY_KIB, ARGON2_MAX_TIME, ARGON2_MAX_WORK_KIB,
+    PBKDF2_MAX_ITERATIONS,
+};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -100,10 +108,11 @@ impl PasswordHasher {
         self.cost
     }
 
-    /// Whether a stored hash was made at another cost than the configured one, so a successful
-    /// login should hash the password again.
+    /// Whether a stored hash is anything but a bcrypt at the configured cost (a bcrypt at
+    /// another cost, an imported Argon2id or pbkdf2_sha256 hash), so a successful login should
+    /// hash the password again.
     pub fn needs_rehash(&self, stored: &str) -> bool {
-        bcrypt::cost_of(stored).is_some_and(|cost| cost != self.cost)
+        bcrypt::cost_of(stored) != Some(self.cost)
     }
 
     /// Checks the password policy (`crate::policy`) on a hashing thread: zxcvbn can spend a
@@ -165,11 +174,33 @@ impl PasswordHasher {
     }
 }
 
-/// Whether `candidate` is the password the bcrypt hash `stored` (`$2a$`, `$2b$` or `$2y$`) was
-/// made from: the check a hashing thread runs for every login (there padded to the configured
-/// cost, see [`verify_hash_at_least`]). It is one bcrypt at the stored cost, synchronous and
-/// CPU-bound, so async code calls it only through [`PasswordHasher::verify`]. False for
-/// anything that is not a well-formed bcrypt hash (after a bcrypt at the lowest cost).
+/// The refusal of a string that is none of the hashes authd verifies.
+const NOT_A_HASH: &str = "not a bcrypt, argon2id or pbkdf2_sha256 hash";
+
+/// Whether `raw` is a password hash authd can verify, as `authd user import` asks of every
+/// row: a bcrypt hash (`$2a$`, `$2b$`, `$2y$`, cost 4 to 31, spelled exactly as bcrypt writes
+/// it), an Argon2id PHC string (`$argon2id$v=19$m=..,t=..,p=..$salt$hash`) or a Django
+/// `pbkdf2_sha256$iterations$salt$hash`, whose parameters are within what a login may spend
+/// ([`ARGON2_MAX_MEMORY_KIB`], [`ARGON2_MAX_TIME`], [`ARGON2_MAX_LANES`],
+/// [`ARGON2_MAX_WORK_KIB`], [`PBKDF2_MAX_ITERATIONS`]). `Ok` holds the hash as authd stores it
+/// (today the input unchanged); `Err` one line saying why it is refused. Pure and cheap: it
+/// parses, it hashes nothing.
+pub fn check_imported_hash(raw: &str) -> std::result::Result<String, String> {
+    if imported::claims(raw) {
+        imported::parse(raw)?;
+    } else if raw.starts_with("$2") {
+        bcrypt::check(raw)?;
+    } else {
+        return Err(NOT_A_HASH.into());
+    }
+    Ok(raw.to_owned())
+}
+
+/// Whether `candidate` is the password the hash `stored` was made from: a bcrypt (`$2a$`,
+/// `$2b$` or `$2y$`) or an imported hash [`check_imported_hash`] accepts. The check a hashing
+/// thread runs for every login (there padded to the configured cost, see
+/// [`verify_hash_at_least`]); synchronous and CPU-bound, so async code calls it only through
+/// [`PasswordHasher::verify`]. False for anything else (after a bcrypt at the lowest cost).
 pub fn verify_hash(candidate: &[u8], stored: &str) -> bool {
     verify_hash_at_least(candidate, Some(stored), BCRYPT_MIN_COST)
 }
@@ -180,7 +211,18 @@ pub fn verify_hash(candidate: &[u8], stored: &str) -> bool {
 /// floor for every check, rather than a dummy at the cost most stored hashes have: that cost
 /// is whatever registrations make it, so whoever registers enough accounts would choose which
 /// accounts answer a wrong password sooner than an unknown email.
+///
+/// An imported hash (Argon2id, pbkdf2_sha256) is checked with its own parameters, then padded
+/// with a whole bcrypt at `floor`: its own cost is whatever the system it came from chose, and
+/// may be next to nothing. It is checked on the whole candidate, as that system did (the 72-byte
+/// limit below is bcrypt's), but a NUL never matches it either: PBKDF2's HMAC pads its key with
+/// NULs, so "P\0" would match the hash of "P" there too.
 fn verify_hash_at_least(candidate: &[u8], stored: Option<&str>, floor: u32) -> bool {
+    if let Some(imported) = stored.and_then(|stored| imported::parse(stored).ok()) {
+        let matched = imported.verify(candidate);
+        bcrypt::spend(floor);
+        return matched && !candidate.contains(&0);
+    }
     // Longer inputs can never match a hash authd made, nor can a NUL: bcrypt cycles its key
     // with a NUL after it, so "P\0P" would match the hash of "P", and authd never hashed a
     // NUL. Still spend the same time on them. (Other control characters are refused at
@@ -440,5 +482,335 @@ mod tests {
         }
         // Room again once the threads are free.
         assert!(hasher.hash(&password).await.is_ok());
+    }
+}
+
+/// Hashes made by other implementations (`scripts/make-hash-fixtures.py`): pyca/bcrypt,
+/// argon2-cffi and Django's PBKDF2 hasher, each with the password it was made from.
+#[cfg(test)]
+mod fixtures {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Fixtures {
+        wrong_passwords: Vec<String>,
+        hashes: Vec<Fixture>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Fixture {
+        scheme: String,
+        #[serde(default)]
+        cost: u32,
+        #[serde(default)]
+        params: String,
+        password: String,
+        hash: String,
+    }
+
+    fn load() -> Fixtures {
+        serde_json::from_str(include_str!("../../tests/fixtures/hashes.json")).unwrap()
+    }
+
+    /// The fixtures that are cheap enough to check many times: bcrypt up to cost 8, and the
+    /// imported hashes but argon2-cffi's and Django's defaults (64 MiB x 3, 1,000,000
+    /// iterations).
+    fn cheap(fixture: &Fixture) -> bool {
+        match fixture.scheme.as_str() {
+            "bcrypt" => fixture.cost <= 8,
+            _ => !fixture.params.contains("default"),
+        }
+    }
+
+    #[test]
+    fn every_fixture_hash_is_accepted_for_import_as_it_is() {
+        let fixtures = load();
+        assert_eq!(fixtures.hashes.len(), 45);
+        for fixture in &fixtures.hashes {
+            assert_eq!(
+                check_imported_hash(&fixture.hash).as_ref(),
+                Ok(&fixture.hash)
+            );
+        }
+        // Every cost 4..=14 in each spelling.
+        for prefix in ["$2a$", "$2b$", "$2y$"] {
+            let costs: Vec<u32> = fixtures
+                .hashes
+                .iter()
+                .filter(|f| f.hash.starts_with(prefix))
+                .map(|f| f.cost)
+                .collect();
+            assert_eq!(costs, (4..=14).collect::<Vec<_>>(), "{prefix}");
+        }
+    }
+
+    #[tokio::test]
+    async fn fixture_hashes_verify_their_password_and_no_wrong_one_on_the_hashing_pool() {
+        let fixtures = load();
+        let hasher = PasswordHasher::with_queue_limit(4, 32).await.unwrap();
+        for fixture in fixtures.hashes.iter().filter(|f| cheap(f)) {
+            let stored = Some(fixture.hash.as_str());
+            assert!(
+                hasher.verify(&fixture.password, stored).await.unwrap(),
+                "{}",
+                fixture.hash
+            );
+            for wrong in &fixtures.wrong_passwords {
+                assert!(
+                    !hasher.verify(wrong, stored).await.unwrap(),
+                    "{wrong:?} {}",
+                    fixture.hash
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_costly_fixture_hashes_verify_once() {
+        // bcrypt 9..=14 (once each, one spelling in turn) and the defaults of argon2-cffi and
+        // Django: checked here once, not in the tests that run often.
+        let fixtures = load();
+        let hasher = PasswordHasher::with_queue_limit(4, 32).await.unwrap();
+        let costly = fixtures.hashes.iter().filter(|f| !cheap(f));
+        for (n, fixture) in costly.enumerate() {
+            if fixture.scheme == "bcrypt"
+                && !fixture.hash.starts_with(["$2a$", "$2b$", "$2y$"][n % 3])
+            {
+                continue;
+            }
+            let stored = Some(fixture.hash.as_str());
+            assert!(
+                hasher.verify(&fixture.password, stored).await.unwrap(),
+                "{}",
+                fixture.hash
+            );
+            if fixture.scheme != "bcrypt" {
+                let wrong = &fixtures.wrong_passwords[0];
+                assert!(
+                    !hasher.verify(wrong, stored).await.unwrap(),
+                    "{}",
+                    fixture.hash
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_imported_check_costs_a_bcrypt_at_the_floor_as_an_unknown_address_does() {
+        let fixtures = load();
+        let floor = 6;
+        let rounds_of = |candidate: &str, stored: Option<&str>| {
+            let before = bcrypt::rounds_on_this_thread();
+            let matched = verify_hash_at_least(candidate.as_bytes(), stored, floor);
+            (matched, bcrypt::rounds_on_this_thread() - before)
+        };
+        let unknown = rounds_of("correct horse battery", None);
+        assert_eq!(unknown, (false, 1 << floor));
+        let imported = fixtures
+            .hashes
+            .iter()
+            .filter(|f| f.scheme != "bcrypt" && cheap(f));
+        let mut checked = 0;
+        for fixture in imported {
+            let stored = Some(fixture.hash.as_str());
+            assert_eq!(
+                rounds_of(&fixture.password, stored),
+                (true, 1 << floor),
+                "{}",
+                fixture.hash
+            );
+            for wrong in &fixtures.wrong_passwords {
+                assert_eq!(
+                    rounds_of(wrong, stored),
+                    (false, 1 << floor),
+                    "{}",
+                    fixture.hash
+                );
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 10);
+    }
+
+    #[test]
+    fn passwords_authd_would_refuse_still_log_in_on_their_imported_hash() {
+        // Too short, past 72 bytes, a tab: the systems they come from took them whole, and so
+        // does the check; authd cannot make a bcrypt of them, so they keep their imported hash.
+        let fixtures = load();
+        let unusual: Vec<&Fixture> = fixtures
+            .hashes
+            .iter()
+            .filter(|f| f.password != "correct horse battery")
+            .collect();
+        assert_eq!(unusual.len(), 6);
+        for fixture in unusual {
+            assert!(Password::parse(&fixture.password).is_err());
+            assert!(verify_hash(fixture.password.as_bytes(), &fixture.hash));
+            let mut cut = fixture.password.clone();
+            cut.pop();
+            assert!(
+                !verify_hash(cut.as_bytes(), &fixture.hash),
+                "{}",
+                fixture.hash
+            );
+        }
+    }
+
+    #[test]
+    fn a_nul_never_matches_an_imported_hash() {
+        for fixture in load()
+            .hashes
+            .iter()
+            .filter(|f| f.scheme != "bcrypt" && cheap(f))
+        {
+            for candidate in [
+                format!("{}\0", fixture.password),
+                format!("{}\0\0", fixture.password),
+            ] {
+                assert!(
+                    !verify_hash(candidate.as_bytes(), &fixture.hash),
+                    "{}",
+                    fixture.hash
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_hash_but_a_bcrypt_at_the_configured_cost_needs_a_rehash() {
+        let fixtures = load();
+        let hasher = PasswordHasher::with_queue_limit(10, 32).await.unwrap();
+        for fixture in &fixtures.hashes {
+            let current = fixture.scheme == "bcrypt" && fixture.cost == 10;
+            assert_eq!(
+                hasher.needs_rehash(&fixture.hash),
+                !current,
+                "{}",
+                fixture.hash
+            );
+        }
+    }
+}
+
+/// What `authd user import` is told about a hash, and what a stored one outside the bounds is.
+#[cfg(test)]
+mod import_checks {
+    use super::*;
+
+    const BCRYPT: &str = "$2b$04$cVWp4XaNU8a4v1uMRum2SO026BWLIoQMD/TXg5uZV.0P.uO8m3YEm";
+
+    fn refusal(raw: &str) -> String {
+        check_imported_hash(raw).unwrap_err()
+    }
+
+    #[test]
+    fn strings_of_no_known_scheme_are_refused() {
+        for raw in [
+            "",
+            "correct horse battery",
+            " $2b$04$cVWp4XaNU8a4v1uMRum2SO026BWLIoQMD/TXg5uZV.0P.uO8m3YEm",
+            "{SSHA}abcdef",
+            "md5$salt$hash",
+            "sha1$salt$hash",
+            "argon2$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        ] {
+            assert_eq!(refusal(raw), NOT_A_HASH, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_bcrypt_cost_outside_4_to_31_is_refused() {
+        assert_eq!(
+            refusal(&BCRYPT.replacen("$04$", "$03$", 1)),
+            "bcrypt cost 3 is below 4"
+        );
+        assert_eq!(
+            refusal(&BCRYPT.replacen("$04$", "$32$", 1)),
+            "bcrypt cost 32 is over 31"
+        );
+        assert_eq!(
+            refusal(&BCRYPT.replacen("$04$", "$4$", 1)),
+            "bcrypt cost must be two digits"
+        );
+        let costliest = BCRYPT.replacen("$04$", "$31$", 1);
+        assert_eq!(check_imported_hash(&costliest), Ok(costliest));
+    }
+
+    #[test]
+    fn a_bcrypt_version_other_than_2a_2b_2y_is_refused() {
+        for version in ["$2x$", "$2c$"] {
+            assert_eq!(
+                refusal(&BCRYPT.replacen("$2b$", version, 1)),
+                format!("bcrypt version {version} is not verified, only $2a$, $2b$ and $2y$")
+            );
+        }
+    }
+
+    #[test]
+    fn a_bcrypt_salt_or_hash_that_bcrypt_would_not_write_is_refused() {
+        assert_eq!(
+            refusal(&BCRYPT[..59]),
+            "bcrypt salt and hash must be 53 characters, not 52"
+        );
+        let not_base64 = format!("{}+{}", &BCRYPT[..10], &BCRYPT[11..]);
+        // The hash's last character with a spare bit set.
+        let spare_bit = format!("{}n", &BCRYPT[..59]);
+        for raw in [not_base64, spare_bit] {
+            assert_eq!(
+                refusal(&raw),
+                "bcrypt salt or hash is not bcrypt's base64 as bcrypt writes it",
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn imported_hashes_past_the_bounds_are_refused_with_their_reason() {
+        let over = "$argon2id$v=19$m=2097152,t=1,p=4$c2FsdHNhbHRzYWx0c2FsdA$aGFzaGhhc2hoYXNoaGFzaA";
+        assert_eq!(
+            refusal(over),
+            "argon2id memory 2097152 KiB is over the 262144 KiB authd verifies"
+        );
+        let over = "pbkdf2_sha256$20000000$salt$lqqdoUzoS01PIxiUgvUZyn4gl7mDxW1zzkcoTC+rtRg=";
+        assert_eq!(
+            refusal(over),
+            "pbkdf2_sha256 iterations 20000000 are not within 1..=5000000 authd verifies"
+        );
+    }
+
+    /// An Argon2id PHC string of `password` with `time` passes over 8 KiB: cheap, whatever
+    /// the pass count.
+    fn argon2id(password: &[u8], time: u32) -> String {
+        use base64::Engine;
+        let salt = b"saltsaltsaltsalt";
+        let params = argon2::Params::new(8, time, 1, Some(32)).unwrap();
+        let mut hash = [0u8; 32];
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password_into(password, salt, &mut hash)
+            .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        format!(
+            "$argon2id$v=19$m=8,t={time},p=1${}${}",
+            b64.encode(salt),
+            b64.encode(hash)
+        )
+    }
+
+    #[test]
+    fn a_stored_hash_past_the_bounds_never_verifies() {
+        // Put in the table by hand rather than imported: the login refuses it as malformed,
+        // after the same bcrypt at the floor.
+        let within = argon2id(b"correct horse battery", ARGON2_MAX_TIME);
+        assert!(check_imported_hash(&within).is_ok());
+        assert!(verify_hash(b"correct horse battery", &within));
+        let past = argon2id(b"correct horse battery", ARGON2_MAX_TIME + 1);
+        assert!(check_imported_hash(&past).is_err());
+        let before = bcrypt::rounds_on_this_thread();
+        assert!(!verify_hash_at_least(
+            b"correct horse battery",
+            Some(&past),
+            5
+        ));
+        assert_eq!(bcrypt::rounds_on_this_thread() - before, 1 << 5);
     }
 }

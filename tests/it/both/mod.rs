@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod imported_hashes;
 mod input;
 mod key_trust;
 mod keys;

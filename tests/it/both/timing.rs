@@ -17,7 +17,7 @@ use crate::smtp_sink::{Behaviour, MailSink};
 const WRONG: &str = "not the password";
 
 /// Rounds of samples (one sample of each kind per round).
-const SAMPLES: usize = 9;
+pub(super) const SAMPLES: usize = 9;
 
 /// Logins one sample is the fastest of: what else runs on the machine (the rest of the suite)
 /// only ever adds time, so the fastest of a few back-to-back logins is what the login costs.
@@ -35,7 +35,7 @@ async fn time_wrong_password(app: &TestApp, email: &str) -> Duration {
     took
 }
 
-fn median(mut samples: Vec<Duration>) -> Duration {
+pub(super) fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
 }
@@ -46,7 +46,7 @@ fn factor(a: Duration, b: Duration) -> f64 {
 }
 
 /// One sample: the fastest of [`TRIES`] wrong-password logins for the address `email(n)` gives.
-async fn sample(app: &TestApp, email: impl Fn(usize) -> String) -> Duration {
+pub(super) async fn sample(app: &TestApp, email: impl Fn(usize) -> String) -> Duration {
     let mut fastest = Duration::MAX;
     for n in 0..TRIES {
         fastest = fastest.min(time_wrong_password(app, &email(n)).await);
