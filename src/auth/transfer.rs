@@ -91,22 +91,6 @@ fn parse_time(
         .or_else(|_| DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z"))
 }
 
-/// Checks a hash from another system and returns it as it is stored.
-fn imported_hash(raw: &str) -> std::result::Result<String, String> {
-    // TEMPORARY until the imported formats land in crate::password: bcrypt's shape only.
-    let raw = raw.trim();
-    let bcrypt = raw.len() == 60
-        && ["$2a$", "$2b$", "$2y$"].iter().any(|p| raw.starts_with(p))
-        && raw[4..6]
-            .parse::<u32>()
-            .is_ok_and(|cost| (4..=31).contains(&cost));
-    if bcrypt {
-        Ok(raw.to_owned())
-    } else {
-        Err("not a bcrypt hash".to_owned())
-    }
-}
-
 impl Auth {
     /// One row, checked as a registration is, into a user to write; or why not. A plain
     /// password is hashed here (on the hashing pool, so this may wait for it).
@@ -154,10 +138,12 @@ impl Auth {
                     "give password_hash or password, not both".to_owned(),
                 )));
             }
-            (Some(hash), _) if given(&row.password_hash) => match imported_hash(hash) {
-                Ok(hash) => hash,
-                Err(message) => return Ok(Err(Refusal::field("password_hash", message))),
-            },
+            (Some(hash), _) if given(&row.password_hash) => {
+                match crate::password::check_imported_hash(hash.trim()) {
+                    Ok(hash) => hash,
+                    Err(message) => return Ok(Err(Refusal::field("password_hash", message))),
+                }
+            }
             (_, Some(plain)) if given(&row.password) => {
                 let password = match Password::parse(plain) {
                     Ok(password) => password,

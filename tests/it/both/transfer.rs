@@ -534,3 +534,73 @@ async fn standard_input_is_read_with_a_format_and_refused_without_one() {
     assert_eq!(ran.code, Some(1));
     assert!(ran.stderr.contains("cannot open"), "{}", ran.stderr);
 }
+
+/// Hashes made by Python's bcrypt, argon2-cffi and Django (tests/fixtures/hashes.json, written
+/// by scripts/make-hash-fixtures.py), brought in by `authd user import`: each user logs in with
+/// the password it was made from, a wrong one fails, and the first login leaves a bcrypt at the
+/// configured cost behind.
+#[tokio::test]
+async fn hashes_made_by_python_bcrypt_argon2_cffi_and_django_import_and_log_in() {
+    let app = TestApp::spawn().await;
+    let dir = TempDir::new("authd-import");
+    let fixtures: Value = serde_json::from_str(include_str!("../../fixtures/hashes.json")).unwrap();
+    // The cheap ones (a login verifies each on the test's time): every scheme and prefix.
+    let chosen: Vec<&Value> = fixtures["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["password"] == "correct horse battery")
+        .filter(|h| match h["scheme"].as_str().unwrap() {
+            "bcrypt" => h["cost"].as_u64().unwrap() <= 5,
+            "argon2id" => h["params"] != "argon2-cffi defaults",
+            _ => h["params"] != "Django default",
+        })
+        .collect();
+    assert!(chosen.len() >= 8, "{}", chosen.len());
+    let rows: Vec<Value> = chosen
+        .iter()
+        .enumerate()
+        .map(|(i, h)| json!({"email": format!("user{i}@example.test"), "password_hash": h["hash"]}))
+        .collect();
+    let file = write(&dir, "python.jsonl", &jsonl(&rows));
+    let ran = authd(&app, &dir, &["user", "import", &file], "").await;
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    for (i, fixture) in chosen.iter().enumerate() {
+        let email = format!("user{i}@example.test");
+        let scheme = fixture["scheme"].as_str().unwrap();
+        assert_eq!(
+            login_status(&app, &email, "not the password at all").await,
+            StatusCode::UNAUTHORIZED,
+            "{scheme}"
+        );
+        assert_eq!(
+            login_status(&app, &email, "correct horse battery").await,
+            StatusCode::OK,
+            "{scheme} {}",
+            fixture["hash"]
+        );
+    }
+    // Re-hashed in the background after the first login: every hash is now a bcrypt at the
+    // configured cost (a $2a$ or $2y$ one at that cost already was: the same algorithm).
+    let cost = format!("${:02}$", app.settings.password.bcrypt_cost);
+    let settled = crate::helpers::wait_until(std::time::Duration::from_secs(20), async || {
+        exported(&app, &dir, "jsonl").await.lines().all(|line| {
+            let user: Value = serde_json::from_str(line).unwrap();
+            let hash = user["password_hash"].as_str().unwrap();
+            hash.starts_with("$2") && hash[3..].starts_with(&cost)
+        })
+    })
+    .await;
+    assert!(settled, "{}", exported(&app, &dir, "jsonl").await);
+    for i in 0..chosen.len() {
+        assert_eq!(
+            login_status(
+                &app,
+                &format!("user{i}@example.test"),
+                "correct horse battery"
+            )
+            .await,
+            StatusCode::OK
+        );
+    }
+}
