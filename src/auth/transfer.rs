@@ -161,7 +161,23 @@ impl Auth {
                         return Ok(Err(Refusal::field("password", message)));
                     }
                 }
-                self.hasher.hash(&password).await?
+                // With --update, a password the user already has keeps its hash: a new salt
+                // would be a change (and end their sessions) every time the file is imported.
+                let kept = match options.update {
+                    true => self.store.find_credentials(&email).await?,
+                    false => None,
+                };
+                match kept {
+                    Some(stored)
+                        if self
+                            .hasher
+                            .verify(password.expose(), Some(&stored.password_hash))
+                            .await? =>
+                    {
+                        stored.password_hash
+                    }
+                    _ => self.hasher.hash(&password).await?,
+                }
             }
             _ => {
                 return Ok(Err(Refusal(

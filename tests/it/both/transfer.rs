@@ -348,6 +348,22 @@ async fn an_import_run_twice_changes_nothing_the_second_time() {
         );
     }
     assert_eq!(exported(&app, &dir, "jsonl").await, before);
+    // A plain password the user already has keeps its hash (a new salt would be a change).
+    let plain = write(
+        &dir,
+        "plain.jsonl",
+        &jsonl(&[json!({"email": "plain@example.test", "password": OLD_PASSWORD})]),
+    );
+    let first = authd(&app, &dir, &["user", "import", &plain, "--update"], "").await;
+    assert!(first.stdout.contains("1 imported"), "{}", first.stdout);
+    let with_plain = exported(&app, &dir, "jsonl").await;
+    let second = authd(&app, &dir, &["user", "import", &plain, "--update"], "").await;
+    assert!(
+        second.stdout.contains("0 imported, 0 updated, 1 skipped"),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(exported(&app, &dir, "jsonl").await, with_plain);
 }
 
 #[tokio::test]
