@@ -18,3 +18,4 @@ mod recovery;
 mod sessions;
 mod timing;
 mod transfer;
+mod transfer_review;
