@@ -404,14 +404,15 @@ impl TestDb {
         }
     }
 
-    /// Runs a statement, in the spelling of whichever backend this is.
+    /// Runs statements (several, separated by `;`, run as one script), in the spelling of
+    /// whichever backend this is.
     pub async fn exec(&self, postgres: &'static str, sqlite: &'static str) {
         match self {
             TestDb::Postgres(p) => {
-                sqlx::query(postgres).execute(p).await.unwrap();
+                sqlx::raw_sql(postgres).execute(p).await.unwrap();
             }
             TestDb::Sqlite(p) => {
-                sqlx::query(sqlite).execute(p).await.unwrap();
+                sqlx::raw_sql(sqlite).execute(p).await.unwrap();
             }
         }
     }

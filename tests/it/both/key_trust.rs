@@ -212,16 +212,18 @@ async fn a_set_that_cannot_sign_makes_the_instance_not_ready_and_still_drops_a_r
     // What the old revocation could do: the revoked key's place taken by a key that does not
     // open under the servers' KEK (made here by hand, as no command does it any more).
     let stray = plant_stray_next_key(&app.settings).await;
+    // In one transaction: between two statements the instance (reading its keys every second)
+    // would find no current key and make one, which the second statement then collides with.
     app.db
         .exec(
-            "UPDATE signing_keys SET state = 'revoked', revoked_at = now() WHERE state = 'current'",
-            "UPDATE signing_keys SET state = 'revoked', revoked_at = 0 WHERE state = 'current'",
-        )
-        .await;
-    app.db
-        .exec(
-            "UPDATE signing_keys SET state = 'current', activated_at = now() WHERE state = 'next'",
-            "UPDATE signing_keys SET state = 'current', activated_at = 0 WHERE state = 'next'",
+            "BEGIN; \
+             UPDATE signing_keys SET state = 'revoked', revoked_at = now() WHERE state = 'current'; \
+             UPDATE signing_keys SET state = 'current', activated_at = now() WHERE state = 'next'; \
+             COMMIT;",
+            "BEGIN; \
+             UPDATE signing_keys SET state = 'revoked', revoked_at = 0 WHERE state = 'current'; \
+             UPDATE signing_keys SET state = 'current', activated_at = 0 WHERE state = 'next'; \
+             COMMIT;",
         )
         .await;
     // At the next read the revoked key leaves the JWKS though the new current key is unusable,
