@@ -12,7 +12,8 @@ use super::Auth;
 use crate::audit::{EventKind, SecurityEvent};
 use crate::domain::{Email, Password, PersonName};
 use crate::error::Result;
-use crate::store::{ExportCursor, ExportedUser, ImportCounts, ImportedUser};
+use crate::store::{ExportCursor, ExportedUser, GivenFields, ImportCounts, ImportedUser};
+use sha2::{Digest, Sha256};
 
 /// One row of an import file as read: every field as the file gives it, checked by
 /// [`Auth::prepare_import`]. Unknown fields are ignored (an errors file's `line` and `error`
@@ -30,6 +31,9 @@ pub struct ImportRow {
     pub two_factor_enabled: Option<bool>,
     #[serde(default, deserialize_with = "flag")]
     pub email_verified: Option<bool>,
+    /// A disabled account is imported (or, with `--update`, set) disabled.
+    #[serde(default, deserialize_with = "flag")]
+    pub disabled: Option<bool>,
     /// RFC 3339; default: the time of the import.
     pub created_at: Option<String>,
 }
@@ -122,6 +126,9 @@ impl Auth {
                 {
                     return Ok(Err(Refusal::field("created_at", "is in the future")));
                 }
+                Ok(at) if at.timestamp() < 0 => {
+                    return Ok(Err(Refusal::field("created_at", "is before 1970")));
+                }
                 Ok(at) => at.with_timezone(&Utc),
                 Err(_) => {
                     return Ok(Err(Refusal::field(
@@ -132,6 +139,9 @@ impl Auth {
             },
         };
         let given = |value: &Option<String>| value.as_deref().filter(|v| !v.is_empty()).is_some();
+        // What a later import compares: the hash as the file gave it (a plain password's own
+        // hash is new each time, so it is compared by verifying, below).
+        let mut hash_digest = None;
         let password_hash = match (&row.password_hash, &row.password) {
             (Some(_), Some(_)) if given(&row.password_hash) && given(&row.password) => {
                 return Ok(Err(Refusal(
@@ -139,8 +149,11 @@ impl Auth {
                 )));
             }
             (Some(hash), _) if given(&row.password_hash) => {
-                match crate::password::check_imported_hash(hash.trim()) {
-                    Ok(hash) => hash,
+                match self.hasher.check_imported(hash.trim()) {
+                    Ok(hash) => {
+                        hash_digest = Some(Sha256::digest(hash.as_bytes()).to_vec());
+                        hash
+                    }
                     Err(message) => return Ok(Err(Refusal::field("password_hash", message))),
                 }
             }
@@ -185,15 +198,26 @@ impl Auth {
                 )));
             }
         };
+        let given = GivenFields {
+            first_name: given(&row.first_name),
+            last_name: given(&row.last_name),
+            two_factor_enabled: row.two_factor_enabled.is_some(),
+            email_verified: row.email_verified.is_some(),
+            disabled: row.disabled.is_some(),
+        };
         Ok(Ok(ImportedUser {
             id: Uuid::now_v7(),
             email: email.as_str().to_owned(),
+            hash_digest: hash_digest
+                .unwrap_or_else(|| Sha256::digest(password_hash.as_bytes()).to_vec()),
             password_hash,
             first_name,
             last_name,
             two_factor_enabled: row.two_factor_enabled.unwrap_or(false),
-            email_verified_at: row.email_verified.unwrap_or(false).then_some(now),
+            email_verified: row.email_verified.unwrap_or(false),
+            disabled: row.disabled.unwrap_or(false),
             created_at,
+            given,
         }))
     }
 
@@ -216,8 +240,8 @@ impl Auth {
         source: &str,
     ) -> Result<()> {
         self.record_admin_change(SecurityEvent::new(EventKind::UsersImported).detail(format!(
-            "by cli: {} imported, {} updated, {} skipped, {} refused, from {source}",
-            counts.imported, counts.updated, counts.skipped, refused
+            "by cli: {} imported, {} updated ({} with a new hash or disabled: sessions ended), {} skipped, {} refused, from {source}",
+            counts.imported, counts.updated, counts.sessions_ended_for, counts.skipped, refused
         )))
         .await
     }

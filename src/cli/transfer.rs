@@ -28,13 +28,14 @@ const MAX_LINE_BYTES: usize = 64 * 1024;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// The columns of the CSV form, in order (also the fields of a JSON Lines row).
-const COLUMNS: [&str; 7] = [
+const COLUMNS: [&str; 8] = [
     "email",
     "password_hash",
     "first_name",
     "last_name",
     "two_factor_enabled",
     "email_verified",
+    "disabled",
     "created_at",
 ];
 
@@ -91,6 +92,8 @@ enum Rows {
     Csv {
         reader: csv::Reader<Box<dyn Read>>,
         headers: csv::StringRecord,
+        /// Where reading must stop ([`Counted`]), moved on after each record.
+        limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
     },
 }
 
@@ -103,7 +106,11 @@ struct ReadRow {
 }
 
 impl Rows {
-    fn open(input: Box<dyn Read>, format: FileFormat) -> anyhow::Result<Rows> {
+    fn open(
+        input: Box<dyn Read>,
+        format: FileFormat,
+        limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> anyhow::Result<Rows> {
         Ok(match format {
             FileFormat::Jsonl => Rows::Jsonl {
                 reader: Box::new(BufReader::with_capacity(256 * 1024, input)),
@@ -125,7 +132,11 @@ impl Rows {
                     )
                     .into());
                 }
-                Rows::Csv { reader, headers }
+                Rows::Csv {
+                    reader,
+                    headers,
+                    limit,
+                }
             }
         })
     }
@@ -169,27 +180,32 @@ impl Rows {
                         row: Err(format!("the line is longer than {MAX_LINE_BYTES} bytes")),
                     }));
                 }
-                let text = String::from_utf8_lossy(&bytes);
+                let Ok(text) = std::str::from_utf8(&bytes) else {
+                    // Not changed into something else: the row says what the file says or nothing.
+                    return Ok(Some(ReadRow {
+                        line: *line,
+                        raw: Value::Null,
+                        row: Err("the line is not UTF-8".to_owned()),
+                    }));
+                };
                 let text = text.trim();
                 if text.is_empty() {
                     continue;
                 }
+                // The text itself, for the errors file, when it is no object to fix field by field.
+                let unread = |reason: String| {
+                    let mut raw = Map::new();
+                    raw.insert("text".to_owned(), Value::String(text.to_owned()));
+                    Ok(Some(ReadRow {
+                        line: *line,
+                        raw: Value::Object(raw),
+                        row: Err(reason),
+                    }))
+                };
                 let raw: Value = match serde_json::from_str(text) {
                     Ok(value @ Value::Object(_)) => value,
-                    Ok(_) => {
-                        return Ok(Some(ReadRow {
-                            line: *line,
-                            raw: Value::Null,
-                            row: Err("the line is not a JSON object".to_owned()),
-                        }));
-                    }
-                    Err(err) => {
-                        return Ok(Some(ReadRow {
-                            line: *line,
-                            raw: Value::Null,
-                            row: Err(format!("the line is not JSON: {err}")),
-                        }));
-                    }
+                    Ok(_) => return unread("the line is not a JSON object".to_owned()),
+                    Err(err) => return unread(format!("the line is not JSON: {err}")),
                 };
                 let row = serde_json::from_value::<ImportRow>(raw.clone())
                     .map_err(|err| format!("a field has the wrong type: {err}"));
@@ -199,9 +215,19 @@ impl Rows {
                     row,
                 }));
             },
-            Rows::Csv { reader, headers } => {
+            Rows::Csv {
+                reader,
+                headers,
+                limit,
+            } => {
                 let mut record = csv::StringRecord::new();
-                match reader.read_record(&mut record) {
+                let start_line = reader.position().line();
+                let read = reader.read_record(&mut record);
+                limit.store(
+                    reader.position().byte() + CSV_READ_AHEAD,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                match read {
                     Ok(false) => Ok(None),
                     Ok(true) => {
                         let line = record.position().map_or(0, |p| p.line());
@@ -239,8 +265,16 @@ impl Rows {
                         }))
                     }
                     Err(err) => {
-                        let line = err.position().map_or(0, |p| p.line());
-                        if matches!(err.kind(), csv::ErrorKind::Io(_)) {
+                        let line = err.position().map_or(start_line, |p| p.line());
+                        if let csv::ErrorKind::Io(io) = err.kind() {
+                            if io.get_ref().is_some_and(|e| e.is::<RecordTooLong>()) {
+                                // Nothing after it can be read as records: an unterminated
+                                // quote, most likely. The rows before it are in.
+                                return Err(UserError(format!(
+                                    "line {line}: a CSV record runs on for more than {MAX_LINE_BYTES} bytes (an unterminated quote?): the import stops there"
+                                ))
+                                .into());
+                            }
                             return Err(anyhow::Error::new(err).context("cannot read the input"));
                         }
                         Ok(Some(ReadRow {
@@ -314,19 +348,38 @@ impl Progress {
 }
 
 /// Counts the bytes read through it, for the progress bar.
+/// Counts the bytes read through it, for the progress bar, and stops at `limit`: the CSV
+/// reader holds a record whole, so it is not let read far past where the current record began
+/// (see [`Rows::next`]); past it reading fails with [`RecordTooLong`].
 struct Counted<R> {
     inner: R,
     read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Reading stopped: one CSV record runs on for more than [`MAX_LINE_BYTES`].
+#[derive(Debug, thiserror::Error)]
+#[error("a CSV record longer than {MAX_LINE_BYTES} bytes")]
+struct RecordTooLong;
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::sync::atomic::Ordering;
+        if self.read.load(Ordering::Relaxed) > self.limit.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                RecordTooLong,
+            ));
+        }
         let n = self.inner.read(buf)?;
-        self.read
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
+
+/// How far past the start of the current CSV record reading may go: a record's allowance plus
+/// the reader's own buffer.
+const CSV_READ_AHEAD: u64 = MAX_LINE_BYTES as u64 + 64 * 1024;
 
 fn format_of(path: &Path, given: Option<FileFormat>) -> anyhow::Result<FileFormat> {
     if let Some(format) = given {
@@ -375,22 +428,22 @@ pub async fn import(args: ImportArgs, settings: &Settings) -> anyhow::Result<()>
         (Box::new(file), size)
     };
     let read_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let limit = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(match format {
+        FileFormat::Csv => CSV_READ_AHEAD,
+        FileFormat::Jsonl => u64::MAX,
+    }));
     let input: Box<dyn Read> = Box::new(Counted {
         inner: input,
         read: read_bytes.clone(),
+        limit: limit.clone(),
     });
-    let mut rows = Rows::open(input, format)?;
+    let mut rows = Rows::open(input, format, limit)?;
     // Like `authd user add`, an import may make the zero-setup SQLite database.
     crate::app::create_zero_setup_database(settings).await?;
+    // Refused rows hold passwords and hashes: the file is the owner's alone, and never one
+    // that is there already (the input itself, say).
     let mut errors = match &args.errors {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|err| {
-                UserError(format!(
-                    "cannot create {}: {err}",
-                    printable(&path.display().to_string())
-                ))
-            })?,
-        )),
+        Some(path) => Some(std::io::BufWriter::new(create_private(path)?)),
         None => None,
     };
     let options = ImportOptions {
@@ -417,7 +470,8 @@ pub async fn import(args: ImportArgs, settings: &Settings) -> anyhow::Result<()>
         )
         .await;
         progress.finish();
-        // Recorded whatever happened, with what was written.
+        // Said and recorded whatever happened, with what was written (whole batches).
+        print_summary(&totals, started.elapsed().as_secs_f64());
         let recorded = auth
             .record_import(&totals.counts, totals.refused, &source)
             .await;
@@ -428,23 +482,6 @@ pub async fn import(args: ImportArgs, settings: &Settings) -> anyhow::Result<()>
     .await?;
     if let Some(errors) = errors.as_mut() {
         errors.flush().context("cannot write the errors file")?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let counts = totals.counts;
-    println!(
-        "{} rows in {secs:.1} s ({:.0} rows/s): {} imported, {} updated, {} skipped (already there), {} refused",
-        totals.rows,
-        totals.rows as f64 / secs.max(0.001),
-        counts.imported,
-        counts.updated,
-        counts.skipped,
-        totals.refused
-    );
-    if counts.sessions_ended_for > 0 {
-        println!(
-            "{} updated users had a new password hash: their sessions ended",
-            counts.sessions_ended_for
-        );
     }
     if totals.refused > 0 {
         return Err(UserError(format!(
@@ -459,6 +496,42 @@ pub async fn import(args: ImportArgs, settings: &Settings) -> anyhow::Result<()>
         .into());
     }
     Ok(())
+}
+
+/// This process's peak resident memory in KiB, as the kernel counts it (Linux's `VmHWM`).
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// What an import did, on standard output.
+fn print_summary(totals: &Totals, secs: f64) {
+    let counts = totals.counts;
+    let peak = peak_memory_kib()
+        .map(|kib| format!(", peak memory {} MiB", kib.div_ceil(1024)))
+        .unwrap_or_default();
+    println!(
+        "{} rows in {secs:.1} s ({:.0} rows/s{peak}): {} imported, {} updated, {} skipped (already there), {} refused",
+        totals.rows,
+        totals.rows as f64 / secs.max(0.001),
+        counts.imported,
+        counts.updated,
+        counts.skipped,
+        totals.refused
+    );
+    if counts.sessions_ended_for > 0 {
+        println!(
+            "{} updated users had a new password hash or were disabled: their sessions ended",
+            counts.sessions_ended_for
+        );
+    }
 }
 
 /// Reads, checks and writes every row, a batch at a time.
@@ -476,10 +549,17 @@ async fn import_all(
     let mut at_end = false;
     while !at_end {
         let mut read = Vec::with_capacity(BATCH_ROWS);
+        // A reading that fails stops the import, but after what was read before it is written.
+        let mut stopped = None;
         while read.len() < BATCH_ROWS {
-            match rows.next()? {
-                Some(row) => read.push(row),
-                None => {
+            match rows.next() {
+                Ok(Some(row)) => read.push(row),
+                Ok(None) => {
+                    at_end = true;
+                    break;
+                }
+                Err(error) => {
+                    stopped = Some(error);
                     at_end = true;
                     break;
                 }
@@ -547,26 +627,35 @@ async fn import_all(
             totals.rows,
             read_bytes.load(std::sync::atomic::Ordering::Relaxed),
         );
+        if let Some(error) = stopped {
+            return Err(error);
+        }
     }
     Ok(())
+}
+
+/// A new file readable by its owner only (its users' data, maybe their hashes); one that is
+/// there already is never overwritten.
+fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
+    }
+    Ok(open.open(path).map_err(|err| {
+        UserError(format!(
+            "cannot create {}: {err} (an existing file is never overwritten)",
+            printable(&path.display().to_string())
+        ))
+    })?)
 }
 
 pub async fn export(args: ExportArgs, settings: &Settings) -> anyhow::Result<()> {
     let (mut out, target): (Box<dyn Write>, String) = match &args.output {
         Some(path) => {
-            let mut open = std::fs::OpenOptions::new();
-            open.write(true).create_new(true);
-            #[cfg(unix)]
-            if args.include_password_hashes {
-                use std::os::unix::fs::OpenOptionsExt;
-                open.mode(0o600);
-            }
-            let file = open.open(path).map_err(|err| {
-                UserError(format!(
-                    "cannot create {}: {err} (an existing file is never overwritten)",
-                    printable(&path.display().to_string())
-                ))
-            })?;
+            let file = create_private(path)?;
             (
                 Box::new(std::io::BufWriter::new(file)),
                 path.display().to_string(),
@@ -607,6 +696,7 @@ struct ExportRow<'a> {
     last_name: Option<&'a str>,
     two_factor_enabled: bool,
     email_verified: bool,
+    disabled: bool,
     created_at: String,
 }
 
@@ -617,8 +707,11 @@ impl<'a> ExportRow<'a> {
             password_hash: hashes.then_some(user.password_hash.as_str()),
             first_name: user.first_name.as_deref(),
             last_name: user.last_name.as_deref(),
-            two_factor_enabled: user.two_factor_enabled,
+            // An authenticator app does not travel (its secret is sealed under this server's
+            // key): its user gets emailed codes wherever the export is imported.
+            two_factor_enabled: user.two_factor_enabled || user.totp_enabled,
             email_verified: user.email_verified,
+            disabled: user.disabled,
             created_at: user
                 .created_at()
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -654,6 +747,7 @@ async fn write_export(
     };
     let mut after = None;
     let mut count = 0u64;
+    let mut apps = 0u64;
     loop {
         let page = auth
             .export_page(after, BATCH_ROWS as u32)
@@ -666,6 +760,7 @@ async fn write_export(
         });
         for user in &page {
             let row = ExportRow::of(user, args.include_password_hashes);
+            apps += u64::from(user.totp_enabled);
             match &mut sink {
                 Sink::Csv(writer) => writer.serialize(&row).context("cannot write the export")?,
                 Sink::Jsonl(out) => {
@@ -681,5 +776,10 @@ async fn write_export(
         Sink::Jsonl(out) => out.flush(),
     }
     .context("cannot write the export")?;
+    if apps > 0 {
+        eprintln!(
+            "{apps} users have an authenticator app, which an export does not carry (nor passkeys): they are exported with two_factor_enabled, so an import gives them emailed codes"
+        );
+    }
     Ok(count)
 }

@@ -103,6 +103,22 @@ impl PasswordHasher {
             .await
     }
 
+    /// [`check_imported_hash`], and a bcrypt's cost at most [`IMPORTED_BCRYPT_MAX_COST`] (or
+    /// the configured cost, when that is higher): every login of the account spends that
+    /// bcrypt, wrong passwords included, so a cost-31 hash (36 hours of a core per attempt)
+    /// would let two guesses stop every login. The bounds of the other formats are of the same
+    /// mind (about a second of a core).
+    pub fn check_imported(&self, raw: &str) -> std::result::Result<String, String> {
+        let hash = check_imported_hash(raw)?;
+        let bound = IMPORTED_BCRYPT_MAX_COST.max(self.cost);
+        match bcrypt::cost_of(&hash) {
+            Some(cost) if cost > bound => Err(format!(
+                "bcrypt cost {cost} is over {bound}: a login (a wrong one too) would spend 2^{cost} rounds; re-hash it at a lower cost, or import the users with passwords to set"
+            )),
+            _ => Ok(hash),
+        }
+    }
+
     /// The cost new hashes get (`password.bcrypt_cost`).
     pub fn cost(&self) -> u32 {
         self.cost
@@ -173,6 +189,10 @@ impl PasswordHasher {
         .await
     }
 }
+
+/// The highest bcrypt cost an import takes (unless `password.bcrypt_cost` is higher): about a
+/// second of a core per check here, like the other formats' bounds.
+pub const IMPORTED_BCRYPT_MAX_COST: u32 = 14;
 
 /// The refusal of a string that is none of the hashes authd verifies.
 const NOT_A_HASH: &str = "not a bcrypt, argon2id or pbkdf2_sha256 hash";

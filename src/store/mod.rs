@@ -45,7 +45,7 @@ pub use postgres::PgStore;
 pub use sessions::{NewSession, SessionChain, SessionInfo, SessionUser};
 pub use sqlite::SqliteStore;
 pub use throttles::{Reservation, ThrottleRule};
-pub use transfer::{ExportCursor, ExportedUser, ImportCounts, ImportedUser};
+pub use transfer::{ExportCursor, ExportedUser, GivenFields, ImportCounts, ImportedUser};
 pub use users::{Credentials, NewUser, UserListing, UserQuery};
 
 /// The SQLite file the settings name is not an authd database, and the command may not make it

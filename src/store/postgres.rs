@@ -27,6 +27,15 @@ impl PgStore {
 
     /// Taken before a session is created: the user row, so that a disable or delete (which update
     /// or delete it) and another login of the user wait for the new session, or it for them.
+    /// An `--update` import reads each user it may change, locked until the batch commits.
+    pub(super) const READ_IMPORTED_USER: &'static str =
+        "SELECT id, password_hash, imported_hash_digest, first_name, last_name, two_factor_enabled,
+                email_verified_at IS NOT NULL AS email_verified, disabled_at IS NOT NULL AS disabled
+         FROM users WHERE email = $1 FOR NO KEY UPDATE";
+
+    /// Nothing to take before a batch's reads: the rows are locked as they are read.
+    pub(super) const TAKE_WRITE_LOCK: Option<&'static str> = None;
+
     pub(super) const LOCK_SESSION_USER: Option<&'static str> =
         Some("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE");
 

@@ -88,6 +88,16 @@ impl SqliteStore {
     /// cannot wait for its write lock (SQLite refuses at once with SQLITE_BUSY): so the
     /// transactions that lock a user begin with a write that changes nothing, which takes the
     /// write lock at once (waiting `busy_timeout` for it like any write).
+    /// An `--update` import reads each user it may change (the batch holds the write lock).
+    pub(super) const READ_IMPORTED_USER: &'static str =
+        "SELECT id, password_hash, imported_hash_digest, first_name, last_name, two_factor_enabled,
+                email_verified_at IS NOT NULL AS email_verified, disabled_at IS NOT NULL AS disabled
+         FROM users WHERE email = $1";
+
+    /// The write lock first, so that a batch's reads see what its writes will change.
+    pub(super) const TAKE_WRITE_LOCK: Option<&'static str> =
+        Some("UPDATE users SET email = email WHERE 0");
+
     pub(super) const LOCK_SESSION_USER: Option<&'static str> =
         Some("UPDATE users SET email = email WHERE id = $1");
 

