@@ -76,14 +76,14 @@ async fn logs_straight_in(app: &TestApp, email: &str, password: &str) -> bool {
 // Rows that should be refused but get in.
 // ---------------------------------------------------------------------------------------------
 
-/// FINDING (high): a bcrypt hash of cost 31 is accepted, while Argon2id and PBKDF2 are bounded
+/// Was a finding (high), fixed as suggested below: a bcrypt hash of cost 31 is accepted, while Argon2id and PBKDF2 are bounded
 /// to about a second of one core per check (`src/password/imported.rs`). Every login attempt
 /// against such an account (with any password, by anyone who knows the address) runs 2^31
 /// bcrypt rounds on a hashing thread: at cost 12's quarter second, 2^19 times that, about 36
 /// hours. Two wrong passwords on a two-core server pin both hashing threads for a day and a
 /// half: no one logs in. One row of a file from a compromised or sloppy source does it; a
 /// cost-20 hash (four minutes a check) is no better.
-/// Suggested fix: bound an imported bcrypt's cost as the other schemes are bounded, e.g. refuse
+/// Fix: bound an imported bcrypt's cost as the other schemes are bounded, e.g. refuse
 /// a cost above max(password.bcrypt_cost + 2, 14) ("bcrypt cost N is over the M authd
 /// verifies"), and treat a stored hash past the bound as malformed at login, as
 /// `a_stored_hash_past_the_bounds_never_verifies` does for Argon2id.
@@ -106,7 +106,7 @@ async fn a_bcrypt_hash_whose_login_would_cost_hours_is_refused() {
     assert!(ran.stdout.contains("0 imported"), "{}", ran.stdout);
 }
 
-/// FINDING (low): the importer turns bytes that are not UTF-8 into U+FFFD
+/// Was a finding (low), fixed as suggested below: the importer turns bytes that are not UTF-8 into U+FFFD
 /// (`String::from_utf8_lossy` in `Rows::next`) instead of refusing the row, so a file in
 /// Latin-1 (a common export of older systems) imports every accented name as "Ren�e",
 /// silently. CSV refuses the same bytes ("the record cannot be read"), so the two formats
@@ -134,10 +134,10 @@ async fn a_jsonl_row_that_is_not_utf8_is_refused_rather_than_altered() {
     assert!(stored.is_empty());
 }
 
-/// FINDING (low): a `created_at` in year 1 (a typo for 2001, or a zero date some systems
+/// Was a finding (low), fixed as suggested below: a `created_at` in year 1 (a typo for 2001, or a zero date some systems
 /// write as 0001-01-01) is taken as it is; only the future is refused. Nothing in authd can
 /// predate the Unix epoch, and such a date then sorts first in every export.
-/// Suggested fix: refuse a `created_at` before 1970-01-01 ("created_at: is before 1970").
+/// Fix: refuse a `created_at` before 1970-01-01 ("created_at: is before 1970").
 #[tokio::test]
 async fn a_created_at_far_in_the_past_is_refused() {
     let app = TestApp::spawn().await;
@@ -400,11 +400,11 @@ async fn a_csv_field_of_96_mib_stops_the_import_in_constant_memory() {
 // The errors file.
 // ---------------------------------------------------------------------------------------------
 
-/// FINDING (medium): the errors file holds every refused row as the file gave it, plain
+/// Was a finding (medium), fixed as suggested below: the errors file holds every refused row as the file gave it, plain
 /// `password`s and `password_hash`es included (a row refused for its name or its date still
 /// carries them), but it is created with `File::create`, so 0644 under the usual umask: every
 /// local user reads them. The export with hashes is created 0600 for this very reason.
-/// Suggested fix: create the errors file with `OpenOptions::mode(0o600)` (and `create_new`, as
+/// Fix: create the errors file with `OpenOptions::mode(0o600)` (and `create_new`, as
 /// the export does, see the next test), or leave the secret fields out of it.
 #[cfg(unix)]
 #[tokio::test]
@@ -431,12 +431,12 @@ async fn the_errors_file_with_refused_passwords_is_readable_by_its_owner_only() 
     );
 }
 
-/// FINDING (medium, data loss): `--errors` truncates whatever file it names, the input
+/// Was a finding (medium, data loss), fixed as suggested below: `--errors` truncates whatever file it names, the input
 /// included: `authd user import users.jsonl --errors users.jsonl` (a slip of the shell history)
 /// empties the input before a row is read, then reports "0 rows ... 0 refused" and exits 0.
 /// The export refuses to overwrite a file ("an existing file is never overwritten"); the errors
 /// file does not.
-/// Suggested fix: open the errors file with `create_new(true)` (mode 0600), refusing with exit
+/// Fix: open the errors file with `create_new(true)` (mode 0600), refusing with exit
 /// 1 and one line when it exists, or at least refuse when it is the input (same device and
 /// inode).
 #[tokio::test]
@@ -458,12 +458,12 @@ async fn an_errors_file_that_names_the_input_is_refused_and_the_input_survives()
     assert_eq!(ran.code, Some(1), "{}", ran.stdout);
 }
 
-/// FINDING (low): a line that is not JSON (or is over 64 KiB, or is a CSV record that cannot
+/// Was a finding (low), fixed as suggested below: a line that is not JSON (or is over 64 KiB, or is a CSV record that cannot
 /// be read) goes to the errors file as `{"line": N, "error": ...}` only: what the line said is
 /// gone, so the errors file cannot be "fixed and re-run" as the issue and README promise. Run
 /// as it is, each such record is refused again as "email: is required", and whoever fixes it
 /// must go back to the original file by line number.
-/// Suggested fix: keep the line's text (as `"text"`, up to the 64 KiB limit) in the record, and
+/// Fix: keep the line's text (as `"text"`, up to the 64 KiB limit) in the record, and
 /// say in the README that such records are fixed by rewriting them from it.
 #[tokio::test]
 async fn a_line_that_is_not_json_keeps_its_text_in_the_errors_file_to_be_fixed() {
@@ -487,14 +487,14 @@ async fn a_line_that_is_not_json_keeps_its_text_in_the_errors_file_to_be_fixed()
 // --update surprises.
 // ---------------------------------------------------------------------------------------------
 
-/// FINDING (high): with `--update`, a field the row leaves out is not "left as it is" but
+/// Was a finding (high), fixed as suggested below: with `--update`, a field the row leaves out is not "left as it is" but
 /// reset: a missing `two_factor_enabled` turns email codes off, a missing `email_verified`
 /// un-verifies the address (and with `require_verified_email` locks the user out), missing
 /// names are erased. The README's own recipe from the Python service selects no
 /// `email_verified`, and a second run of a file exported elsewhere without the column does
 /// the same: every user silently loses their second step, and since the hash did not change
 /// their sessions live on and nothing per user is in the audit trail.
-/// Suggested fix: with `--update`, overwrite only the fields the row gives (in CSV, the columns
+/// Fix: with `--update`, overwrite only the fields the row gives (in CSV, the columns
 /// the header names); an absent field keeps what is stored. Turning two-factor off by import
 /// should take an explicit `false`, and be counted in the summary and the audit event.
 #[tokio::test]
@@ -525,13 +525,13 @@ async fn update_with_a_row_that_leaves_fields_out_keeps_the_stored_ones() {
     assert_eq!(ada["first_name"], "Ada", "{ada}");
 }
 
-/// FINDING (medium): "running the same import twice changes nothing the second time" holds
+/// Was a finding (medium), fixed as suggested below: "running the same import twice changes nothing the second time" holds
 /// only until the users log in. The first login replaces an imported hash of another cost or
 /// scheme with a bcrypt at `password.bcrypt_cost` (by design); the same file run again with
 /// `--update` (to fix a name, say) then sees a different hash, writes the old one back and ends
 /// every session of every user who has logged in since, and a user who changed their password
 /// in authd gets the old system's password back.
-/// Suggested fix: with `--update`, do not overwrite a hash the user has since replaced: keep
+/// Fix: with `--update`, do not overwrite a hash the user has since replaced: keep
 /// the imported hash's fingerprint (or a `password_changed_at`) and overwrite only when the
 /// stored hash is still the imported one or the row's hash differs from what was imported;
 /// or make hash overwriting a separate, explicit `--update-passwords`.
@@ -571,12 +571,12 @@ async fn rerunning_an_import_with_update_after_the_users_logged_in_changes_nothi
 // Export.
 // ---------------------------------------------------------------------------------------------
 
-/// FINDING (high): the export writes `two_factor_enabled` as the email-code flag only, so a
+/// Was a finding (high), fixed as suggested below: the export writes `two_factor_enabled` as the email-code flag only, so a
 /// user whose second step is an authenticator app (TOTP; the flag is usually false for them)
 /// is exported as having no second step at all, and after the round trip the README promises
 /// ("imports back ... unchanged") logs in with the password alone. The README says apps are
 /// not part of an export, but the user should fall back to email codes, not to nothing.
-/// Suggested fix: export `two_factor_enabled` as "has any second factor" (`totp_secret IS NOT
+/// Fix: export `two_factor_enabled` as "has any second factor" (`totp_secret IS NOT
 /// NULL OR two_factor_enabled`), so they get email codes after an import, and say so in the
 /// README; or add a `second_factor` field and warn on stderr how many app users were exported.
 #[tokio::test]
@@ -601,10 +601,10 @@ async fn a_user_with_an_authenticator_app_keeps_a_second_step_after_export_and_i
     );
 }
 
-/// FINDING (medium): the export has no field for a disabled account, so a user an admin
+/// Was a finding (medium), fixed as suggested below: the export has no field for a disabled account, so a user an admin
 /// disabled (`authd user disable`) comes back enabled from the round trip the README promises
 /// is "unchanged", and logs in on the new server.
-/// Suggested fix: export `disabled` (true/false) and have the import read it (an imported
+/// Fix: export `disabled` (true/false) and have the import read it (an imported
 /// disabled user is inserted with `disabled_at` = the import's time; `--update` should not
 /// re-enable anyone unless the row says `disabled: false`).
 #[tokio::test]
