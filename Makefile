@@ -83,4 +83,4 @@ release: $(DEV_VENV)/.installed ## Cut a release: version (VERSION=X.Y.Z, else g
 # compiles again); authd-bench runs the authd beside it, target/debug/authd.
 bench-smoke: ## A 1 s smoke run of the benchmark on the debug build (CI; its figures mean nothing)
 	$(CARGO) build --workspace --locked
-	./scripts/with-postgres.sh target/debug/authd-bench --secs 1 --cost 4
+	./scripts/with-postgres.sh target/debug/authd-bench --secs 1 --cost 4 --import-rows 10000

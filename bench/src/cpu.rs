@@ -80,6 +80,30 @@ impl CpuMeter {
         ]
     }
 
+    /// CPU seconds of PostgreSQL so far, with its backends that have exited: the live children
+    /// of the postmaster, and the postmaster itself with the children it has reaped (a
+    /// connection's backend ends with the connection, so a child process of the bench that
+    /// connects, works and exits leaves its backends' CPU only there).
+    pub fn postgres_with_exited(&self) -> f64 {
+        let live: f64 = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter(|stat| stat_field(stat, 4) == Some(u64::from(self.postmaster)))
+            .map(|stat| cpu_seconds(&stat))
+            .sum();
+        let postmaster = std::fs::read_to_string(format!("/proc/{}/stat", self.postmaster))
+            .map(|stat| {
+                let reaped =
+                    stat_field(&stat, 16).unwrap_or(0) + stat_field(&stat, 17).unwrap_or(0);
+                cpu_seconds(&stat) + reaped as f64 / 100.0
+            })
+            .unwrap_or(0.0);
+        live + postmaster
+    }
+
     /// CPU used between the window's start and end.
     pub async fn during(&self, window: Window) -> CpuUse {
         tokio::time::sleep_until(window.start.into()).await;

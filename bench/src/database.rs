@@ -26,6 +26,28 @@ impl Database {
         })
     }
 
+    /// A database of its own beside this one on the same server, `<this one's name>_<suffix>`
+    /// (made anew if a run before left it), dropped with [`Database::drop_it`].
+    pub async fn sibling(&self, suffix: &str) -> Result<Database> {
+        let name = format!("{}_{suffix}", self.name);
+        let url = testkit::postgres::create_database(&self.admin_url, &name)
+            .await
+            .with_context(|| format!("cannot create the database {name}"))?;
+        Ok(Database {
+            admin_url: self.admin_url.clone(),
+            url,
+            name,
+        })
+    }
+
+    /// Runs one statement that returns nothing.
+    pub async fn execute(&self, statement: &'static str) -> Result<()> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        sqlx::query(statement).execute(&mut conn).await?;
+        conn.close().await?;
+        Ok(())
+    }
+
     /// The stored bcrypt hash of an account: the bound verifies exactly what authd verifies.
     pub async fn password_hash(&self, email: &str) -> Result<String> {
         let mut conn = sqlx::PgConnection::connect(&self.url).await?;

@@ -74,6 +74,12 @@ pub struct Figures {
     pub passkey_p99_ms: f64,
     pub passkey_cpu_us: [f64; 3],
     pub passkey_sign_us: f64,
+    /// `authd user import` of `import_rows` users: the JSON Lines file into an empty table, the
+    /// same file again (every row already there), the CSV file into an empty table.
+    pub import_rows: u64,
+    pub import_jsonl: ImportRun,
+    pub import_again: ImportRun,
+    pub import_csv: ImportRun,
     /// CPU per `/users/me` answer, microseconds: [server, PostgreSQL, this load generator].
     pub me_cpu_us: [f64; 3],
     pub ceiling_cpu_us: [f64; 3],
@@ -95,6 +101,34 @@ pub struct Figures {
 pub struct TokenCost {
     pub sign_us: f64,
     pub verify_us: f64,
+}
+
+/// One `authd user import FILE`, a child process timed from its start to its end.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct ImportRun {
+    pub file_bytes: u64,
+    pub secs: f64,
+    pub rows_per_sec: f64,
+    /// The importer's peak resident memory (`ru_maxrss` of `wait4`), KiB.
+    pub peak_rss_kib: u64,
+    /// The importer's CPU (user + system) and PostgreSQL's meanwhile, seconds.
+    pub importer_cpu_secs: f64,
+    pub postgres_cpu_secs: f64,
+}
+
+impl ImportRun {
+    /// The median of each figure over the runs (the peak memory: the largest).
+    fn median(runs: &[ImportRun]) -> ImportRun {
+        let m = |get: fn(&ImportRun) -> f64| median(runs.iter().map(get).collect());
+        ImportRun {
+            file_bytes: runs.iter().map(|r| r.file_bytes).max().unwrap_or(0),
+            secs: m(|r| r.secs),
+            rows_per_sec: m(|r| r.rows_per_sec),
+            peak_rss_kib: runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0),
+            importer_cpu_secs: m(|r| r.importer_cpu_secs),
+            postgres_cpu_secs: m(|r| r.postgres_cpu_secs),
+        }
+    }
 }
 
 /// The algorithms the tokens phase measures, in the order of `Figures::token_costs`.
@@ -194,6 +228,10 @@ pub fn median_figures(runs: &[Figures]) -> Figures {
         passkey_cpu_us: [0, 1, 2]
             .map(|i| median(runs.iter().map(|f| f.passkey_cpu_us[i]).collect())),
         passkey_sign_us: m(|f| f.passkey_sign_us),
+        import_rows: runs.iter().map(|f| f.import_rows).max().unwrap_or(0),
+        import_jsonl: ImportRun::median(&runs.iter().map(|f| f.import_jsonl).collect::<Vec<_>>()),
+        import_again: ImportRun::median(&runs.iter().map(|f| f.import_again).collect::<Vec<_>>()),
+        import_csv: ImportRun::median(&runs.iter().map(|f| f.import_csv).collect::<Vec<_>>()),
         token_costs: std::array::from_fn(|i| TokenCost {
             sign_us: median(runs.iter().map(|f| f.token_costs[i].sign_us).collect()),
             verify_us: median(runs.iter().map(|f| f.token_costs[i].verify_us).collect()),

@@ -33,6 +33,10 @@
 //! 15. whole passkey sign-ins per second (`POST /login/passkey/options`, the assertion of a
 //!     software authenticator in this process, `POST /login/passkey`), p50/p99 of the two
 //!     requests, authd's CPU per sign-in, and their ratio to password logins (figure 2).
+//! 16. `authd user import` of a million users with precomputed bcrypt hashes (a child process
+//!     of the authd under test, on a database of its own beside the bench's): rows per second,
+//!     wall time and the importer's peak resident memory, for JSON Lines, the same file again
+//!     (every row already there) and CSV.
 //!
 //! And what explains them: the CPU each process (authd, the ceiling, PostgreSQL, this load
 //! generator) spends per `/users/me` answer, read from /proc; a control that sends the same
@@ -60,7 +64,7 @@ mod tally;
 mod workload;
 
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -186,17 +190,7 @@ async fn bench_on(
     database: &Database,
     work_dir: &Path,
 ) -> Result<bool> {
-    let status = Command::new(&options.authd)
-        .args(["migrate", "--database-url", &database.url])
-        .current_dir(work_dir)
-        .env_remove("DATABASE_URL")
-        .output()
-        .context("cannot run authd migrate")?;
-    ensure!(
-        status.status.success(),
-        "authd migrate failed: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    process::migrate(&options.authd, database, work_dir)?;
 
     let sink = MailSink::start(Behaviour::Accept).await?;
     let authd = Authd::start(options, database, &sink, work_dir).await?;
@@ -333,5 +327,6 @@ async fn measure(w: &Workload) -> Result<Figures> {
     phases::enroll::measure(w, &mut run).await?;
     phases::totp::measure(w, &mut run).await?;
     phases::passkey::measure(w, &mut run).await?;
+    phases::import::measure(w, &mut run).await?;
     Ok(run.finish())
 }

@@ -48,19 +48,22 @@ pub struct Flags {
     #[arg(long, default_value_t = 0)]
     max_secs: u64,
     /// comma list of bound,me,ceiling,login,probe,mixed,control,burst,flow,register,refresh,
-    /// logout,tokens,forgot,verify,enroll,totp,passkey
+    /// logout,tokens,forgot,verify,enroll,totp,passkey,import
     #[arg(long, value_delimiter = ',', value_parser = PHASES)]
     only: Option<Vec<String>>,
     /// before measuring, add this many users with one live session each (COPY-free:
     /// generate_series in PostgreSQL), to measure on a populated database
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=5_000_000))]
     seed_users: u64,
+    /// users in the files the import phase imports (`authd user import`, JSON Lines and CSV)
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    import_rows: u64,
 }
 
 /// Every phase `--only` can name.
-pub const PHASES: [&str; 18] = [
+pub const PHASES: [&str; 19] = [
     "bound", "me", "ceiling", "login", "probe", "mixed", "control", "burst", "flow", "register",
-    "refresh", "logout", "tokens", "forgot", "verify", "enroll", "totp", "passkey",
+    "refresh", "logout", "tokens", "forgot", "verify", "enroll", "totp", "passkey", "import",
 ];
 
 /// The options with their defaults resolved, for the run.
@@ -81,6 +84,7 @@ pub struct Options {
     pub max_secs: u64,
     pub only: Option<Vec<String>>,
     pub seed_users: u64,
+    pub import_rows: u64,
 }
 
 impl Flags {
@@ -98,9 +102,17 @@ impl Flags {
         // authd runs in a work directory of its own: a relative path would point elsewhere.
         let authd = std::path::absolute(&authd)
             .map_err(|err| anyhow::anyhow!("--authd {}: {err}", authd.display()))?;
+        let imports = self
+            .only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|p| p == "import"));
         let max_secs = match self.max_secs {
-            // A run takes about 24 windows of `secs` plus setup: leave it twice that.
-            0 => 60 + 48 * self.secs * self.runs,
+            // A run takes about 24 windows of `secs` plus setup: leave it twice that; the
+            // import phase's three imports as many seconds again as at 5,000 rows/s.
+            0 => {
+                let import_secs = if imports { self.import_rows / 5_000 } else { 0 };
+                60 + (48 * self.secs + import_secs) * self.runs
+            }
             set => set,
         };
         let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
@@ -120,6 +132,7 @@ impl Flags {
             max_secs,
             only: self.only,
             seed_users: self.seed_users,
+            import_rows: self.import_rows,
         })
     }
 }

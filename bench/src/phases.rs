@@ -13,6 +13,8 @@ pub mod enroll;
 pub mod flow;
 /// `POST /password/forgot` for known and unknown addresses, alternating.
 pub mod forgot;
+/// `authd user import` of a million users (JSON Lines, again, CSV): rows/s and peak memory.
+pub mod import;
 /// `POST /login` per second at saturation.
 pub mod login;
 /// `POST /logout` latency.

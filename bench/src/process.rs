@@ -119,6 +119,25 @@ mod sys {
         pub fn setsid() -> i32;
         pub fn prctl(option: i32, ...) -> i32;
         pub fn kill(pid: i32, signal: i32) -> i32;
+        pub fn wait4(pid: i32, status: *mut i32, options: i32, usage: *mut Rusage) -> i32;
+    }
+
+    /// `struct timeval` of Linux.
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct Timeval {
+        pub sec: std::ffi::c_long,
+        pub usec: std::ffi::c_long,
+    }
+
+    /// `struct rusage` of Linux: two times, then fourteen longs, `ru_maxrss` (KiB) first.
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct Rusage {
+        pub utime: Timeval,
+        pub stime: Timeval,
+        pub maxrss: std::ffi::c_long,
+        pub rest: [std::ffi::c_long; 13],
     }
     pub const PR_SET_PDEATHSIG: i32 = 1;
     pub const SIGKILL: i32 = 9;
@@ -175,6 +194,74 @@ impl Drop for Process {
     }
 }
 
+/// How a child that ran to its end ended: its wait status, its wall time from spawn to end,
+/// its own peak resident memory (KiB) and CPU time (user + system, seconds).
+pub struct Ended {
+    pub status: i32,
+    pub wall: Duration,
+    pub max_rss_kib: u64,
+    pub cpu_secs: f64,
+}
+
+impl Ended {
+    pub fn exited_zero(&self) -> bool {
+        self.status == 0
+    }
+}
+
+/// Runs `command` as a child in a session of its own (as [`Process::spawn`]) to its end, and
+/// reaps it with `wait4`, which gives the child's own resource use: the peak resident memory
+/// of that process, unlike `RUSAGE_CHILDREN`, which is the largest of every child reaped.
+pub async fn run_to_end(command: Command, name: &'static str) -> Result<Ended> {
+    let began = Instant::now();
+    let process = Process::spawn(command, name)?;
+    let pid = process.pid();
+    // Reaped by wait4 below, so never signalled by the drop (the pid may be reused).
+    std::mem::forget(process);
+    let reaped = tokio::task::spawn_blocking(move || {
+        let mut status = 0;
+        let mut usage = sys::Rusage::default();
+        loop {
+            // SAFETY: status and usage are valid for writes; pid is our own child, not reaped.
+            let got = unsafe { sys::wait4(pid as i32, &mut status, 0, &mut usage) };
+            if got == pid as i32 {
+                return Ok((status, usage));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    })
+    .await
+    .context("the wait for a child failed")?;
+    watchdog::unregister(pid);
+    let (status, usage) = reaped.with_context(|| format!("cannot wait for {name}"))?;
+    let seconds = |t: &sys::Timeval| t.sec as f64 + t.usec as f64 / 1e6;
+    Ok(Ended {
+        status,
+        wall: began.elapsed(),
+        max_rss_kib: u64::try_from(usage.maxrss).unwrap_or(0),
+        cpu_secs: seconds(&usage.utime) + seconds(&usage.stime),
+    })
+}
+
+/// `authd migrate` on `database`, run in `work_dir`.
+pub fn migrate(authd: &Path, database: &Database, work_dir: &Path) -> Result<()> {
+    let output = Command::new(authd)
+        .args(["migrate", "--database-url", &database.url])
+        .current_dir(work_dir)
+        .env_remove("DATABASE_URL")
+        .output()
+        .context("cannot run authd migrate")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "authd migrate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
 /// Ends the run if it overstays, taking the processes it started with it.
 pub mod watchdog {
     use std::sync::Mutex;
@@ -215,7 +302,7 @@ pub mod watchdog {
     }
 }
 
-fn random_secret() -> String {
+pub fn random_secret() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     (0..48)
