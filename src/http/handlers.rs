@@ -170,6 +170,9 @@ pub struct SessionView {
     pub user_agent: Option<String>,
     /// The session of the access token that asked.
     pub current: bool,
+    /// The passkey it signed in with (alone or as the second step; `GET /passkeys` names it),
+    /// or null: removing that passkey ends this session.
+    pub passkey_id: Option<uuid::Uuid>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -189,6 +192,7 @@ impl From<OwnSession> for SessionView {
             client_ip: s.client_ip,
             user_agent: s.user_agent,
             current: own.current,
+            passkey_id: s.passkey_id,
         }
     }
 }

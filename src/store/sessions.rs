@@ -81,6 +81,8 @@ pub struct SessionInfo {
     pub expires_at: DateTime<Utc>,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The passkey the session signed in with (alone or as the second step), if one did.
+    pub passkey_id: Option<Uuid>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -128,6 +130,7 @@ pub struct SessionInfoRow {
     expires_at: Time,
     client_ip: Option<String>,
     user_agent: Option<String>,
+    passkey_id: Option<Uuid>,
 }
 
 impl From<SessionInfoRow> for SessionInfo {
@@ -141,6 +144,7 @@ impl From<SessionInfoRow> for SessionInfo {
             expires_at: row.expires_at.0,
             client_ip: row.client_ip,
             user_agent: row.user_agent,
+            passkey_id: row.passkey_id,
         }
     }
 }
@@ -331,7 +335,7 @@ statements! {
     ) -> Result<Vec<SessionInfo>> {
         let rows: Vec<SessionInfoRow> = sqlx::query_as(
             "SELECT s.id, s.user_id, u.email, s.created_at, s.last_used_at, s.expires_at,
-                    s.client_ip, s.user_agent
+                    s.client_ip, s.user_agent, s.passkey_id
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE ($1 IS NULL OR s.user_id = $1) AND s.revoked_at IS NULL
                AND s.expires_at > $2

@@ -188,7 +188,7 @@
         act(remove, async () => {
           await authed("DELETE", `passkeys/${encodeURIComponent(passkey.id)}`);
           // Removing a passkey ends the sessions that signed in with it: this one too, when
-          // it did. authd does not say which passkey a session used, so the next call tells.
+          // it did (GET /sessions names each session's passkey_id); the next call tells.
           try {
             await call("GET", "passkeys", { token: tokens.access }).then(showPasskeys);
             say(`Removed ${passkey.name}.`);

@@ -498,6 +498,24 @@ async fn removing_a_passkey_ends_its_sessions_and_its_sign_ins() {
         .as_str()
         .unwrap()
         .to_owned();
+    // The sessions say which passkey signed them in: removing it ends exactly those.
+    let sessions = json_of(app.get_with_token("/sessions", passkey_session).await).await;
+    let by_passkey: Vec<&Value> = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["passkey_id"] == id.as_str())
+        .collect();
+    assert_eq!(by_passkey.len(), 1, "{sessions}");
+    assert_eq!(by_passkey[0]["current"], true);
+    assert!(
+        sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["passkey_id"].is_null()),
+        "the password's session names none: {sessions}"
+    );
 
     // Someone else's passkey is not found, and nothing changes.
     app.register("bob@example.test", false).await;
