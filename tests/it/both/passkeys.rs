@@ -12,19 +12,25 @@ use testkit::passkey::SoftAuthenticator;
 use crate::helpers::{PASSWORD, TempDir, TestApp, admin, admin_output, problem, wait_until};
 use crate::smtp_sink::Behaviour;
 
-async fn spawn() -> TestApp {
+/// An authd with the per-address limit out of the way, `tweak`ed.
+pub(super) async fn spawn_with(tweak: impl FnOnce(&mut authd::config::Settings)) -> TestApp {
     TestApp::spawn_with(Behaviour::Accept, |s| {
         s.rate_limit.requests_per_ip_per_minute = 100_000;
+        tweak(s);
     })
     .await
 }
 
+pub(super) async fn spawn() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
 /// The origin a browser would use: WebAuthn takes no IP address, so `localhost`.
-fn origin(app: &TestApp) -> String {
+pub(super) fn origin(app: &TestApp) -> String {
     app.base.replace("127.0.0.1", "localhost")
 }
 
-async fn json_of(response: reqwest::Response) -> Value {
+pub(super) async fn json_of(response: reqwest::Response) -> Value {
     let status = response.status();
     let body: Value = response.json().await.unwrap();
     assert!(status.is_success(), "{status}: {body}");
@@ -36,18 +42,23 @@ async fn access(app: &TestApp, email: &str) -> String {
     app.access_token(email).await
 }
 
+/// `POST /passkeys/register/options` for the access token's user: the ceremony and options.
+pub(super) async fn registration_options(app: &TestApp, access: &str) -> Value {
+    json_of(
+        app.post_json_with_token("/passkeys/register/options", access, &json!({}))
+            .await,
+    )
+    .await
+}
+
 /// Registers a passkey of `authenticator` for the access token's user; the answer's body.
-async fn add_passkey(
+pub(super) async fn add_passkey(
     app: &TestApp,
     access: &str,
     authenticator: &mut SoftAuthenticator,
     name: &str,
 ) -> Value {
-    let options = json_of(
-        app.post_json_with_token("/passkeys/register/options", access, &json!({}))
-            .await,
-    )
-    .await;
+    let options = registration_options(app, access).await;
     let credential = authenticator
         .create(&options["publicKey"], &origin(app))
         .unwrap();
@@ -63,11 +74,15 @@ async fn add_passkey(
 }
 
 /// A discoverable sign-in's options (no token).
-async fn login_options(app: &TestApp) -> Value {
+pub(super) async fn login_options(app: &TestApp) -> Value {
     json_of(app.post_json("/login/passkey/options", &json!({})).await).await
 }
 
-async fn finish(app: &TestApp, ceremony: &Value, credential: &Value) -> reqwest::Response {
+pub(super) async fn finish(
+    app: &TestApp,
+    ceremony: &Value,
+    credential: &Value,
+) -> reqwest::Response {
     app.post_json(
         "/login/passkey",
         &json!({"ceremony": ceremony, "credential": credential}),
@@ -86,12 +101,15 @@ async fn sign_in_from(
     finish(app, &options["ceremony"], &credential).await
 }
 
-async fn sign_in(app: &TestApp, authenticator: &mut SoftAuthenticator) -> reqwest::Response {
+pub(super) async fn sign_in(
+    app: &TestApp,
+    authenticator: &mut SoftAuthenticator,
+) -> reqwest::Response {
     sign_in_from(app, authenticator, &origin(app)).await
 }
 
 /// Registers `email` (no second step) with one passkey: its access token and authenticator.
-async fn user_with_passkey(app: &TestApp, email: &str) -> (String, SoftAuthenticator) {
+pub(super) async fn user_with_passkey(app: &TestApp, email: &str) -> (String, SoftAuthenticator) {
     app.register(email, false).await;
     let token = access(app, email).await;
     let mut authenticator = SoftAuthenticator::new();
@@ -700,11 +718,7 @@ async fn an_expired_ceremony_is_refused_and_pruned() {
 
 #[tokio::test]
 async fn refused_passkey_answers_lock_the_accounts_passkey_sign_ins_until_the_lock_ends() {
-    let app = TestApp::spawn_with(Behaviour::Accept, |s| {
-        s.rate_limit.requests_per_ip_per_minute = 100_000;
-        s.rate_limit.login_failures_per_account = 3;
-    })
-    .await;
+    let app = spawn_with(|s| s.rate_limit.login_failures_per_account = 3).await;
     let (_, mut authenticator) = user_with_passkey(&app, "ada@example.test").await;
     let mut attacker = authenticator.clone();
     attacker.behaviour.sign_with_another_key = true;

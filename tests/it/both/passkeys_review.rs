@@ -6,39 +6,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::passkey::SoftAuthenticator;
 
+use super::passkeys::{
+    add_passkey, finish, json_of, login_options, origin, registration_options, sign_in, spawn,
+    spawn_with, user_with_passkey,
+};
 use crate::helpers::{PASSWORD, TempDir, TestApp, admin, problem};
-use crate::smtp_sink::Behaviour;
-
-async fn spawn_with(tweak: impl FnOnce(&mut authd::config::Settings)) -> TestApp {
-    TestApp::spawn_with(Behaviour::Accept, |s| {
-        s.rate_limit.requests_per_ip_per_minute = 100_000;
-        tweak(s);
-    })
-    .await
-}
-
-async fn spawn() -> TestApp {
-    spawn_with(|_| {}).await
-}
-
-fn origin(app: &TestApp) -> String {
-    app.base.replace("127.0.0.1", "localhost")
-}
-
-async fn json_of(response: reqwest::Response) -> Value {
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert!(status.is_success(), "{status}: {body}");
-    body
-}
-
-async fn registration_options(app: &TestApp, access: &str) -> Value {
-    json_of(
-        app.post_json_with_token("/passkeys/register/options", access, &json!({}))
-            .await,
-    )
-    .await
-}
 
 async fn register_answer(
     app: &TestApp,
@@ -52,43 +24,6 @@ async fn register_answer(
         &json!({"ceremony": ceremony, "credential": credential}),
     )
     .await
-}
-
-async fn add_passkey(app: &TestApp, access: &str, authenticator: &mut SoftAuthenticator) {
-    let options = registration_options(app, access).await;
-    let credential = authenticator
-        .create(&options["publicKey"], &origin(app))
-        .unwrap();
-    let response = register_answer(app, access, &options["ceremony"], &credential).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-}
-
-async fn login_options(app: &TestApp) -> Value {
-    json_of(app.post_json("/login/passkey/options", &json!({})).await).await
-}
-
-async fn finish(app: &TestApp, ceremony: &Value, credential: &Value) -> reqwest::Response {
-    app.post_json(
-        "/login/passkey",
-        &json!({"ceremony": ceremony, "credential": credential}),
-    )
-    .await
-}
-
-async fn sign_in(app: &TestApp, authenticator: &mut SoftAuthenticator) -> reqwest::Response {
-    let options = login_options(app).await;
-    let credential = authenticator
-        .get(&options["publicKey"], &origin(app))
-        .unwrap();
-    finish(app, &options["ceremony"], &credential).await
-}
-
-async fn user_with_passkey(app: &TestApp, email: &str) -> (String, SoftAuthenticator) {
-    app.register(email, false).await;
-    let token = app.access_token(email).await;
-    let mut authenticator = SoftAuthenticator::new();
-    add_passkey(app, &token, &mut authenticator).await;
-    (token, authenticator)
 }
 
 /// Turns the emailed second step on for `email`, and starts a login: its challenge token.
@@ -618,7 +553,7 @@ async fn registrations_racing_at_the_limit_stop_at_twenty_five_passkeys() {
     let app = spawn().await;
     let (token, _) = user_with_passkey(&app, "ada@example.test").await;
     for _ in 1..23 {
-        add_passkey(&app, &token, &mut SoftAuthenticator::new()).await;
+        add_passkey(&app, &token, &mut SoftAuthenticator::new(), "Passkey").await;
     }
     let mut answers = Vec::new();
     for _ in 0..4 {
@@ -884,7 +819,7 @@ async fn a_disabled_accounts_passkey_attempt_is_audited_against_that_account() {
     let me = json_of(app.get_with_token("/users/me", &token).await).await;
     let ada: uuid::Uuid = me["id"].as_str().unwrap().parse().unwrap();
     let mut authenticator = SoftAuthenticator::new();
-    add_passkey(&app, &token, &mut authenticator).await;
+    add_passkey(&app, &token, &mut authenticator, "Passkey").await;
     let data_dir = TempDir::new("authd-passkeys-review");
     admin(
         &app.db_url,
