@@ -9,31 +9,31 @@ use serde_json::{Value, json};
 use crate::helpers::{TempDir, TestApp, admin_output, problem};
 
 /// A password the policy accepts, and its hash at cost 4 by the reference implementation.
-const OLD_PASSWORD: &str = "an old but decent passphrase";
+pub(super) const OLD_PASSWORD: &str = "an old but decent passphrase";
 
-fn bcrypt_hash(password: &str, cost: u32, prefix: &str) -> String {
+pub(super) fn bcrypt_hash(password: &str, cost: u32, prefix: &str) -> String {
     let hash = bcrypt::hash(password, cost).unwrap();
     // Other systems write $2a$ or $2y$ for the same algorithm: only the prefix differs.
     format!("{prefix}{}", &hash[4..])
 }
 
-fn write(dir: &TempDir, name: &str, text: &str) -> String {
+pub(super) fn write(dir: &TempDir, name: &str, contents: impl AsRef<[u8]>) -> String {
     let path = dir.path().join(name);
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, contents).unwrap();
     path.display().to_string()
 }
 
-fn jsonl(rows: &[Value]) -> String {
+pub(super) fn jsonl(rows: &[Value]) -> String {
     rows.iter().map(|row| format!("{row}\n")).collect()
 }
 
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(super) struct Ran {
+    pub(super) code: Option<i32>,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
 }
 
-async fn authd(app: &TestApp, dir: &TempDir, args: &[&str], stdin: &str) -> Ran {
+pub(super) async fn authd(app: &TestApp, dir: &TempDir, args: &[&str], stdin: &str) -> Ran {
     let output = admin_output(&app.db_url, dir, args, stdin).await;
     Ran {
         code: output.status.code(),
@@ -43,7 +43,7 @@ async fn authd(app: &TestApp, dir: &TempDir, args: &[&str], stdin: &str) -> Ran 
 }
 
 /// Every user as `authd user export --include-password-hashes` writes them.
-async fn exported(app: &TestApp, dir: &TempDir, format: &str) -> String {
+pub(super) async fn exported(app: &TestApp, dir: &TempDir, format: &str) -> String {
     let ran = authd(
         app,
         dir,
@@ -78,7 +78,7 @@ async fn imported_users_log_in_at_once_with_their_old_bcrypt_passwords_from_json
         json!({"email": "linus@example.test", "password_hash": bcrypt_hash(OLD_PASSWORD, 6, "$2y$")}),
         json!({"email": "plain@example.test", "password": OLD_PASSWORD}),
     ];
-    let file = write(&dir, "users.jsonl", &jsonl(&rows));
+    let file = write(&dir, "users.jsonl", jsonl(&rows));
     let ran = authd(&app, &dir, &["user", "import", &file], "").await;
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     assert!(
@@ -282,7 +282,7 @@ async fn every_refused_row_is_reported_with_its_line_and_reason_and_nothing_else
     let common = write(
         &dir,
         "common.jsonl",
-        &jsonl(&[json!({"email": "common@example.test", "password": "password123"})]),
+        jsonl(&[json!({"email": "common@example.test", "password": "password123"})]),
     );
     let ran = authd(
         &app,
@@ -312,7 +312,7 @@ async fn an_import_run_twice_changes_nothing_the_second_time() {
     // One address twice in the file: the first row wins, the second meets it.
     let mut rows = rows;
     rows.push(json!({"email": "USER3@example.test", "password_hash": bcrypt_hash("another passphrase here", 4, "$2b$")}));
-    let file = write(&dir, "users.jsonl", &jsonl(&rows));
+    let file = write(&dir, "users.jsonl", jsonl(&rows));
     let ran = authd(&app, &dir, &["user", "import", &file], "").await;
     assert!(
         ran.stdout
@@ -337,7 +337,7 @@ async fn an_import_run_twice_changes_nothing_the_second_time() {
     // With --update, a file of what is there already changes nothing either, run after run
     // (the file without its conflicting duplicate: with --update, a later row of an address
     // overwrites an earlier one).
-    let same = write(&dir, "same.jsonl", &jsonl(&rows[..25]));
+    let same = write(&dir, "same.jsonl", jsonl(&rows[..25]));
     for _ in 0..2 {
         let ran = authd(&app, &dir, &["user", "import", &same, "--update"], "").await;
         assert!(
@@ -352,7 +352,7 @@ async fn an_import_run_twice_changes_nothing_the_second_time() {
     let plain = write(
         &dir,
         "plain.jsonl",
-        &jsonl(&[json!({"email": "plain@example.test", "password": OLD_PASSWORD})]),
+        jsonl(&[json!({"email": "plain@example.test", "password": OLD_PASSWORD})]),
     );
     let first = authd(&app, &dir, &["user", "import", &plain, "--update"], "").await;
     assert!(first.stdout.contains("1 imported"), "{}", first.stdout);
@@ -388,7 +388,7 @@ async fn update_overwrites_the_profile_and_hash_and_ends_the_sessions_of_a_new_h
                "first_name": "Ada"}),
         bob,
     ];
-    let file = write(&dir, "users.jsonl", &jsonl(&rows));
+    let file = write(&dir, "users.jsonl", jsonl(&rows));
     // Without --update: skipped, nothing changes.
     let ran = authd(&app, &dir, &["user", "import", &file], "").await;
     assert!(ran.stdout.contains("2 skipped"), "{}", ran.stdout);
@@ -442,7 +442,7 @@ async fn an_export_imports_back_into_an_empty_database_unchanged() {
                "two_factor_enabled": true, "created_at": "2019-03-04T05:06:07.123456Z"}),
         json!({"email": "émile@xn--bcher-kva.example", "password_hash": bcrypt_hash(OLD_PASSWORD, 5, "$2a$")}),
     ];
-    let file = write(&dir, "users.jsonl", &jsonl(&rows));
+    let file = write(&dir, "users.jsonl", jsonl(&rows));
     assert_eq!(
         authd(&app, &dir, &["user", "import", &file], "").await.code,
         Some(0)
@@ -578,7 +578,7 @@ async fn hashes_made_by_python_bcrypt_argon2_cffi_and_django_import_and_log_in()
         .enumerate()
         .map(|(i, h)| json!({"email": format!("user{i}@example.test"), "password_hash": h["hash"]}))
         .collect();
-    let file = write(&dir, "python.jsonl", &jsonl(&rows));
+    let file = write(&dir, "python.jsonl", jsonl(&rows));
     let ran = authd(&app, &dir, &["user", "import", &file], "").await;
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
     for (i, fixture) in chosen.iter().enumerate() {

@@ -5,37 +5,15 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{KEK, PASSWORD, SECRET, TempDir, TestApp, admin_output, wait_until};
-
-const OLD_PASSWORD: &str = "an old but decent passphrase";
+use super::transfer::{OLD_PASSWORD, Ran, authd as authd_with_stdin, jsonl, write};
+use crate::helpers::{KEK, PASSWORD, SECRET, TempDir, TestApp, wait_until};
 
 fn bcrypt_hash(password: &str, cost: u32) -> String {
-    bcrypt::hash(password, cost).unwrap()
-}
-
-fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> String {
-    let path = dir.path().join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path.display().to_string()
-}
-
-fn jsonl(rows: &[Value]) -> String {
-    rows.iter().map(|row| format!("{row}\n")).collect()
-}
-
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+    super::transfer::bcrypt_hash(password, cost, "$2b$")
 }
 
 async fn authd(app: &TestApp, dir: &TempDir, args: &[&str]) -> Ran {
-    let output = admin_output(&app.db_url, dir, args, "").await;
-    Ran {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    authd_with_stdin(app, dir, args, "").await
 }
 
 async fn import(app: &TestApp, dir: &TempDir, file: &str, more: &[&str]) -> Ran {
@@ -46,9 +24,8 @@ async fn import(app: &TestApp, dir: &TempDir, file: &str, more: &[&str]) -> Ran 
 
 /// Every user as `authd user export --include-password-hashes` (JSON Lines) writes them.
 async fn exported(app: &TestApp, dir: &TempDir) -> Vec<Value> {
-    let ran = authd(app, dir, &["user", "export", "--include-password-hashes"]).await;
-    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
-    ran.stdout
+    super::transfer::exported(app, dir, "jsonl")
+        .await
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
