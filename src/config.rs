@@ -1124,6 +1124,24 @@ mod tests {
     }
 
     #[test]
+    fn passkey_origins_are_a_toml_array_or_a_comma_separated_list_from_the_environment() {
+        let read = |origins: serde_json::Value| {
+            serde_json::from_value::<WebauthnSettings>(
+                serde_json::json!({"rp_id": "", "rp_name": "authd", "origins": origins}),
+            )
+            .unwrap()
+            .origins
+        };
+        let both = ["https://a.example", "https://b.example"];
+        assert_eq!(read(serde_json::json!(both)), both);
+        assert_eq!(
+            read(serde_json::json!(" https://a.example, https://b.example ,")),
+            both
+        );
+        assert!(read(serde_json::json!("")).is_empty());
+    }
+
+    #[test]
     fn production_refuses_passkeys_on_localhost_or_on_a_page_that_is_not_https() {
         let mut settings = sound_production();
         settings.http.public_url = "https://auth.example.com".into();

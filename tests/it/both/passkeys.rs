@@ -9,7 +9,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use testkit::passkey::SoftAuthenticator;
 
-use crate::helpers::{PASSWORD, TempDir, TestApp, admin, admin_output, problem, wait_until};
+use crate::helpers::{
+    PASSWORD, TempDir, TestApp, admin, admin_output, metric_value, problem, wait_until,
+};
 use crate::smtp_sink::Behaviour;
 
 /// An authd with the per-address limit out of the way, `tweak`ed.
@@ -225,6 +227,10 @@ async fn a_registered_passkey_signs_in_without_a_password_or_a_code() {
     assert!(listed["passkeys"][0]["last_used_at"].is_string());
     app.db.expect_events("passkey_registered", 1).await;
     app.db.expect_events("passkey_login", 1).await;
+    for (event, count) in [("registered", 1), ("sign_in", 1)] {
+        let series = format!("authd_passkeys_total{{event=\"{event}\"}}");
+        assert_eq!(metric_value(&app, &series).await, Some(count), "{series}");
+    }
 }
 
 #[tokio::test]
